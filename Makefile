@@ -1,0 +1,59 @@
+# Orthanc DPP plugin: set-up, run, test, benchmark.
+# Every target installs only what is missing, so running one twice is safe.
+
+SHELL := /bin/bash
+PYTHON := /usr/bin/python3
+VENV := .venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN_PACKAGES := orthanc orthanc-python python3-venv
+TEST_PACKAGES := $(RUN_PACKAGES) dcmtk
+
+.PHONY: run test unit integration lint bench setup-run setup-test
+
+run: setup-run
+	mkdir -p data
+	exec /usr/sbin/Orthanc --verbose orthanc.json
+
+test: setup-test lint
+	$(VENV)/bin/python -m pytest
+
+unit: setup-test
+	$(VENV)/bin/python -m pytest tests/unit
+
+integration: setup-test
+	$(VENV)/bin/python -m pytest tests/integration
+
+lint: setup-test
+	$(VENV)/bin/ruff check plugin tests bench
+	$(VENV)/bin/ruff format --check plugin tests bench
+
+bench: setup-test
+	$(VENV)/bin/python -m bench
+
+setup-run: .packages-run $(VENV)/.runtime
+
+setup-test: .packages-test $(VENV)/.dev
+
+# Debian packages: install the missing ones only (sudo when not root).
+.packages-run .packages-test:
+	@want="$(if $(filter .packages-test,$@),$(TEST_PACKAGES),$(RUN_PACKAGES))"; \
+	missing=""; \
+	for p in $$want; do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $(VENV)/.runtime $@
