@@ -1,0 +1,25 @@
+"""SOP class UIDs served by the plugin (DPP-REFERENCE.md, PS3.4 HH and GG)."""
+
+from typing import Final
+
+from pynetdicom import sop_class as sc
+
+CT_DPP_STORAGE: Final = str(sc.CTDefinedProcedureProtocolStorage)
+XA_DPP_STORAGE: Final = str(sc.XADefinedProcedureProtocolStorage)
+PROTOCOL_APPROVAL_STORAGE: Final = str(sc.ProtocolApprovalStorage)
+
+DPP_FIND: Final = str(sc.DefinedProcedureProtocolInformationModelFind)
+DPP_MOVE: Final = str(sc.DefinedProcedureProtocolInformationModelMove)
+DPP_GET: Final = str(sc.DefinedProcedureProtocolInformationModelGet)
+
+#: Storage SOP classes the plugin accepts over C-STORE and REST, with the
+#: label used for their series in Orthanc's patient/study/series tree.
+STORAGE_CLASSES: Final[dict[str, str]] = {
+    CT_DPP_STORAGE: "CT Defined Procedure Protocols",
+    XA_DPP_STORAGE: "XA Defined Procedure Protocols",
+    PROTOCOL_APPROVAL_STORAGE: "Protocol Approvals",
+}
+
+#: Defined Procedure Protocol storage classes: what C-FIND/C-GET/C-MOVE on
+#: the DPP information model answer with (approvals have their own model).
+DPP_STORAGE_CLASSES: Final = frozenset({CT_DPP_STORAGE, XA_DPP_STORAGE})

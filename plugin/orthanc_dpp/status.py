@@ -1,0 +1,33 @@
+"""DIMSE status codes used by the DPP SCP, named after PS3.4 and PS3.7.
+
+pynetdicom's ``Status`` enum names only a handful of codes; these are the
+ones our handlers answer with, so that no bare hexadecimal number appears in
+handler code and every status is searchable by its meaning.
+"""
+
+from typing import Final
+
+# General (PS3.7 C)
+SUCCESS: Final = 0x0000
+CANCEL: Final = 0xFE00
+PENDING: Final = 0xFF00
+PENDING_OPTIONAL_KEYS_UNSUPPORTED: Final = 0xFF01
+SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
+NOT_AUTHORIZED: Final = 0x0124
+DUPLICATE_INVOCATION: Final = 0x0210
+UNRECOGNIZED_OPERATION: Final = 0x0211
+MISTYPED_ARGUMENT: Final = 0x0212
+
+# Storage service class (PS3.4 B.2.3)
+STORE_OUT_OF_RESOURCES: Final = 0xA700
+STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+STORE_CANNOT_UNDERSTAND: Final = 0xC000
+
+# Query/Retrieve (PS3.4 C.4, reused by Annex HH)
+FIND_OUT_OF_RESOURCES: Final = 0xA700
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+UNABLE_TO_PROCESS: Final = 0xC000
+OUT_OF_RESOURCES_NUMBER_OF_MATCHES: Final = 0xA701
+OUT_OF_RESOURCES_SUB_OPERATIONS: Final = 0xA702
+MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+SUB_OPERATIONS_COMPLETE_WITH_FAILURES: Final = 0xB000
