@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := orthanc orthanc-python python3-venv
 TEST_PACKAGES := $(RUN_PACKAGES) dcmtk
 
-.PHONY: run test unit integration lint bench setup-run setup-test
+.PHONY: run test unit integration lint bench setup-run setup-test .packages-run .packages-test
 
 run: setup-run
 	mkdir -p data

@@ -1,0 +1,294 @@
+"""Store DPP instances in Orthanc and read the originals back.
+
+Every upload path (DIMSE C-STORE, the ``/dpp/protocols`` REST route) goes
+through :meth:`ProtocolLibrary.store`, which answers only after Orthanc has
+stored the instance and otherwise raises :class:`StoreError` with the DIMSE
+status and HTTP status that describe why. Reads go through
+:meth:`ProtocolLibrary.original_bytes` / :meth:`original_dataset`, which undo
+normalization so that what leaves equals what arrived.
+
+Orthanc is reached through the small :class:`OrthancApi` interface, so this
+module runs unchanged against the real plugin API and against test fakes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pydicom
+from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from orthanc_dpp import normalize, status
+from orthanc_dpp.config import Normalization
+from orthanc_dpp.sop import STORAGE_CLASSES
+
+log = logging.getLogger("orthanc_dpp.library")
+
+
+class OrthancError(Exception):
+    """A call into Orthanc's REST API failed; ``message`` is Orthanc's reason."""
+
+    def __init__(self, method: str, uri: str, message: str) -> None:
+        super().__init__(f"{method} {uri}: {message}")
+        self.method = method
+        self.uri = uri
+        self.message = message
+
+
+class OrthancApi(Protocol):
+    """The part of Orthanc's in-process REST API the plugin uses."""
+
+    def get(self, uri: str) -> bytes: ...
+
+    def post(self, uri: str, body: bytes) -> bytes: ...
+
+    def delete(self, uri: str) -> None: ...
+
+
+class StoreError(Exception):
+    """An instance was not stored; the statuses say how to report it."""
+
+    def __init__(self, dimse_status: int, http_status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.dimse_status = dimse_status
+        self.http_status = http_status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An instance Orthanc has stored (``status`` is Orthanc's own word)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    orthanc_id: str
+    status: str  # "Success" or "AlreadyStored"
+    added: list[str] = field(default_factory=list)
+    dataset: Dataset | None = field(default=None, compare=False, repr=False)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "SOPInstanceUID": self.sop_instance_uid,
+            "SOPClassUID": self.sop_class_uid,
+            "OrthancID": self.orthanc_id,
+            "Status": self.status,
+            "AddedByNormalization": self.added,
+        }
+
+
+# Orthanc error texts that mean "no room", mapped to Out of Resources.
+_RESOURCE_ERRORS = ("full", "cannot write", "disk", "space", "memory")
+
+
+def parse_part10(data: bytes) -> Dataset:
+    """Decode a DICOM Part 10 file, or raise :class:`StoreError` saying why not.
+
+    pydicom reads a truncated file without complaint (the last value comes
+    out short); such a file is refused here, since storing it would keep a
+    damaged protocol as if it were whole.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise StoreError(
+            status.STORE_CANNOT_UNDERSTAND,
+            400,
+            "not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte preamble)",
+        )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(data))
+            _check_complete(ds)
+            # Decode every element now: a damaged file must fail here, not later.
+            for _ in ds.iterall():
+                pass
+        for warning in caught:
+            if "end of file" in str(warning.message).lower():
+                raise ValueError(str(warning.message))
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        raise StoreError(
+            status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the DICOM file: {exc}"
+        ) from exc
+    if len(ds) == 0:
+        raise StoreError(status.STORE_CANNOT_UNDERSTAND, 400, "the DICOM file holds no dataset")
+    return ds
+
+
+def _check_complete(ds: Dataset) -> None:
+    """Raise ValueError if a top-level value is shorter than its declared length."""
+    # keys(): iterating the Dataset itself would decode the raw elements.
+    for tag in ds.keys():  # noqa: SIM118
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.value is None:
+            continue
+        if raw.length != 0xFFFFFFFF and len(raw.value) < raw.length:
+            raise ValueError(
+                f"file truncated in element {tag}: {len(raw.value)} of {raw.length} bytes"
+            )
+
+
+def encode_part10(ds: Dataset) -> bytes:
+    """Encode ``ds`` as a Part 10 file in the transfer syntax of its file meta."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def check_storable(ds: Dataset, context_sop_class: str | None = None) -> tuple[str, str]:
+    """Return (SOP Class UID, SOP Instance UID) if ``ds`` is a DPP storage instance.
+
+    ``context_sop_class`` is the abstract syntax of the DIMSE presentation
+    context the dataset came in on; a dataset of another class does not
+    match its SOP class (PS3.4 B.2.3, 0xA900).
+    """
+    sop_class = str(ds.get("SOPClassUID", "")).strip()
+    sop_instance = str(ds.get("SOPInstanceUID", "")).strip()
+    if not sop_class:
+        raise StoreError(
+            status.STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS, 400, "SOP Class UID (0008,0016) missing"
+        )
+    if context_sop_class is not None and sop_class != context_sop_class:
+        raise StoreError(
+            status.STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            400,
+            f"SOP Class UID {sop_class} does not match the presentation context "
+            f"({context_sop_class})",
+        )
+    if sop_class not in STORAGE_CLASSES:
+        name = UID(sop_class).name if UID(sop_class).is_valid else sop_class
+        raise StoreError(
+            status.STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            415,
+            f"SOP class {name} is not a Defined Procedure Protocol or Protocol Approval "
+            "storage class",
+        )
+    if not sop_instance or not UID(sop_instance).is_valid:
+        raise StoreError(
+            status.STORE_CANNOT_UNDERSTAND,
+            400,
+            f"SOP Instance UID (0008,0018) missing or invalid: {sop_instance!r}",
+        )
+    return sop_class, sop_instance
+
+
+class ProtocolLibrary:
+    """DPP instances in Orthanc's database, reached through :class:`OrthancApi`."""
+
+    def __init__(self, api: OrthancApi, labels: Normalization) -> None:
+        self.api = api
+        self.labels = labels
+
+    def store(
+        self,
+        ds: Dataset,
+        encoded: bytes | None = None,
+        *,
+        context_sop_class: str | None = None,
+    ) -> Stored:
+        """Normalize ``ds`` if needed and store it; return what Orthanc said.
+
+        ``encoded`` is ``ds`` as a Part 10 file when the caller has it; it is
+        sent as is when no normalization is needed. ``ds`` is modified in
+        place by normalization; the returned ``dataset`` is the original.
+        """
+        sop_class, sop_instance = check_storable(ds, context_sop_class)
+        try:
+            result = normalize.normalize(ds, self.labels)
+        except normalize.NormalizationError as exc:
+            raise StoreError(status.STORE_CANNOT_UNDERSTAND, 400, str(exc)) from exc
+        try:
+            body = encode_part10(ds) if result.changed or encoded is None else encoded
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreError(
+                status.STORE_CANNOT_UNDERSTAND, 400, f"cannot encode the dataset: {exc}"
+            ) from exc
+        finally:
+            normalize.reverse(ds)
+        try:
+            answer = json.loads(self.api.post("/instances", body))
+        except OrthancError as exc:
+            lowered = exc.message.lower()
+            code = (
+                status.STORE_OUT_OF_RESOURCES
+                if any(word in lowered for word in _RESOURCE_ERRORS)
+                else status.STORE_CANNOT_UNDERSTAND
+            )
+            http = 507 if code == status.STORE_OUT_OF_RESOURCES else 500
+            raise StoreError(
+                code, http, f"Orthanc did not store the instance: {exc.message}"
+            ) from exc
+        stored = Stored(
+            sop_instance_uid=sop_instance,
+            sop_class_uid=sop_class,
+            orthanc_id=str(answer.get("ID", "")),
+            status=str(answer.get("Status", "Success")),
+            added=normalize.describe(result.added + result.filled),
+            dataset=ds,
+        )
+        if stored.status == "AlreadyStored":
+            log.warning(
+                "SOP Instance UID %s was already stored as %s; Orthanc kept the stored copy "
+                "(OverwriteInstances is false)",
+                sop_instance,
+                stored.orthanc_id,
+            )
+        return stored
+
+    def stored_bytes(self, orthanc_id: str) -> bytes:
+        """The file as Orthanc holds it (normalized)."""
+        return self.api.get(f"/instances/{orthanc_id}/file")
+
+    def original_dataset(self, orthanc_id: str) -> Dataset:
+        """The instance as it was received, normalization undone."""
+        ds = pydicom.dcmread(io.BytesIO(self.stored_bytes(orthanc_id)))
+        return normalize.reverse(ds)
+
+    def original_bytes(self, orthanc_id: str) -> bytes:
+        """The instance as a Part 10 file, normalization undone.
+
+        Files that were stored untouched are returned byte for byte.
+        """
+        data = self.stored_bytes(orthanc_id)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if not normalize.has_record(ds):
+            return data
+        return encode_part10(normalize.reverse(ds))
+
+    def delete(self, orthanc_id: str) -> None:
+        self.api.delete(f"/instances/{orthanc_id}")
+
+
+def normalize_received(data: bytes, labels: Normalization) -> bytes | None:
+    """For Orthanc's received-instance hook: normalized bytes, or None to keep as is.
+
+    This catches DPP files arriving by any path other than ours (a plain
+    ``POST /instances``, DICOMweb, WebDAV). Only the SOP Class UID and the
+    identity attributes are read first, so other instances cost little.
+    Raises :class:`StoreError` when a DPP instance cannot be normalized.
+    """
+    try:
+        head = pydicom.dcmread(
+            io.BytesIO(data),
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", *normalize.REQUIRED],
+        )
+    except Exception:
+        return None  # not ours to judge: Orthanc reports its own error
+    if str(head.get("SOPClassUID", "")).strip() not in STORAGE_CLASSES:
+        return None
+    if all(str(head.get(keyword, "")).strip() for keyword in normalize.REQUIRED):
+        return None
+    ds = parse_part10(data)
+    check_storable(ds)
+    try:
+        normalize.normalize(ds, labels)
+    except normalize.NormalizationError as exc:
+        raise StoreError(status.STORE_CANNOT_UNDERSTAND, 400, str(exc)) from exc
+    return encode_part10(ds)

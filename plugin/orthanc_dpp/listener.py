@@ -1,0 +1,128 @@
+"""The DPP DICOM listener: a pynetdicom AE on its own port inside Orthanc.
+
+Orthanc's own DICOM port refuses the DPP SOP classes (DESIGN.md fact 1), so
+the plugin accepts associations itself. This module knows pynetdicom, not
+Orthanc: the service handlers are passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from orthanc_dpp.config import Settings
+from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
+
+log = logging.getLogger("orthanc_dpp.listener")
+
+#: The uncompressed transfer syntaxes accepted for storage and retrieval.
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+
+Handler = Callable[..., Any]
+
+
+def set_tcp_nodelay(event: evt.Event) -> None:
+    """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (DESIGN fact 7)."""
+    with contextlib.suppress(AttributeError, OSError):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass
+class ListenerState:
+    """What ``/dpp/status`` shows about the listener."""
+
+    state: str = "stopped"  # stopped | running | failed | disabled
+    error: str | None = None
+    associations_served: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DppListener:
+    """Owns the pynetdicom AE; :meth:`start` never raises, it records why it failed."""
+
+    def __init__(self, settings: Settings, handlers: dict[Any, Handler]) -> None:
+        self.settings = settings
+        self.handlers = handlers
+        self.status = ListenerState()
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+
+    def _make_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.maximum_associations
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        ae.maximum_pdu_size = s.maximum_pdu_size
+        # Like Orthanc's DicomCheckCalledAet: off unless configured. Calling
+        # AEs are checked per service in the handlers, where the reason can
+        # be reported in a status.
+        ae.require_called_aet = s.check_called_ae_title
+        ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        for sop_class in STORAGE_CLASSES:
+            # scp_role lets a C-GET requester take the storage SCP role.
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        services = {evt.EVT_C_FIND: DPP_FIND, evt.EVT_C_GET: DPP_GET, evt.EVT_C_MOVE: DPP_MOVE}
+        for event, sop_class in services.items():
+            if event in self.handlers:
+                ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        return ae
+
+    def _on_open(self, event: evt.Event) -> None:
+        set_tcp_nodelay(event)
+        self.status.associations_served += 1
+
+    def start(self) -> bool:
+        """Start serving; return False (and log why) if the port cannot be bound."""
+        s = self.settings
+        with self._lock:
+            if self._server is not None:
+                return True
+            ae = self._make_ae()
+            handlers = [(evt.EVT_CONN_OPEN, self._on_open)]
+            handlers += list(self.handlers.items())
+            try:
+                self._server = ae.start_server(
+                    (s.bind_address, s.port), block=False, evt_handlers=handlers
+                )
+            except OSError as exc:
+                self.status.state = "failed"
+                self.status.error = (
+                    f"cannot listen on {s.bind_address}:{s.port}: {exc.strerror or exc}"
+                )
+                log.error("DPP listener not started: %s", self.status.error)
+                return False
+            self.status.state = "running"
+            self.status.error = None
+            log.warning("DPP listener %s listening on %s:%d", s.ae_title, s.bind_address, s.port)
+            return True
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._server is None:
+                return
+            self._server.shutdown()
+            self._server = None
+            self.status.state = "stopped"
+            log.warning("DPP listener stopped")

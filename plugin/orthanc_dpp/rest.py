@@ -1,0 +1,233 @@
+"""The ``/dpp/...`` REST routes, as plain functions of the request.
+
+The adapter turns Orthanc's request into :class:`Request` and our
+:class:`Response` back into Orthanc's output calls. Every answer is JSON
+except the file download; every error is a JSON body with ``Error`` saying
+what went wrong.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydicom import Dataset
+
+from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, parse_part10
+
+log = logging.getLogger("orthanc_dpp.rest")
+
+DEFAULT_PAGE = 100
+MAXIMUM_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    get: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    allowed: str | None = None  # for 405: the methods this route serves
+
+
+def json_response(status: int, payload: Any) -> Response:
+    return Response(status, json.dumps(payload, indent=2).encode())
+
+
+def error(status: int, message: str, **details: Any) -> Response:
+    return json_response(status, {"Error": message, "HttpStatus": status, **details})
+
+
+def method_not_allowed(allowed: str) -> Response:
+    return Response(405, b"", allowed=allowed)
+
+
+class Entry(Protocol):
+    orthanc_id: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+class Index(Protocol):
+    def get(self, sop_instance_uid: str) -> Entry | None: ...
+
+    def get_by_orthanc_id(self, orthanc_id: str) -> Entry | None: ...
+
+    def page(self, offset: int, limit: int) -> list[Entry]: ...
+
+    def __len__(self) -> int: ...
+
+
+def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    """The files of an upload: one DICOM body, or the parts of a multipart body.
+
+    Both ``multipart/related`` (STOW-RS style) and ``multipart/form-data``
+    (``curl -F``) work; each part is one DICOM file.
+    """
+    if not content_type.lower().startswith("multipart/"):
+        return [("body", body)]
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise ValueError("multipart body without parts (check the boundary)")
+    files = []
+    for number, part in enumerate(message.iter_parts(), start=1):
+        name = part.get_filename() or f"part {number}"
+        payload = part.get_payload(decode=True)
+        files.append((name, payload or b""))
+    return files
+
+
+class DppRestApi:
+    """Handlers for every ``/dpp/`` route."""
+
+    def __init__(
+        self,
+        library: ProtocolLibrary,
+        index: Index,
+        status: Callable[[], dict[str, Any]],
+        on_stored: Callable[[Stored], None],
+        on_deleted: Callable[[str], None],
+    ) -> None:
+        self.library = library
+        self.index = index
+        self._status = status
+        self._on_stored = on_stored
+        self._on_deleted = on_deleted
+
+    # GET /dpp/status
+    def status(self, request: Request) -> Response:
+        if request.method != "GET":
+            return method_not_allowed("GET")
+        return json_response(200, self._status())
+
+    # GET, POST /dpp/protocols
+    def protocols(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self._list(request)
+        if request.method == "POST":
+            return self._upload(request)
+        return method_not_allowed("GET,POST")
+
+    def _list(self, request: Request) -> Response:
+        try:
+            offset = _query_int(request, "offset", 0, 0, 2**31)
+            limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
+        except ValueError as exc:
+            return error(400, str(exc))
+        entries = self.index.page(offset, limit)
+        return json_response(
+            200,
+            {
+                "Total": len(self.index),
+                "Offset": offset,
+                "Limit": limit,
+                "Protocols": [entry.summary() for entry in entries],
+            },
+        )
+
+    def _upload(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type", "application/dicom")
+        try:
+            files = split_upload(content_type, request.body)
+        except ValueError as exc:
+            return error(400, f"cannot read the upload: {exc}")
+        if not files or all(not data for _, data in files):
+            return error(400, "the upload holds no file")
+        results: list[dict[str, Any]] = []
+        failures: list[int] = []
+        for name, data in files:
+            result: dict[str, Any] = {"File": name}
+            try:
+                stored = self._store_one(data)
+            except StoreError as exc:
+                failures.append(exc.http_status)
+                result.update(Stored=False, Error=exc.reason, HttpStatus=exc.http_status)
+                log.error("Upload of %s refused: %s", name, exc.reason)
+            else:
+                result.update(Stored=True, **stored.as_json())
+            results.append(result)
+        if not failures:
+            code = 200
+        elif len(set(failures)) == 1 and len(failures) == len(files):
+            code = failures[0]
+        else:
+            code = 400
+        payload = {"Stored": len(files) - len(failures), "Failed": len(failures), "Files": results}
+        return json_response(code, payload)
+
+    def _store_one(self, data: bytes) -> Stored:
+        ds: Dataset = parse_part10(data)
+        stored = self.library.store(ds, data)
+        self._on_stored(stored)
+        return stored
+
+    def _lookup(self, identifier: str) -> Entry | None:
+        return self.index.get(identifier) or self.index.get_by_orthanc_id(identifier)
+
+    # GET, DELETE /dpp/protocols/{uid}
+    def protocol(self, request: Request, identifier: str) -> Response:
+        entry = self._lookup(identifier)
+        if request.method not in ("GET", "DELETE"):
+            return method_not_allowed("GET,DELETE")
+        if entry is None:
+            return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
+        if request.method == "GET":
+            return json_response(200, entry.summary())
+        try:
+            self.library.delete(entry.orthanc_id)
+        except OrthancError as exc:
+            return error(500, f"Orthanc did not delete {entry.orthanc_id}: {exc.message}")
+        self._on_deleted(entry.orthanc_id)
+        log.warning("Protocol %s (%s) deleted via REST", entry.sop_instance_uid, entry.orthanc_id)
+        return json_response(
+            200, {"Deleted": entry.sop_instance_uid, "OrthancID": entry.orthanc_id}
+        )
+
+    # GET /dpp/protocols/{uid}/file
+    def protocol_file(self, request: Request, identifier: str) -> Response:
+        if request.method != "GET":
+            return method_not_allowed("GET")
+        entry = self._lookup(identifier)
+        if entry is None:
+            return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
+        try:
+            data = self.library.original_bytes(entry.orthanc_id)
+        except OrthancError as exc:
+            return error(404, f"the file of {entry.orthanc_id} cannot be read: {exc.message}")
+        filename = f"{entry.sop_instance_uid}.dcm"
+        return Response(
+            200,
+            data,
+            content_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.get.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"query parameter '{name}' must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"query parameter '{name}' must be between {low} and {high}, got {value}")
+    return value

@@ -1,0 +1,96 @@
+"""An in-memory stand-in for the parts of Orthanc's REST API the plugin uses.
+
+It follows what Orthanc 1.10.1 does (checked against the real server in the
+integration tests): instance IDs derive from patient/study/series/instance
+UIDs, a second upload of the same instance answers ``AlreadyStored``,
+``/changes`` lists ``NewInstance`` entries and forgets them on deletion, and
+the ``SopClassUid`` metadata of a deleted instance is a 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+
+import pydicom
+
+from orthanc_dpp.library import OrthancError
+
+
+def orthanc_id(*uids: str) -> str:
+    """Orthanc's instance ID: SHA-1 of the identifiers joined by '|', in 5 groups."""
+    digest = hashlib.sha1("|".join(uids).encode()).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
+
+
+class FakeOrthancApi:
+    """Implements ``orthanc_dpp.library.OrthancApi``."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.sop_classes: dict[str, str] = {}
+        self.changes: list[dict[str, object]] = []
+        self.fail_next_post: str | None = None
+        self.calls: list[tuple[str, str]] = []
+        self.seq = 0
+        self._lock = threading.Lock()
+
+    def get(self, uri: str) -> bytes:
+        self.calls.append(("GET", uri))
+        path, _, query = uri.partition("?")
+        parts = path.strip("/").split("/")
+        if parts[0] == "changes":
+            params = dict(p.split("=") for p in query.split("&") if p)
+            since, limit = int(params.get("since", 0)), int(params.get("limit", 100))
+            with self._lock:
+                newer = [c for c in self.changes if int(c["Seq"]) > since]
+                page = newer[:limit]
+                last = int(page[-1]["Seq"]) if page else self.seq
+            return json.dumps({"Changes": page, "Done": len(newer) <= limit, "Last": last}).encode()
+        if parts[0] == "instances" and len(parts) >= 3:
+            instance = parts[1]
+            if instance not in self.files:
+                raise OrthancError("GET", uri, "Unknown resource")
+            if parts[2] == "file":
+                return self.files[instance]
+            if parts[2:] == ["metadata", "SopClassUid"]:
+                return self.sop_classes[instance].encode()
+        raise OrthancError("GET", uri, "Unknown URI")
+
+    def post(self, uri: str, body: bytes) -> bytes:
+        self.calls.append(("POST", uri))
+        if uri != "/instances":
+            raise OrthancError("POST", uri, "Unknown URI")
+        if self.fail_next_post:
+            message, self.fail_next_post = self.fail_next_post, None
+            raise OrthancError("POST", uri, message)
+        ds = pydicom.dcmread(io.BytesIO(body))
+        for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
+            if not str(ds.get(keyword, "")).strip() and keyword != "PatientID":
+                raise OrthancError("POST", uri, f"Inexistent tag {keyword}")
+        instance = orthanc_id(
+            str(ds.PatientID), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        )
+        with self._lock:
+            if instance in self.files:
+                status = "AlreadyStored"
+            else:
+                status = "Success"
+                self.files[instance] = body
+                self.sop_classes[instance] = str(ds.SOPClassUID)
+                self.seq += 1
+                change = {"ChangeType": "NewInstance", "ID": instance, "Seq": self.seq}
+                self.changes.append(change)
+        return json.dumps({"ID": instance, "Status": status}).encode()
+
+    def delete(self, uri: str) -> None:
+        self.calls.append(("DELETE", uri))
+        instance = uri.rstrip("/").split("/")[-1]
+        with self._lock:
+            if instance not in self.files:
+                raise OrthancError("DELETE", uri, "Unknown resource")
+            del self.files[instance]
+            del self.sop_classes[instance]
+            self.changes = [c for c in self.changes if c["ID"] != instance]

@@ -1,0 +1,45 @@
+"""Fixtures that start the real Orthanc with the plugin on free loopback ports."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.orthanc_server import OrthancServer, orthanc_available
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not orthanc_available():
+        skip = pytest.mark.skip(reason="Orthanc from Debian's packages is not installed")
+        for item in items:
+            if "integration" in str(item.fspath):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """One Orthanc with the plugin, shared by the tests of a module."""
+    folder = tmp_path_factory.mktemp("orthanc")
+    with OrthancServer(folder) as orthanc:
+        yield orthanc
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    """Factory for servers with a custom configuration; all stopped at the end."""
+    started: list[OrthancServer] = []
+
+    def make(**kwargs: object) -> OrthancServer:
+        orthanc = OrthancServer(tmp_path / f"orthanc{len(started)}", **kwargs)
+        started.append(orthanc)
+        return orthanc
+
+    yield make
+    for orthanc in started:
+        orthanc.stop()

@@ -1,0 +1,166 @@
+"""The adapter against a fake ``orthanc`` module limited to the real 4.0 API."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from orthanc_dpp import adapter
+from tests.dpp_factory import make_non_dpp, make_protocol, to_bytes
+from tests.fake_orthanc_module import FakeOrthancModule
+from tests.orthanc_server import free_port
+
+
+@pytest.fixture(autouse=True)
+def restore_loggers():
+    """install() sends our loggers to Orthanc only; give them back to pytest after."""
+    import logging
+
+    saved = {}
+    for name in ("orthanc_dpp", "pynetdicom"):
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.level = propagate, level
+
+
+def configuration(**section: object) -> dict:
+    return {
+        "DefinedProcedureProtocol": {
+            "AETitle": "DPP_UNIT",
+            "Port": free_port(),
+            "BindAddress": "127.0.0.1",
+            "ChangePollInterval": 0.1,
+            **section,
+        }
+    }
+
+
+@pytest.fixture
+def running():
+    orthanc = FakeOrthancModule(configuration())
+    plugin = adapter.install(orthanc)
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
+    assert _wait(lambda: plugin.listener.status.state == "running")
+    yield orthanc, plugin
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
+
+
+def _wait(predicate, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_bad_configuration_keeps_orthanc_up_and_is_reported() -> None:
+    orthanc = FakeOrthancModule(configuration(Port="eleven", AETitle=""))
+    plugin = adapter.install(orthanc)
+    assert plugin.settings is None
+    log = orthanc.log_text()
+    assert "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in log
+    assert "DefinedProcedureProtocol.AETitle" in log
+    status = orthanc.call_route("/dpp/status").json()
+    assert status["Configuration"]["Valid"] is False
+    assert len(status["Configuration"]["Errors"]) == 2
+    assert status["Listener"]["State"] == "stopped"
+    listing = orthanc.call_route("/dpp/protocols")
+    assert listing.status == 503
+    assert listing.json()["Error"] == "DPP plugin configuration is invalid"
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
+    assert plugin.listener is None
+
+
+def test_started_listener_answers_echo_and_stops(running) -> None:
+    orthanc, plugin = running
+    ae = AE(ae_title="UNIT_SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", plugin.settings.port, ae_title="DPP_UNIT")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    status = orthanc.call_route("/dpp/status").json()
+    assert status["Listener"]["State"] == "running"
+    assert status["Index"]["Ready"] is True
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
+    assert plugin.listener.status.state == "stopped"
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", plugin.settings.port)) != 0
+
+
+def test_port_in_use_is_reported_and_orthanc_continues() -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        orthanc = FakeOrthancModule(configuration(Port=port))
+        plugin = adapter.install(orthanc)
+        orthanc.change_callback(
+            orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, ""
+        )
+        assert _wait(lambda: plugin.listener.status.state == "failed")
+        status = orthanc.call_route("/dpp/status").json()
+        assert status["Listener"]["Error"].startswith(f"cannot listen on 127.0.0.1:{port}")
+        assert "DPP: DPP listener not started: cannot listen on" in orthanc.log_text()
+        plugin.stop()
+
+
+def test_received_instance_hook_normalizes_only_dpp(running) -> None:
+    orthanc, _ = running
+    actions = orthanc.ReceivedInstanceAction
+    action, data = orthanc.received_callback(to_bytes(make_protocol(3, "CT")), None)
+    assert action == actions.MODIFY
+    assert pydicom.dcmread(io.BytesIO(data)).PatientID == "DPP-PROTOCOL-LIBRARY"
+    assert orthanc.received_callback(to_bytes(make_non_dpp(1)), None) == (actions.KEEP_AS_IS, None)
+
+
+def test_uploads_and_deletions_reach_the_index(running) -> None:
+    orthanc, plugin = running
+    ds = make_protocol(11, "XA")
+    stored = orthanc.call_route(
+        "/dpp/protocols",
+        "POST",
+        headers={"Content-Type": "application/dicom"},
+        body=to_bytes(ds),
+    )
+    assert stored.status == 200
+    orthanc_id = stored.json()["Files"][0]["OrthancID"]
+    assert plugin.index.get(ds.SOPInstanceUID).orthanc_id == orthanc_id
+    # Deleted through Orthanc itself: the DELETED callback removes it at once.
+    orthanc.api.delete(f"/instances/{orthanc_id}")
+    orthanc.change_callback(orthanc.ChangeType.DELETED, orthanc.ResourceType.INSTANCE, orthanc_id)
+    assert plugin.index.get(ds.SOPInstanceUID) is None
+    missing = orthanc.call_route(f"/dpp/protocols/{ds.SOPInstanceUID}")
+    assert missing.status == 404
+    assert missing.headers["Content-Type"] == "application/json"
+
+
+def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
+    orthanc, plugin = running
+
+    def explode(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plugin.rest, "protocols", explode)
+    answer = orthanc.call_route("/dpp/protocols")
+    assert answer.status == 500
+    assert answer.json()["Error"] == "internal error: boom"
+    assert "REST /dpp/protocols failed" in orthanc.log_text()
+
+
+def test_only_one_change_callback_is_registered() -> None:
+    orthanc = FakeOrthancModule(configuration())
+    adapter.install(orthanc)  # a second registration would raise (fact 12)
+    assert orthanc.change_callback is not None

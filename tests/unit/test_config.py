@@ -1,0 +1,122 @@
+"""The DefinedProcedureProtocol section: defaults, validation, messages naming keys."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from orthanc_dpp.config import ConfigError, Normalization, Settings, parse_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def strip_json_comments(text: str) -> str:
+    """Orthanc's configuration allows // and /* */ comments; json does not."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return re.sub(r'^\s*//.*$|(?<=[,{\[\s])//[^"\n]*$', "", text, flags=re.M)
+
+
+def errors_of(section: object) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"DefinedProcedureProtocol": section})
+    return caught.value.errors
+
+
+def test_missing_section_means_defaults():
+    assert parse_settings({}) == Settings()
+    assert Settings().port == 11112
+    assert Settings().normalization == Normalization()
+
+
+def test_all_keys_are_parsed():
+    settings = parse_settings(
+        {
+            "DefinedProcedureProtocol": {
+                "Enabled": False,
+                "AETitle": " PROTOCOLS ",
+                "CheckCalledAETitle": True,
+                "Port": 104,
+                "BindAddress": "::1",
+                "MaximumAssociations": 3,
+                "AcseTimeout": 5,
+                "DimseTimeout": 6.5,
+                "NetworkTimeout": 7,
+                "MaximumPduSize": 0,
+                "MaximumFindResults": 500,
+                "ChangePollInterval": 0.5,
+                "ReconcileInterval": 120,
+                "PythonPath": "/opt/venv/site-packages",
+                "Normalization": {
+                    "PatientID": "LIB",
+                    "PatientName": "Lib",
+                    "StudyDescription": "S",
+                },
+            }
+        }
+    )
+    assert settings.enabled is False
+    assert settings.ae_title == "PROTOCOLS"
+    assert settings.check_called_ae_title is True
+    assert (settings.port, settings.bind_address) == (104, "::1")
+    assert settings.dimse_timeout == 6.5
+    assert settings.maximum_pdu_size == 0
+    assert settings.python_path == ("/opt/venv/site-packages",)
+    assert settings.normalization == Normalization("LIB", "Lib", "S")
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"Port": "11112"}, "DefinedProcedureProtocol.Port: must be a whole number"),
+        ({"Port": 70000}, "DefinedProcedureProtocol.Port: must be between 1 and 65535"),
+        ({"Port": True}, "DefinedProcedureProtocol.Port: must be a whole number"),
+        ({"AETitle": "A" * 17}, "DefinedProcedureProtocol.AETitle: must be 1 to 16"),
+        ({"AETitle": "BAD\\AE"}, "DefinedProcedureProtocol.AETitle: must be 1 to 16"),
+        ({"AETitle": "   "}, "DefinedProcedureProtocol.AETitle: must be 1 to 16"),
+        ({"BindAddress": "localhost"}, "DefinedProcedureProtocol.BindAddress: must be an IPv4"),
+        ({"Enabled": "yes"}, "DefinedProcedureProtocol.Enabled: must be true or false"),
+        ({"DimseTimeout": 0}, "DefinedProcedureProtocol.DimseTimeout: must be between 1"),
+        ({"MaximumPduSize": 100}, "DefinedProcedureProtocol.MaximumPduSize: must be 0"),
+        ({"MaximumAssociations": 0}, "DefinedProcedureProtocol.MaximumAssociations: must be"),
+        ({"PythonPath": [1]}, "DefinedProcedureProtocol.PythonPath: must be a list"),
+        ({"Prot": 1}, "DefinedProcedureProtocol.Prot: unknown key (known keys: AETitle"),
+        (
+            {"Normalization": {"PatientID": "A\\B"}},
+            "DefinedProcedureProtocol.Normalization.PatientID: must be printable ASCII",
+        ),
+        (
+            {"Normalization": {"PatientName": "x" * 65}},
+            "DefinedProcedureProtocol.Normalization.PatientName: must be at most 64",
+        ),
+        (
+            {"Normalization": {"Patient": "x"}},
+            "DefinedProcedureProtocol.Normalization.Patient: unknown key",
+        ),
+        ({"Normalization": []}, "DefinedProcedureProtocol.Normalization: must be a JSON object"),
+    ],
+)
+def test_bad_value_names_the_key(section, expected):
+    errors = errors_of(section)
+    assert len(errors) == 1
+    assert errors[0].startswith(expected)
+
+
+def test_every_problem_is_reported_at_once():
+    errors = errors_of({"Port": -1, "AETitle": "", "Normalization": {"PatientID": ""}})
+    assert [e.split(":")[0] for e in errors] == [
+        "DefinedProcedureProtocol.Port",
+        "DefinedProcedureProtocol.AETitle",
+        "DefinedProcedureProtocol.Normalization.PatientID",
+    ]
+
+
+def test_section_must_be_an_object():
+    assert errors_of([]) == ["DefinedProcedureProtocol: must be a JSON object"]
+
+
+def test_shipped_orthanc_json_is_valid():
+    configuration = json.loads(strip_json_comments((REPO / "orthanc.json").read_text()))
+    settings = parse_settings(configuration)
+    assert settings.bind_address == "127.0.0.1"
+    assert configuration["PythonScript"] == "plugin/dpp_plugin.py"

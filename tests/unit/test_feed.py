@@ -1,0 +1,107 @@
+"""The index follows Orthanc's change log, including other nodes' work."""
+
+from __future__ import annotations
+
+import time
+
+from orthanc_dpp.config import Normalization
+from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
+from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.library import ProtocolLibrary
+from tests.dpp_factory import make_library, make_non_dpp, to_bytes
+from tests.fake_orthanc import FakeOrthancApi
+
+
+def make_feed(api: FakeOrthancApi, index: ProtocolIndex, **kwargs: float) -> IndexFeed:
+    library = ProtocolLibrary(api, Normalization())
+    options = {"poll_interval": 0.05, "reconcile_interval": 3600.0, **kwargs}
+    return IndexFeed(library, index, **options)
+
+
+def store_elsewhere(api: FakeOrthancApi, count: int, seed: int) -> list[str]:
+    """Instances stored by 'another node': only the change log knows them."""
+    library = ProtocolLibrary(api, Normalization())
+    return [library.store(ds).sop_instance_uid for ds in make_library(count, seed=seed)]
+
+
+def test_initial_load_indexes_only_dpp_instances() -> None:
+    api, index = FakeOrthancApi(), ProtocolIndex()
+    uids = store_elsewhere(api, 5, seed=1)
+    image = make_non_dpp(1)
+    api.post("/instances", to_bytes(image))
+    feed = make_feed(api, index)
+    feed.load()
+    assert feed.ready
+    assert {index.get(uid).sop_instance_uid for uid in uids} == set(uids)
+    assert len(index) == 5
+    assert feed.last_seq == api.seq
+
+
+def test_paging_through_a_long_change_log() -> None:
+    api, index = FakeOrthancApi(), ProtocolIndex()
+    store_elsewhere(api, 3, seed=2)
+    for seq in range(CHANGES_PAGE + 10):  # unrelated changes push entries past a page
+        api.seq += 1
+        api.changes.append({"ChangeType": "StableSeries", "ID": f"s{seq}", "Seq": api.seq})
+    later = store_elsewhere(api, 2, seed=3)
+    feed = make_feed(api, index)
+    feed.load()
+    assert len(index) == 5
+    assert all(index.get(uid) for uid in later)
+
+
+def test_worker_follows_new_instances_and_reconciles_deletions() -> None:
+    api, index = FakeOrthancApi(), ProtocolIndex()
+    feed = make_feed(api, index, reconcile_interval=1.0)
+    feed.start()
+    try:
+        uids = store_elsewhere(api, 3, seed=4)
+        feed.wake()
+        assert _eventually(lambda: len(index) == 3)
+        gone = index.get(uids[0])
+        api.delete(f"/instances/{gone.orthanc_id}")  # deleted by another node
+        assert _eventually(lambda: index.get(uids[0]) is None, timeout=5.0)
+        assert len(index) == 2
+    finally:
+        feed.stop()
+
+
+def test_forget_removes_at_once() -> None:
+    api, index = FakeOrthancApi(), ProtocolIndex()
+    store_elsewhere(api, 1, seed=5)
+    feed = make_feed(api, index)
+    feed.load()
+    (orthanc_id,) = index.orthanc_ids()
+    feed.forget(orthanc_id)
+    assert len(index) == 0
+
+
+def test_a_failing_orthanc_is_reported_not_fatal(caplog) -> None:
+    api, index = FakeOrthancApi(), ProtocolIndex()
+    original_get = api.get
+    failures = {"left": 2}
+
+    def flaky_get(uri: str) -> bytes:
+        if uri.startswith("/changes") and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("database unavailable")
+        return original_get(uri)
+
+    api.get = flaky_get  # type: ignore[method-assign]
+    store_elsewhere(api, 2, seed=6)
+    feed = make_feed(api, index)
+    feed.start()
+    try:
+        assert _eventually(lambda: len(index) == 2 and feed.last_error is None)
+        assert "Protocol index update failed: database unavailable" in caplog.text
+    finally:
+        feed.stop()
+
+
+def _eventually(predicate, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

@@ -1,0 +1,156 @@
+"""Storing through ProtocolLibrary: success only once stored, clear refusals."""
+
+import io
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from orthanc_dpp import status
+from orthanc_dpp.config import Normalization
+from orthanc_dpp.library import (
+    ProtocolLibrary,
+    StoreError,
+    encode_part10,
+    normalize_received,
+    parse_part10,
+)
+from orthanc_dpp.normalize import has_record
+from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE
+from tests.fake_orthanc import FakeOrthancApi
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def part10(transfer_syntax: str = ExplicitVRLittleEndian, **attributes: object) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = CT_DPP_STORAGE
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    ds.ProtocolName = "Tête sans contraste 頭部"
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return ds
+
+
+@pytest.fixture
+def api() -> FakeOrthancApi:
+    return FakeOrthancApi()
+
+
+@pytest.fixture
+def library(api: FakeOrthancApi) -> ProtocolLibrary:
+    return ProtocolLibrary(api, Normalization())
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_store_then_original_equals_what_was_sent(library, api, transfer_syntax):
+    sent = part10(transfer_syntax)
+    expected = pydicom.dcmread(io.BytesIO(encode_part10(sent)))
+    stored = library.store(sent)
+    assert stored.status == "Success"
+    assert stored.added[:3] == ["PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
+    assert stored.dataset == expected  # the caller's dataset is the original again
+    in_orthanc = pydicom.dcmread(io.BytesIO(api.files[stored.orthanc_id]))
+    assert in_orthanc.PatientID == "DPP-PROTOCOL-LIBRARY" and has_record(in_orthanc)
+    assert library.original_dataset(stored.orthanc_id) == expected
+    back = pydicom.dcmread(io.BytesIO(library.original_bytes(stored.orthanc_id)))
+    assert back == expected
+    assert back.file_meta.TransferSyntaxUID == transfer_syntax
+
+
+def test_untouched_instance_is_returned_byte_for_byte(library, api):
+    data = encode_part10(part10(PatientID="P", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.4"))
+    stored = library.store(parse_part10(data), data)
+    assert stored.added == []
+    assert api.files[stored.orthanc_id] == data
+    assert library.original_bytes(stored.orthanc_id) == data
+
+
+def test_duplicate_is_reported_as_already_stored(library, caplog):
+    library.store(part10())
+    again = library.store(part10())
+    assert again.status == "AlreadyStored"
+    assert "was already stored" in caplog.text
+
+
+def test_protocol_approval_is_storable(library):
+    stored = library.store(part10(SOPClassUID=PROTOCOL_APPROVAL_STORAGE))
+    assert stored.sop_class_uid == PROTOCOL_APPROVAL_STORAGE
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "http", "reason"),
+    [
+        ({"SOPClassUID": CT_IMAGE}, 0xA900, 415, "CT Image Storage is not a Defined Procedure"),
+        ({"SOPInstanceUID": "not a uid"}, 0xC000, 400, "SOP Instance UID (0008,0018) missing"),
+        ({"SOPClassUID": ""}, 0xA900, 400, "SOP Class UID (0008,0016) missing"),
+    ],
+)
+def test_refusals_say_why(library, api, change, code, http, reason):
+    with pytest.raises(StoreError) as caught:
+        library.store(part10(**change))
+    assert (caught.value.dimse_status, caught.value.http_status) == (code, http)
+    assert reason in caught.value.reason
+    assert api.files == {}
+
+
+def test_context_mismatch_is_a_dataset_sop_class_mismatch(library):
+    with pytest.raises(StoreError) as caught:
+        library.store(part10(), context_sop_class=PROTOCOL_APPROVAL_STORAGE)
+    assert caught.value.dimse_status == status.STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert "does not match the presentation context" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("orthanc_message", "code", "http"),
+    [
+        ("The file storage is full", status.STORE_OUT_OF_RESOURCES, 507),
+        ("Cannot write to file", status.STORE_OUT_OF_RESOURCES, 507),
+        ("Bad file format", status.STORE_CANNOT_UNDERSTAND, 500),
+    ],
+)
+def test_orthanc_failure_is_not_success(library, api, orthanc_message, code, http):
+    api.fail_next_post = orthanc_message
+    with pytest.raises(StoreError) as caught:
+        library.store(part10())
+    assert (caught.value.dimse_status, caught.value.http_status) == (code, http)
+    assert orthanc_message in caught.value.reason
+
+
+WHOLE = encode_part10(part10())
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"hello", "not a DICOM Part 10 file"),
+        (WHOLE[:-5], r"file truncated in element \(0018,1030\): 23 of 28 bytes"),
+        (WHOLE[:200], "holds no dataset"),
+    ],
+    ids=["not DICOM", "truncated value", "meta only"],
+)
+def test_parse_part10_rejects_damaged_files(data, reason):
+    with pytest.raises(StoreError, match=reason) as caught:
+        parse_part10(data)
+    assert caught.value.http_status == 400
+
+
+def test_normalize_received_only_touches_dpp_without_identity():
+    labels = Normalization()
+    assert normalize_received(b"garbage", labels) is None
+    image = part10(SOPClassUID=CT_IMAGE)
+    assert normalize_received(encode_part10(image), labels) is None
+    full = part10(PatientID="P", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.4")
+    assert normalize_received(encode_part10(full), labels) is None
+    normalized = normalize_received(encode_part10(part10()), labels)
+    assert normalized is not None
+    assert pydicom.dcmread(io.BytesIO(normalized)).PatientID == "DPP-PROTOCOL-LIBRARY"
