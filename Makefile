@@ -6,7 +6,7 @@ PYTHON := /usr/bin/python3
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := orthanc orthanc-python python3-venv
-TEST_PACKAGES := $(RUN_PACKAGES) dcmtk
+TEST_PACKAGES := $(RUN_PACKAGES) dcmtk postgresql orthanc-postgresql
 
 .PHONY: run test unit integration lint bench setup-run setup-test .packages-run .packages-test
 
@@ -24,8 +24,8 @@ integration: setup-test
 	$(VENV)/bin/python -m pytest tests/integration
 
 lint: setup-test
-	$(VENV)/bin/ruff check plugin tests bench
-	$(VENV)/bin/ruff format --check plugin tests bench
+	$(VENV)/bin/ruff check plugin tests bench docker
+	$(VENV)/bin/ruff format --check plugin tests bench docker
 
 bench: setup-test
 	$(VENV)/bin/python -m bench

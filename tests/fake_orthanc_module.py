@@ -46,6 +46,7 @@ class ReceivedInstanceAction(enum.IntEnum):
 
 
 class FakeOutput:
+    # Method names are Orthanc's own (CamelCase), as in the real RestOutput.
     """Records what a REST callback sent."""
 
     def __init__(self) -> None:
@@ -54,17 +55,20 @@ class FakeOutput:
         self.headers: dict[str, str] = {}
         self.allowed: str | None = None
 
-    def AnswerBuffer(self, body: bytes, mime: str) -> None:  # noqa: N802 (Orthanc's name)
+    def AnswerBuffer(self, body: bytes, mime: str) -> None:
         self.status, self.body = 200, body
         self.headers["Content-Type"] = mime
 
-    def SendHttpStatus(self, status: int, body: bytes) -> None:  # noqa: N802
-        self.status, self.body = status, body
+    def SendHttpStatus(self, status: int, body: str, size: int) -> None:
+        # Python plugin 4.0: body as str plus its size in bytes (bytes fail).
+        if not isinstance(body, str) or size != len(body.encode()):
+            raise TypeError("Bad types for the arguments (3 arguments expected)")
+        self.status, self.body = status, body.encode()
 
-    def SetHttpHeader(self, name: str, value: str) -> None:  # noqa: N802
+    def SetHttpHeader(self, name: str, value: str) -> None:
         self.headers[name] = value
 
-    def SendMethodNotAllowed(self, allowed: str) -> None:  # noqa: N802
+    def SendMethodNotAllowed(self, allowed: str) -> None:
         self.status, self.allowed = 405, allowed
 
     def json(self) -> Any:
@@ -91,33 +95,33 @@ class FakeOrthancModule:
             raise AttributeError(f"orthanc.{name} does not exist in Python plugin 4.0")
         return object.__getattribute__(self, name)
 
-    def GetConfiguration(self) -> str:  # noqa: N802
+    def GetConfiguration(self) -> str:
         return json.dumps(self.configuration)
 
-    def GetConfigurationPath(self) -> str:  # noqa: N802
+    def GetConfigurationPath(self) -> str:
         return "/etc/orthanc/orthanc.json"
 
-    def LogInfo(self, message: str) -> None:  # noqa: N802
+    def LogInfo(self, message: str) -> None:
         self.logs.append(("info", message))
 
-    def LogWarning(self, message: str) -> None:  # noqa: N802
+    def LogWarning(self, message: str) -> None:
         self.logs.append(("warning", message))
 
-    def LogError(self, message: str) -> None:  # noqa: N802
+    def LogError(self, message: str) -> None:
         self.logs.append(("error", message))
 
     def log_text(self) -> str:
         return "\n".join(message for _, message in self.logs)
 
-    def RegisterOnChangeCallback(self, callback: Any) -> None:  # noqa: N802
+    def RegisterOnChangeCallback(self, callback: Any) -> None:
         if self.change_callback is not None:  # DESIGN.md fact 12
             raise OrthancException("only one change callback per Python plugin")
         self.change_callback = callback
 
-    def RegisterReceivedInstanceCallback(self, callback: Any) -> None:  # noqa: N802
+    def RegisterReceivedInstanceCallback(self, callback: Any) -> None:
         self.received_callback = callback
 
-    def RegisterRestCallback(self, uri: str, callback: Any) -> None:  # noqa: N802
+    def RegisterRestCallback(self, uri: str, callback: Any) -> None:
         self.routes[uri] = callback
 
     def _rest(self, method: str, uri: str, *args: Any) -> Any:
@@ -126,13 +130,13 @@ class FakeOrthancModule:
         except OrthancError as exc:
             raise OrthancException(exc.message) from None
 
-    def RestApiGet(self, uri: str) -> bytes:  # noqa: N802
+    def RestApiGet(self, uri: str) -> bytes:
         return self._rest("get", uri)
 
-    def RestApiPost(self, uri: str, body: bytes) -> bytes:  # noqa: N802
+    def RestApiPost(self, uri: str, body: bytes) -> bytes:
         return self._rest("post", uri, body)
 
-    def RestApiDelete(self, uri: str) -> None:  # noqa: N802
+    def RestApiDelete(self, uri: str) -> None:
         self._rest("delete", uri)
 
     def call_route(self, uri: str, method: str = "GET", **request: Any) -> FakeOutput:

@@ -213,7 +213,10 @@ def _answer(output: Any, response: Response) -> None:
         output.AnswerBuffer(response.body, response.content_type)
     else:
         output.SetHttpHeader("Content-Type", response.content_type)
-        output.SendHttpStatus(response.status, response.body)
+        # Python plugin 4.0 takes the body as str plus its length; only our
+        # JSON error bodies go this way.
+        text = response.body.decode("utf-8", "replace")
+        output.SendHttpStatus(response.status, text, len(text.encode()))
 
 
 def _route(plugin: Plugin, handler_name: str) -> Any:

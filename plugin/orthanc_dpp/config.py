@@ -144,7 +144,7 @@ def _label(max_length: int) -> Callable[[Any], str]:
 
 
 # key -> (attribute of Settings, validator)
-_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Enabled": ("enabled", _bool),
     "AETitle": ("ae_title", _ae_title),
     "CheckCalledAETitle": ("check_called_ae_title", _bool),
@@ -161,7 +161,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "PythonPath": ("python_path", _path_list),
 }
 
-_NORMALIZATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+NORMALIZATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "PatientID": ("patient_id", _label(64)),
     "PatientName": ("patient_name", _label(64)),
     "StudyDescription": ("study_description", _label(64)),
@@ -203,9 +203,9 @@ def parse_settings(orthanc_configuration: Mapping[str, Any]) -> Settings:
         raw_normalization = raw.pop("Normalization", {})
     else:
         raw_normalization = {}
-    values = _parse_object(raw, SECTION, _KEYS, errors)
+    values = _parse_object(raw, SECTION, KEYS, errors)
     normalization = _parse_object(
-        raw_normalization, f"{SECTION}.Normalization", _NORMALIZATION_KEYS, errors
+        raw_normalization, f"{SECTION}.Normalization", NORMALIZATION_KEYS, errors
     )
     if errors:
         raise ConfigError(errors)

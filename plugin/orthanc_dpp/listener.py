@@ -122,7 +122,12 @@ class DppListener:
         with self._lock:
             if self._server is None:
                 return
-            self._server.shutdown()
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()
+            # Association threads are not daemons: a peer holding an idle
+            # association open would keep Orthanc from exiting.
+            for assoc in server.active_associations:
+                log.warning("Aborting association with %s at shutdown", assoc.requestor.ae_title)
+                assoc.abort()
             self.status.state = "stopped"
             log.warning("DPP listener stopped")

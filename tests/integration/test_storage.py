@@ -16,6 +16,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES
@@ -57,7 +58,8 @@ def test_c_echo_pynetdicom_and_dcmtk(server: OrthancServer) -> None:
 def test_c_store_many_and_read_back_element_for_element(
     server: OrthancServer, transfer_syntax: str
 ) -> None:
-    sent = list(make_library(12, seed=hash(transfer_syntax) % 10_000, kinds=("CT", "XA")))
+    seed = 1000 * TRANSFER_SYNTAXES.index(transfer_syntax)
+    sent = list(make_library(12, seed=seed, kinds=("CT", "XA")))
     assoc = associate(server, transfer_syntaxes=[transfer_syntax])
     for ds in sent:
         ds = as_received(ds, transfer_syntax)
@@ -95,7 +97,7 @@ def test_c_store_from_dcmtk_storescu(server: OrthancServer, tmp_path: Path) -> N
         path.write_bytes(to_bytes(ds))
         files.append(str(path))
     result = subprocess.run(
-        ["storescu", "-aec", server.aet, "127.0.0.1", str(server.dpp_port), *files],
+        ["storescu", "--required", "-aec", server.aet, "127.0.0.1", str(server.dpp_port), *files],
         capture_output=True,
         text=True,
         timeout=60,
@@ -105,17 +107,23 @@ def test_c_store_from_dcmtk_storescu(server: OrthancServer, tmp_path: Path) -> N
         assert original(server, ds.SOPInstanceUID) == as_received(ds, ExplicitVRLittleEndian)
 
 
-def test_non_dpp_sop_class_is_refused(server: OrthancServer, tmp_path: Path) -> None:
+def test_non_dpp_sop_class_is_refused(
+    server: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assoc = associate(server, [CTImageStorage, CT_DPP_STORAGE])
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     assert CTImageStorage not in accepted
     assert CT_DPP_STORAGE in accepted
-    # A CT image on the DPP context (pynetdicom picks the context of a file
-    # from its Media Storage SOP Class UID) does not match its SOP class.
+    # A CT image on the DPP context does not match its SOP class. pynetdicom
+    # sends a file as it is, on the context of its Media Storage SOP Class
+    # UID, when told to send files in chunks.
+    monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
     image = make_non_dpp(1)
-    image.file_meta.MediaStorageSOPClassUID = CT_DPP_STORAGE
     path = tmp_path / "image.dcm"
     path.write_bytes(to_bytes(image))
+    mislabelled = pydicom.dcmread(path)
+    mislabelled.file_meta.MediaStorageSOPClassUID = CT_DPP_STORAGE
+    mislabelled.save_as(path)  # enforce_file_format would restore the real class
     answer = assoc.send_c_store(path)
     assoc.release()
     assert answer.Status == 0xA900
@@ -174,3 +182,15 @@ def test_configuration_is_in_status(server: OrthancServer) -> None:
     assert status["Configuration"] == {"Valid": True, "Errors": []}
     assert status["Listener"]["State"] == "running"
     assert status["Listener"]["Port"] == server.dpp_port
+
+
+def test_orthanc_stops_promptly_with_an_association_open(make_server) -> None:
+    orthanc = make_server()
+    orthanc.start()
+    assoc = associate(orthanc, [Verification])
+    assert assoc.send_c_echo().Status == 0x0000
+    # The peer keeps the association open; Orthanc must still exit cleanly
+    # (a kill after the 30-second grace period would give -9).
+    assert orthanc.stop(timeout=30) == 0
+    assert "Aborting association with TEST_SCU at shutdown" in orthanc.log()
+    assoc.abort()
