@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification
 
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import STORAGE_CLASSES
-from tests.orthanc_server import OrthancServer
+from tests.orthanc_server import OrthancServer, free_port
 
 
 def associate(
@@ -23,3 +30,59 @@ def associate(
     assoc = ae.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet)
     assert assoc.is_established, "association with the DPP listener was not accepted"
     return assoc
+
+
+# --- DCMTK storescp (DESIGN fact 8) ---------------------------------------------------
+
+STORESCP_PROFILE = """\
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = OppositeEndianExplicit
+TransferSyntax3 = LittleEndianImplicit
+
+[[PresentationContexts]]
+[DPPStorage]
+PresentationContext1 = 1.2.840.10008.5.1.4.1.1.200.1\\Uncompressed
+PresentationContext2 = 1.2.840.10008.5.1.4.1.1.200.3\\Uncompressed
+PresentationContext3 = 1.2.840.10008.5.1.4.1.1.200.7\\Uncompressed
+
+[[Profiles]]
+[DPP]
+PresentationContexts = DPPStorage
+"""
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "storescp exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"storescp not listening on {port}")
+
+
+@contextlib.contextmanager
+def storescp(
+    tmp_path: Path, *, profile: bool, port: int | None = None, aet: str = "DCMTK"
+) -> Iterator[tuple[int, Path]]:
+    """DCMTK storescp on a free port, writing into a fresh folder; stopped on exit."""
+    out = tmp_path / "received"
+    out.mkdir()
+    port = port or free_port()
+    command = ["storescp", "-aet", aet, "-od", str(out)]
+    if profile:  # DESIGN fact 8: without it, storescp refuses the DPP classes
+        config = tmp_path / "dpp-storescp.cfg"
+        config.write_text(STORESCP_PROFILE)
+        command += ["-xf", str(config), "DPP"]
+    process = subprocess.Popen(
+        [*command, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for_port(port, process)
+        yield port, out
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import traceback
 from types import ModuleType
 from typing import Any
@@ -20,10 +21,12 @@ from typing import Any
 from pynetdicom import evt
 
 from orthanc_dpp import __version__
+from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import (
+    IndexedSource,
     OrthancError,
     ProtocolLibrary,
     Stored,
@@ -31,10 +34,16 @@ from orthanc_dpp.library import (
     normalize_received,
 )
 from orthanc_dpp.listener import DppListener
+from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.rest import DppRestApi, Request, Response, error, json_response
-from orthanc_dpp.storage_scp import handle_echo, make_store_handler
+from orthanc_dpp.retrieve import make_retrieve_handlers
+from orthanc_dpp.scp import Gatekeeper, make_echo_handler, make_find_handler, make_store_handler
 
 log = logging.getLogger("orthanc_dpp")
+
+#: Seconds between re-reads of Orthanc's modality list (besides the
+#: UPDATED_MODALITIES event, which this node's own changes raise).
+MODALITY_REFRESH = 30.0
 
 
 class OrthancLogHandler(logging.Handler):
@@ -105,10 +114,29 @@ class Plugin:
             self.index,
             poll_interval=settings.change_poll_interval,
             reconcile_interval=settings.reconcile_interval,
+            on_tick=self.refresh_modalities,
         )
+        # Peers and move destinations: Orthanc's own modality list, re-read
+        # on UPDATED_MODALITIES and every MODALITY_REFRESH seconds.
+        self.modalities = ModalityRegistry()
+        self._modalities_due = 0.0
+        policy = AccessPolicy.from_orthanc(configuration, settings.unknown_callers)
+        gate = Gatekeeper(self.modalities, policy)
         handlers = {
-            evt.EVT_C_ECHO: handle_echo,
-            evt.EVT_C_STORE: make_store_handler(self.library, self.on_stored),
+            evt.EVT_C_ECHO: make_echo_handler(gate),
+            evt.EVT_C_STORE: make_store_handler(self.library, gate, self.on_stored),
+            evt.EVT_C_FIND: make_find_handler(
+                self.index,
+                gate,
+                max_results=settings.maximum_find_results,
+                is_ready=lambda: bool(self.feed and self.feed.ready),
+            ),
+            **make_retrieve_handlers(
+                IndexedSource(self.index, self.library),
+                self.modalities,
+                policy,
+                report_missing=settings.report_missing_instances,
+            ),
         }
         self.listener = DppListener(settings, handlers)
         if not settings.enabled:
@@ -139,15 +167,36 @@ class Plugin:
             self.feed.wake()
         elif change_type == o.ChangeType.DELETED and level == o.ResourceType.INSTANCE:
             self.feed.forget(resource_id)
+        elif change_type == o.ChangeType.UPDATED_MODALITIES:
+            self._modalities_due = 0.0  # re-read on the worker thread, now
+            self.feed.wake()
+
+    def refresh_modalities(self, force: bool = False) -> None:
+        """Re-read ``/modalities?expand`` when due (worker threads only, never a callback)."""
+        now = time.monotonic()
+        if not force and now < self._modalities_due:
+            return
+        self._modalities_due = now + MODALITY_REFRESH
+        self.modalities.refresh(
+            lambda: json.loads(self.library.api.get("/modalities?expand")),
+            **matching_options(self.configuration),
+        )
 
     def start(self) -> None:
         if self.settings is None or not self.settings.enabled:
             return
         assert self.feed is not None and self.listener is not None
+        listener = self.listener
+
+        def start_listener() -> None:
+            self.refresh_modalities(force=True)
+            listener.start()
+
+        # On a thread: the modality list comes from Orthanc's REST API, which
+        # a change callback must not call, and no socket problem may ever
+        # hold Orthanc's callback thread.
+        threading.Thread(target=start_listener, name="dpp-listener-start").start()
         self.feed.start()
-        # Binding is quick; do it on a thread anyway so that no socket
-        # problem can ever hold Orthanc's callback thread.
-        threading.Thread(target=self.listener.start, name="dpp-listener-start").start()
 
     def stop(self) -> None:
         if self.listener is not None:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orthanc_dpp.access import Service, parse_unknown_callers
+
 SECTION = "DefinedProcedureProtocol"
 
 # PS3.5 6.2: AE is 16 characters of the default repertoire without
@@ -64,6 +66,8 @@ class Settings:
     change_poll_interval: float = 1.0
     reconcile_interval: float = 60.0
     python_path: tuple[str, ...] = ()
+    unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
+    report_missing_instances: bool = True
     normalization: Normalization = field(default_factory=Normalization)
 
 
@@ -159,6 +163,8 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ChangePollInterval": ("change_poll_interval", _seconds(0.1, 3600)),
     "ReconcileInterval": ("reconcile_interval", _seconds(1, 86400)),
     "PythonPath": ("python_path", _path_list),
+    "UnknownCallers": ("unknown_callers", parse_unknown_callers),
+    "ReportMissingInstances": ("report_missing_instances", _bool),
 }
 
 NORMALIZATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

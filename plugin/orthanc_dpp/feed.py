@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from pydicom import Dataset
@@ -51,11 +51,13 @@ class IndexFeed:
         *,
         poll_interval: float,
         reconcile_interval: float,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.library = library
         self.index = index
         self.poll_interval = poll_interval
         self.reconcile_interval = reconcile_interval
+        self.on_tick = on_tick  # other periodic work of the worker thread
         self.last_seq = 0
         self.ready = False
         self.load_seconds: float | None = None
@@ -172,6 +174,8 @@ class IndexFeed:
                     self.load()
                 else:
                     self.catch_up()
+                if self.on_tick is not None:
+                    self.on_tick()
                 if time.monotonic() >= next_reconcile:
                     self.reconcile()
                     next_reconcile = time.monotonic() + self.reconcile_interval

@@ -17,8 +17,9 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pydicom
 from pydicom import Dataset
@@ -28,7 +29,7 @@ from pydicom.uid import UID
 
 from orthanc_dpp import normalize, status
 from orthanc_dpp.config import Normalization
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.library")
 
@@ -292,3 +293,30 @@ def normalize_received(data: bytes, labels: Normalization) -> bytes | None:
     except normalize.NormalizationError as exc:
         raise StoreError(status.STORE_CANNOT_UNDERSTAND, 400, str(exc)) from exc
     return encode_part10(ds)
+
+
+class _Index(Protocol):
+    def get(self, sop_instance_uid: str) -> Any: ...
+
+
+class IndexedSource:
+    """What C-GET/C-MOVE retrieve (``retrieve.ProtocolSource``): DPP instances of the index.
+
+    Only Defined Procedure Protocol classes are retrievable through the DPP
+    information model; Protocol Approvals have their own model (PS3.4 HH).
+    """
+
+    def __init__(self, index: _Index, library: ProtocolLibrary) -> None:
+        self.index = index
+        self.library = library
+
+    def resolve(self, uids: Sequence[str]) -> list[tuple[str, str | None]]:
+        resolved: list[tuple[str, str | None]] = []
+        for uid in uids:
+            entry = self.index.get(uid)
+            ok = entry is not None and entry.sop_class_uid in DPP_STORAGE_CLASSES
+            resolved.append((uid, entry.orthanc_id if ok else None))
+        return resolved
+
+    def load(self, orthanc_id: str) -> Dataset:
+        return self.library.original_dataset(orthanc_id)

@@ -70,7 +70,9 @@ def test_bad_configuration_keeps_orthanc_up_and_is_reported() -> None:
     plugin = adapter.install(orthanc)
     assert plugin.settings is None
     log = orthanc.log_text()
-    assert "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in log
+    assert (
+        "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in log
+    )
     assert "DefinedProcedureProtocol.AETitle" in log
     status = orthanc.call_route("/dpp/status").json()
     assert status["Configuration"]["Valid"] is False

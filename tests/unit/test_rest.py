@@ -71,7 +71,11 @@ def test_upload_one_file(rest: DppRestApi, index: ProtocolIndex) -> None:
     assert file["Stored"] is True
     assert file["SOPInstanceUID"] == ds.SOPInstanceUID
     assert file["Status"] == "Success"
-    assert file["AddedByNormalization"][:3] == ["PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
+    assert file["AddedByNormalization"][:3] == [
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+    ]
     assert index.get(ds.SOPInstanceUID) is not None
 
 

@@ -1,0 +1,85 @@
+"""C-FIND SCP logic for the DPP information model, as a pure generator.
+
+The pynetdicom EVT_C_FIND handler (in the listener) only calls
+:func:`handle_find` with the event's identifier and cancel check and passes
+on what it yields: ``(status, identifier)`` pairs as pynetdicom expects.
+Kept free of pynetdicom events so every status is tested without a network.
+
+No identifier may make this raise: pynetdicom would answer 0xC311 with no
+explanation. Invalid identifiers get their specific status (0xA900 or
+0xC000) with an Error Comment naming the key; anything unexpected is logged
+with its traceback and answered 0xC000 with a comment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from pydicom.dataset import Dataset
+
+from orthanc_dpp import status
+from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.match import InvalidIdentifier, compile_query
+
+log = logging.getLogger("orthanc_dpp.find")
+
+Response = tuple[int | Dataset, Dataset | None]
+
+
+def failure(code: int, comment: str, tag: int | None = None) -> Dataset:
+    """A status dataset with Error Comment (and Offending Element when known)."""
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]  # LO
+    if tag is not None:
+        ds.OffendingElement = [tag]
+    return ds
+
+
+def handle_find(
+    identifier: Dataset,
+    index: ProtocolIndex,
+    *,
+    max_results: int,
+    is_cancelled: Callable[[], bool],
+) -> Iterator[Response]:
+    """Answer one C-FIND: pending responses, then Success, or one final failure.
+
+    ``max_results`` (0 = unlimited) bounds the pending responses; one match
+    beyond it ends the C-FIND with 0xA700 (Out of resources), so the SCU
+    knows its answer is incomplete and can refine the query.
+    """
+    try:
+        query = compile_query(identifier)
+    except InvalidIdentifier as exc:
+        log.info("C-FIND identifier refused (0x%04X): %s", exc.status, exc)
+        yield failure(exc.status, exc.comment, exc.tag), None
+        return
+    except Exception:
+        log.exception("C-FIND identifier could not be read")
+        yield failure(status.UNABLE_TO_PROCESS, "Identifier could not be read"), None
+        return
+
+    sent = 0
+    try:
+        for entry in index.find(query, is_cancelled):
+            if is_cancelled():
+                break
+            if max_results and sent >= max_results:
+                log.info("C-FIND stopped at the limit of %d results", max_results)
+                comment = f"More than {max_results} matches; refine the query"
+                yield failure(status.FIND_OUT_OF_RESOURCES, comment), None
+                return
+            code, response = query.respond(entry.record)
+            yield code, response
+            sent += 1
+        if is_cancelled():
+            log.info("C-FIND cancelled after %d result(s)", sent)
+            yield status.CANCEL, None
+            return
+    except Exception:
+        log.exception("C-FIND failed after %d result(s)", sent)
+        yield failure(status.UNABLE_TO_PROCESS, "Internal error while matching"), None
+        return
+    yield status.SUCCESS, None

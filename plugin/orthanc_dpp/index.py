@@ -1,0 +1,339 @@
+"""The in-memory protocol index that answers C-FIND (DESIGN.md "Protocol index").
+
+One :class:`Entry` per stored instance (DPP and Protocol Approval alike; the
+query decides which SOP classes it answers), keyed by Orthanc ID. Readers are
+association threads, the writer is the feed's worker thread (and REST or
+C-STORE handlers), so every structure is guarded by one lock, held only for
+dictionary work: records are built before taking it, and :meth:`find` takes
+a snapshot of its candidates under the lock and matches outside it. Entries
+are immutable, so a snapshot stays valid while the index changes.
+
+Secondary indexes map normalized values (``match.normalizer``) of a few
+attributes that queries usually constrain (SOP class, protocol name,
+modality, manufacturer, codes) to entry numbers. They only narrow the
+candidates: every candidate still goes through ``Query.matches``, so the
+answer equals a brute-force filter over all entries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+
+from orthanc_dpp.match import Leaf, Query, SequenceKey, normalizer
+from orthanc_dpp.record import Record, to_record
+
+SOP_CLASS_UID: Final = 0x00080016
+SOP_INSTANCE_UID: Final = 0x00080018
+CODE_VALUE: Final = 0x00080100
+CODE_SEQUENCES: Final = (
+    0x00189906,  # Potential Scheduled Protocol Code Sequence
+    0x00189907,  # Potential Requested Procedure Code Sequence
+    0x00189909,  # Potential Reasons for Procedure Code Sequence
+    0x00080220,  # Responsible Group Code Sequence
+    0x00082218,  # Anatomic Region Sequence
+    0x00082228,  # Primary Anatomic Structure Sequence
+)
+
+#: Top-level attributes with a value index.
+INDEXED: Final = (
+    0x00181030,  # Protocol Name
+    0x00080221,  # Equipment Modality
+    0x00080070,  # Manufacturer
+    0x00081090,  # Manufacturer's Model Name
+    0x00080080,  # Institution Name
+    0x00700084,  # Content Creator's Name
+    0x00080012,  # Instance Creation Date
+)
+#: (sequence, item attribute) pairs with a value index.
+INDEXED_ITEMS: Final = (
+    *((seq, CODE_VALUE) for seq in CODE_SEQUENCES),
+    (0x00189912, 0x00080070),  # Model Specification Sequence > Manufacturer
+    (0x00189912, 0x00081090),  # Model Specification Sequence > Manufacturer's Model Name
+    (0x0040A07C, 0x00080080),  # Custodial Organization Sequence > Institution Name
+)
+
+# A wild card or range is tried on each distinct value of an index only when
+# they are few compared with the entries; otherwise matching streams.
+_SCAN_FRACTION: Final = 8
+_CANCEL_CHECK_EVERY: Final = 64
+
+Path = int | tuple[int, int]
+IdSet = int | set[int]
+
+
+class Entry:
+    """One indexed instance. Immutable: a new version is a new Entry."""
+
+    __slots__ = ("number", "orthanc_id", "record", "sop_class_uid", "sop_instance_uid")
+
+    def __init__(self, number: int, orthanc_id: str, record: Record) -> None:
+        self.number = number  # position in the index's stable order
+        self.orthanc_id = orthanc_id
+        self.record = record
+        self.sop_instance_uid = str(record.first(SOP_INSTANCE_UID) or "")
+        self.sop_class_uid = str(record.first(SOP_CLASS_UID) or "")
+
+    def __repr__(self) -> str:
+        return f"Entry({self.orthanc_id!r}, {self.sop_instance_uid!r})"
+
+    def summary(self) -> dict[str, Any]:
+        """Key attributes as JSON-able values, for the REST API."""
+        r = self.record
+        models = [i for i in r.values(0x00189912) or () if isinstance(i, Record)]
+        return {
+            "OrthancID": self.orthanc_id,
+            "SOPInstanceUID": self.sop_instance_uid,
+            "SOPClassUID": self.sop_class_uid,
+            "ProtocolName": _text(r.first(0x00181030)),
+            "EquipmentModality": _text(r.first(0x00080221)),
+            "Manufacturer": _text(r.first(0x00080070)),
+            "ManufacturerModelName": _text(r.first(0x00081090)),
+            "Manufacturers": _distinct(_text(m.first(0x00080070)) for m in models),
+            "ManufacturerModelNames": _distinct(_text(m.first(0x00081090)) for m in models),
+            "InstitutionName": _text(r.first(0x00080080)),
+            "ScheduledProtocolCodes": [
+                {
+                    "CodeValue": _text(c.first(0x00080100) or c.first(0x00080119)),
+                    "CodingSchemeDesignator": _text(c.first(0x00080102)),
+                    "CodeMeaning": _text(c.first(0x00080104)),
+                }
+                for c in r.values(0x00189906) or ()
+                if isinstance(c, Record)
+            ],
+            "InstanceCreationDate": _text(r.first(0x00080012)),
+        }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _distinct(values: Iterable[str | None]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
+
+
+# -- multimaps that store a bare int for the usual single entry -----------------
+
+
+def _add(index: dict[Any, IdSet], key: Any, number: int) -> None:
+    current = index.get(key)
+    if current is None:
+        index[key] = number
+    elif isinstance(current, int):
+        if current != number:
+            index[key] = {current, number}
+    else:
+        current.add(number)
+
+
+def _discard(index: dict[Any, IdSet], key: Any, number: int) -> None:
+    current = index.get(key)
+    if current is None:
+        return
+    if isinstance(current, int):
+        if current == number:
+            del index[key]
+        return
+    current.discard(number)
+    if len(current) == 1:
+        index[key] = next(iter(current))
+    elif not current:
+        del index[key]
+
+
+def _ids(value: IdSet | None) -> Iterable[int]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, int) else value
+
+
+def _index_keys(record: Record) -> set[tuple[Path, Any]]:
+    """(path, normalized value) pairs under which ``record`` is indexed."""
+    found: set[tuple[Path, Any]] = set()
+    for tag in INDEXED:
+        norm = _NORMS[tag]
+        for value in record.values(tag) or ():
+            key = norm(value)
+            if key is not None:
+                found.add((tag, key))
+    for seq, tag in INDEXED_ITEMS:
+        norm = _NORMS[tag]
+        for item in record.values(seq) or ():
+            if isinstance(item, Record):
+                for value in item.values(tag) or ():
+                    key = norm(value)
+                    if key is not None:
+                        found.add(((seq, tag), key))
+    return found
+
+
+_NORMS: Final[dict[int, Callable[[Any], Any]]] = {
+    tag: normalizer(dictionary_VR(tag)) for tag in {*INDEXED, *(t for _, t in INDEXED_ITEMS)}
+}
+
+
+class ProtocolIndex:
+    """Thread-safe index of stored protocols; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._numbers = itertools.count()
+        self._entries: dict[int, Entry] = {}  # number -> entry, in stable order
+        self._by_orthanc_id: dict[str, int] = {}
+        self._by_uid: dict[str, IdSet] = {}
+        self._by_class: dict[str, set[int]] = {}
+        self._values: dict[Path, dict[Any, IdSet]] = {
+            path: {} for path in (*INDEXED, *INDEXED_ITEMS)
+        }
+
+    # -- changes -----------------------------------------------------------------
+
+    def put(self, orthanc_id: str, ds: Dataset) -> None:
+        """Index ``ds`` (the instance as received) under ``orthanc_id``, replacing any."""
+        record = to_record(ds)  # the slow part, outside the lock
+        keys = _index_keys(record)
+        with self._lock:
+            number = self._by_orthanc_id.get(orthanc_id)
+            if number is not None:
+                self._unindex(self._entries[number])  # keeps its place in the order
+            else:
+                number = next(self._numbers)
+            entry = Entry(number, orthanc_id, record)
+            self._entries[number] = entry
+            self._by_orthanc_id[orthanc_id] = number
+            if entry.sop_instance_uid:
+                _add(self._by_uid, entry.sop_instance_uid, number)
+            self._by_class.setdefault(entry.sop_class_uid, set()).add(number)
+            for path, key in keys:
+                _add(self._values[path], key, number)
+
+    def remove(self, orthanc_id: str) -> bool:
+        """Forget ``orthanc_id``; False if it was not indexed."""
+        with self._lock:
+            number = self._by_orthanc_id.pop(orthanc_id, None)
+            if number is None:
+                return False
+            entry = self._entries.pop(number)
+            self._unindex(entry)
+            return True
+
+    def _unindex(self, entry: Entry) -> None:
+        number = entry.number
+        if entry.sop_instance_uid:
+            _discard(self._by_uid, entry.sop_instance_uid, number)
+        same_class = self._by_class.get(entry.sop_class_uid)
+        if same_class is not None:
+            same_class.discard(number)
+            if not same_class:
+                del self._by_class[entry.sop_class_uid]
+        for path, key in _index_keys(entry.record):
+            _discard(self._values[path], key, number)
+
+    # -- lookups -----------------------------------------------------------------
+
+    def get(self, sop_instance_uid: str) -> Entry | None:
+        """The entry with this SOP Instance UID (the latest stored, if several)."""
+        with self._lock:
+            numbers = list(_ids(self._by_uid.get(sop_instance_uid)))
+            return self._entries[max(numbers)] if numbers else None
+
+    def get_by_orthanc_id(self, orthanc_id: str) -> Entry | None:
+        with self._lock:
+            number = self._by_orthanc_id.get(orthanc_id)
+            return None if number is None else self._entries[number]
+
+    def orthanc_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._by_orthanc_id)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def counts_by_sop_class(self) -> dict[str, int]:
+        with self._lock:
+            return {uid: len(numbers) for uid, numbers in self._by_class.items()}
+
+    def page(self, offset: int, limit: int) -> list[Entry]:
+        """``limit`` entries from ``offset`` in a stable order (order of first indexing)."""
+        with self._lock:
+            return list(itertools.islice(self._entries.values(), max(offset, 0), offset + limit))
+
+    def snapshot(self) -> list[Entry]:
+        """Every entry, in the stable order."""
+        with self._lock:
+            return list(self._entries.values())
+
+    # -- C-FIND ------------------------------------------------------------------
+
+    def find(self, query: Query, is_cancelled: Callable[[], bool]) -> Iterator[Entry]:
+        """Stream the entries that match ``query``, in the stable order.
+
+        Candidates are fixed when iteration starts; matching then runs outside
+        the lock, one entry at a time, so the first match is yielded before
+        the others are computed. Stops (without raising) once ``is_cancelled``
+        turns true.
+        """
+        with self._lock:
+            numbers = self._candidates(query)
+            if numbers is None:
+                candidates = list(self._entries.values())
+            else:
+                candidates = [self._entries[n] for n in sorted(numbers)]
+        for count, entry in enumerate(candidates):
+            if count % _CANCEL_CHECK_EVERY == 0 and is_cancelled():
+                return
+            if query.matches(entry.record):
+                yield entry
+
+    def _candidates(self, query: Query) -> set[int] | None:
+        """Entry numbers that may match (a superset), or None for all. Lock held."""
+        found: set[int] | None = None
+        for matcher in query.matchers:
+            narrowed = None
+            if isinstance(matcher, Leaf):
+                if matcher.tag == SOP_INSTANCE_UID and matcher.exact is not None:
+                    narrowed = set()
+                    for uid in matcher.exact:
+                        narrowed.update(_ids(self._by_uid.get(uid)))
+                elif matcher.tag in self._values:
+                    narrowed = self._narrow(matcher, self._values[matcher.tag])
+            elif isinstance(matcher, SequenceKey):
+                for item in matcher.items:
+                    path = (matcher.tag, item.tag)
+                    if isinstance(item, Leaf) and path in self._values:
+                        narrowed = _intersect(narrowed, self._narrow(item, self._values[path]))
+            found = _intersect(found, narrowed)
+            if found is not None and not found:
+                return found
+        if found is None:
+            return None
+        classes: set[int] = set()
+        for uid in query.sop_classes:
+            classes |= self._by_class.get(uid, set())
+        return found & classes
+
+    def _narrow(self, matcher: Leaf, values: dict[Any, IdSet]) -> set[int] | None:
+        if matcher.exact is not None:
+            keys: Iterable[Any] = (k for k in matcher.exact if k in values)
+        elif len(values) * _SCAN_FRACTION <= max(len(self._entries), 1024):
+            keys = [k for k in values if matcher.test(k)]
+        else:
+            return None
+        found: set[int] = set()
+        for key in keys:
+            found.update(_ids(values[key]))
+        return found
+
+
+def _intersect(a: set[int] | None, b: set[int] | None) -> set[int] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a & b

@@ -1,0 +1,534 @@
+"""Compact, immutable copies of a stored protocol's attributes.
+
+The index holds one :class:`Record` per stored DPP instance, up to 100,000 or
+more, so a record keeps decoded values, not pydicom objects:
+
+- every public, non-bulk attribute at every nesting level is kept (any of
+  them may be a matching key, DPP-REFERENCE.md "beyond the table");
+- a record's tags and VRs live in a shared :class:`Layout` (protocols and
+  their sequence items repeat the same shapes), so a record itself is a
+  tuple of values;
+- a value is stored bare when there is one, as a tuple when there are
+  several or none, as a tuple of records for a sequence, and as
+  :data:`BULK` when it was too large to keep;
+- identical sequence items (the same code, the same constraint) are shared
+  between records, and short strings are interned.
+
+Private attributes are left out: their tags depend on each instance's
+private creator blocks, so they cannot be matched or returned reliably.
+Values are decoded with the instance's Specific Character Set; text keeps
+leading spaces and loses trailing padding, so a response element rebuilt
+with :func:`to_data_element` carries the stored value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import sys
+import weakref
+from collections.abc import Iterator
+from typing import Any, Final, NamedTuple
+
+from pydicom import config
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+log = logging.getLogger("orthanc_dpp.record")
+
+#: Binary values longer than this (bytes) are not kept.
+BULK_BYTES: Final = 256
+#: Text values longer than this (characters) are not kept.
+BULK_TEXT: Final = 4096
+
+
+class _Bulk:
+    """Marks a value that existed but was too large to keep."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "BULK"
+
+
+BULK: Final = _Bulk()
+
+#: Text VRs whose bytes are decoded with the Specific Character Set.
+CHARSET_TEXT: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+#: Text VRs in the default repertoire.
+PLAIN_TEXT: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
+TEXT: Final = CHARSET_TEXT | PLAIN_TEXT
+#: Text VRs where a backslash is a character, not a value delimiter.
+SINGLE_VALUED_TEXT: Final = frozenset({"LT", "ST", "UT", "UR"})
+#: Fixed-size binary numbers, with their struct codes.
+NUMBERS: Final = {
+    "US": "H",
+    "SS": "h",
+    "UL": "I",
+    "SL": "i",
+    "UV": "Q",
+    "SV": "q",
+    "FL": "f",
+    "FD": "d",
+}
+BINARY: Final = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
+
+# Single-byte (or UTF-8) character sets where byte 0x5C is always the value
+# delimiter, so bytes can be decoded in one call; others go through pydicom.
+_FAST_CHARSETS: Final = frozenset(
+    {
+        "",
+        "ISO_IR 6",
+        "ISO_IR 100",
+        "ISO_IR 101",
+        "ISO_IR 109",
+        "ISO_IR 110",
+        "ISO_IR 126",
+        "ISO_IR 127",
+        "ISO_IR 138",
+        "ISO_IR 144",
+        "ISO_IR 148",
+        "ISO_IR 166",
+        "ISO_IR 203",
+        "ISO_IR 192",
+    }
+)
+
+
+class Element(NamedTuple):
+    """One attribute as the matcher sees it.
+
+    ``values`` is a tuple (empty for a zero-length value; records for a
+    sequence) or ``None`` when the value was too large to keep.
+    """
+
+    vr: str
+    values: tuple[Any, ...] | None
+
+
+class Layout:
+    """The tags and VRs of a record, shared by every record of that shape."""
+
+    __slots__ = ("__weakref__", "index", "tags", "vrs")
+
+    def __init__(self, tags: tuple[int, ...], vrs: tuple[str, ...]) -> None:
+        self.tags = tags
+        self.vrs = vrs
+        self.index = {tag: i for i, tag in enumerate(tags)}
+
+
+_layouts: weakref.WeakValueDictionary[tuple[tuple[int, ...], tuple[str, ...]], Layout] = (
+    weakref.WeakValueDictionary()
+)
+_items: weakref.WeakValueDictionary[tuple[Layout, tuple[Any, ...]], Record] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
+    key = (tags, vrs)
+    layout = _layouts.get(key)
+    if layout is None:
+        layout = Layout(tags, vrs)
+        _layouts[key] = layout
+    return layout
+
+
+class Record:
+    """The attributes of one dataset (or sequence item), immutable."""
+
+    __slots__ = ("__weakref__", "_hash", "_layout", "_values")
+
+    def __init__(self, layout: Layout, values: tuple[Any, ...]) -> None:
+        self._layout = layout
+        self._values = values
+        self._hash: int | None = None
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, tag: int) -> Element | None:
+        """The element for ``tag``, or None if the dataset lacks it."""
+        i = self._layout.index.get(tag)
+        if i is None:
+            return None
+        return Element(self._layout.vrs[i], _as_tuple(self._values[i]))
+
+    def vr(self, tag: int) -> str | None:
+        i = self._layout.index.get(tag)
+        return None if i is None else self._layout.vrs[i]
+
+    def values(self, tag: int) -> tuple[Any, ...] | None:
+        """The values of ``tag``: () if absent or empty, None if bulk (not kept)."""
+        i = self._layout.index.get(tag)
+        if i is None:
+            return ()
+        return _as_tuple(self._values[i])
+
+    def first(self, tag: int) -> Any:
+        """The first value of ``tag`` or None: for single-valued attributes."""
+        values = self.values(tag)
+        return values[0] if values else None
+
+    @property
+    def tags(self) -> tuple[int, ...]:
+        return self._layout.tags
+
+    def __contains__(self, tag: object) -> bool:
+        return tag in self._layout.index
+
+    def __iter__(self) -> Iterator[tuple[int, Element]]:
+        layout = self._layout
+        for tag, vr, value in zip(layout.tags, layout.vrs, self._values, strict=True):
+            yield tag, Element(vr, _as_tuple(value))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self._layout is other._layout and self._values == other._values
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash((id(self._layout), self._values))
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"Record({len(self)} attributes)"
+
+    def to_dataset(self) -> Dataset:
+        """The record as a pydicom Dataset (tests, REST summaries, debugging)."""
+        ds = Dataset()
+        for tag, element in self:
+            if element.values is not None:
+                ds.add(to_data_element(tag, element.vr, element.values))
+        return ds
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...] | None:
+    if value is BULK:
+        return None
+    if isinstance(value, tuple):
+        return value
+    return (value,)
+
+
+# -- building records ----------------------------------------------------------
+
+
+def to_record(ds: Dataset) -> Record:
+    """A record of ``ds``'s public attributes, decoded with its character set."""
+    return _record(ds, _encodings(ds, None), nested=False)
+
+
+def _encodings(ds: Dataset, inherited: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The dataset's Specific Character Set terms, or the inherited ones."""
+    elem = ds.get_item(0x00080005)
+    if elem is None:
+        return inherited
+    if isinstance(elem, RawDataElement):
+        raw = elem.value or b""
+        terms = raw.decode("latin_1").split("\\")
+    else:
+        value = elem.value
+        terms = [] if value is None else [value] if isinstance(value, str) else list(value)
+    return tuple(term.strip() for term in terms)
+
+
+def _record(ds: Dataset, charset: tuple[str, ...] | None, *, nested: bool) -> Record:
+    codec = _fast_codec(charset)
+    tags: list[int] = []
+    vrs: list[str] = []
+    values: list[Any] = []
+    for tag in sorted(ds.keys()):
+        tag = int(tag)
+        group, element = tag >> 16, tag & 0xFFFF
+        if group & 1 or element == 0 or group in (0x0000, 0x0002, 0xFFFE):
+            continue  # private, group length, command, file meta, delimiters
+        try:
+            converted = _convert(ds, tag, charset, codec)
+        except Exception as exc:  # one damaged element must not lose the instance
+            log.warning("Attribute %08X left out of the index: %s", tag, exc)
+            continue
+        if converted is None:
+            continue
+        tags.append(tag)
+        vrs.append(converted[0])
+        values.append(converted[1])
+    record = Record(_layout(tuple(tags), tuple(vrs)), tuple(values))
+    return _shared(record) if nested else record
+
+
+def _shared(record: Record) -> Record:
+    """One object for identical sequence items across all records."""
+    for value in record._values:
+        if isinstance(value, float) and (value != value or math.copysign(1.0, value) < 0):
+            return record  # NaN and -0.0 would compare equal to other values
+        if isinstance(value, tuple) and any(
+            isinstance(v, float) and (v != v or math.copysign(1.0, v) < 0) for v in value
+        ):
+            return record
+    key = (record._layout, record._values)
+    existing = _items.get(key)
+    if existing is not None:
+        return existing
+    _items[key] = record
+    return record
+
+
+def _fast_codec(charset: tuple[str, ...] | None) -> str | None:
+    """The Python codec when bytes can be decoded in one call, else None."""
+    if not charset:
+        return "latin_1"  # pydicom's reading of the default repertoire
+    if len(charset) != 1 or charset[0] not in _FAST_CHARSETS:
+        return None
+    return convert_encodings(list(charset))[0]
+
+
+def _convert(
+    ds: Dataset, tag: int, charset: tuple[str, ...] | None, codec: str | None
+) -> tuple[str, Any] | None:
+    """(VR, stored value) for one element, or None to leave it out."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        if elem.is_little_endian and isinstance(elem.value, bytes | None):
+            try:
+                return _decode(tag, elem.VR, elem.value or b"", elem.is_implicit_VR, charset, codec)
+            except (_Unsupported, struct.error, UnicodeError, ValueError):
+                pass
+        elem = ds[tag]  # pydicom resolves ambiguous VRs, ISO 2022, big endian
+    if elem is None:
+        return None
+    vr = elem.VR
+    if " or " in vr:
+        vr = vr.split(" or ")[0]
+    if vr == "SQ":
+        items = tuple(_record(item, _encodings(item, charset), nested=True) for item in elem.value)
+        return "SQ", items
+    return sys.intern(vr), _from_value(vr, elem.value)
+
+
+def _decode(
+    tag: int,
+    vr: str | None,
+    value: bytes,
+    implicit: bool,
+    charset: tuple[str, ...] | None,
+    codec: str | None,
+) -> tuple[str, Any] | None:
+    """(VR, stored value) from little endian bytes; None for an unknown attribute."""
+    if vr is None or vr == "UN":
+        try:
+            known = dictionary_VR(tag)
+        except KeyError:
+            return None if vr is None else ("UN", _from_bytes("UN", value, True, codec))
+        if vr == "UN" and known == "SQ":
+            implicit = True  # a sequence in UN is encoded in Implicit VR (PS3.5 6.2.2)
+        vr = known
+    if " or " in vr:
+        raise _Unsupported(f"ambiguous VR {vr}")
+    if vr == "SQ":
+        items = _cached_sequence(bytes(value), implicit, charset)
+        if items is None:
+            raise _Unsupported("sequence")
+        return "SQ", items
+    if vr in CHARSET_TEXT and codec is None:
+        raise _Unsupported("character set with code extensions")
+    return sys.intern(vr), _from_bytes(vr, value, True, codec)
+
+
+# -- sequences read straight from their bytes ------------------------------------
+#
+# pydicom parses a sequence into Datasets and elements before we read them
+# (most of the cost of building a record), and protocols repeat whole
+# sequences (the same acquisition constraints, the same codes). So sequence
+# values still in encoded form (little endian, character sets without code
+# extensions) are read here, and identical bytes are read once.
+
+_SEQUENCE_CACHE_SIZE: Final = 4096
+_sequence_cache: dict[tuple[bytes, bool, tuple[str, ...] | None], tuple[Record, ...]] = {}
+_ITEM: Final = 0xFFFEE000
+_ITEM_END: Final = 0xFFFEE00D
+_SEQUENCE_END: Final = 0xFFFEE0DD
+_UNDEFINED: Final = 0xFFFFFFFF
+_LONG_HEADER: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UR", "UT", "UN"})
+_HEADER = struct.Struct("<HHI")
+_SHORT = struct.Struct("<HH2sH")
+
+
+class _Unsupported(Exception):
+    """Bytes this reader leaves to pydicom (ambiguous VRs, ISO 2022, ...)."""
+
+
+def _cached_sequence(
+    data: bytes, implicit: bool, charset: tuple[str, ...] | None
+) -> tuple[Record, ...] | None:
+    key = (data, implicit, charset)
+    items = _sequence_cache.get(key)
+    if items is None:
+        try:
+            items, _ = _read_items(data, 0, len(data), implicit, charset)
+        except (_Unsupported, struct.error, UnicodeError, ValueError):
+            return None
+        if len(_sequence_cache) >= _SEQUENCE_CACHE_SIZE:
+            _sequence_cache.clear()  # simple bound; thread-safe without a lock
+        _sequence_cache[key] = items
+    return items
+
+
+def _read_items(
+    data: bytes, pos: int, end: int | None, implicit: bool, charset: tuple[str, ...] | None
+) -> tuple[tuple[Record, ...], int]:
+    """Items from ``pos`` to ``end`` (None: up to the sequence delimiter)."""
+    items = []
+    limit = len(data) if end is None else end
+    while pos < limit:
+        group, element, length = _HEADER.unpack_from(data, pos)
+        pos += 8
+        tag = (group << 16) | element
+        if tag == _SEQUENCE_END:
+            break
+        if tag != _ITEM:
+            raise _Unsupported(f"item tag expected, found {tag:08X}")
+        item_end = None if length == _UNDEFINED else pos + length
+        record, pos = _read_item(data, pos, item_end, implicit, charset)
+        items.append(record)
+    return tuple(items), pos
+
+
+def _read_item(
+    data: bytes, pos: int, end: int | None, implicit: bool, charset: tuple[str, ...] | None
+) -> tuple[Record, int]:
+    codec = _fast_codec(charset)
+    found: list[tuple[int, str, Any]] = []
+    limit = len(data) if end is None else end
+    while pos < limit:
+        if implicit:
+            group, element, length = _HEADER.unpack_from(data, pos)
+            pos += 8
+            vr: str | None = None
+        else:
+            group, element, raw_vr, length = _SHORT.unpack_from(data, pos)
+            vr = raw_vr.decode("ascii")
+            pos += 8
+            if vr in _LONG_HEADER:
+                length = _HEADER.unpack_from(data, pos - 4)[2]
+                pos += 4
+        tag = (group << 16) | element
+        if tag == _ITEM_END:
+            break
+        keep = not (group & 1 or element == 0)  # private and group lengths are left out
+        if length == _UNDEFINED:
+            # Only sequences (SQ, UN, implicit private) may have an undefined length.
+            known = vr or _dictionary_vr(tag)
+            if known not in ("SQ", "UN", None):
+                raise _Unsupported(f"undefined length for {known}")
+            nested, pos = _read_items(data, pos, None, implicit or known == "UN", charset)
+            if keep:
+                found.append((tag, "SQ", nested))
+            continue
+        value = data[pos : pos + length]
+        pos += length
+        if not keep:
+            continue
+        if tag == 0x00080005:
+            charset = tuple(t.strip() for t in value.decode("latin_1").split("\\"))
+            codec = _fast_codec(charset)
+        converted = _decode(tag, vr, value, implicit, charset, codec)
+        if converted is not None:
+            found.append((tag, converted[0], converted[1]))
+    if any(found[i][0] >= found[i + 1][0] for i in range(len(found) - 1)):
+        found.sort(key=lambda t: t[0])
+    tags = tuple(t for t, _, _ in found)
+    vrs = tuple(v for _, v, _ in found)
+    record = Record(_layout(tags, vrs), tuple(v for _, _, v in found))
+    return _shared(record), pos
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _pack(values: list[Any]) -> Any:
+    """Bare value for one, tuple for none or several."""
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _text(value: str) -> str:
+    value = value.rstrip(" \x00")
+    return sys.intern(value) if len(value) <= 64 else value
+
+
+def _from_bytes(vr: str, raw: bytes | None, little: bool, codec: str | None) -> Any:
+    if not raw:
+        return ()
+    if vr in TEXT:
+        if len(raw) > BULK_TEXT:
+            return BULK
+        text = raw.decode(codec or "latin_1", errors="replace")
+        if vr in SINGLE_VALUED_TEXT:
+            return _pack([_text(text)])
+        return _pack([_text(v) for v in text.split("\\")])
+    if vr in NUMBERS:
+        code = NUMBERS[vr]
+        size = struct.calcsize(code)
+        count = len(raw) // size
+        numbers = struct.unpack(("<" if little else ">") + code * count, raw[: count * size])
+        return _pack(list(numbers))
+    if vr == "AT":
+        count = len(raw) // 4
+        pairs = struct.unpack(("<" if little else ">") + "HH" * count, raw[: count * 4])
+        return _pack([(pairs[i] << 16) | pairs[i + 1] for i in range(0, len(pairs), 2)])
+    if vr in BINARY:
+        return BULK if len(raw) > BULK_BYTES else bytes(raw)
+    return BULK  # a VR we do not know how to read
+
+
+def _from_value(vr: str, value: Any) -> Any:
+    if value is None or value == "" or value == b"":
+        return ()
+    if vr in BINARY:
+        data = bytes(value)
+        return BULK if len(data) > BULK_BYTES else data
+    many = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    if vr in TEXT:
+        texts = [_text(str(v)) for v in many]
+        if sum(len(t) for t in texts) > BULK_TEXT:
+            return BULK
+        return _pack(texts)
+    if vr in ("FL", "FD"):
+        return _pack([float(v) for v in many])
+    if vr in NUMBERS or vr == "AT":
+        return _pack([int(v) for v in many])
+    return BULK
+
+
+# -- rebuilding elements ---------------------------------------------------------
+
+
+def to_data_element(tag: int, vr: str, values: tuple[Any, ...]) -> DataElement:
+    """A pydicom element with the stored VR and values (sequences included).
+
+    Validation is off: the value is what the instance carried, and a
+    response must return it as it is, not fail on it.
+    """
+    if vr == "SQ":
+        value: Any = Sequence([item.to_dataset() for item in values])
+    elif not values:
+        value = None
+    elif len(values) == 1 or vr in BINARY:
+        value = values[0]
+    else:
+        value = list(values)
+    return DataElement(tag, vr, value, validation_mode=config.IGNORE)

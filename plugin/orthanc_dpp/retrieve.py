@@ -1,0 +1,770 @@
+"""C-GET and C-MOVE for the Defined Procedure Protocol information model (PS3.4 HH.4.2/HH.4.3).
+
+The identifier names SOP Instance UIDs (one, or a list); each requested
+instance is one C-STORE sub-operation, sent on the requesting association
+(C-GET) or on a new association to a destination from Orthanc's modality list
+(C-MOVE). Datasets are loaded one at a time through a :class:`ProtocolSource`,
+so a large retrieve never holds more than one instance in memory.
+
+Why this module runs its own sub-operation loop instead of pynetdicom's
+generator protocol for ``EVT_C_GET``/``EVT_C_MOVE`` (pynetdicom 3.0.4,
+``QueryRetrieveServiceClass._get_scp``/``_move_scp``):
+
+* a known destination that cannot be reached or refuses the association is
+  answered 0xA801 "Move Destination unknown", where PS3.4 C.4.2.3.1 counts
+  the sub-operations as failed;
+* 0xA801 for an unknown destination carries no Error Comment, and an error
+  found before any sub-operation (bad identifier, not authorised) can only be
+  sent after pynetdicom has associated with the destination, and always
+  reports one failed sub-operation;
+* the Move Originator AE Title of its C-STORE requests is the SCP's own title,
+  not that of the C-MOVE requester (PS3.7 9.1.1.1.6).
+
+So :func:`install` routes the DPP GET/MOVE SOP classes, and only those, to
+:meth:`RetrieveHandler.serve` when the handler bound to the association's
+``EVT_C_GET``/``EVT_C_MOVE`` is a :class:`RetrieveHandler`; any other handler
+keeps pynetdicom's behaviour. The handlers are still bound through
+``evt_handlers`` like any pynetdicom handler, so per-listener wiring is
+unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+import socket
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any, Literal, Protocol
+
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, build_context, evt
+from pynetdicom import service_class as pynetdicom_service_class
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+
+from orthanc_dpp import sop, status
+from orthanc_dpp.access import AccessPolicy, Service, decide
+from orthanc_dpp.modalities import Modality, ModalityRegistry
+
+log = logging.getLogger("orthanc_dpp.retrieve")
+
+SOP_INSTANCE_UID = 0x00080018
+SPECIFIC_CHARACTER_SET = 0x00080005
+QUERY_RETRIEVE_LEVEL = 0x00080052
+
+#: Sub-operation counters are US (PS3.7 9.3.3.2), so one request can name at most this many.
+MAX_SUB_OPERATIONS = 65535
+#: Error Comment (0000,0902) is LO: 64 characters of the default repertoire.
+ERROR_COMMENT_LENGTH = 64
+#: Failed sub-operations logged one by one before only the summary counts them.
+LOGGED_FAILURES = 10
+
+#: Transfer syntaxes proposed to a C-MOVE destination, one context each, so
+#: that every instance can go out exactly as stored when the peer allows.
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+)
+
+# PS3.5 9.1: components of digits without leading zeros, separated by dots.
+_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_FAILED = "Failure"
+
+
+class ProtocolSource(Protocol):
+    """Where retrieved instances come from (the adapter implements it over Orthanc)."""
+
+    def resolve(self, uids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """For each SOP Instance UID, the Orthanc ID of the stored instance or None."""
+        ...
+
+    def load(self, orthanc_id: str) -> Dataset:
+        """The instance as originally received (normalization undone), with
+        ``file_meta.TransferSyntaxUID`` saying how it was encoded."""
+        ...
+
+
+# --- identifier ---------------------------------------------------------------------------
+
+
+class IdentifierError(Exception):
+    """The request cannot be served; ``status`` and ``comment`` go into the response."""
+
+    def __init__(self, code: int, comment: str, offending: Sequence[int] = ()) -> None:
+        super().__init__(comment)
+        self.status = code
+        self.comment = comment
+        self.offending = list(offending)
+
+
+def _tag(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _shorten(text: str, length: int = 24) -> str:
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
+def is_valid_uid(value: str) -> bool:
+    """PS3.5 9.1 syntax: at most 64 characters, numeric components, no leading zeros."""
+    return len(value) <= 64 and _UID_PATTERN.fullmatch(value) is not None
+
+
+def parse_identifier(identifier: Dataset) -> list[str]:
+    """The SOP Instance UIDs a C-GET/C-MOVE identifier asks for, in order, without repeats.
+
+    PS3.4 HH.4.2: the only key is SOP Instance UID, one UID or a list, and
+    Query/Retrieve Level shall not be present. Specific Character Set is
+    tolerated (it changes nothing for UIDs) and so are group lengths. Every
+    other problem raises :class:`IdentifierError` with 0xA900 "Identifier
+    does not match SOP Class" naming the offending elements, or 0xC000 if
+    the identifier cannot even be decoded.
+    """
+    try:
+        # pydicom decodes lazily: touch every element so bad data fails here.
+        elements = {int(tag): identifier[tag] for tag in list(identifier.keys())}
+        raw = elements[SOP_INSTANCE_UID].value if SOP_INSTANCE_UID in elements else None
+    except Exception as exc:
+        raise IdentifierError(
+            status.UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}"
+        ) from exc
+    if QUERY_RETRIEVE_LEVEL in elements:
+        raise IdentifierError(
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "Query/Retrieve Level must be absent (PS3.4 HH.4.2)",
+            [QUERY_RETRIEVE_LEVEL],
+        )
+    tolerated = {SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET}
+    extra = [t for t in elements if t not in tolerated and t & 0xFFFF != 0]
+    if extra:
+        raise IdentifierError(
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "only SOP Instance UID is a key; got " + " ".join(_tag(t) for t in extra),
+            extra,
+        )
+    if SOP_INSTANCE_UID not in elements:
+        raise IdentifierError(
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Instance UID (0008,0018) is missing",
+            [SOP_INSTANCE_UID],
+        )
+    values = list(raw) if isinstance(raw, MultiValue | list | tuple) else [raw]
+    uids = [str(v if v is not None else "").rstrip("\0 ") for v in values]
+    if not any(uids):
+        raise IdentifierError(
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Instance UID is empty: name one UID or a list",
+            [SOP_INSTANCE_UID],
+        )
+    for uid in uids:
+        if not is_valid_uid(uid):
+            raise IdentifierError(
+                status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"ill-formed SOP Instance UID {_shorten(uid)!r}",
+                [SOP_INSTANCE_UID],
+            )
+    unique = list(dict.fromkeys(uids))
+    if len(unique) > MAX_SUB_OPERATIONS:
+        raise IdentifierError(
+            status.UNABLE_TO_PROCESS,
+            f"{len(unique)} instances requested, at most {MAX_SUB_OPERATIONS} per request",
+        )
+    return unique
+
+
+# --- sub-operation accounting ------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Sub-operation counters and the Failed SOP Instance UID List (PS3.4 C.4.2.1.4-9)."""
+
+    total: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.completed - self.failed - self.warning
+
+    def record(self, uid: str, category: str, reason: str | None) -> None:
+        if category == STATUS_SUCCESS:
+            self.completed += 1
+        elif category == STATUS_WARNING:
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(uid)
+        if reason:
+            self.reasons[reason] += 1
+
+    def final_status(self) -> int:
+        """Success; Warning 0xB000 if some failed or warned; 0xA702 if all failed.
+
+        PS3.4 C.4.2.3.1 asks for "Failure or Refused" when every sub-operation
+        failed; 0xA702 is the one such status whose related fields are the
+        counters, and pynetdicom and DCMTK use it likewise.
+        """
+        if not self.failed and not self.warning:
+            return status.SUCCESS
+        if self.failed == self.total:
+            return status.OUT_OF_RESOURCES_SUB_OPERATIONS
+        return status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+
+    def summary(self) -> str:
+        text = (
+            f"{self.completed} completed, {self.failed} failed, {self.warning} warning"
+            f" of {self.total}"
+        )
+        if self.reasons:
+            common = self.reasons.most_common(3)
+            text += " (" + "; ".join(f"{n}x {r}" for r, n in common)
+            text += "; ...)" if len(self.reasons) > len(common) else ")"
+        return text
+
+
+# --- presentation contexts and conversion -----------------------------------------------
+
+
+def choose_context(
+    contexts: Iterable[PresentationContext], sop_class: str, transfer_syntax: UID
+) -> PresentationContext | None:
+    """The accepted context pynetdicom's ``send_c_store`` will pick for an instance.
+
+    Mirrors ``Association._get_valid_context`` (pynetdicom 3.0.4): a context
+    with the stored transfer syntax if accepted, else the first one it can
+    convert to (uncompressed, same byte order: explicit <-> implicit VR,
+    deflated <-> inflated). Knowing the pick lets us refuse lossy ones first.
+    """
+    usable = [cx for cx in contexts if cx.abstract_syntax == sop_class and cx.as_scu]
+    for cx in usable:
+        if cx.transfer_syntax[0] == transfer_syntax:
+            return cx
+    for cx in usable:
+        target = UID(cx.transfer_syntax[0])
+        if transfer_syntax.is_compressed or target.is_compressed:
+            continue
+        if transfer_syntax.is_little_endian == target.is_little_endian:
+            return cx
+    return None
+
+
+def conversion_loss(ds: Dataset, source: UID, target: UID) -> str | None:
+    """Why re-encoding ``ds`` from ``source`` to ``target`` would change it, or None.
+
+    Between the uncompressed little-endian syntaxes only one thing can be
+    lost: going from explicit to implicit VR drops the VR of elements the
+    receiver cannot look up in the data dictionary (private elements other
+    than private creators, which are LO by rule, and unknown public tags).
+    """
+    if source == target or source.is_implicit_VR or not target.is_implicit_VR:
+        return None
+    for elem in ds.iterall():
+        tag = elem.tag
+        if tag.is_private:
+            if not tag.is_private_creator:
+                return f"implicit VR would lose the VR of private element {tag}"
+            continue
+        try:
+            dictionary_VR(tag)
+        except KeyError:
+            return f"implicit VR would lose the VR of unknown element {tag}"
+    return None
+
+
+def set_tcp_nodelay(event: evt.Event) -> None:
+    """Send each PDU at once: pynetdicom leaves Nagle's algorithm on (DESIGN fact 7)."""
+    with contextlib.suppress(AttributeError, OSError):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
+    """Message IDs for sub-operations: 1..65535, wrapping, never ``avoid``."""
+    for n in itertools.count(after + 1):
+        mid = (n - 1) % 65535 + 1
+        if mid != avoid:
+            yield mid
+
+
+def _comment(text: str) -> str:
+    """An Error Comment: printable ASCII without backslash, cut to LO length."""
+    clean = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)
+    return clean[:ERROR_COMMENT_LENGTH]
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+class _Reply:
+    """Builds and sends the C-GET/C-MOVE responses of one request."""
+
+    def __init__(self, service: Any, req: C_GET | C_MOVE, context: PresentationContext) -> None:
+        self._service = service
+        self._req = req
+        self._cx_id = int(context.context_id or 0)
+        self._ts = UID(context.transfer_syntax[0])
+        self.finished = False
+
+    def _send(
+        self,
+        code: int,
+        tally: Tally | None = None,
+        *,
+        remaining: bool = False,
+        comment: str | None = None,
+        offending: Sequence[int] = (),
+    ) -> None:
+        self.finished = self.finished or code_to_category(code) != "Pending"
+        if not self._service.assoc.is_established:
+            return  # the requester has gone: nobody to answer
+        rsp = C_MOVE() if isinstance(self._req, C_MOVE) else C_GET()
+        rsp.MessageIDBeingRespondedTo = self._req.MessageID
+        rsp.AffectedSOPClassUID = self._req.AffectedSOPClassUID
+        rsp.Status = code
+        if comment:
+            rsp.ErrorComment = _comment(comment)
+        if offending:
+            rsp.OffendingElement = list(offending)
+        if tally is not None:
+            if remaining:
+                rsp.NumberOfRemainingSuboperations = tally.remaining
+            rsp.NumberOfCompletedSuboperations = tally.completed
+            rsp.NumberOfFailedSuboperations = tally.failed
+            rsp.NumberOfWarningSuboperations = tally.warning
+            if tally.failed_uids and code_to_category(code) != "Pending":
+                # PS3.4 C.4.2.1.4.2: only when some sub-operation failed.
+                ds = Dataset()
+                ds.FailedSOPInstanceUIDList = tally.failed_uids
+                ts = self._ts
+                data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+                rsp.Identifier = BytesIO(data or b"")
+        self._service.dimse.send_msg(rsp, self._cx_id)
+
+    def refuse(self, code: int, comment: str, offending: Sequence[int] = ()) -> None:
+        """A failure before any sub-operation: no counters, no identifier."""
+        self._send(code, comment=comment, offending=offending)
+
+    def pending(self, tally: Tally) -> None:
+        self._send(status.PENDING, tally, remaining=True)
+
+    def cancelled(self, tally: Tally) -> None:
+        self._send(status.CANCEL, tally, remaining=True)
+
+    def final(self, tally: Tally, comment: str | None = None) -> int:
+        code = tally.final_status()
+        if code != status.SUCCESS and comment is None and tally.reasons:
+            reason, _ = tally.reasons.most_common(1)[0]
+            comment = f"{tally.failed + tally.warning} of {tally.total}: {reason}"
+        self._send(code, tally, comment=comment if code != status.SUCCESS else None)
+        return code
+
+
+# --- the service --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    category: str  # pynetdicom status category: Success, Warning or Failure
+    reason: str | None = None
+    fatal: bool = False  # the association can no longer be used
+
+
+class RetrieveHandler:
+    """Serves one of C-GET or C-MOVE; bind it to ``evt.EVT_C_GET`` or ``evt.EVT_C_MOVE``.
+
+    One instance serves every association of a listener; per-request state
+    lives on the stack of :meth:`serve`, and the modality list is read once
+    per request from the registry, so concurrent retrieves and run-time
+    modality changes do not interfere.
+    """
+
+    def __init__(
+        self,
+        kind: Literal["get", "move"],
+        source: ProtocolSource,
+        modalities: ModalityRegistry,
+        policy: AccessPolicy,
+        *,
+        report_missing: bool = True,
+        storage_classes: Iterable[str] = sop.DPP_STORAGE_CLASSES,
+        tls_context: ssl.SSLContext | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.kind = kind
+        self.service = Service.GET if kind == "get" else Service.MOVE
+        self.source = source
+        self.modalities = modalities
+        self.policy = policy
+        self.report_missing = report_missing
+        self.storage_classes = tuple(sorted(storage_classes))
+        self.tls_context = tls_context
+        self.log = logger or log
+
+    def __call__(self, event: evt.Event) -> Any:
+        # pynetdicom calls the handler itself only when install() is not in
+        # effect; failing loudly beats silently answering with its own loop.
+        raise RuntimeError("orthanc_dpp.retrieve.install() has not routed this SOP class")
+
+    # The DIMSE name, for log lines.
+    @property
+    def _name(self) -> str:
+        return "C-GET" if self.kind == "get" else "C-MOVE"
+
+    def serve(self, service: Any, req: C_GET | C_MOVE, context: PresentationContext) -> None:
+        """Answer one request completely (called by pynetdicom's service class, see install)."""
+        reply = _Reply(service, req, context)
+        try:
+            self._serve(service, req, context, reply)
+        except Exception as exc:  # never leave the requester without a final response
+            self.log.exception("%s failed unexpectedly", self._name)
+            if not reply.finished:
+                reply.refuse(status.UNABLE_TO_PROCESS, f"internal error: {exc}")
+
+    def _serve(
+        self, service: Any, req: C_GET | C_MOVE, context: PresentationContext, reply: _Reply
+    ) -> None:
+        requestor = service.assoc.requestor
+        peer = f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
+        modalities = self.modalities.current  # one snapshot for the whole request
+        decision = decide(
+            self.policy, modalities, self.service, requestor.ae_title, requestor.address
+        )
+        if not decision:
+            self.log.warning("%s from %s refused: %s", self._name, peer, decision.reason)
+            reply.refuse(status.NOT_AUTHORIZED, decision.reason)
+            return
+        try:
+            ts = UID(context.transfer_syntax[0])
+            identifier = decode(
+                req.Identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated
+            )
+            uids = parse_identifier(identifier)
+        except IdentifierError as exc:
+            self.log.warning("%s from %s: bad identifier: %s", self._name, peer, exc.comment)
+            reply.refuse(exc.status, exc.comment, exc.offending)
+            return
+        except Exception as exc:
+            self.log.warning("%s from %s: undecodable identifier: %s", self._name, peer, exc)
+            reply.refuse(status.UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}")
+            return
+        destination: Modality | None = None
+        if isinstance(req, C_MOVE):
+            aet = (req.MoveDestination or "").strip()
+            destination = modalities.resolve_destination(aet)
+            if destination is None:
+                comment = f"move destination {aet!r} is not in Orthanc's DicomModalities"
+                self.log.warning("C-MOVE from %s refused: %s", peer, comment)
+                reply.refuse(status.MOVE_DESTINATION_UNKNOWN, comment)
+                return
+        try:
+            found = dict(self.source.resolve(uids))
+        except Exception as exc:
+            self.log.exception(
+                "%s from %s: cannot look up %d instances", self._name, peer, len(uids)
+            )
+            reply.refuse(status.UNABLE_TO_PROCESS, f"cannot look up the instances: {exc}")
+            return
+        plan = [(uid, found.get(uid)) for uid in uids]
+        if not self.report_missing:
+            plan = [(uid, oid) for uid, oid in plan if oid is not None]
+        tally = Tally(len(plan))
+        where = f" to {destination.describe()}" if destination else ""
+        self.log.info("%s from %s%s: %d instances requested", self._name, peer, where, len(uids))
+        if destination is None:
+            allow_conversion = decision.modality is None or decision.modality.allow_transcoding
+            self._get(service, req, reply, plan, tally, allow_conversion)
+        else:
+            self._move(service, req, reply, plan, tally, destination)
+        self.log.info("%s from %s%s finished: %s", self._name, peer, where, tally.summary())
+
+    # -- one sub-operation
+
+    def _store(
+        self,
+        uid: str,
+        orthanc_id: str | None,
+        assoc: Association,
+        message_id: int,
+        allow_conversion: bool,
+        originator: tuple[str, int] | None,
+    ) -> _Outcome:
+        if orthanc_id is None:
+            return _Outcome(_FAILED, "not stored here")
+        try:
+            ds = self.source.load(orthanc_id)
+            sop_class = UID(ds.SOPClassUID)
+            stored_ts = UID(ds.file_meta.TransferSyntaxUID)
+        except Exception as exc:
+            self.log.error("cannot load instance %s (%s): %s", uid, orthanc_id, exc)
+            return _Outcome(_FAILED, "cannot be loaded")
+        cx = choose_context(assoc.accepted_contexts, sop_class, stored_ts)
+        if cx is None:
+            return _Outcome(_FAILED, f"no accepted context for {sop_class.name}/{stored_ts.name}")
+        target = UID(cx.transfer_syntax[0])
+        if target != stored_ts:
+            if not allow_conversion:
+                return _Outcome(_FAILED, "transcoding not allowed (AllowTranscoding)")
+            loss = conversion_loss(ds, stored_ts, target)
+            if loss:
+                return _Outcome(_FAILED, loss)
+        kwargs: dict[str, Any] = {"msg_id": message_id}
+        if originator:
+            kwargs["originator_aet"], kwargs["originator_id"] = originator
+        try:
+            rsp = assoc.send_c_store(ds, **kwargs)
+        except RuntimeError as exc:  # pynetdicom: association no longer established
+            return _Outcome(_FAILED, f"C-STORE not sent: {exc}", fatal=True)
+        except Exception as exc:
+            return _Outcome(_FAILED, f"C-STORE not sent: {exc}")
+        finally:
+            del ds  # only one dataset alive at a time
+        code = rsp.get("Status")
+        if code is None:
+            # Timeout or abort. pynetdicom updates is_established only when the
+            # association's reactor runs, which a tight loop of send_c_store
+            # calls can starve: a second request would then wait out the whole
+            # DIMSE timeout on a dead association. So stop using it now.
+            return _Outcome(_FAILED, "no C-STORE response", fatal=True)
+        category = code_to_category(code)
+        if category == STATUS_SUCCESS:
+            return _Outcome(STATUS_SUCCESS)
+        detail = f": {rsp.ErrorComment}" if "ErrorComment" in rsp else ""
+        if category == STATUS_WARNING:
+            return _Outcome(STATUS_WARNING, f"C-STORE warning 0x{code:04X}{detail}")
+        return _Outcome(_FAILED, f"C-STORE failed 0x{code:04X}{detail}")
+
+    def _record(self, tally: Tally, uid: str, outcome: _Outcome) -> None:
+        tally.record(uid, outcome.category, outcome.reason)
+        if outcome.category == _FAILED and tally.failed <= LOGGED_FAILURES:
+            self.log.warning("%s sub-operation for %s failed: %s", self._name, uid, outcome.reason)
+
+    # -- C-GET: sub-operations on the requesting association
+
+    def _get(
+        self,
+        service: Any,
+        req: C_GET,
+        reply: _Reply,
+        plan: list[tuple[str, str | None]],
+        tally: Tally,
+        allow_conversion: bool,
+    ) -> None:
+        assoc = service.assoc
+        ids = _message_ids(req.MessageID, avoid=req.MessageID)
+        for uid, orthanc_id in plan:
+            if service.is_cancelled(req.MessageID):
+                self.log.info("C-GET cancelled by the requester: %s", tally.summary())
+                reply.cancelled(tally)
+                return
+            if not assoc.is_established:
+                return  # requester aborted: no one to send to or answer
+            outcome = self._store(uid, orthanc_id, assoc, next(ids), allow_conversion, None)
+            self._record(tally, uid, outcome)
+            if outcome.fatal:
+                self.log.error("C-GET: requester stopped answering C-STORE; giving up")
+                return  # pynetdicom has aborted the association: no one to answer
+            if tally.remaining:
+                reply.pending(tally)
+        reply.final(tally)
+
+    # -- C-MOVE: sub-operations on a new association with the destination
+
+    def _associate(self, service: Any, destination: Modality) -> tuple[Association | None, str]:
+        """Open the sub-association; on failure return (None, why)."""
+        ae: AE = service.ae
+        if destination.local_aet or destination.timeout:
+            # Orthanc calls a modality as LocalAet with its own Timeout; both
+            # are per-AE settings in pynetdicom, so use a dedicated AE.
+            own = AE(ae_title=destination.local_aet or ae.ae_title)
+            for name in ("acse_timeout", "dimse_timeout", "network_timeout"):
+                setattr(own, name, destination.timeout or getattr(ae, name))
+            own.maximum_pdu_size = ae.maximum_pdu_size
+            ae = own
+        tls_args = None
+        if destination.use_dicom_tls:
+            if self.tls_context is None:
+                return None, "UseDicomTls is set but the plugin has no DICOM TLS client setup"
+            tls_args = (self.tls_context, destination.host)
+        contexts = [
+            build_context(sop_class, ts)
+            for sop_class in self.storage_classes
+            for ts in TRANSFER_SYNTAXES
+        ]
+        connected: list[bool] = []
+        handlers = [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
+        ]
+        try:
+            assoc = ae.associate(
+                destination.host,
+                destination.port,
+                contexts=contexts,
+                ae_title=destination.aet,
+                tls_args=tls_args,
+                evt_handlers=handlers,
+            )
+        except Exception as exc:
+            return None, f"cannot request an association: {exc}"
+        if assoc.is_established:
+            return assoc, ""
+        if not connected:
+            return None, "cannot connect (refused or timed out)"
+        if assoc.is_rejected:
+            return None, "association rejected"
+        if not assoc.accepted_contexts and assoc.rejected_contexts:
+            return None, "none of the DPP storage contexts accepted"
+        return None, "association aborted"
+
+    def _move(
+        self,
+        service: Any,
+        req: C_MOVE,
+        reply: _Reply,
+        plan: list[tuple[str, str | None]],
+        tally: Tally,
+        destination: Modality,
+    ) -> None:
+        store: Association | None = None
+        if any(orthanc_id for _, orthanc_id in plan):
+            store, why = self._associate(service, destination)
+            if store is None:
+                reason = f"destination {destination.aet}: {why}"
+                self.log.error(
+                    "C-MOVE from %s: cannot send to %s: %s",
+                    service.assoc.requestor.ae_title,
+                    destination.describe(),
+                    why,
+                )
+                for uid, orthanc_id in plan:
+                    tally.record(uid, _FAILED, reason if orthanc_id else "not stored here")
+                reply.final(tally, comment=reason)
+                return
+        originator = (service.assoc.requestor.ae_title, req.MessageID)
+        ids = _message_ids(0)
+        lost = ""
+        try:
+            for uid, orthanc_id in plan:
+                if service.is_cancelled(req.MessageID):
+                    self.log.info("C-MOVE cancelled by the requester: %s", tally.summary())
+                    if store is not None:
+                        store.release()
+                    reply.cancelled(tally)
+                    return
+                if not service.assoc.is_established:
+                    return  # requester aborted; the finally clause releases
+                if orthanc_id is None or store is None:
+                    outcome = _Outcome(_FAILED, "not stored here")
+                elif lost:
+                    outcome = _Outcome(_FAILED, lost)
+                else:
+                    outcome = self._store(
+                        uid,
+                        orthanc_id,
+                        store,
+                        next(ids),
+                        destination.allow_transcoding,
+                        originator,
+                    )
+                    if outcome.fatal or not store.is_established:
+                        lost = f"destination {destination.aet}: association lost"
+                        self.log.error(
+                            "C-MOVE to %s: association lost after %d sub-operations",
+                            destination.describe(),
+                            tally.total - tally.remaining,
+                        )
+                self._record(tally, uid, outcome)
+                if tally.remaining:
+                    reply.pending(tally)
+            if store is not None and store.is_established:
+                store.release()  # before the final response: everything is delivered
+            reply.final(tally)
+        finally:
+            if store is not None and store.is_established:
+                store.release()
+
+
+# --- wiring into pynetdicom ---------------------------------------------------------------
+
+_install_lock = threading.Lock()
+
+
+def _routed(stock: Callable[..., None], event: Any) -> Callable[..., None]:
+    def scp(self: Any, req: Any, context: PresentationContext) -> None:
+        bound = self.assoc.get_handlers(event)
+        handler = bound[0] if isinstance(bound, tuple) else None
+        if isinstance(handler, RetrieveHandler):
+            handler.serve(self, req, context)
+        else:
+            stock(self, req, context)
+
+    scp.__name__ = stock.__name__
+    return scp
+
+
+def install() -> None:
+    """Route DPP C-GET/C-MOVE requests to bound :class:`RetrieveHandler` objects.
+
+    Idempotent and thread-safe. Touches only pynetdicom's Defined Procedure
+    Protocol service class, and falls back to pynetdicom's own loop for any
+    other handler, so nothing else in the process changes. Raises
+    AttributeError if pynetdicom no longer has the methods it replaces
+    (pinned 3.0.4), which the adapter should report as a start-up error.
+    """
+    cls = pynetdicom_service_class.DefinedProcedureProtocolQueryRetrieveServiceClass
+    with _install_lock:
+        if getattr(cls, "_orthanc_dpp_routed", False):
+            return
+        for name, event in (("_get_scp", evt.EVT_C_GET), ("_move_scp", evt.EVT_C_MOVE)):
+            setattr(cls, name, _routed(getattr(cls, name), event))
+        cls._orthanc_dpp_routed = True  # type: ignore[attr-defined]
+
+
+def make_get_handler(
+    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
+) -> RetrieveHandler:
+    """The ``evt.EVT_C_GET`` handler; options as for :class:`RetrieveHandler`."""
+    install()
+    return RetrieveHandler("get", source, modalities, policy, **options)
+
+
+def make_move_handler(
+    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
+) -> RetrieveHandler:
+    """The ``evt.EVT_C_MOVE`` handler; options as for :class:`RetrieveHandler`."""
+    install()
+    return RetrieveHandler("move", source, modalities, policy, **options)
+
+
+def make_retrieve_handlers(
+    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
+) -> dict[Any, RetrieveHandler]:
+    """Both handlers, keyed by event, ready for the listener's handler table."""
+    return {
+        evt.EVT_C_GET: make_get_handler(source, modalities, policy, **options),
+        evt.EVT_C_MOVE: make_move_handler(source, modalities, policy, **options),
+    }

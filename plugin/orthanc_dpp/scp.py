@@ -1,0 +1,164 @@
+"""C-ECHO, C-STORE and C-FIND event handlers of the DPP listener.
+
+C-GET and C-MOVE live in :mod:`orthanc_dpp.retrieve`. Every handler first
+asks :class:`Gatekeeper` whether the calling peer may use the service, with
+Orthanc's own meaning of the modality list (:mod:`orthanc_dpp.access`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import evt
+
+from orthanc_dpp import status
+from orthanc_dpp.access import AccessPolicy, Decision, Service, decide
+from orthanc_dpp.find import handle_find
+from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.library import ProtocolLibrary, Stored, StoreError
+from orthanc_dpp.modalities import ModalityRegistry
+
+log = logging.getLogger("orthanc_dpp.scp")
+
+#: Error Comment (0000,0902) is LO: at most 64 characters.
+ERROR_COMMENT_LENGTH = 64
+
+
+def status_dataset(code: int, comment: str | None = None) -> Dataset:
+    """A status Dataset with an Error Comment cut to the length LO allows."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:ERROR_COMMENT_LENGTH]
+    return ds
+
+
+def requestor(event: evt.Event) -> str:
+    """'AET@host:port' of the peer, for log lines."""
+    info = event.assoc.requestor
+    return f"{info.ae_title}@{info.address}:{info.port}"
+
+
+class Gatekeeper:
+    """Per-service permission of the calling peer, from Orthanc's modality list."""
+
+    def __init__(self, modalities: ModalityRegistry, policy: AccessPolicy) -> None:
+        self.modalities = modalities
+        self.policy = policy
+
+    def check(self, event: evt.Event, service: Service) -> Decision:
+        info = event.assoc.requestor
+        decision = decide(
+            self.policy, self.modalities.current, service, info.ae_title, info.address
+        )
+        if not decision:
+            log.warning(
+                "C-%s from %s refused: %s", service.upper(), requestor(event), decision.reason
+            )
+        return decision
+
+
+def make_echo_handler(gate: Gatekeeper) -> Callable[[evt.Event], Dataset]:
+    """C-ECHO: success, or a refusal naming why (like Orthanc's AllowEcho)."""
+
+    def handle_echo(event: evt.Event) -> Dataset:
+        decision = gate.check(event, Service.ECHO)
+        if not decision:
+            # Verification has no "not authorised" status: a failure code
+            # with the reason is the clearest answer an SCU can show.
+            return status_dataset(status.UNABLE_TO_PROCESS, f"Not authorised: {decision.reason}")
+        log.info("C-ECHO from %s", requestor(event))
+        return status_dataset(status.SUCCESS)
+
+    return handle_echo
+
+
+def make_store_handler(
+    library: ProtocolLibrary, gate: Gatekeeper, on_stored: Callable[[Stored], None]
+) -> Callable[[evt.Event], Dataset]:
+    """C-STORE: success only once Orthanc has stored the instance."""
+
+    def handle_store(event: evt.Event) -> Dataset:
+        peer = requestor(event)
+        decision = gate.check(event, Service.STORE)
+        if not decision:
+            return status_dataset(status.NOT_AUTHORIZED, f"Not authorised: {decision.reason}")
+        try:
+            try:
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+            except Exception as exc:  # pydicom raises several types on bad data
+                raise StoreError(
+                    status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
+                ) from exc
+            stored = library.store(ds, context_sop_class=str(event.context.abstract_syntax))
+        except StoreError as exc:
+            log.error("C-STORE from %s refused (0x%04X): %s", peer, exc.dimse_status, exc.reason)
+            return status_dataset(exc.dimse_status, exc.reason)
+        except Exception as exc:
+            log.exception("C-STORE from %s failed unexpectedly", peer)
+            return status_dataset(status.STORE_CANNOT_UNDERSTAND, f"internal error: {exc}")
+        on_stored(stored)
+        log.info(
+            "C-STORE from %s: %s stored as %s (%s)",
+            peer,
+            stored.sop_instance_uid,
+            stored.orthanc_id,
+            stored.status,
+        )
+        return status_dataset(status.SUCCESS)
+
+    return handle_store
+
+
+def make_find_handler(
+    index: ProtocolIndex,
+    gate: Gatekeeper,
+    *,
+    max_results: int,
+    is_ready: Callable[[], bool],
+) -> Callable[[evt.Event], Iterator[tuple[Any, Dataset | None]]]:
+    """C-FIND on the DPP information model, answered from the index."""
+
+    def handle(event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
+        peer = requestor(event)
+        decision = gate.check(event, Service.FIND)
+        if not decision:
+            # C-FIND has no "not authorised" status (PS3.4 C.4.1.1.4).
+            yield (
+                status_dataset(status.UNABLE_TO_PROCESS, f"Not authorised: {decision.reason}"),
+                None,
+            )
+            return
+        if not is_ready():
+            log.warning("C-FIND from %s while the protocol index is still loading", peer)
+            yield (
+                status_dataset(
+                    status.FIND_OUT_OF_RESOURCES, "Protocol index still loading; retry shortly"
+                ),
+                None,
+            )
+            return
+        count = 0
+        cancelled = False
+
+        def is_cancelled() -> bool:
+            # pynetdicom forgets a C-CANCEL once it has reported it: remember it.
+            nonlocal cancelled
+            cancelled = cancelled or bool(event.is_cancelled)
+            return cancelled
+
+        for code, response in handle_find(
+            event.identifier, index, max_results=max_results, is_cancelled=is_cancelled
+        ):
+            if response is not None:
+                count += 1
+            else:
+                final = code if isinstance(code, int) else int(code.Status)
+                log.info("C-FIND from %s: %d match(es), final status 0x%04X", peer, count, final)
+            yield code, response
+
+    return handle

@@ -1,0 +1,396 @@
+"""C-FIND, C-GET and C-MOVE on the DPP information model, in the real Orthanc."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    DefinedProcedureProtocolInformationModelFind as DPP_FIND,
+)
+from pynetdicom.sop_class import (
+    DefinedProcedureProtocolInformationModelGet as DPP_GET,
+)
+from pynetdicom.sop_class import (
+    DefinedProcedureProtocolInformationModelMove as DPP_MOVE,
+)
+
+from orthanc_dpp.listener import TRANSFER_SYNTAXES
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES
+from tests.dpp_factory import make_library, make_protocol
+from tests.orthanc_server import HttpError, OrthancServer, free_port
+from tests.peers import associate, storescp
+
+STORE_AET = "STORE_SCP"
+
+
+@pytest.fixture(scope="module")
+def library() -> list[Dataset]:
+    return list(make_library(40, seed=4242, kinds=("CT", "XA")))
+
+
+@pytest.fixture(scope="module")
+def qr(tmp_path_factory: pytest.TempPathFactory, library: list[Dataset]) -> Iterator:
+    """Orthanc with the plugin, the library stored, and a move destination declared."""
+    folder = tmp_path_factory.mktemp("qr")
+    store_port = free_port()
+    orthanc = OrthancServer(
+        folder,
+        config={
+            "DicomModalities": {
+                # Orthanc's defaults let only known modalities find and retrieve.
+                "scu": ["TEST_SCU", "127.0.0.1", 104],
+                "getter": ["GETTER", "127.0.0.1", 104],
+                "store": [STORE_AET, "127.0.0.1", store_port],
+            }
+        },
+    )
+    orthanc.store_port = store_port  # type: ignore[attr-defined]
+    with orthanc:
+        assoc = associate(orthanc)
+        for ds in library:
+            assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        yield orthanc
+
+
+def as_received(ds: Dataset) -> Dataset:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def c_find(orthanc: OrthancServer, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
+    assoc = associate(orthanc, [DPP_FIND])
+    try:
+        return [
+            (int(status.Status), ds)
+            for status, ds in assoc.send_c_find(identifier, DPP_FIND)
+            if status is not None
+        ]
+    finally:
+        assoc.release()
+
+
+def find_identifier(**keys: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = ""
+    ds.ProtocolName = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_c_find_wildcard_returns_exactly_the_requested_keys(qr, library) -> None:
+    target = library[3]
+    pattern = "*" + str(target.ProtocolName)[2:8] + "*"
+    answers = c_find(qr, find_identifier(ProtocolName=pattern))
+    *pending, (final, _) = answers
+    assert final == 0x0000
+    expected = {
+        str(ds.SOPInstanceUID)
+        for ds in library
+        if str(target.ProtocolName)[2:8] in str(ds.ProtocolName)
+    }
+    assert {str(ds.SOPInstanceUID) for _, ds in pending} == expected
+    for code, ds in pending:
+        assert code == 0xFF00
+        assert set(ds.dir()) <= {"SOPInstanceUID", "ProtocolName", "SpecificCharacterSet"}
+
+
+def test_c_find_code_sequence_match(qr, library) -> None:
+    code = next(
+        c for ds in library for c in ds.PotentialScheduledProtocolCodeSequence if "CodeValue" in c
+    )
+    item = Dataset()
+    item.CodeValue = code.CodeValue
+    item.CodingSchemeDesignator = code.CodingSchemeDesignator
+    item.CodeMeaning = ""
+    identifier = find_identifier(PotentialScheduledProtocolCodeSequence=Sequence([item]))
+    *pending, (final, _) = c_find(qr, identifier)
+    assert final == 0x0000
+    expected = {
+        str(ds.SOPInstanceUID)
+        for ds in library
+        if any(
+            c.get("CodeValue") == code.CodeValue
+            and c.CodingSchemeDesignator == code.CodingSchemeDesignator
+            for c in ds.PotentialScheduledProtocolCodeSequence
+        )
+    }
+    assert {str(ds.SOPInstanceUID) for _, ds in pending} == expected
+    returned = pending[0][1].PotentialScheduledProtocolCodeSequence
+    assert any(c.CodeMeaning == code.CodeMeaning for c in returned)
+
+
+def test_unknown_caller_is_refused_with_the_reason(qr) -> None:
+    ae = AE(ae_title="STRANGER")
+    ae.add_requested_context(DPP_FIND)
+    assoc = ae.associate("127.0.0.1", qr.dpp_port, ae_title=qr.aet)
+    ((status, _),) = list(assoc.send_c_find(find_identifier(), DPP_FIND))
+    assoc.release()
+    assert status.Status == 0xC000
+    assert status.ErrorComment.startswith("Not authorised: AET STRANGER is not in Orthanc")
+    assert qr.wait_for_log("C-FIND from STRANGER@127.0.0.1")
+
+
+def test_c_find_bad_identifier_answers_with_a_comment(qr) -> None:
+    identifier = find_identifier()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    ((code, _),) = c_find(qr, identifier)
+    assert code == 0xA900
+
+
+def test_store_then_find_then_delete_then_find(qr) -> None:
+    ds = make_protocol(777_001, "CT")
+    assoc = associate(qr)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    by_uid = find_identifier(SOPInstanceUID=ds.SOPInstanceUID)
+    assert [code for code, _ in c_find(qr, by_uid)] == [0xFF00, 0x0000]
+    qr.delete(f"/dpp/protocols/{ds.SOPInstanceUID}")
+    assert [code for code, _ in c_find(qr, by_uid)] == [0x0000]
+
+
+def test_delete_through_orthanc_itself_reaches_c_find(qr) -> None:
+    ds = make_protocol(777_002, "XA")
+    assoc = associate(qr)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    orthanc_id = qr.get_json(f"/dpp/protocols/{ds.SOPInstanceUID}")["OrthancID"]
+    qr.delete(f"/instances/{orthanc_id}")  # Orthanc's own route: DELETED callback
+    by_uid = find_identifier(SOPInstanceUID=ds.SOPInstanceUID)
+    assert [code for code, _ in c_find(qr, by_uid)] == [0x0000]
+
+
+def test_concurrent_c_find_associations(qr, library) -> None:
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def query() -> None:
+        try:
+            answers = c_find(qr, find_identifier())
+            results.append(sum(1 for code, _ in answers if code == 0xFF00))
+        except BaseException as exc:  # collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=query) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert len(results) == 4 and len(set(results)) == 1 and results[0] >= len(library)
+
+
+# -- C-GET ---------------------------------------------------------------------------
+
+
+def c_get(
+    orthanc: OrthancServer, uids: list[str], *, storage: bool = True, on_pending=None
+) -> tuple[Dataset, list[Dataset]]:
+    """C-GET ``uids``; return the final status and the datasets received."""
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(DPP_GET)
+    roles = []
+    if storage:
+        for sop_class in sorted(DPP_STORAGE_CLASSES):
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+            roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1",
+        orthanc.dpp_port,
+        ae_title=orthanc.aet,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.SOPInstanceUID = uids if len(uids) > 1 else uids[0]
+    final = None
+    for status, answer in assoc.send_c_get(identifier, DPP_GET, msg_id=9):
+        if status is None:
+            continue
+        if on_pending and int(status.Status) == 0xFF00:
+            on_pending(assoc, status)
+        final = status
+        if answer is not None:  # Failed SOP Instance UID List travels in the identifier
+            final.update(answer)
+    assoc.release()
+    assert final is not None
+    return final, received
+
+
+def test_c_get_returns_the_originals(qr, library) -> None:
+    wanted = library[:5]
+    final, received = c_get(qr, [str(ds.SOPInstanceUID) for ds in wanted])
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 5
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in received}
+    for ds in wanted:
+        assert by_uid[str(ds.SOPInstanceUID)] == as_received(ds)
+        assert "PatientID" not in by_uid[str(ds.SOPInstanceUID)]
+
+
+def test_c_get_without_storage_contexts_fails_cleanly(qr, library) -> None:
+    final, received = c_get(qr, [str(library[0].SOPInstanceUID)], storage=False)
+    assert received == []
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 1
+    assert final.FailedSOPInstanceUIDList == str(library[0].SOPInstanceUID)
+
+
+def test_c_get_unknown_uid_is_a_failed_sub_operation(qr, library) -> None:
+    unknown = "1.2.826.0.1.3680043.8.498.999999999"
+    final, received = c_get(qr, [str(library[1].SOPInstanceUID), unknown])
+    assert len(received) == 1
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 1)
+    assert final.FailedSOPInstanceUIDList == unknown
+
+
+def test_concurrent_c_gets(qr, library) -> None:
+    outcomes: list[tuple[int, int]] = []
+
+    def fetch(part: list[Dataset]) -> None:
+        final, received = c_get(qr, [str(ds.SOPInstanceUID) for ds in part])
+        outcomes.append((int(final.Status), len(received)))
+
+    threads = [threading.Thread(target=fetch, args=(library[i::3],)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(outcomes) == sorted((0x0000, len(library[i::3])) for i in range(3))
+
+
+def test_cancel_in_a_500_instance_find_and_retrieve(make_server) -> None:
+    orthanc = make_server(config={"DicomModalities": {"getter": ["GETTER", "127.0.0.1", 104]}})
+    orthanc.start()
+    many = list(make_library(500, seed=90_000))
+    assoc = associate(orthanc, transfer_syntaxes=[ExplicitVRLittleEndian])
+    for ds in many:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    # C-FIND: cancel after the first pending response.
+    find = associate(orthanc, [DPP_FIND], ae_title="GETTER")
+    responses = find.send_c_find(find_identifier(), DPP_FIND, msg_id=7)
+    status, _ = next(responses)
+    assert status.Status == 0xFF00
+    find.send_c_cancel(7, find._get_valid_context(DPP_FIND, "", "scu").context_id)
+    codes = [int(s.Status) for s, _ in responses if s is not None]
+    find.release()
+    assert codes[-1] == 0xFE00
+    assert len(codes) < 500
+    # C-GET: cancel once 20 sub-operations are done.
+    sent_cancel = []
+
+    def cancel_after_some(assoc, status: Dataset) -> None:
+        if not sent_cancel and status.NumberOfCompletedSuboperations >= 20:
+            context_id = assoc._get_valid_context(DPP_GET, "", "scu").context_id
+            assoc.send_c_cancel(9, context_id)
+            sent_cancel.append(True)
+
+    final, received = c_get(
+        orthanc, [str(ds.SOPInstanceUID) for ds in many], on_pending=cancel_after_some
+    )
+    assert final.Status == 0xFE00
+    assert final.NumberOfRemainingSuboperations > 0
+    assert final.NumberOfCompletedSuboperations == len(received) < 500
+
+
+# -- C-MOVE --------------------------------------------------------------------------
+
+
+def c_move(orthanc: OrthancServer, uids: list[str], destination: str) -> Dataset:
+    assoc = associate(orthanc, [DPP_MOVE], TRANSFER_SYNTAXES)
+    identifier = Dataset()
+    identifier.SOPInstanceUID = uids if len(uids) > 1 else uids[0]
+    final = None
+    for status, answer in assoc.send_c_move(identifier, destination, DPP_MOVE):
+        if status is not None:
+            final = status
+            if answer is not None:
+                final.update(answer)
+    assoc.release()
+    assert final is not None
+    return final
+
+
+def test_c_move_to_dcmtk_storescp(qr, library, tmp_path: Path) -> None:
+    wanted = library[5:9]
+    with storescp(tmp_path, profile=True, port=qr.store_port, aet=STORE_AET) as (_, out):
+        final = c_move(qr, [str(ds.SOPInstanceUID) for ds in wanted], STORE_AET)
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 4
+    written = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, out.iterdir())}
+    for ds in wanted:
+        assert written[str(ds.SOPInstanceUID)] == as_received(ds)
+
+
+def test_c_move_to_a_destination_added_at_run_time(qr, library) -> None:
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="LATE_SCP")
+    for sop_class in sorted(DPP_STORAGE_CLASSES):
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        qr.request(
+            "PUT",
+            "/modalities/late",
+            f'{{"AET": "LATE_SCP", "Host": "127.0.0.1", "Port": {port}}}'.encode(),
+        )
+        uid = str(library[10].SOPInstanceUID)
+        deadline = time.monotonic() + 10
+        final = c_move(qr, [uid], "LATE_SCP")
+        while final.Status == 0xA801 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the modality list is re-read on the worker thread
+            final = c_move(qr, [uid], "LATE_SCP")
+        assert final.Status == 0x0000
+        assert [str(ds.SOPInstanceUID) for ds in received] == [uid]
+    finally:
+        server.shutdown()
+        with contextlib.suppress(HttpError):
+            qr.delete("/modalities/late")
+
+
+def test_c_move_unknown_destination_is_a801(qr, library) -> None:
+    final = c_move(qr, [str(library[0].SOPInstanceUID)], "NOBODY")
+    assert final.Status == 0xA801
+    assert "NOBODY" in final.ErrorComment
+
+
+def test_c_move_to_a_destination_that_is_down(qr, library) -> None:
+    uids = [str(ds.SOPInstanceUID) for ds in library[:3]]
+    final = c_move(qr, uids, STORE_AET)  # declared, but nothing listens
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 3
+    failed = final.FailedSOPInstanceUIDList
+    assert set([failed] if isinstance(failed, str) else failed) == set(uids)
+    assert qr.wait_for_log(STORE_AET)

@@ -1,0 +1,305 @@
+"""The C-FIND handler: statuses, limits, cancel, failures, and a real association."""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import decode
+from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
+
+from orthanc_dpp import find as find_module
+from orthanc_dpp import sop, status
+from orthanc_dpp.find import handle_find
+from orthanc_dpp.index import ProtocolIndex
+from tests.unit.test_match import build, code
+
+CT = sop.CT_DPP_STORAGE
+
+
+def make_index(count: int = 10) -> ProtocolIndex:
+    index = ProtocolIndex()
+    for n in range(count):
+        index.put(
+            f"o{n}",
+            build(
+                {
+                    "SpecificCharacterSet": "ISO_IR 192",
+                    "SOPClassUID": CT,
+                    "SOPInstanceUID": f"1.2.826.0.1.3680043.8.498.{n}",
+                    "ProtocolName": f"CT Kopf {n}" if n % 2 else f"Thorax {n}",
+                    "InstitutionName": "Hôpital Nord",
+                    "PotentialScheduledProtocolCodeSequence": [code("RPID16", "RADLEX", "Head")],
+                }
+            ),
+        )
+    index.put(
+        "approval",
+        build({"SOPClassUID": sop.PROTOCOL_APPROVAL_STORAGE, "SOPInstanceUID": "1.2.3.9"}),
+    )
+    return index
+
+
+def never() -> bool:
+    return False
+
+
+def run(spec: dict[str, Any] | Dataset, index: ProtocolIndex | None = None, **kwargs: Any) -> list:
+    identifier = spec if isinstance(spec, Dataset) else build(spec)
+    options = {"max_results": 0, "is_cancelled": never, **kwargs}
+    return list(handle_find(identifier, index or make_index(), **options))
+
+
+def code_of(result: Any) -> int:
+    return result if isinstance(result, int) else int(result.Status)
+
+
+def test_pending_responses_then_success() -> None:
+    results = run({"ProtocolName": "CT*", "SOPInstanceUID": ""})
+    *pending, final = results
+    assert final == (status.SUCCESS, None)
+    assert [code_of(s) for s, _ in pending] == [status.PENDING] * 5
+    assert [ds.ProtocolName for _, ds in pending] == [f"CT Kopf {n}" for n in (1, 3, 5, 7, 9)]
+    assert all(set(ds.keys()) == {0x00080018, 0x00181030} for _, ds in pending)
+
+
+def test_no_match_is_plain_success() -> None:
+    assert run({"ProtocolName": "MR*"}) == [(status.SUCCESS, None)]
+
+
+def test_approvals_are_not_answered() -> None:
+    results = run({"SOPInstanceUID": "1.2.3.9"})
+    assert results == [(status.SUCCESS, None)]
+
+
+def test_unsupported_optional_key_gives_ff01() -> None:
+    identifier = build({"ProtocolName": "CT Kopf 1"})
+    identifier.add_new(0x00091001, "LO", "private")
+    (pending, _), final = run(identifier)
+    assert code_of(pending) == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
+    assert final == (status.SUCCESS, None)
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "named"),
+    [
+        (
+            {"QueryRetrieveLevel": "IMAGE"},
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "QueryRetrieveLevel",
+        ),
+        ({"InstanceCreationDate": "2024"}, status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
+        (
+            {"PotentialScheduledProtocolCodeSequence": [{"CodeValue": "A"}, {"CodeValue": "B"}]},
+            status.UNABLE_TO_PROCESS,
+            "PotentialScheduledProtocolCodeSequence",
+        ),
+    ],
+)
+def test_bad_identifiers_answer_with_a_comment(spec: dict[str, Any], code: int, named: str) -> None:
+    ((result, dataset),) = run(spec)
+    assert dataset is None
+    assert result.Status == code
+    assert named in result.ErrorComment and len(result.ErrorComment) <= 64
+    assert "OffendingElement" in result
+
+
+@pytest.mark.parametrize(
+    ("limit", "pendings", "final"),
+    [(3, 3, status.FIND_OUT_OF_RESOURCES), (5, 5, status.SUCCESS), (0, 5, status.SUCCESS)],
+)
+def test_max_results(limit: int, pendings: int, final: int) -> None:
+    results = run({"ProtocolName": "CT*"}, max_results=limit)
+    assert len(results) == pendings + 1
+    assert code_of(results[-1][0]) == final
+    if final == status.FIND_OUT_OF_RESOURCES:
+        assert "3" in results[-1][0].ErrorComment
+
+
+def test_cancel_stops_with_fe00() -> None:
+    index = make_index(200)
+    sent: list[Any] = []
+    generator = handle_find(
+        build({"ProtocolName": "*"}), index, max_results=0, is_cancelled=lambda: len(sent) >= 2
+    )
+    for result in generator:
+        sent.append(result)
+    assert [code_of(s) for s, _ in sent] == [status.PENDING, status.PENDING, status.CANCEL]
+    assert sent[-1] == (status.CANCEL, None)
+
+
+def test_cancel_before_the_first_match() -> None:
+    assert run({"ProtocolName": "*"}, is_cancelled=lambda: True) == [(status.CANCEL, None)]
+
+
+def test_unexpected_errors_become_c000_and_are_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(identifier: Dataset) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(find_module, "compile_query", broken)
+    with caplog.at_level(logging.ERROR, logger="orthanc_dpp.find"):
+        ((result, _),) = run({"ProtocolName": ""})
+    assert result.Status == status.UNABLE_TO_PROCESS and result.ErrorComment
+    assert any("boom" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_failure_while_streaming(caplog: pytest.LogCaptureFixture) -> None:
+    class Exploding(ProtocolIndex):
+        def find(self, query: Any, is_cancelled: Any) -> Iterator[Any]:
+            yield from list(super().find(query, is_cancelled))[:1]
+            raise MemoryError("out of memory")
+
+    index = Exploding()
+    for n, ds in enumerate([build({"SOPClassUID": CT, "ProtocolName": "A"})] * 3):
+        index.put(f"o{n}", ds)
+    with caplog.at_level(logging.ERROR, logger="orthanc_dpp.find"):
+        results = run({"ProtocolName": "A"}, index)
+    assert [code_of(s) for s, _ in results] == [status.PENDING, status.UNABLE_TO_PROCESS]
+    assert caplog.records
+
+
+# -- no identifier can make it raise ------------------------------------------------
+
+TAGS = [
+    0x00080005,
+    0x00080012,
+    0x00080013,
+    0x00080016,
+    0x00080018,
+    0x00080052,
+    0x00080070,
+    0x00080221,
+    0x00181030,
+    0x00180050,
+    0x00280010,
+    0x00700084,
+    0x00091001,
+    0x00720065,
+    0x00189906,
+    0x00189912,
+    0x00100010,
+    0x00200013,
+    0x00080201,
+    0x00281050,
+]
+VRS = ["CS", "DA", "TM", "UI", "LO", "SH", "PN", "DS", "IS", "US", "FD", "OB", "SQ", "UN", "AT"]
+
+
+@st.composite
+def raw_identifiers(draw: st.DrawFn) -> bytes:
+    """Explicit VR Little Endian elements with any VR and any bytes."""
+    chosen = sorted(draw(st.sets(st.sampled_from(TAGS), min_size=1, max_size=5)))
+    data = b""
+    for tag in chosen:
+        vr = draw(st.sampled_from(VRS))
+        alphabet = st.sampled_from(list(b"09AZaz*?-\\^= .:\x00\x1b\xc3\xa9\xff"))
+        value = bytes(draw(st.lists(alphabet, max_size=20)))
+        if vr in ("OB", "SQ", "UN"):
+            data += struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value))
+        else:
+            data += struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
+        data += value
+    return data
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of the garbage values
+@settings(max_examples=300, deadline=None)
+@given(data=raw_identifiers())
+def test_no_identifier_makes_it_raise(data: bytes) -> None:
+    try:
+        identifier = decode(io.BytesIO(data), False, True)
+    except Exception:
+        return  # pynetdicom answers 0xC310 itself when the identifier cannot be decoded
+    results = list(handle_find(identifier, INDEX, max_results=3, is_cancelled=never))
+    *pending, (final, dataset) = results
+    assert dataset is None
+    assert code_of(final) in (
+        status.SUCCESS,
+        status.FIND_OUT_OF_RESOURCES,
+        status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        status.UNABLE_TO_PROCESS,
+    )
+    for result, response in pending:
+        assert code_of(result) in (status.PENDING, status.PENDING_OPTIONAL_KEYS_UNSUPPORTED)
+        assert isinstance(response, Dataset) and len(response) > 0
+
+
+INDEX = make_index(6)
+
+
+# -- a real association on the loopback interface ------------------------------------------------
+
+
+@pytest.fixture
+def scp() -> Iterator[tuple[int, dict[str, Any]]]:
+    options: dict[str, Any] = {"max_results": 0}
+    index = make_index(6)
+
+    def on_find(event: Any) -> Iterator[Any]:
+        yield from handle_find(
+            event.identifier,
+            index,
+            max_results=options["max_results"],
+            is_cancelled=lambda: event.is_cancelled,
+        )
+
+    ae = AE(ae_title="DPPTEST")
+    ae.add_supported_context(DefinedProcedureProtocolInformationModelFind)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+    )
+    try:
+        yield server.server_address[1], options
+    finally:
+        server.shutdown()
+
+
+def find_over_network(port: int, identifier: Dataset) -> list[tuple[Dataset, Dataset | None]]:
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(DefinedProcedureProtocolInformationModelFind)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title="DPPTEST")
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_find(identifier, DefinedProcedureProtocolInformationModelFind))
+    finally:
+        assoc.release()
+
+
+def test_real_association(scp: tuple[int, dict[str, Any]]) -> None:
+    port, options = scp
+    identifier = build(
+        {
+            "SpecificCharacterSet": "ISO_IR 100",
+            "ProtocolName": "CT*",
+            "InstitutionName": "",
+            "PotentialScheduledProtocolCodeSequence": [{"CodeValue": "RPID16", "CodeMeaning": ""}],
+        }
+    )
+    results = find_over_network(port, identifier)
+    *pending, (final, _) = results
+    assert final.Status == status.SUCCESS
+    assert len(pending) == 3
+    for rsp_status, response in pending:
+        assert rsp_status.Status == status.PENDING
+        assert response.InstitutionName == "Hôpital Nord"
+        assert response.SpecificCharacterSet == "ISO_IR 100"
+        assert response.PotentialScheduledProtocolCodeSequence[0].CodeMeaning == "Head"
+
+    ((bad, _),) = find_over_network(port, build({"QueryRetrieveLevel": "STUDY"}))
+    assert bad.Status == status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    assert "QueryRetrieveLevel" in bad.ErrorComment
+
+    options["max_results"] = 1
+    *_, (limited, _) = find_over_network(port, build({"ProtocolName": ""}))
+    assert limited.Status == status.FIND_OUT_OF_RESOURCES and limited.ErrorComment
