@@ -9,20 +9,15 @@ the ``SopClassUid`` metadata of a deleted instance is a 404.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import threading
 
 import pydicom
 
-from orthanc_dpp.library import OrthancError
+from orthanc_dpp.library import OrthancError, orthanc_resource_id
 
-
-def orthanc_id(*uids: str) -> str:
-    """Orthanc's instance ID: SHA-1 of the identifiers joined by '|', in 5 groups."""
-    digest = hashlib.sha1("|".join(uids).encode()).hexdigest()
-    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
+orthanc_id = orthanc_resource_id
 
 
 class FakeOrthancApi:
@@ -31,6 +26,7 @@ class FakeOrthancApi:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.sop_classes: dict[str, str] = {}
+        self.series: dict[str, str] = {}  # instance -> its series' Orthanc ID
         self.changes: list[dict[str, object]] = []
         self.fail_next_post: str | None = None
         self.calls: list[tuple[str, str]] = []
@@ -49,6 +45,11 @@ class FakeOrthancApi:
                 page = newer[:limit]
                 last = int(page[-1]["Seq"]) if page else self.seq
             return json.dumps({"Changes": page, "Done": len(newer) <= limit, "Last": last}).encode()
+        if parts[0] == "series" and len(parts) == 2:
+            members = [i for i, series in self.series.items() if series == parts[1]]
+            if not members:
+                raise OrthancError("GET", uri, "Unknown resource")
+            return json.dumps({"ID": parts[1], "Instances": members}).encode()
         if parts[0] == "instances" and len(parts) >= 3:
             instance = parts[1]
             if instance not in self.files:
@@ -80,6 +81,9 @@ class FakeOrthancApi:
                 status = "Success"
                 self.files[instance] = body
                 self.sop_classes[instance] = str(ds.SOPClassUID)
+                self.series[instance] = orthanc_id(
+                    str(ds.PatientID), ds.StudyInstanceUID, ds.SeriesInstanceUID
+                )
                 self.seq += 1
                 change = {"ChangeType": "NewInstance", "ID": instance, "Seq": self.seq}
                 self.changes.append(change)
@@ -93,4 +97,5 @@ class FakeOrthancApi:
                 raise OrthancError("DELETE", uri, "Unknown resource")
             del self.files[instance]
             del self.sop_classes[instance]
+            del self.series[instance]
             self.changes = [c for c in self.changes if c["ID"] != instance]

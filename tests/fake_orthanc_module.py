@@ -85,6 +85,7 @@ class FakeOrthancModule:
         self.change_callback: Any = None
         self.received_callback: Any = None
         self.routes: dict[str, Any] = {}
+        self.properties: dict[int, str] = {}
         self.OrthancException = OrthancException
         self.ChangeType = ChangeType
         self.ResourceType = ResourceType
@@ -112,6 +113,12 @@ class FakeOrthancModule:
 
     def log_text(self) -> str:
         return "\n".join(message for _, message in self.logs)
+
+    def GetGlobalProperty(self, number: int, default: str) -> str:
+        return self.properties.get(number, default)
+
+    def SetGlobalProperty(self, number: int, value: str) -> None:
+        self.properties[number] = value
 
     def RegisterOnChangeCallback(self, callback: Any) -> None:
         if self.change_callback is not None:  # DESIGN.md fact 12

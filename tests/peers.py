@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pynetdicom import AE, Association
+from pynetdicom import AE, Association, evt
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
+from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.sop import STORAGE_CLASSES
 from tests.orthanc_server import OrthancServer, free_port
 
@@ -27,7 +27,12 @@ def associate(
     ae = AE(ae_title=ae_title)
     for context in contexts or [Verification, *STORAGE_CLASSES]:
         ae.add_requested_context(context, transfer_syntaxes or TRANSFER_SYNTAXES)
-    assoc = ae.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet)
+    assoc = ae.associate(
+        "127.0.0.1",
+        orthanc.dpp_port,
+        ae_title=orthanc.aet,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+    )
     assert assoc.is_established, "association with the DPP listener was not accepted"
     return assoc
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pynetdicom import evt
 
-from orthanc_dpp import __version__
+from orthanc_dpp import __version__, snapshot
 from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import IndexFeed
@@ -89,6 +89,23 @@ class OrthancRestApi:
         self._call("DELETE", uri)
 
 
+class GlobalPropertySnapshots:
+    """:class:`orthanc_dpp.snapshot.SnapshotStore` in an Orthanc global property.
+
+    Global properties live in Orthanc's database, so every node sharing a
+    PostgreSQL database starts from the same snapshot.
+    """
+
+    def __init__(self, orthanc: ModuleType) -> None:
+        self.orthanc = orthanc
+
+    def read(self) -> str:
+        return self.orthanc.GetGlobalProperty(snapshot.PROPERTY, "")
+
+    def write(self, text: str) -> None:
+        self.orthanc.SetGlobalProperty(snapshot.PROPERTY, text)
+
+
 class Plugin:
     """Everything the plugin runs, wired together."""
 
@@ -115,6 +132,8 @@ class Plugin:
             poll_interval=settings.change_poll_interval,
             reconcile_interval=settings.reconcile_interval,
             on_tick=self.refresh_modalities,
+            snapshots=GlobalPropertySnapshots(orthanc),
+            snapshot_interval=settings.snapshot_interval,
         )
         # Peers and move destinations: Orthanc's own modality list, re-read
         # on UPDATED_MODALITIES and every MODALITY_REFRESH seconds.

@@ -65,6 +65,7 @@ class Settings:
     maximum_find_results: int = 0
     change_poll_interval: float = 1.0
     reconcile_interval: float = 60.0
+    snapshot_interval: float = 60.0
     python_path: tuple[str, ...] = ()
     unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
     report_missing_instances: bool = True
@@ -162,6 +163,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MaximumFindResults": ("maximum_find_results", _int_range(0, 10**9)),
     "ChangePollInterval": ("change_poll_interval", _seconds(0.1, 3600)),
     "ReconcileInterval": ("reconcile_interval", _seconds(1, 86400)),
+    "SnapshotInterval": ("snapshot_interval", _seconds(1, 86400)),
     "PythonPath": ("python_path", _path_list),
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
     "ReportMissingInstances": ("report_missing_instances", _bool),

@@ -14,6 +14,7 @@ once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -23,7 +24,11 @@ from typing import Any, Protocol
 
 from pydicom import Dataset
 
-from orthanc_dpp.library import OrthancError, ProtocolLibrary
+from orthanc_dpp import snapshot
+from orthanc_dpp.library import OrthancError, ProtocolLibrary, orthanc_resource_id
+from orthanc_dpp.normalize import library_uids
+from orthanc_dpp.record import Record
+from orthanc_dpp.snapshot import SnapshotStore
 from orthanc_dpp.sop import STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.feed")
@@ -40,6 +45,12 @@ class Index(Protocol):
 
     def orthanc_ids(self) -> set[str]: ...
 
+    def put_record(self, orthanc_id: str, record: Record) -> None: ...
+
+    def snapshot(self) -> list[Any]: ...
+
+    version: int
+
 
 class IndexFeed:
     """Loads the index at start-up, then follows ``/changes`` on a worker thread."""
@@ -52,12 +63,19 @@ class IndexFeed:
         poll_interval: float,
         reconcile_interval: float,
         on_tick: Callable[[], None] | None = None,
+        snapshots: SnapshotStore | None = None,
+        snapshot_interval: float = 60.0,
     ) -> None:
         self.library = library
         self.index = index
         self.poll_interval = poll_interval
         self.reconcile_interval = reconcile_interval
         self.on_tick = on_tick  # other periodic work of the worker thread
+        self.snapshots = snapshots
+        self.snapshot_interval = snapshot_interval
+        self._saved_version = -1
+        self._saved_at = 0.0
+        self.restored: int | None = None  # entries taken from the snapshot at load
         self.last_seq = 0
         self.ready = False
         self.load_seconds: float | None = None
@@ -125,10 +143,27 @@ class IndexFeed:
         """This node deleted an instance (Orthanc's DELETED callback)."""
         self.index.remove(orthanc_id)
 
+    def _library_instances(self) -> set[str]:
+        """IDs of the instances in the library series, in one call per series.
+
+        Normalized protocols live in one series per storage class whose
+        Orthanc ID follows from the normalization labels, so their existence
+        is known without asking for each instance.
+        """
+        present: set[str] = set()
+        labels = self.library.labels
+        for sop_class in STORAGE_CLASSES:
+            study, series = library_uids(labels, sop_class)
+            series_id = orthanc_resource_id(labels.patient_id, study, series)
+            with contextlib.suppress(OrthancError):  # none of that class stored yet
+                present.update(self._get_json(f"/series/{series_id}").get("Instances", []))
+        return present
+
     def reconcile(self) -> int:
         """Drop entries whose instance no longer exists (deleted by another node)."""
         removed = 0
-        for orthanc_id in self.index.orthanc_ids():
+        indexed = self.index.orthanc_ids()
+        for orthanc_id in indexed - self._library_instances():
             if self._stop.is_set():
                 break
             if self._sop_class(orthanc_id) is None and self.index.remove(orthanc_id):
@@ -137,18 +172,67 @@ class IndexFeed:
             log.info("Reconciliation removed %d deleted protocol(s) from the index", removed)
         return removed
 
+    # -- the snapshot --------------------------------------------------------
+
+    def _restore(self) -> bool:
+        """Fill the index from the stored snapshot; False if there is none usable."""
+        if self.snapshots is None:
+            return False
+        try:
+            entries, last_seq = snapshot.load(self.snapshots.read())
+        except snapshot.SnapshotError as exc:
+            log.warning("Index snapshot not used (%s): rebuilding from Orthanc", exc)
+            return False
+        for orthanc_id, record in entries:
+            self.index.put_record(orthanc_id, record)
+        self.last_seq = last_seq
+        self.restored = len(entries)
+        return True
+
+    def save_snapshot(self, force: bool = False) -> bool:
+        """Store the index if it changed and the interval has passed (or ``force``)."""
+        if self.snapshots is None or not self.ready:
+            return False
+        version = self.index.version
+        due = time.monotonic() - self._saved_at >= self.snapshot_interval
+        if version == self._saved_version or not (due or force):
+            return False
+        with self._lock:  # last_seq must describe exactly these entries
+            seq = self.last_seq
+            entries = [(e.orthanc_id, e.record) for e in self.index.snapshot()]
+        started = time.monotonic()
+        try:
+            self.snapshots.write(snapshot.dump(entries, seq))
+        except Exception as exc:
+            log.error("Index snapshot not saved: %s", exc)
+            return False
+        self._saved_version, self._saved_at = version, time.monotonic()
+        log.info(
+            "Index snapshot saved: %d protocol(s) at change %d in %.1f s",
+            len(entries),
+            seq,
+            self._saved_at - started,
+        )
+        return True
+
     # -- the worker thread -------------------------------------------------
 
     def load(self) -> None:
-        """Initial load: everything in ``/changes`` so far."""
+        """Initial load: the snapshot if any, then what ``/changes`` adds, then deletions."""
         started = time.monotonic()
+        restored = self._restore()
         count = self.catch_up()
+        removed = self.reconcile() if restored else 0
         self.load_seconds = time.monotonic() - started
         self.ready = True
         log.warning(
-            "Protocol index loaded: %d instance(s) in %.1f s (change log at %d)",
-            count,
+            "Protocol index loaded in %.1f s: %d protocol(s) (%s%d new from the change log, "
+            "%d deleted since), change log at %d",
             self.load_seconds,
+            len(self.index.orthanc_ids()),
+            f"{self.restored} from the snapshot, " if restored else "",
+            count,
+            removed,
             self.last_seq,
         )
 
@@ -160,11 +244,12 @@ class IndexFeed:
         self._thread = threading.Thread(target=self._run, name="dpp-index-feed", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.save_snapshot(force=True)
 
     def _run(self) -> None:
         next_reconcile = time.monotonic() + self.reconcile_interval
@@ -179,6 +264,7 @@ class IndexFeed:
                 if time.monotonic() >= next_reconcile:
                     self.reconcile()
                     next_reconcile = time.monotonic() + self.reconcile_interval
+                self.save_snapshot()
                 self.last_error = None
             except Exception as exc:  # keep following; report in /dpp/status
                 self.last_error = str(exc)

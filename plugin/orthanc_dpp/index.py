@@ -184,6 +184,7 @@ class ProtocolIndex:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._numbers = itertools.count()
+        self.version = 0  # bumped by every change: tells when a snapshot is stale
         self._entries: dict[int, Entry] = {}  # number -> entry, in stable order
         self._by_orthanc_id: dict[str, int] = {}
         self._by_uid: dict[str, IdSet] = {}
@@ -196,9 +197,13 @@ class ProtocolIndex:
 
     def put(self, orthanc_id: str, ds: Dataset) -> None:
         """Index ``ds`` (the instance as received) under ``orthanc_id``, replacing any."""
-        record = to_record(ds)  # the slow part, outside the lock
+        self.put_record(orthanc_id, to_record(ds))  # to_record: the slow part, unlocked
+
+    def put_record(self, orthanc_id: str, record: Record) -> None:
+        """Index an already built record (from a snapshot) under ``orthanc_id``."""
         keys = _index_keys(record)
         with self._lock:
+            self.version += 1
             number = self._by_orthanc_id.get(orthanc_id)
             if number is not None:
                 self._unindex(self._entries[number])  # keeps its place in the order
@@ -219,6 +224,7 @@ class ProtocolIndex:
             number = self._by_orthanc_id.pop(orthanc_id, None)
             if number is None:
                 return False
+            self.version += 1
             entry = self._entries.pop(number)
             self._unindex(entry)
             return True

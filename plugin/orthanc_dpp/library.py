@@ -13,6 +13,7 @@ module runs unchanged against the real plugin API and against test fakes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -87,6 +88,16 @@ class Stored:
 
 # Orthanc error texts that mean "no room", mapped to Out of Resources.
 _RESOURCE_ERRORS = ("full", "cannot write", "disk", "space", "memory")
+
+
+def orthanc_resource_id(*identifiers: str) -> str:
+    """Orthanc's ID of a patient/study/series/instance from its DICOM identifiers.
+
+    Orthanc hashes "PatientID|StudyInstanceUID|SeriesInstanceUID|SOPInstanceUID"
+    (as far as the level goes) with SHA-1, written as five groups of 8 hex digits.
+    """
+    digest = hashlib.sha1("|".join(identifiers).encode()).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 def parse_part10(data: bytes) -> Dataset:

@@ -55,6 +55,9 @@ class _Bulk:
     def __repr__(self) -> str:
         return "BULK"
 
+    def __reduce__(self) -> str:
+        return "BULK"  # pickled by name: one BULK, compared by identity
+
 
 BULK: Final = _Bulk()
 
@@ -120,6 +123,10 @@ class Layout:
         self.tags = tags
         self.vrs = vrs
         self.index = {tag: i for i, tag in enumerate(tags)}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled layouts are shared again: records compare layouts by identity.
+        return (_layout, (self.tags, self.vrs))
 
 
 _layouts: weakref.WeakValueDictionary[tuple[tuple[int, ...], tuple[str, ...]], Layout] = (
@@ -203,6 +210,9 @@ class Record:
 
     def __repr__(self) -> str:
         return f"Record({len(self)} attributes)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Record, (self._layout, self._values))
 
     def to_dataset(self) -> Dataset:
         """The record as a pydicom Dataset (tests, REST summaries, debugging)."""
