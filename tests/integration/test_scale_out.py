@@ -6,10 +6,9 @@ throwaway cluster from ``tests/postgres.py``. What one node stores, the
 other must find and return; what one deletes, the other must stop
 answering; concurrent stores through both must neither lose nor duplicate.
 
-"Found" is checked by every function in ``FINDERS`` and "retrieved" by every
-one in ``RETRIEVERS``. Today those are the REST routes; C-FIND and C-GET
-join by adding ``found_by_c_find`` (already written below) and a C-GET
-retriever to those tuples once the handlers are wired into the listener.
+"Found" is checked by every function in ``FINDERS`` (REST listing, REST
+look-up, C-FIND) and "retrieved" by every one in ``RETRIEVERS`` (REST
+download, C-GET).
 
 The nodes use the production ``ChangePollInterval`` (1 s): that is what
 bounds how soon B sees A's stores. ``ReconcileInterval`` is 1 s here (60 s
@@ -29,8 +28,10 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
 
-from orthanc_dpp.sop import DPP_FIND
+from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_STORAGE_CLASSES
 from tests.dpp_factory import make_library, make_protocol, to_bytes
 from tests.orthanc_server import PYTHON_PLUGIN, HttpError, OrthancServer
 from tests.peers import associate
@@ -79,11 +80,7 @@ def found_by_uid(node: OrthancServer, ds: Dataset) -> bool:
 
 
 def found_by_c_find(node: OrthancServer, ds: Dataset) -> bool:
-    """C-FIND on the DPP information model by Protocol Name returns it.
-
-    Not in ``FINDERS`` yet: the C-FIND handler is not wired into the
-    listener. Add it there when it is.
-    """
+    """C-FIND on the DPP information model by Protocol Name returns it."""
     query = Dataset()
     if "SpecificCharacterSet" in ds:
         query.SpecificCharacterSet = ds.SpecificCharacterSet
@@ -106,9 +103,44 @@ def retrieved_by_rest(node: OrthancServer, ds: Dataset) -> Dataset:
     return pydicom.dcmread(io.BytesIO(node.get(f"/dpp/protocols/{ds.SOPInstanceUID}/file")))
 
 
+def retrieved_by_c_get(node: OrthancServer, ds: Dataset) -> Dataset:
+    """C-GET by SOP Instance UID on the DPP information model."""
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        got = event.dataset
+        got.file_meta = event.file_meta
+        received.append(got)
+        return 0x0000
+
+    ae = AE(ae_title="TEST_SCU")
+    ae.add_requested_context(DPP_GET)
+    for sop_class in sorted(DPP_STORAGE_CLASSES):
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    roles = [build_role(c, scp_role=True) for c in sorted(DPP_STORAGE_CLASSES)]
+    assoc = ae.associate(
+        "127.0.0.1",
+        node.dpp_port,
+        ae_title=node.aet,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.SOPInstanceUID = ds.SOPInstanceUID
+    codes = [int(st.Status) for st, _ in assoc.send_c_get(identifier, DPP_GET) if st]
+    assoc.release()
+    assert codes[-1] == 0x0000, f"C-GET ended with 0x{codes[-1]:04X}"
+    (got,) = received
+    return got
+
+
 Finder = Callable[[OrthancServer, Dataset], bool]
-FINDERS: tuple[Finder, ...] = (found_in_list, found_by_uid)
-RETRIEVERS: tuple[Callable[[OrthancServer, Dataset], Dataset], ...] = (retrieved_by_rest,)
+FINDERS: tuple[Finder, ...] = (found_in_list, found_by_uid, found_by_c_find)
+RETRIEVERS: tuple[Callable[[OrthancServer, Dataset], Dataset], ...] = (
+    retrieved_by_rest,
+    retrieved_by_c_get,
+)
 
 
 def found_everywhere(node: OrthancServer, ds: Dataset) -> bool:
@@ -192,6 +224,9 @@ def nodes(
                         "ReconcileInterval": RECONCILE_INTERVAL,
                     },
                     config={
+                        # The test SCU may find and retrieve (Orthanc's defaults
+                        # leave C-FIND/C-GET to known modalities only).
+                        "DicomModalities": {"scu": ["TEST_SCU", "127.0.0.1", 104]},
                         "Plugins": [PYTHON_PLUGIN, PG_INDEX_PLUGIN, PG_STORAGE_PLUGIN],
                         "PostgreSQL": database.orthanc_section(),
                         "DatabaseServerIdentifier": f"dpp-scale-out-{name}",
