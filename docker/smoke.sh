@@ -59,6 +59,8 @@ fi
 
 export ORTHANC_PASSWORD=${ORTHANC_PASSWORD:-smoke-$RANDOM$RANDOM}
 export DPP_PUBLISH_ADDRESS=127.0.0.1
+# The smoke client calls from the Docker host, which is in no modality list.
+export DPP_UNKNOWN_CALLERS='["Echo","Store","Find","Get"]'
 export ORTHANC_A_HTTP_PORT=${ORTHANC_A_HTTP_PORT:-18042}
 export ORTHANC_A_DICOM_PORT=${ORTHANC_A_DICOM_PORT:-14242}
 export ORTHANC_A_DPP_PORT=${ORTHANC_A_DPP_PORT:-21112}

@@ -393,4 +393,7 @@ def test_c_move_to_a_destination_that_is_down(qr, library) -> None:
     assert final.NumberOfFailedSuboperations == 3
     failed = final.FailedSOPInstanceUIDList
     assert set([failed] if isinstance(failed, str) else failed) == set(uids)
-    assert qr.wait_for_log(STORE_AET)
+    assert qr.wait_for_log(
+        f"C-MOVE from TEST_SCU: cannot send to store ({STORE_AET}@127.0.0.1:{qr.store_port}): "
+        "cannot connect"
+    )
