@@ -6,13 +6,15 @@ PYTHON := /usr/bin/python3
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := orthanc orthanc-python python3-venv
+# Extra Orthanc options for `make run`, e.g. ORTHANC_FLAGS=--verbose.
+ORTHANC_FLAGS ?=
 TEST_PACKAGES := $(RUN_PACKAGES) dcmtk postgresql orthanc-postgresql
 
 .PHONY: run test unit integration lint bench setup-run setup-test .packages-run .packages-test
 
 run: setup-run
 	mkdir -p data
-	exec /usr/sbin/Orthanc --verbose orthanc.json
+	exec /usr/sbin/Orthanc $(ORTHANC_FLAGS) orthanc.json
 
 test: setup-test lint
 	$(VENV)/bin/python -m pytest
