@@ -6,14 +6,17 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pynetdicom import AE, Association, evt
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, Association, build_role, evt
+from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
 from pynetdicom.sop_class import Verification
 
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
 from tests.orthanc_server import OrthancServer, free_port
 
 
@@ -91,3 +94,56 @@ def storescp(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def c_get(
+    orthanc: OrthancServer,
+    uids: list[str],
+    *,
+    storage: bool = True,
+    on_pending: Callable[[Association, Dataset], None] | None = None,
+    ae_title: str = "GETTER",
+) -> tuple[Dataset, list[Dataset]]:
+    """C-GET ``uids`` on the DPP model (message ID 9).
+
+    Returns the final status (with the final identifier's Failed SOP
+    Instance UID List merged in) and the datasets received. ``storage``
+    False offers no storage context; ``on_pending`` sees each pending status.
+    """
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(DPP_GET)
+    roles = []
+    if storage:
+        for sop_class in sorted(DPP_STORAGE_CLASSES):
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+            roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1",
+        orthanc.dpp_port,
+        ae_title=orthanc.aet,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.SOPInstanceUID = uids if len(uids) > 1 else uids[0]
+    final = None
+    for status, answer in assoc.send_c_get(identifier, DPP_GET, msg_id=9):
+        if status is None:
+            continue
+        if on_pending and int(status.Status) == 0xFF00:
+            on_pending(assoc, status)
+        final = status
+        if answer is not None:  # Failed SOP Instance UID List travels in the identifier
+            final.update(answer)
+    assoc.release()
+    assert final is not None
+    return final, received

@@ -27,16 +27,6 @@ log = logging.getLogger("orthanc_dpp.find")
 Response = tuple[int | Dataset, Dataset | None]
 
 
-def failure(code: int, comment: str, tag: int | None = None) -> Dataset:
-    """A status dataset with Error Comment (and Offending Element when known)."""
-    ds = Dataset()
-    ds.Status = code
-    ds.ErrorComment = comment[:64]  # LO
-    if tag is not None:
-        ds.OffendingElement = [tag]
-    return ds
-
-
 def handle_find(
     identifier: Dataset,
     index: ProtocolIndex,
@@ -54,11 +44,11 @@ def handle_find(
         query = compile_query(identifier)
     except InvalidIdentifier as exc:
         log.info("C-FIND identifier refused (0x%04X): %s", exc.status, exc)
-        yield failure(exc.status, exc.comment, exc.tag), None
+        yield status.status_dataset(exc.status, exc.comment, exc.tag), None
         return
     except Exception:
         log.exception("C-FIND identifier could not be read")
-        yield failure(status.UNABLE_TO_PROCESS, "Identifier could not be read"), None
+        yield status.status_dataset(status.UNABLE_TO_PROCESS, "Identifier could not be read"), None
         return
 
     sent = 0
@@ -69,7 +59,7 @@ def handle_find(
             if max_results and sent >= max_results:
                 log.info("C-FIND stopped at the limit of %d results", max_results)
                 comment = f"More than {max_results} matches; refine the query"
-                yield failure(status.FIND_OUT_OF_RESOURCES, comment), None
+                yield status.status_dataset(status.FIND_OUT_OF_RESOURCES, comment), None
                 return
             code, response = query.respond(entry.record)
             yield code, response
@@ -80,6 +70,6 @@ def handle_find(
             return
     except Exception:
         log.exception("C-FIND failed after %d result(s)", sent)
-        yield failure(status.UNABLE_TO_PROCESS, "Internal error while matching"), None
+        yield status.status_dataset(status.UNABLE_TO_PROCESS, "Internal error while matching"), None
         return
     yield status.SUCCESS, None

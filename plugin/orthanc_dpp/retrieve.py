@@ -73,8 +73,6 @@ QUERY_RETRIEVE_LEVEL = 0x00080052
 
 #: Sub-operation counters are US (PS3.7 9.3.3.2), so one request can name at most this many.
 MAX_SUB_OPERATIONS = 65535
-#: Error Comment (0000,0902) is LO: 64 characters of the default repertoire.
-ERROR_COMMENT_LENGTH = 64
 #: Failed sub-operations logged one by one before only the summary counts them.
 LOGGED_FAILURES = 10
 
@@ -313,7 +311,7 @@ def _message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
 def _comment(text: str) -> str:
     """An Error Comment: printable ASCII without backslash, cut to LO length."""
     clean = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)
-    return clean[:ERROR_COMMENT_LENGTH]
+    return clean[: status.ERROR_COMMENT_LENGTH]
 
 
 # --- responses ----------------------------------------------------------------------------

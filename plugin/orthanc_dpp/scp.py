@@ -20,20 +20,9 @@ from orthanc_dpp.find import handle_find
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary, Stored, StoreError
 from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.scp")
-
-#: Error Comment (0000,0902) is LO: at most 64 characters.
-ERROR_COMMENT_LENGTH = 64
-
-
-def status_dataset(code: int, comment: str | None = None) -> Dataset:
-    """A status Dataset with an Error Comment cut to the length LO allows."""
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:ERROR_COMMENT_LENGTH]
-    return ds
 
 
 def requestor(event: evt.Event) -> str:

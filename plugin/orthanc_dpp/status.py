@@ -7,6 +7,8 @@ handler code and every status is searchable by its meaning.
 
 from typing import Final
 
+from pydicom import Dataset
+
 # General (PS3.7 C)
 SUCCESS: Final = 0x0000
 CANCEL: Final = 0xFE00
@@ -31,3 +33,18 @@ OUT_OF_RESOURCES_NUMBER_OF_MATCHES: Final = 0xA701
 OUT_OF_RESOURCES_SUB_OPERATIONS: Final = 0xA702
 MOVE_DESTINATION_UNKNOWN: Final = 0xA801
 SUB_OPERATIONS_COMPLETE_WITH_FAILURES: Final = 0xB000
+
+
+#: Error Comment (0000,0902) is LO: at most 64 characters.
+ERROR_COMMENT_LENGTH: Final = 64
+
+
+def status_dataset(code: int, comment: str | None = None, tag: int | None = None) -> Dataset:
+    """A status with its Error Comment (cut to LO's length) and Offending Element."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:ERROR_COMMENT_LENGTH]
+    if tag is not None:
+        ds.OffendingElement = [tag]
+    return ds

@@ -14,7 +14,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
     DefinedProcedureProtocolInformationModelFind as DPP_FIND,
 )
@@ -29,7 +29,7 @@ from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
 from tests.dpp_factory import make_library, make_protocol
 from tests.orthanc_server import HttpError, OrthancServer, free_port
-from tests.peers import associate, storescp
+from tests.peers import associate, c_get, storescp
 
 STORE_AET = "STORE_SCP"
 
@@ -194,49 +194,6 @@ def test_concurrent_c_find_associations(qr, library) -> None:
 
 
 # -- C-GET ---------------------------------------------------------------------------
-
-
-def c_get(
-    orthanc: OrthancServer, uids: list[str], *, storage: bool = True, on_pending=None
-) -> tuple[Dataset, list[Dataset]]:
-    """C-GET ``uids``; return the final status and the datasets received."""
-    received: list[Dataset] = []
-
-    def on_store(event: evt.Event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        received.append(ds)
-        return 0x0000
-
-    ae = AE(ae_title="GETTER")
-    ae.add_requested_context(DPP_GET)
-    roles = []
-    if storage:
-        for sop_class in sorted(DPP_STORAGE_CLASSES):
-            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-            roles.append(build_role(sop_class, scp_role=True))
-    assoc = ae.associate(
-        "127.0.0.1",
-        orthanc.dpp_port,
-        ae_title=orthanc.aet,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
-    identifier = Dataset()
-    identifier.SOPInstanceUID = uids if len(uids) > 1 else uids[0]
-    final = None
-    for status, answer in assoc.send_c_get(identifier, DPP_GET, msg_id=9):
-        if status is None:
-            continue
-        if on_pending and int(status.Status) == 0xFF00:
-            on_pending(assoc, status)
-        final = status
-        if answer is not None:  # Failed SOP Instance UID List travels in the identifier
-            final.update(answer)
-    assoc.release()
-    assert final is not None
-    return final, received
 
 
 def test_c_get_returns_the_originals(qr, library) -> None:

@@ -28,13 +28,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
 
-from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_STORAGE_CLASSES
+from orthanc_dpp.sop import DPP_FIND
 from tests.dpp_factory import make_library, make_protocol, to_bytes
 from tests.orthanc_server import PYTHON_PLUGIN, HttpError, OrthancServer
-from tests.peers import associate
+from tests.peers import associate, c_get
 from tests.postgres import (
     PG_INDEX_PLUGIN,
     PG_STORAGE_PLUGIN,
@@ -105,32 +103,8 @@ def retrieved_by_rest(node: OrthancServer, ds: Dataset) -> Dataset:
 
 def retrieved_by_c_get(node: OrthancServer, ds: Dataset) -> Dataset:
     """C-GET by SOP Instance UID on the DPP information model."""
-    received: list[Dataset] = []
-
-    def on_store(event: evt.Event) -> int:
-        got = event.dataset
-        got.file_meta = event.file_meta
-        received.append(got)
-        return 0x0000
-
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(DPP_GET)
-    for sop_class in sorted(DPP_STORAGE_CLASSES):
-        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    roles = [build_role(c, scp_role=True) for c in sorted(DPP_STORAGE_CLASSES)]
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.dpp_port,
-        ae_title=node.aet,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
-    identifier = Dataset()
-    identifier.SOPInstanceUID = ds.SOPInstanceUID
-    codes = [int(st.Status) for st, _ in assoc.send_c_get(identifier, DPP_GET) if st]
-    assoc.release()
-    assert codes[-1] == 0x0000, f"C-GET ended with 0x{codes[-1]:04X}"
+    final, received = c_get(node, [str(ds.SOPInstanceUID)], ae_title="TEST_SCU")
+    assert final.Status == 0x0000, f"C-GET ended with 0x{int(final.Status):04X}"
     (got,) = received
     return got
 

@@ -14,6 +14,7 @@ from orthanc_dpp import adapter
 from tests.dpp_factory import make_non_dpp, make_protocol, to_bytes
 from tests.fake_orthanc_module import FakeOrthancModule
 from tests.orthanc_server import free_port
+from tests.waiting import eventually
 
 
 @pytest.fixture(autouse=True)
@@ -49,20 +50,9 @@ def running():
     orthanc = FakeOrthancModule(configuration())
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    assert _wait(lambda: plugin.listener.status.state == "running")
+    assert eventually(lambda: plugin.listener.status.state == "running")
     yield orthanc, plugin
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
-
-
-def _wait(predicate, timeout: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_bad_configuration_keeps_orthanc_up_and_is_reported() -> None:
@@ -112,7 +102,7 @@ def test_port_in_use_is_reported_and_orthanc_continues() -> None:
         orthanc.change_callback(
             orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, ""
         )
-        assert _wait(lambda: plugin.listener.status.state == "failed")
+        assert eventually(lambda: plugin.listener.status.state == "failed")
         status = orthanc.call_route("/dpp/status").json()
         assert status["Listener"]["Error"].startswith(f"cannot listen on 127.0.0.1:{port}")
         assert "DPP: DPP listener not started: cannot listen on" in orthanc.log_text()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from tests.dpp_factory import make_library, make_non_dpp, to_bytes
 from tests.fake_orthanc import FakeOrthancApi
+from tests.waiting import eventually
 
 
 def make_feed(api: FakeOrthancApi, index: ProtocolIndex, **kwargs: float) -> IndexFeed:
@@ -57,10 +56,10 @@ def test_worker_follows_new_instances_and_reconciles_deletions() -> None:
     try:
         uids = store_elsewhere(api, 3, seed=4)
         feed.wake()
-        assert _eventually(lambda: len(index) == 3)
+        assert eventually(lambda: len(index) == 3)
         gone = index.get(uids[0])
         api.delete(f"/instances/{gone.orthanc_id}")  # deleted by another node
-        assert _eventually(lambda: index.get(uids[0]) is None, timeout=5.0)
+        assert eventually(lambda: index.get(uids[0]) is None, timeout=5.0)
         assert len(index) == 2
     finally:
         feed.stop()
@@ -92,16 +91,7 @@ def test_a_failing_orthanc_is_reported_not_fatal(caplog) -> None:
     feed = make_feed(api, index)
     feed.start()
     try:
-        assert _eventually(lambda: len(index) == 2 and feed.last_error is None)
+        assert eventually(lambda: len(index) == 2 and feed.last_error is None)
         assert "Protocol index update failed: database unavailable" in caplog.text
     finally:
         feed.stop()
-
-
-def _eventually(predicate, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()

@@ -1,0 +1,16 @@
+"""Polling with a bound, for tests that wait on another thread or process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
+    """True as soon as ``predicate`` holds, False if it still fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
