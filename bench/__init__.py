@@ -1,0 +1,22 @@
+"""Benchmarks of the DPP plugin against baselines measured in the same run (``make bench``).
+
+Machines are shared and noisy, so every figure is printed next to a baseline
+taken minutes earlier on the same machine, and the ratios are what count.
+Raw numbers go to ``bench/results/*.json``; generated files and prepared
+Orthanc data folders are cached under ``bench/results/`` (git-ignored) so that
+repeated runs skip the slow preparation.
+"""
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+# The test helpers (tests.orthanc_server, tests.dpp_factory) import the
+# plugin's pure package; pytest gets it from pyproject's pythonpath, we add it
+# here so that ``python -m bench`` works from the repository root alone.
+if str(REPO / "plugin") not in sys.path:
+    sys.path.insert(0, str(REPO / "plugin"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))

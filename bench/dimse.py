@@ -1,0 +1,203 @@
+"""The benchmark's DICOM clients: one C-FIND, C-GET or C-MOVE, timed from the SCU's side.
+
+The same functions talk to the plugin's listener, to Orthanc's own DICOM port
+and to the baseline SCP, so whatever the client costs (pynetdicom decoding
+each response, say) is paid equally by every side of a comparison. Every
+association sets TCP_NODELAY (DESIGN.md fact 7): without it a pynetdicom
+peer waits on delayed ACKs and the benchmark would measure the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, Association, build_role, evt
+
+#: What the benchmark clients offer: what Orthanc and the plugin store in.
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+SCU_AET = "BENCH_SCU"
+#: Longest silence tolerated inside one operation: a hung peer fails the run, not the machine.
+DIMSE_TIMEOUT = 300.0
+
+PENDING = (0xFF00, 0xFF01)
+
+
+def set_nodelay(event: evt.Event) -> None:
+    """Send each PDU at once, on requested and accepted associations alike."""
+    with contextlib.suppress(AttributeError, OSError):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class DimseError(RuntimeError):
+    """An association or an operation failed: the benchmark reports it instead of a figure."""
+
+
+def connect(
+    port: int,
+    called_aet: str,
+    contexts: Iterable[str],
+    *,
+    scp_role_for: Iterable[str] = (),
+    handlers: list[tuple[evt.EventType, object]] | None = None,
+) -> Association:
+    """An established association on 127.0.0.1:`port`, or :class:`DimseError`.
+
+    `scp_role_for` lists storage SOP classes offered with the SCP role
+    (SCP/SCU Role Selection), which a C-GET requester needs to receive the
+    instances on its own association.
+    """
+    ae = AE(ae_title=SCU_AET)
+    ae.dimse_timeout = DIMSE_TIMEOUT
+    ae.network_timeout = DIMSE_TIMEOUT
+    ae.maximum_pdu_size = 0  # receive whatever the peer sends
+    roles = []
+    for sop_class in contexts:
+        ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
+    for sop_class in scp_role_for:
+        ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
+        roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title=called_aet,
+        ext_neg=roles or None,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *(handlers or [])],
+    )
+    if not assoc.is_established:
+        raise DimseError(f"association with {called_aet} on port {port} was not accepted")
+    return assoc
+
+
+def accepted(port: int, called_aet: str, sop_classes: Iterable[str]) -> set[str]:
+    """Which of `sop_classes` the peer accepts (an association just to ask)."""
+    try:
+        assoc = connect(port, called_aet, list(sop_classes))
+    except DimseError:
+        return set()
+    try:
+        return {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    finally:
+        assoc.release()
+
+
+@dataclass
+class FindResult:
+    seconds: float
+    matches: int
+    status: int
+
+
+def find(assoc: Association, model: str, identifier: Dataset) -> FindResult:
+    """One C-FIND to its end: every pending response counted, the final status kept."""
+    started = time.perf_counter()
+    matches = 0
+    final = -1
+    for status, _identifier in assoc.send_c_find(identifier, model):
+        if not status:
+            raise DimseError("C-FIND: connection lost or timed out")
+        code = int(status.Status)
+        if code in PENDING:
+            matches += 1
+        else:
+            final = code
+    return FindResult(time.perf_counter() - started, matches, final)
+
+
+@dataclass
+class RetrieveResult:
+    seconds: float
+    completed: int
+    failed: int
+    warning: int
+    status: int
+    received: int = 0  # instances seen by the receiving side
+    received_bytes: int = 0
+
+
+def _counts(status: Dataset) -> tuple[int, int, int]:
+    return tuple(  # type: ignore[return-value]
+        int(getattr(status, f"NumberOf{kind}Suboperations", 0) or 0)
+        for kind in ("Completed", "Failed", "Warning")
+    )
+
+
+class Receiver:
+    """C-STORE handler for a C-GET requester: counts instances and bytes, keeps nothing."""
+
+    def __init__(self) -> None:
+        self.instances = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: evt.Event) -> int:
+        size = len(event.request.DataSet.getvalue())  # the encoded dataset, never decoded
+        with self._lock:
+            self.instances += 1
+            self.bytes += size
+        return 0x0000
+
+
+def get(
+    port: int, called_aet: str, model: str, identifier: Dataset, storage_classes: Iterable[str]
+) -> RetrieveResult:
+    """One C-GET on a fresh association (what a modality does), timed to the final response."""
+    receiver = Receiver()
+    assoc = connect(
+        port,
+        called_aet,
+        [model],
+        scp_role_for=storage_classes,
+        handlers=[(evt.EVT_C_STORE, receiver)],
+    )
+    try:
+        started = time.perf_counter()
+        final: Dataset | None = None
+        for status, _identifier in assoc.send_c_get(identifier, model):
+            if not status:
+                raise DimseError("C-GET: connection lost or timed out")
+            if int(status.Status) not in PENDING:
+                final = status
+        seconds = time.perf_counter() - started
+    finally:
+        assoc.release()
+    if final is None:
+        raise DimseError("C-GET: no final response")
+    completed, failed, warning = _counts(final)
+    return RetrieveResult(
+        seconds,
+        completed,
+        failed,
+        warning,
+        int(final.Status),
+        receiver.instances,
+        receiver.bytes,
+    )
+
+
+def move(
+    port: int, called_aet: str, model: str, identifier: Dataset, destination: str
+) -> RetrieveResult:
+    """One C-MOVE on a fresh association, timed to the final response (all sub-operations done)."""
+    assoc = connect(port, called_aet, [model])
+    try:
+        started = time.perf_counter()
+        final: Dataset | None = None
+        for status, _identifier in assoc.send_c_move(identifier, destination, model):
+            if not status:
+                raise DimseError("C-MOVE: connection lost or timed out")
+            if int(status.Status) not in PENDING:
+                final = status
+        seconds = time.perf_counter() - started
+    finally:
+        assoc.release()
+    if final is None:
+        raise DimseError("C-MOVE: no final response")
+    completed, failed, warning = _counts(final)
+    return RetrieveResult(seconds, completed, failed, warning, int(final.Status))

@@ -1,0 +1,304 @@
+"""Benchmark 1: C-FIND over libraries of 1,000 / 10,000 / 100,000 protocols, and index start-up.
+
+Three C-FIND SCPs answer the same typical queries over the same protocols:
+
+* **plugin**: the DPP listener inside Orthanc, answering from its index;
+* **(a) bare SCP**: :mod:`bench.baseline_scp`, a list and a filter in its own
+  process, the ceiling of a pynetdicom SCP (target: plugin >= 0.8x its rate);
+* **(b) Orthanc**: Orthanc's own C-FIND (Study Root, IMAGE level) on its own
+  port, over the same instances as Orthanc stores them (target: plugin faster).
+
+Each query runs on one association, one after another, for a time budget
+(at least one measured query after one warm-up; a query slower than the
+budget is measured once, its warm-up run counting). Orthanc cannot match
+inside sequences and files the Series-level attributes (Protocol Name,
+Manufacturer) once per series, so its match counts differ from the
+DPP-model answers: the table shows every side's match count so the reader
+sees what was compared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from bench import library, orthanc_setup
+from bench.child import Child, rss_kib
+from bench.dimse import DimseError, accepted, connect, find
+from bench.report import percentile, ratio, table
+from orthanc_dpp.sop import DPP_FIND
+from tests.orthanc_server import free_port
+
+BASELINE_AET = "BASELINE_FIND"
+ORTHANC_AET = "ORTHANC"
+
+
+def _code_item(**values: str) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _return_keys() -> Dataset:
+    """A realistic handful of return keys, as a protocol-management tool would list protocols."""
+    ds = Dataset()
+    ds.SOPClassUID = ""
+    ds.SOPInstanceUID = ""
+    ds.ProtocolName = ""
+    ds.PotentialScheduledProtocolCodeSequence = [
+        _code_item(CodeValue="", CodingSchemeDesignator="", CodeMeaning="")
+    ]
+    ds.EquipmentModality = ""
+    ds.Manufacturer = ""
+    ds.ManufacturerModelName = ""
+    ds.InstanceCreationDate = ""
+    return ds
+
+
+def queries(uid: str) -> dict[str, Dataset]:
+    """The typical queries, DPP model; `uid` is one stored protocol's SOP Instance UID."""
+    name = _return_keys()
+    name.ProtocolName = "*Head*"  # wild card, case-sensitive (PS3.4 C.2.2.2.4)
+
+    code = _return_keys()  # one RadLex Playbook code, as a scheduler looks protocols up
+    code.PotentialScheduledProtocolCodeSequence = [
+        _code_item(CodeValue="RPID22", CodingSchemeDesignator="RADLEX", CodeMeaning="")
+    ]
+
+    equipment = _return_keys()  # what a scanner asks for: its modality and manufacturer
+    equipment.EquipmentModality = "CT"
+    equipment.ModelSpecificationSequence = [_code_item(Manufacturer="SIEMENS")]
+
+    single = _return_keys()  # one known protocol, as a tool refreshes what it shows
+    single.SOPInstanceUID = uid
+
+    # universal: the whole library, as a protocol manager synchronises
+    return {
+        "name *Head*": name,
+        "code RPID22": code,
+        "CT + SIEMENS": equipment,
+        "one UID": single,
+        "universal": _return_keys(),
+    }
+
+
+def orthanc_queries(uid: str) -> dict[str, Dataset]:
+    """The nearest queries Orthanc's own C-FIND understands (Study Root, IMAGE level).
+
+    Sequence keys are sent as in the DPP queries (Orthanc does not match
+    them); the equipment query adds the top-level Manufacturer, which Orthanc
+    matches (at Series level, like Protocol Name).
+    """
+    out = queries(uid)
+    for ds in out.values():
+        ds.QueryRetrieveLevel = "IMAGE"
+    out["CT + SIEMENS"].Manufacturer = "SIEMENS"
+    return out
+
+
+def measure(run: Callable[[], Any], budget: float, max_queries: int) -> dict[str, Any]:
+    """Repeat one query for `budget` seconds (bounded by `max_queries`); latency figures."""
+    warm = run()
+    latencies = [warm.seconds] if warm.seconds >= budget else []
+    matches, final = warm.matches, warm.status
+    started = time.monotonic()
+    while not latencies or (len(latencies) < max_queries and time.monotonic() - started < budget):
+        result = run()
+        latencies.append(result.seconds)
+        matches, final = result.matches, result.status
+    total = sum(latencies)
+    return {
+        "queries": len(latencies),
+        "matches": matches,
+        "final_status": f"0x{final:04X}",
+        "queries_per_s": len(latencies) / total if total else None,
+        "responses_per_s": matches * len(latencies) / total if total else None,
+        "median_ms": percentile(latencies, 0.5) * 1000,
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+    }
+
+
+def _middle_uid(size: int) -> str:
+    """SOP Instance UID of the protocol in the middle of the library."""
+    path = library.files(size)[size // 2]
+    return str(dcmread(path, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+
+
+def _startup(size: int) -> tuple[dict[str, Any], Any]:
+    """Orthanc's start-up without and with the plugin's index; returns the running server."""
+    figures: dict[str, Any] = {}
+    plain = orthanc_setup.server(size, Enabled=False)
+    started = time.monotonic()
+    plain.start(wait_listener=False, timeout=600)
+    figures["orthanc_ready_s"] = time.monotonic() - started
+    time.sleep(1)
+    figures["rss_without_index_kib"] = rss_kib(plain.process.pid) if plain.process else None
+    plain.stop()
+
+    orthanc = orthanc_setup.server(size)
+    started = time.monotonic()
+    orthanc.start(timeout=3600)
+    figures["index_ready_s"] = time.monotonic() - started
+    status = orthanc.get_json("/dpp/status")
+    figures["index_load_seconds"] = status["Index"]["LoadSeconds"]
+    figures["indexed"] = status["Protocols"]["Total"]
+    figures["rss_with_index_kib"] = rss_kib(orthanc.process.pid) if orthanc.process else None
+    return figures, orthanc
+
+
+def run_size(size: int, budget: float, max_queries: int) -> dict[str, Any]:
+    """Everything benchmark 1 measures for one library size."""
+    print(f"\n== C-FIND, library of {size:,} protocols", flush=True)
+    loaded = orthanc_setup.prepare(size)
+    result: dict[str, Any] = {"size": size, "loading": loaded}
+    baseline_port = free_port()
+    started = time.monotonic()
+    baseline = Child("bench.baseline_scp", str(baseline_port), BASELINE_AET, str(size))
+    orthanc = None
+    try:
+        ready = baseline.wait_event("ready", timeout=1800)
+        result["baseline_load"] = {
+            "seconds": ready["load_seconds"],
+            "ready_s": time.monotonic() - started,
+            "rss_kib": ready["rss_kib"],
+        }
+        startup, orthanc = _startup(size)
+        result["startup"] = startup
+        plugin_ok = DPP_FIND in accepted(orthanc.dpp_port, orthanc.aet, [DPP_FIND])
+        if not plugin_ok:
+            print("  the DPP listener does not accept C-FIND yet: plugin rows skipped", flush=True)
+        uid = _middle_uid(size)
+        dpp = queries(uid)
+        sides: dict[str, tuple[int, str, str, dict[str, Dataset]] | None] = {
+            "(a) bare SCP": (baseline_port, BASELINE_AET, DPP_FIND, dpp),
+            "plugin": (orthanc.dpp_port, orthanc.aet, DPP_FIND, dpp) if plugin_ok else None,
+            "(b) Orthanc": (
+                orthanc.dicom_port,
+                ORTHANC_AET,
+                str(StudyRootQueryRetrieveInformationModelFind),
+                orthanc_queries(uid),
+            ),
+        }
+        measured: dict[str, dict[str, Any]] = {}
+        for name in dpp:
+            measured[name] = {}
+            for side, spec in sides.items():
+                if spec is None:
+                    continue
+                port, aet, model, identifiers = spec
+                print(f"  {name:<14} {side:<13}", end=" ", flush=True)
+                try:
+                    assoc = connect(port, aet, [model])
+                    try:
+                        identifier = identifiers[name]
+                        figures = measure(
+                            lambda a=assoc, m=model, i=identifier: find(a, m, i),
+                            budget,
+                            max_queries,
+                        )
+                    finally:
+                        assoc.release()
+                except (DimseError, RuntimeError) as exc:
+                    figures = {"error": str(exc)}
+                measured[name][side] = figures
+                print(
+                    f"{figures.get('queries_per_s') or 0:8.2f} q/s, "
+                    f"{figures.get('matches', '-')} matches",
+                    flush=True,
+                )
+        result["queries"] = measured
+        if orthanc.process is not None:
+            result["startup"]["rss_after_queries_kib"] = rss_kib(orthanc.process.pid)
+    finally:
+        baseline.stop()
+        if orthanc is not None:
+            orthanc.stop()
+    return result
+
+
+def tables(results: list[dict[str, Any]]) -> str:
+    """The per-query table (ratios against both baselines) and the start-up table."""
+    rows = []
+    for res in results:
+        for name, sides in res.get("queries", {}).items():
+            a = sides.get("(a) bare SCP", {}).get("queries_per_s")
+            b = sides.get("(b) Orthanc", {}).get("queries_per_s")
+            for side, fig in sides.items():
+                qps = fig.get("queries_per_s")
+                rows.append(
+                    [
+                        res["size"],
+                        name,
+                        side,
+                        fig.get("matches"),
+                        fig.get("queries"),
+                        qps,
+                        fig.get("median_ms"),
+                        fig.get("p95_ms"),
+                        fig.get("responses_per_s"),
+                        ratio(qps, a),
+                        ratio(qps, b),
+                    ]
+                )
+    out = table(
+        "C-FIND: queries/s and latency (one association, sequential queries)",
+        [
+            "library",
+            "query",
+            "SCP",
+            "matches",
+            "runs",
+            "q/s",
+            "median ms",
+            "p95 ms",
+            "responses/s",
+            "x (a)",
+            "x (b)",
+        ],
+        rows,
+    )
+    start_rows = []
+    for res in results:
+        s = res.get("startup", {})
+        base = res.get("baseline_load", {})
+        with_index, without = s.get("rss_with_index_kib"), s.get("rss_without_index_kib")
+        delta = (with_index - without) if with_index and without else None
+        start_rows.append(
+            [
+                res["size"],
+                s.get("orthanc_ready_s"),
+                s.get("index_ready_s"),
+                s.get("index_load_seconds"),
+                without / 1024 if without else None,
+                with_index / 1024 if with_index else None,
+                delta / res["size"] if delta is not None else None,
+                base.get("seconds"),
+                base.get("rss_kib", 0) / 1024 if base.get("rss_kib") else None,
+            ]
+        )
+    out += table(
+        "Start-up and memory (Orthanc with the plugin disabled vs enabled; (a) = bare SCP)",
+        [
+            "library",
+            "Orthanc ready s",
+            "index ready s",
+            "LoadSeconds",
+            "RSS w/o index MiB",
+            "RSS with index MiB",
+            "index KiB/protocol",
+            "(a) load s",
+            "(a) RSS MiB",
+        ],
+        start_rows,
+    )
+    return out
+
+
+def run(sizes: list[int], budget: float, max_queries: int) -> list[dict[str, Any]]:
+    library.ensure(max(sizes))
+    return [run_size(size, budget, max_queries) for size in sizes]
