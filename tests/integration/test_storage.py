@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -196,3 +197,41 @@ def test_orthanc_stops_promptly_with_an_association_open(make_server) -> None:
     assert orthanc.stop(timeout=30) == 0
     assert "Aborting association with TEST_SCU at shutdown" in orthanc.log()
     assoc.abort()
+
+
+def test_bad_configuration_is_reported_and_orthanc_stays_up(make_server) -> None:
+    orthanc = make_server(dpp={"Port": "eleven", "Prot": 1})
+    orthanc.start(wait_listener=False)
+    status = orthanc.get_json("/dpp/status")
+    assert status["Configuration"]["Valid"] is False
+    assert status["Configuration"]["Errors"] == [
+        "DefinedProcedureProtocol.Port: must be a whole number (got 'eleven')",
+        "DefinedProcedureProtocol.Prot: unknown key (known keys: AETitle, AcseTimeout, "
+        "BindAddress, ChangePollInterval, CheckCalledAETitle, DimseTimeout, Enabled, "
+        "MaximumAssociations, MaximumFindResults, MaximumPduSize, NetworkTimeout, Port, "
+        "PythonPath, ReconcileInterval, ReportMissingInstances, SnapshotInterval, "
+        "UnknownCallers)",
+    ]
+    assert status["Listener"]["State"] == "stopped"
+    assert "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in (
+        orthanc.log()
+    )
+    assert orthanc.get_json("/system")["Name"].startswith("dpp-test-")  # Orthanc still serves
+    with pytest.raises(HttpError) as refused:
+        orthanc.get("/dpp/protocols")
+    assert refused.value.status == 503
+    assert refused.value.json()["Error"] == "DPP plugin configuration is invalid"
+
+
+def test_port_in_use_is_reported_and_orthanc_stays_up(make_server) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        orthanc = make_server(dpp={"Port": port})
+        orthanc.start()
+        status = orthanc.get_json("/dpp/status")
+        assert status["Listener"]["State"] == "failed"
+        assert status["Listener"]["Error"].startswith(f"cannot listen on 127.0.0.1:{port}")
+        assert "DPP: DPP listener not started: cannot listen on" in orthanc.log()
+        assert orthanc.get_json("/system")["Name"].startswith("dpp-test-")
