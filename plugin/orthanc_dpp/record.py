@@ -28,6 +28,7 @@ import math
 import struct
 import sys
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Final, NamedTuple
 
@@ -115,14 +116,24 @@ class Element(NamedTuple):
 
 
 class Layout:
-    """The tags and VRs of a record, shared by every record of that shape."""
+    """The tags (ascending) and VRs of a record, shared by every record of that shape.
 
-    __slots__ = ("__weakref__", "index", "tags", "vrs")
+    Top-level layouts are nearly as many as the protocols (optional
+    attributes vary), so a layout holds no lookup dict: a binary search of
+    the sorted tags costs less memory for about the same time.
+    """
+
+    __slots__ = ("__weakref__", "tags", "vrs")
 
     def __init__(self, tags: tuple[int, ...], vrs: tuple[str, ...]) -> None:
         self.tags = tags
         self.vrs = vrs
-        self.index = {tag: i for i, tag in enumerate(tags)}
+
+    def position(self, tag: int) -> int | None:
+        """Where ``tag`` is in the record's values, or None."""
+        tags = self.tags
+        i = bisect_left(tags, tag)
+        return i if i < len(tags) and tags[i] == tag else None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Unpickled layouts are shared again: records compare layouts by identity.
@@ -135,6 +146,13 @@ _layouts: weakref.WeakValueDictionary[tuple[tuple[int, ...], tuple[str, ...]], L
 _items: weakref.WeakValueDictionary[tuple[Layout, tuple[Any, ...]], Record] = (
     weakref.WeakValueDictionary()
 )
+
+
+_tags: dict[int, int] = {}  # one int object per tag, shared by every layout
+
+
+def _tag(tag: int) -> int:
+    return _tags.setdefault(tag, tag)
 
 
 def _layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
@@ -160,18 +178,18 @@ class Record:
 
     def get(self, tag: int) -> Element | None:
         """The element for ``tag``, or None if the dataset lacks it."""
-        i = self._layout.index.get(tag)
+        i = self._layout.position(tag)
         if i is None:
             return None
         return Element(self._layout.vrs[i], _as_tuple(self._values[i]))
 
     def vr(self, tag: int) -> str | None:
-        i = self._layout.index.get(tag)
+        i = self._layout.position(tag)
         return None if i is None else self._layout.vrs[i]
 
     def values(self, tag: int) -> tuple[Any, ...] | None:
         """The values of ``tag``: () if absent or empty, None if bulk (not kept)."""
-        i = self._layout.index.get(tag)
+        i = self._layout.position(tag)
         if i is None:
             return ()
         return _as_tuple(self._values[i])
@@ -186,7 +204,7 @@ class Record:
         return self._layout.tags
 
     def __contains__(self, tag: object) -> bool:
-        return tag in self._layout.index
+        return isinstance(tag, int) and self._layout.position(tag) is not None
 
     def __iter__(self) -> Iterator[tuple[int, Element]]:
         layout = self._layout
@@ -270,7 +288,7 @@ def _record(ds: Dataset, charset: tuple[str, ...] | None, *, nested: bool) -> Re
             continue
         if converted is None:
             continue
-        tags.append(tag)
+        tags.append(_tag(tag))
         vrs.append(converted[0])
         values.append(converted[1])
     record = Record(_layout(tuple(tags), tuple(vrs)), tuple(values))
@@ -364,6 +382,7 @@ def _decode(
 # extensions) are read here, and identical bytes are read once.
 
 _SEQUENCE_CACHE_SIZE: Final = 4096
+_CACHED_BYTES: Final = 512  # only sequences at least this long are remembered
 _sequence_cache: dict[tuple[bytes, bool, tuple[str, ...] | None], tuple[Record, ...]] = {}
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
@@ -388,10 +407,18 @@ def _cached_sequence(
             items, _ = _read_items(data, 0, len(data), implicit, charset)
         except (_Unsupported, struct.error, UnicodeError, ValueError):
             return None
-        if len(_sequence_cache) >= _SEQUENCE_CACHE_SIZE:
-            _sequence_cache.clear()  # simple bound; thread-safe without a lock
-        _sequence_cache[key] = items
+        if len(data) >= _CACHED_BYTES:  # small sequences read faster than they churn
+            if len(_sequence_cache) >= _SEQUENCE_CACHE_SIZE:
+                _evict_oldest()
+            _sequence_cache[key] = items
     return items
+
+
+def _evict_oldest() -> None:
+    """Drop the oldest quarter of the cache (dicts keep insertion order)."""
+    oldest = list(_sequence_cache)[: _SEQUENCE_CACHE_SIZE // 4]  # a copy: other threads write
+    for key in oldest:
+        _sequence_cache.pop(key, None)
 
 
 def _read_items(
@@ -457,7 +484,7 @@ def _read_item(
             found.append((tag, converted[0], converted[1]))
     if any(found[i][0] >= found[i + 1][0] for i in range(len(found) - 1)):
         found.sort(key=lambda t: t[0])
-    tags = tuple(t for t, _, _ in found)
+    tags = tuple(_tag(t) for t, _, _ in found)
     vrs = tuple(v for _, v, _ in found)
     record = Record(_layout(tags, vrs), tuple(v for _, _, v in found))
     return _shared(record), pos

@@ -213,7 +213,7 @@ def raw_identifiers(draw: st.DrawFn) -> bytes:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of the garbage values
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(data=raw_identifiers())
 def test_no_identifier_makes_it_raise(data: bytes) -> None:
     try:

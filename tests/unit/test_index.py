@@ -135,7 +135,7 @@ def monkeypatch_fraction() -> Any:
 
 
 def test_factory_library_find_equals_brute_force() -> None:
-    library = list(make_library(30, seed=7, kinds=("CT", "XA", "APPROVAL")))
+    library = list(make_library(15, seed=7, kinds=("CT", "XA", "APPROVAL")))
     index = ProtocolIndex()
     for n, ds in enumerate(library):
         index.put(f"o{n}", ds)
