@@ -45,6 +45,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--max-queries", type=int, default=500, help="most runs of one query (default 500)"
     )
     parser.add_argument(
+        "--queries",
+        type=lambda text: [q.strip() for q in text.split(",") if q.strip()],
+        default=None,
+        help="C-FIND query types to run, comma-separated (default all: "
+        + ", ".join(find_bench.queries("1.2").keys())
+        + ")",
+    )
+    parser.add_argument(
         "--retrieve-count", type=int, default=1000, help="protocols per C-GET/C-MOVE (default 1000)"
     )
     parser.add_argument(
@@ -67,7 +75,7 @@ def main(argv: list[str]) -> int:
     printed: list[str] = []
     try:
         if args.which in ("all", "find"):
-            found = find_bench.run(args.sizes, args.budget, args.max_queries)
+            found = find_bench.run(args.sizes, args.budget, args.max_queries, args.queries)
             results["find"] = found
             printed.append(find_bench.tables(found))
         if args.which in ("all", "retrieve"):

@@ -120,6 +120,9 @@ def main(port: int, aet: str, count: int) -> None:
 
     ae = AE(ae_title=aet)
     ae.maximum_associations = 10
+    # pynetdicom's network timeout counts only *received* data, so a C-FIND
+    # answer longer than it (100,000 responses) would be aborted midway.
+    ae.network_timeout = None
     ae.add_supported_context(DPP_FIND, TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_FIND, on_find)]
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)

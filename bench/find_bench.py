@@ -151,7 +151,9 @@ def _startup(size: int) -> tuple[dict[str, Any], Any]:
     return figures, orthanc
 
 
-def run_size(size: int, budget: float, max_queries: int) -> dict[str, Any]:
+def run_size(
+    size: int, budget: float, max_queries: int, only: list[str] | None = None
+) -> dict[str, Any]:
     """Everything benchmark 1 measures for one library size."""
     print(f"\n== C-FIND, library of {size:,} protocols", flush=True)
     loaded = orthanc_setup.prepare(size)
@@ -186,6 +188,8 @@ def run_size(size: int, budget: float, max_queries: int) -> dict[str, Any]:
         }
         measured: dict[str, dict[str, Any]] = {}
         for name in dpp:
+            if only and name not in only:
+                continue
             measured[name] = {}
             for side, spec in sides.items():
                 if spec is None:
@@ -206,11 +210,13 @@ def run_size(size: int, budget: float, max_queries: int) -> dict[str, Any]:
                 except (DimseError, RuntimeError) as exc:
                     figures = {"error": str(exc)}
                 measured[name][side] = figures
-                print(
-                    f"{figures.get('queries_per_s') or 0:8.2f} q/s, "
-                    f"{figures.get('matches', '-')} matches",
-                    flush=True,
-                )
+                if "error" in figures:
+                    print(f"failed: {figures['error']}", flush=True)
+                else:
+                    print(
+                        f"{figures['queries_per_s'] or 0:8.2f} q/s, {figures['matches']} matches",
+                        flush=True,
+                    )
         result["queries"] = measured
         if orthanc.process is not None:
             result["startup"]["rss_after_queries_kib"] = rss_kib(orthanc.process.pid)
@@ -245,6 +251,13 @@ def tables(results: list[dict[str, Any]]) -> str:
                         ratio(qps, b),
                     ]
                 )
+    errors = [
+        f"  {res['size']:,} {name} {side}: {fig['error']}"
+        for res in results
+        for name, sides in res.get("queries", {}).items()
+        for side, fig in sides.items()
+        if "error" in fig
+    ]
     out = table(
         "C-FIND: queries/s and latency (one association, sequential queries)",
         [
@@ -262,6 +275,8 @@ def tables(results: list[dict[str, Any]]) -> str:
         ],
         rows,
     )
+    if errors:
+        out += "Failed measurements:\n" + "\n".join(errors) + "\n"
     start_rows = []
     for res in results:
         s = res.get("startup", {})
@@ -299,6 +314,8 @@ def tables(results: list[dict[str, Any]]) -> str:
     return out
 
 
-def run(sizes: list[int], budget: float, max_queries: int) -> list[dict[str, Any]]:
+def run(
+    sizes: list[int], budget: float, max_queries: int, only: list[str] | None = None
+) -> list[dict[str, Any]]:
     library.ensure(max(sizes))
-    return [run_size(size, budget, max_queries) for size in sizes]
+    return [run_size(size, budget, max_queries, only) for size in sizes]

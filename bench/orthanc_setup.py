@@ -75,12 +75,16 @@ def orthanc_config(destination_port: int | None) -> dict[str, Any]:
     }
 
 
-#: The plugin's settings for the benchmark: its defaults, except a listener
-#: roomy enough for the parallel loaders and a DIMSE timeout that tolerates
-#: a slow 100,000-response C-FIND on a busy machine.
+#: The plugin's settings for the benchmark: its defaults, except more room
+#: for associations, and network and DIMSE timeouts long enough for a
+#: 100,000-response C-FIND. pynetdicom's network timeout (the plugin's
+#: ``NetworkTimeout``, default 60 s) counts only data *received*, so with the
+#: default the listener aborts its own answer to a universal query over
+#: 100,000 protocols after 60 s of sending.
 DPP_SETTINGS: dict[str, Any] = {
     "MaximumAssociations": 20,
     "DimseTimeout": 300,
+    "NetworkTimeout": 3600,
     "ChangePollInterval": 1,
 }
 
