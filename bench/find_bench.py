@@ -104,10 +104,13 @@ def orthanc_queries(uid: str) -> dict[str, Dataset]:
 def measure(run: Callable[[], Any], budget: float, max_queries: int) -> dict[str, Any]:
     """Repeat one query for `budget` seconds (bounded by `max_queries`); latency figures."""
     warm = run()
-    latencies = [warm.seconds] if warm.seconds >= budget else []
     matches, final = warm.matches, warm.status
+    # A query slower than the budget is measured once: its warm-up is its measurement.
+    latencies = [warm.seconds] if warm.seconds >= budget else []
     started = time.monotonic()
-    while not latencies or (len(latencies) < max_queries and time.monotonic() - started < budget):
+    while len(latencies) < max_queries and (
+        not latencies or (warm.seconds < budget and time.monotonic() - started < budget)
+    ):
         result = run()
         latencies.append(result.seconds)
         matches, final = result.matches, result.status
@@ -129,8 +132,29 @@ def _middle_uid(size: int) -> str:
     return str(dcmread(path, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
 
+def _indexed_start(size: int) -> tuple[dict[str, Any], Any]:
+    """Start Orthanc with the plugin; time until its index is ready, and its memory then."""
+    orthanc = orthanc_setup.server(size)
+    started = time.monotonic()
+    orthanc.start(timeout=3600)
+    ready = time.monotonic() - started
+    status = orthanc.get_json("/dpp/status")["Index"]
+    figures = {
+        "ready_s": ready,
+        "load_seconds": status.get("LoadSeconds"),
+        "indexed": orthanc.get_json("/dpp/status")["Protocols"]["Total"],
+        "rss_kib": rss_kib(orthanc.process.pid) if orthanc.process else None,
+    }
+    return figures, orthanc
+
+
 def _startup(size: int) -> tuple[dict[str, Any], Any]:
-    """Orthanc's start-up without and with the plugin's index; returns the running server."""
+    """Orthanc's start-up without the plugin's index, then with it twice; returns the server.
+
+    The first start with the index may be the first ever on this library
+    (no index snapshot yet: every file is read); the second is a restart,
+    what an administrator sees after the first. Both are reported.
+    """
     figures: dict[str, Any] = {}
     plain = orthanc_setup.server(size, Enabled=False)
     started = time.monotonic()
@@ -140,14 +164,9 @@ def _startup(size: int) -> tuple[dict[str, Any], Any]:
     figures["rss_without_index_kib"] = rss_kib(plain.process.pid) if plain.process else None
     plain.stop()
 
-    orthanc = orthanc_setup.server(size)
-    started = time.monotonic()
-    orthanc.start(timeout=3600)
-    figures["index_ready_s"] = time.monotonic() - started
-    status = orthanc.get_json("/dpp/status")
-    figures["index_load_seconds"] = status["Index"]["LoadSeconds"]
-    figures["indexed"] = status["Protocols"]["Total"]
-    figures["rss_with_index_kib"] = rss_kib(orthanc.process.pid) if orthanc.process else None
+    figures["first_start"], orthanc = _indexed_start(size)
+    orthanc.stop()
+    figures["restart"], orthanc = _indexed_start(size)
     return figures, orthanc
 
 
@@ -281,25 +300,30 @@ def tables(results: list[dict[str, Any]]) -> str:
     for res in results:
         s = res.get("startup", {})
         base = res.get("baseline_load", {})
-        with_index, without = s.get("rss_with_index_kib"), s.get("rss_without_index_kib")
-        delta = (with_index - without) if with_index and without else None
-        start_rows.append(
-            [
-                res["size"],
-                s.get("orthanc_ready_s"),
-                s.get("index_ready_s"),
-                s.get("index_load_seconds"),
-                without / 1024 if without else None,
-                with_index / 1024 if with_index else None,
-                delta / res["size"] if delta is not None else None,
-                base.get("seconds"),
-                base.get("rss_kib", 0) / 1024 if base.get("rss_kib") else None,
-            ]
-        )
+        without = s.get("rss_without_index_kib")
+        for label in ("first_start", "restart"):
+            fig = s.get(label) or {}
+            with_index = fig.get("rss_kib")
+            delta = (with_index - without) if with_index and without else None
+            start_rows.append(
+                [
+                    res["size"],
+                    label.replace("_", " "),
+                    s.get("orthanc_ready_s"),
+                    fig.get("ready_s"),
+                    fig.get("load_seconds"),
+                    without / 1024 if without else None,
+                    with_index / 1024 if with_index else None,
+                    delta / res["size"] if delta is not None else None,
+                    base.get("seconds"),
+                    base.get("rss_kib", 0) / 1024 if base.get("rss_kib") else None,
+                ]
+            )
     out += table(
-        "Start-up and memory (Orthanc with the plugin disabled vs enabled; (a) = bare SCP)",
+        "Start-up and memory (plugin disabled, then enabled twice; (a) = bare SCP)",
         [
             "library",
+            "start",
             "Orthanc ready s",
             "index ready s",
             "LoadSeconds",
