@@ -108,14 +108,25 @@ def measure(run: Callable[[], Any], budget: float, max_queries: int) -> dict[str
     # A query slower than the budget is measured once: its warm-up is its measurement.
     latencies = [warm.seconds] if warm.seconds >= budget else []
     started = time.monotonic()
+    error = None
     while len(latencies) < max_queries and (
         not latencies or (warm.seconds < budget and time.monotonic() - started < budget)
     ):
-        result = run()
+        try:
+            result = run()
+        except DimseError as exc:
+            # Seen once in hundreds of quick queries to Orthanc: a response
+            # that never arrives (the client waits DIMSE_TIMEOUT). Keep the
+            # queries measured so far rather than none.
+            if not latencies:
+                raise
+            error = str(exc)
+            break
         latencies.append(result.seconds)
         matches, final = result.matches, result.status
     total = sum(latencies)
     return {
+        "error_after_runs": error,
         "queries": len(latencies),
         "matches": matches,
         "final_status": f"0x{final:04X}",
