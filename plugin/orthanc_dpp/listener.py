@@ -47,6 +47,18 @@ def set_tcp_nodelay(event: evt.Event) -> None:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def count_sending_as_activity(event: evt.Event) -> None:
+    """Restart the association's network timer after each message the listener sends.
+
+    pynetdicom restarts it only on data *received*, and checks it after a
+    request has been served: a C-FIND answer or a C-MOVE that takes longer
+    than NetworkTimeout to send was aborted right after its final response.
+    The timeout is meant for a silent peer, not for a busy listener.
+    """
+    with contextlib.suppress(AttributeError):
+        event.assoc.dul._idle_timer.restart()
+
+
 @dataclass
 class ListenerState:
     """What ``/dpp/status`` shows about the listener."""
@@ -100,7 +112,10 @@ class DppListener:
             if self._server is not None:
                 return True
             ae = self._make_ae()
-            handlers = [(evt.EVT_CONN_OPEN, self._on_open)]
+            handlers = [
+                (evt.EVT_CONN_OPEN, self._on_open),
+                (evt.EVT_DIMSE_SENT, count_sending_as_activity),
+            ]
             handlers += list(self.handlers.items())
             try:
                 self._server = ae.start_server(

@@ -363,3 +363,51 @@ def test_c_move_to_a_destination_that_is_down(qr, library) -> None:
         f"C-MOVE from TEST_SCU: cannot send to store ({STORE_AET}@127.0.0.1:{qr.store_port}): "
         "cannot connect"
     )
+
+
+def test_a_c_move_longer_than_the_network_timeout_is_not_aborted(make_server) -> None:
+    """NetworkTimeout is for a silent peer: the listener sending for longer must not trip it."""
+    slow_port = free_port()
+    orthanc = make_server(
+        dpp={"NetworkTimeout": 1},
+        config={
+            "DicomModalities": {
+                "scu": ["TEST_SCU", "127.0.0.1", 104],
+                "slow": ["SLOW_SCP", "127.0.0.1", slow_port],
+            }
+        },
+    )
+    orthanc.start()
+    protocols = list(make_library(5, seed=515))
+    assoc = associate(orthanc)
+    for ds in protocols:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+
+    def slow_store(event: evt.Event) -> int:
+        time.sleep(0.5)  # 5 sub-operations: 2.5 s without a word from the C-MOVE requester
+        return 0x0000
+
+    ae = AE(ae_title="SLOW_SCP")
+    for sop_class in sorted(DPP_STORAGE_CLASSES):
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    server = ae.start_server(
+        ("127.0.0.1", slow_port), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_store)]
+    )
+    try:
+        mover = associate(orthanc, [DPP_MOVE], TRANSFER_SYNTAXES)
+        identifier = Dataset()
+        identifier.SOPInstanceUID = [str(ds.SOPInstanceUID) for ds in protocols]
+        statuses = [
+            int(status.Status)
+            for status, _ in mover.send_c_move(identifier, "SLOW_SCP", DPP_MOVE)
+            if status is not None
+        ]
+        assert statuses[-1] == 0x0000 and set(statuses[:-1]) == {0xFF00}
+        time.sleep(0.5)  # an abort, if any, follows the final response at once
+        assert mover.is_established and not mover.is_aborted
+        mover.release()
+        assert mover.is_released
+    finally:
+        server.shutdown()
+    assert "Network timeout" not in orthanc.log()
