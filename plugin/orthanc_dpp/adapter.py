@@ -155,6 +155,7 @@ class Plugin:
                 self.modalities,
                 policy,
                 report_missing=settings.report_missing_instances,
+                pending_interval=settings.pending_response_interval,
             ),
         }
         self.listener = DppListener(settings, handlers)

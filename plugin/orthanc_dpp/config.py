@@ -69,6 +69,7 @@ class Settings:
     python_path: tuple[str, ...] = ()
     unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
     report_missing_instances: bool = True
+    pending_response_interval: float = 1.0
     normalization: Normalization = field(default_factory=Normalization)
 
 
@@ -167,6 +168,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "PythonPath": ("python_path", _path_list),
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
     "ReportMissingInstances": ("report_missing_instances", _bool),
+    "PendingResponseInterval": ("pending_response_interval", _seconds(0, 3600)),
 }
 
 NORMALIZATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

@@ -22,6 +22,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -59,6 +60,17 @@ def count_sending_as_activity(event: evt.Event) -> None:
         event.assoc.dul._idle_timer.restart()
 
 
+def quiet_pynetdicom() -> None:
+    """Turn off pynetdicom's per-message logging handlers (its ``LOG_HANDLER_LEVEL``).
+
+    They format every PDU and DIMSE message for the log even though the
+    plugin passes on pynetdicom's records only from WARNING up; that cost
+    a third of the CPU time of a C-GET/C-MOVE sub-operation. Warnings and
+    errors are still logged. Applies to associations created afterwards.
+    """
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+
+
 @dataclass
 class ListenerState:
     """What ``/dpp/status`` shows about the listener."""
@@ -81,6 +93,7 @@ class DppListener:
 
     def _make_ae(self) -> AE:
         s = self.settings
+        quiet_pynetdicom()
         ae = AE(ae_title=s.ae_title)
         ae.maximum_associations = s.maximum_associations
         ae.acse_timeout = s.acse_timeout

@@ -37,14 +37,15 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Literal, Protocol
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
@@ -64,6 +65,15 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 from orthanc_dpp import sop, status
 from orthanc_dpp.access import AccessPolicy, Service, decide
 from orthanc_dpp.modalities import Modality, ModalityRegistry
+from orthanc_dpp.suboperations import (
+    FAILED,
+    QUIET_POLL,
+    Lookahead,
+    Outcome,
+    Preparer,
+    StoreChannel,
+    polling,
+)
 
 log = logging.getLogger("orthanc_dpp.retrieve")
 
@@ -87,7 +97,6 @@ TRANSFER_SYNTAXES = (
 
 # PS3.5 9.1: components of digits without leading zeros, separated by dots.
 _UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-_FAILED = "Failure"
 
 
 class ProtocolSource(Protocol):
@@ -245,53 +254,7 @@ class Tally:
         return text
 
 
-# --- presentation contexts and conversion -----------------------------------------------
-
-
-def choose_context(
-    contexts: Iterable[PresentationContext], sop_class: str, transfer_syntax: UID
-) -> PresentationContext | None:
-    """The accepted context pynetdicom's ``send_c_store`` will pick for an instance.
-
-    Mirrors ``Association._get_valid_context`` (pynetdicom 3.0.4): a context
-    with the stored transfer syntax if accepted, else the first one it can
-    convert to (uncompressed, same byte order: explicit <-> implicit VR,
-    deflated <-> inflated). Knowing the pick lets us refuse lossy ones first.
-    """
-    usable = [cx for cx in contexts if cx.abstract_syntax == sop_class and cx.as_scu]
-    for cx in usable:
-        if cx.transfer_syntax[0] == transfer_syntax:
-            return cx
-    for cx in usable:
-        target = UID(cx.transfer_syntax[0])
-        if transfer_syntax.is_compressed or target.is_compressed:
-            continue
-        if transfer_syntax.is_little_endian == target.is_little_endian:
-            return cx
-    return None
-
-
-def conversion_loss(ds: Dataset, source: UID, target: UID) -> str | None:
-    """Why re-encoding ``ds`` from ``source`` to ``target`` would change it, or None.
-
-    Between the uncompressed little-endian syntaxes only one thing can be
-    lost: going from explicit to implicit VR drops the VR of elements the
-    receiver cannot look up in the data dictionary (private elements other
-    than private creators, which are LO by rule, and unknown public tags).
-    """
-    if source == target or source.is_implicit_VR or not target.is_implicit_VR:
-        return None
-    for elem in ds.iterall():
-        tag = elem.tag
-        if tag.is_private:
-            if not tag.is_private_creator:
-                return f"implicit VR would lose the VR of private element {tag}"
-            continue
-        try:
-            dictionary_VR(tag)
-        except KeyError:
-            return f"implicit VR would lose the VR of unknown element {tag}"
-    return None
+# --- helpers ------------------------------------------------------------------------------
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:
@@ -384,11 +347,8 @@ class _Reply:
 # --- the service --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    category: str  # pynetdicom status category: Success, Warning or Failure
-    reason: str | None = None
-    fatal: bool = False  # the association can no longer be used
+class _RequesterGone(Exception):
+    """The requesting association ended: nobody to send to or answer."""
 
 
 class RetrieveHandler:
@@ -408,6 +368,7 @@ class RetrieveHandler:
         policy: AccessPolicy,
         *,
         report_missing: bool = True,
+        pending_interval: float = 0.0,
         storage_classes: Iterable[str] = sop.DPP_STORAGE_CLASSES,
         tls_context: ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
@@ -418,6 +379,7 @@ class RetrieveHandler:
         self.modalities = modalities
         self.policy = policy
         self.report_missing = report_missing
+        self.pending_interval = pending_interval
         self.storage_classes = tuple(sorted(storage_classes))
         self.tls_context = tls_context
         self.log = logger or log
@@ -499,66 +461,70 @@ class RetrieveHandler:
             self._move(service, req, reply, plan, tally, destination)
         self.log.info("%s from %s%s finished: %s", self._name, peer, where, tally.summary())
 
-    # -- one sub-operation
+    # -- sub-operations
 
-    def _store(
-        self,
-        uid: str,
-        orthanc_id: str | None,
-        assoc: Association,
-        message_id: int,
-        allow_conversion: bool,
-        originator: tuple[str, int] | None,
-    ) -> _Outcome:
-        if orthanc_id is None:
-            return _Outcome(_FAILED, "not stored here")
-        try:
-            ds = self.source.load(orthanc_id)
-            sop_class = UID(ds.SOPClassUID)
-            stored_ts = UID(ds.file_meta.TransferSyntaxUID)
-        except Exception as exc:
-            self.log.error("cannot load instance %s (%s): %s", uid, orthanc_id, exc)
-            return _Outcome(_FAILED, "cannot be loaded")
-        cx = choose_context(assoc.accepted_contexts, sop_class, stored_ts)
-        if cx is None:
-            return _Outcome(_FAILED, f"no accepted context for {sop_class.name}/{stored_ts.name}")
-        target = UID(cx.transfer_syntax[0])
-        if target != stored_ts:
-            if not allow_conversion:
-                return _Outcome(_FAILED, "transcoding not allowed (AllowTranscoding)")
-            loss = conversion_loss(ds, stored_ts, target)
-            if loss:
-                return _Outcome(_FAILED, loss)
-        kwargs: dict[str, Any] = {"msg_id": message_id}
-        if originator:
-            kwargs["originator_aet"], kwargs["originator_id"] = originator
-        try:
-            rsp = assoc.send_c_store(ds, **kwargs)
-        except RuntimeError as exc:  # pynetdicom: association no longer established
-            return _Outcome(_FAILED, f"C-STORE not sent: {exc}", fatal=True)
-        except Exception as exc:
-            return _Outcome(_FAILED, f"C-STORE not sent: {exc}")
-        finally:
-            del ds  # only one dataset alive at a time
-        code = rsp.get("Status")
-        if code is None:
-            # Timeout or abort. pynetdicom updates is_established only when the
-            # association's reactor runs, which a tight loop of send_c_store
-            # calls can starve: a second request would then wait out the whole
-            # DIMSE timeout on a dead association. So stop using it now.
-            return _Outcome(_FAILED, "no C-STORE response", fatal=True)
-        category = code_to_category(code)
-        if category == STATUS_SUCCESS:
-            return _Outcome(STATUS_SUCCESS)
-        detail = f": {rsp.ErrorComment}" if "ErrorComment" in rsp else ""
-        if category == STATUS_WARNING:
-            return _Outcome(STATUS_WARNING, f"C-STORE warning 0x{code:04X}{detail}")
-        return _Outcome(_FAILED, f"C-STORE failed 0x{code:04X}{detail}")
-
-    def _record(self, tally: Tally, uid: str, outcome: _Outcome) -> None:
+    def _record(self, tally: Tally, uid: str, outcome: Outcome) -> None:
         tally.record(uid, outcome.category, outcome.reason)
-        if outcome.category == _FAILED and tally.failed <= LOGGED_FAILURES:
+        if outcome.category == FAILED and tally.failed <= LOGGED_FAILURES:
             self.log.warning("%s sub-operation for %s failed: %s", self._name, uid, outcome.reason)
+
+    def _run(
+        self,
+        service: Any,
+        req: C_GET | C_MOVE,
+        reply: _Reply,
+        plan: list[tuple[str, str | None]],
+        tally: Tally,
+        sender: Association,
+        preparer: Preparer,
+        ids: Iterator[int],
+        on_lost: Callable[[], str],
+    ) -> bool:
+        """Run the sub-operations on ``sender``; False if the requester cancelled.
+
+        Pending responses are optional (PS3.4 C.4.2.3.1, C.4.3.3.1): one goes out
+        after a sub-operation when ``pending_interval`` seconds have passed
+        since the last (0: after every one), and while the next C-STORE is
+        in flight, so that building it costs the round trip nothing. After a fatal
+        outcome the remaining sub-operations fail with ``on_lost()``'s reason
+        without being sent; it returns "" when nothing should be answered.
+        """
+        lost = ""
+        pending_due = False
+        last_pending = time.monotonic()
+        ahead = Lookahead(((uid, oid, next(ids)) for uid, oid in plan), preparer)
+        requester = service.assoc
+        quiet = polling(requester, QUIET_POLL) if sender is not requester else nullcontext()
+        with quiet, StoreChannel(sender) as channel:
+            while (item := ahead.take()) is not None:
+                if service.is_cancelled(req.MessageID):
+                    return False
+                if not service.assoc.is_established:
+                    raise _RequesterGone
+                if item.failure or lost:
+                    outcome = item.failure or Outcome(FAILED, lost)
+                else:
+                    outcome = channel.start(item)
+                    if outcome is None:
+                        # While the peer stores the instance:
+                        if pending_due:
+                            reply.pending(tally)
+                            pending_due = False
+                            last_pending = time.monotonic()
+                        ahead.prepare_next()
+                        outcome = channel.finish(item)
+                    if outcome.fatal:
+                        lost = on_lost()
+                        if not lost:
+                            raise _RequesterGone
+                if pending_due:
+                    reply.pending(tally)
+                    last_pending = time.monotonic()
+                self._record(tally, item.uid, outcome)
+                pending_due = tally.remaining > 0 and (
+                    time.monotonic() - last_pending >= self.pending_interval
+                )
+        return True
 
     # -- C-GET: sub-operations on the requesting association
 
@@ -572,22 +538,28 @@ class RetrieveHandler:
         allow_conversion: bool,
     ) -> None:
         assoc = service.assoc
+        preparer = Preparer(
+            self.source.load,
+            list(assoc.accepted_contexts),
+            allow_conversion,
+            assoc.dimse.maximum_pdu_size,
+            self.log,
+        )
+
+        def lost() -> str:
+            self.log.error("C-GET: requester stopped answering C-STORE; giving up")
+            return ""  # the association is gone: no one to answer
+
         ids = _message_ids(req.MessageID, avoid=req.MessageID)
-        for uid, orthanc_id in plan:
-            if service.is_cancelled(req.MessageID):
-                self.log.info("C-GET cancelled by the requester: %s", tally.summary())
-                reply.cancelled(tally)
-                return
-            if not assoc.is_established:
-                return  # requester aborted: no one to send to or answer
-            outcome = self._store(uid, orthanc_id, assoc, next(ids), allow_conversion, None)
-            self._record(tally, uid, outcome)
-            if outcome.fatal:
-                self.log.error("C-GET: requester stopped answering C-STORE; giving up")
-                return  # pynetdicom has aborted the association: no one to answer
-            if tally.remaining:
-                reply.pending(tally)
-        reply.final(tally)
+        try:
+            finished = self._run(service, req, reply, plan, tally, assoc, preparer, ids, lost)
+        except _RequesterGone:
+            return
+        if finished:
+            reply.final(tally)
+        else:
+            self.log.info("C-GET cancelled by the requester: %s", tally.summary())
+            reply.cancelled(tally)
 
     # -- C-MOVE: sub-operations on a new association with the destination
 
@@ -659,48 +631,42 @@ class RetrieveHandler:
                     why,
                 )
                 for uid, orthanc_id in plan:
-                    tally.record(uid, _FAILED, reason if orthanc_id else "not stored here")
+                    tally.record(uid, FAILED, reason if orthanc_id else "not stored here")
                 reply.final(tally, comment=reason)
                 return
-        originator = (service.assoc.requestor.ae_title, req.MessageID)
-        ids = _message_ids(0)
-        lost = ""
+        if store is None:  # nothing stored here: every sub-operation fails as prepared
+            plan = [(uid, None) for uid, _ in plan]
+        sender = store if store is not None else service.assoc
+        preparer = Preparer(
+            self.source.load,
+            list(sender.accepted_contexts),
+            destination.allow_transcoding,
+            sender.dimse.maximum_pdu_size,
+            self.log,
+            originator=(service.assoc.requestor.ae_title, req.MessageID),
+        )
+
+        def lost() -> str:
+            self.log.error(
+                "C-MOVE to %s: association lost after %d sub-operations",
+                destination.describe(),
+                tally.total - tally.remaining,
+            )
+            return f"destination {destination.aet}: association lost"
+
         try:
-            for uid, orthanc_id in plan:
-                if service.is_cancelled(req.MessageID):
-                    self.log.info("C-MOVE cancelled by the requester: %s", tally.summary())
-                    if store is not None:
-                        store.release()
-                    reply.cancelled(tally)
-                    return
-                if not service.assoc.is_established:
-                    return  # requester aborted; the finally clause releases
-                if orthanc_id is None or store is None:
-                    outcome = _Outcome(_FAILED, "not stored here")
-                elif lost:
-                    outcome = _Outcome(_FAILED, lost)
-                else:
-                    outcome = self._store(
-                        uid,
-                        orthanc_id,
-                        store,
-                        next(ids),
-                        destination.allow_transcoding,
-                        originator,
-                    )
-                    if outcome.fatal or not store.is_established:
-                        lost = f"destination {destination.aet}: association lost"
-                        self.log.error(
-                            "C-MOVE to %s: association lost after %d sub-operations",
-                            destination.describe(),
-                            tally.total - tally.remaining,
-                        )
-                self._record(tally, uid, outcome)
-                if tally.remaining:
-                    reply.pending(tally)
+            finished = self._run(
+                service, req, reply, plan, tally, sender, preparer, _message_ids(0), lost
+            )
             if store is not None and store.is_established:
                 store.release()  # before the final response: everything is delivered
-            reply.final(tally)
+            if finished:
+                reply.final(tally)
+            else:
+                self.log.info("C-MOVE cancelled by the requester: %s", tally.summary())
+                reply.cancelled(tally)
+        except _RequesterGone:
+            return  # the finally clause releases
         finally:
             if store is not None and store.is_established:
                 store.release()

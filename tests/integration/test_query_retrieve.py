@@ -240,7 +240,10 @@ def test_concurrent_c_gets(qr, library) -> None:
 
 
 def test_cancel_in_a_500_instance_find_and_retrieve(make_server) -> None:
-    orthanc = make_server(config={"DicomModalities": {"getter": ["GETTER", "127.0.0.1", 104]}})
+    orthanc = make_server(
+        dpp={"PendingResponseInterval": 0},  # a pending response after every sub-operation
+        config={"DicomModalities": {"getter": ["GETTER", "127.0.0.1", 104]}},
+    )
     orthanc.start()
     many = list(make_library(500, seed=90_000))
     assoc = associate(orthanc, transfer_syntaxes=[ExplicitVRLittleEndian])
@@ -403,7 +406,7 @@ def test_a_c_move_longer_than_the_network_timeout_is_not_aborted(make_server) ->
             for status, _ in mover.send_c_move(identifier, "SLOW_SCP", DPP_MOVE)
             if status is not None
         ]
-        assert statuses[-1] == 0x0000 and set(statuses[:-1]) == {0xFF00}
+        assert statuses[-1] == 0x0000 and set(statuses[:-1]) <= {0xFF00}
         time.sleep(0.5)  # an abort, if any, follows the final response at once
         assert mover.is_established and not mover.is_aborted
         mover.release()
