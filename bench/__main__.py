@@ -59,6 +59,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--repeats", type=int, default=3, help="runs of each retrieve per side (default 3)"
     )
     parser.add_argument(
+        "--pending-interval",
+        type=float,
+        default=None,
+        help="the plugin's PendingResponseInterval for C-GET/C-MOVE (default: its default, 1 s;"
+        " 0 sends a pending response after every sub-operation, as Orthanc does)",
+    )
+    parser.add_argument(
         "--load-method",
         choices=orthanc_setup.LOAD_METHODS,
         default="normalized",
@@ -79,7 +86,9 @@ def main(argv: list[str]) -> int:
             results["find"] = found
             printed.append(find_bench.tables(found))
         if args.which in ("all", "retrieve"):
-            retrieved = retrieve_bench.run(args.retrieve_count, args.repeats, args.budget * 12)
+            retrieved = retrieve_bench.run(
+                args.retrieve_count, args.repeats, args.budget * 12, args.pending_interval
+            )
             results["retrieve"] = retrieved
             printed.append(retrieve_bench.tables(retrieved))
     finally:

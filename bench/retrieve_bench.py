@@ -66,8 +66,13 @@ def _bytes_moved(destination: Child, timeout: float = 30.0) -> tuple[int, int]:
     return instances, size
 
 
-def run(count: int, repeats: int, budget: float) -> dict[str, Any]:
-    """Alternate plugin and native runs of each operation: `repeats` each, within `budget` s."""
+def run(
+    count: int, repeats: int, budget: float, pending_interval: float | None = None
+) -> dict[str, Any]:
+    """Alternate plugin and native runs of each operation: `repeats` each, within `budget` s.
+
+    ``pending_interval`` sets the plugin's PendingResponseInterval (None: its default).
+    """
     print(f"\n== C-GET / C-MOVE of {count:,} protocols", flush=True)
     library.ensure(count)
     loaded = orthanc_setup.prepare(count, twins=True)
@@ -80,13 +85,15 @@ def run(count: int, repeats: int, budget: float) -> dict[str, Any]:
         "mean_size_kib": sizes.mean_kib,
         "total_mib": sizes.total_bytes / 2**20,
         "loading": loaded,
+        "pending_interval": pending_interval,
     }
     dest_port = free_port()
     destination = Child("bench.store_scp", str(dest_port), orthanc_setup.DESTINATION_AET)
     orthanc = None
     try:
         destination.wait_event("ready", 60)
-        orthanc = orthanc_setup.server(count, destination_port=dest_port, twins=True)
+        settings = {} if pending_interval is None else {"PendingResponseInterval": pending_interval}
+        orthanc = orthanc_setup.server(count, destination_port=dest_port, twins=True, **settings)
         orthanc.start(timeout=600)
         served = accepted(orthanc.dpp_port, orthanc.aet, [DPP_GET, DPP_MOVE])
         storage = [*sorted(DPP_STORAGE_CLASSES), str(RawDataStorage)]
@@ -205,7 +212,12 @@ def tables(result: dict[str, Any]) -> str:
             )
     title = (
         f"C-GET / C-MOVE of {result['count']:,} protocols "
-        f"(mean {result['mean_size_kib']:.1f} KiB, {result['total_mib']:.1f} MiB; median of runs)"
+        f"(mean {result['mean_size_kib']:.1f} KiB, {result['total_mib']:.1f} MiB; median of runs"
+        + (
+            f"; plugin's PendingResponseInterval {interval:g} s)"
+            if (interval := result.get("pending_interval")) is not None
+            else ")"
+        )
     )
     return table(
         title,

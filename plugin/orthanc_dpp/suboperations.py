@@ -11,11 +11,13 @@ before the next one may start. ``Association.send_c_store`` (pynetdicom
   reactor thread to pause, which sleeps 1 ms between checks, once per
   instance; here the reactor is paused once for the whole retrieve;
 * the association's DUL thread polls its socket and its send queue every
-  1 ms; here it polls faster while sub-operations are in flight.
+  1 ms; here it polls faster while sub-operations are in flight, and the
+  serving thread lets it send each request before preparing the next
+  (:meth:`StoreChannel.start`), since both need the GIL.
 
-Together these took a retrieve of 1,000 small protocols from about half of
-Orthanc's own C-MOVE speed to (see README, Performance). Memory stays
-bounded: at most one encoded instance waits while another is sent.
+On a shared 2-core machine this took C-MOVE of 1,000 small protocols from
+about half of Orthanc's own speed to slightly faster (README, Performance).
+Memory stays bounded: one encoded instance waits while another is sent.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ FAST_POLL = 0.0002
 #: notice a C-CANCEL and send the occasional pending response, and each of
 #: its wake-ups takes the GIL from the thread doing the sub-operations.
 QUIET_POLL = 0.005
+#: Sleep between checks that the DUL thread has sent a request.
+_HAND_OVER = 0.00005
 #: How often a wait for a C-STORE response checks whether the peer aborted.
 _ABORT_CHECK = 0.05
 #: pynetdicom's default C-STORE priority (LOW), as ``send_c_store`` sends it.
@@ -284,7 +288,24 @@ class StoreChannel:
                 self.assoc.dul.send_pdu(fragment)
         except Exception as exc:
             return Outcome(FAILED, f"C-STORE not sent: {exc}", fatal=True)
+        self._wait_until_sent()
         return None
+
+    def _wait_until_sent(self, limit: float = 0.05) -> None:
+        """Sleep until the DUL thread has taken the request off its queues.
+
+        The caller goes on to prepare the next instance, pure Python that
+        holds the GIL for about a millisecond; the DUL thread would wait for
+        it (up to the 5 ms switch interval) before sending, so the round trip
+        would start only after the preparation. Sleeping here hands it the
+        GIL now. This one wait took C-MOVE from 230 to 350 instances/s.
+        """
+        dul = self.assoc.dul
+        deadline = time.monotonic() + limit
+        while not (dul.to_provider_queue.empty() and dul.event_queue.empty()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(_HAND_OVER)
 
     def finish(self, item: Prepared) -> Outcome:
         """Wait for the response to :meth:`start`'s request and judge it."""
