@@ -27,6 +27,7 @@ from pydicom import Dataset, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 
 from bench import library
 from bench.child import rss_kib
@@ -118,6 +119,8 @@ def main(port: int, aet: str, count: int) -> None:
             if _matches(ds, query):
                 yield 0xFF00, _response(ds, query)
 
+    # As the plugin does (listener.quiet_pynetdicom): no per-message log handlers.
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     ae = AE(ae_title=aet)
     ae.maximum_associations = 10
     # pynetdicom's network timeout counts only *received* data, so a C-FIND
