@@ -121,6 +121,7 @@ def main(port: int, aet: str, count: int) -> None:
 
     # As the plugin does (listener.quiet_pynetdicom): no per-message log handlers.
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     ae = AE(ae_title=aet)
     ae.maximum_associations = 10
     # pynetdicom's network timeout counts only *received* data, so a C-FIND

@@ -319,10 +319,10 @@ class ProtocolIndex:
                 return found
         if found is None:
             return None
-        classes: set[int] = set()
-        for uid in query.sop_classes:
-            classes |= self._by_class.get(uid, set())
-        return found & classes
+        # Test the few candidates against each class rather than building the
+        # union of the class sets: that was O(library) for every query.
+        classes = [ids for uid in query.sop_classes if (ids := self._by_class.get(uid))]
+        return {n for n in found if any(n in ids for ids in classes)}
 
     def _narrow(self, matcher: Leaf, values: dict[Any, IdSet]) -> set[int] | None:
         if matcher.exact is not None:

@@ -3,8 +3,9 @@
 The identifier names SOP Instance UIDs (one, or a list); each requested
 instance is one C-STORE sub-operation, sent on the requesting association
 (C-GET) or on a new association to a destination from Orthanc's modality list
-(C-MOVE). Datasets are loaded one at a time through a :class:`ProtocolSource`,
-so a large retrieve never holds more than one instance in memory.
+(C-MOVE). Datasets are loaded through a :class:`ProtocolSource` one step
+ahead of sending (:mod:`orthanc_dpp.suboperations`), so a large retrieve
+holds at most two instances in memory.
 
 Why this module runs its own sub-operation loop instead of pynetdicom's
 generator protocol for ``EVT_C_GET``/``EVT_C_MOVE`` (pynetdicom 3.0.4,
@@ -30,11 +31,9 @@ unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import re
-import socket
 import ssl
 import threading
 import time
@@ -49,10 +48,6 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, build_context, evt
 from pynetdicom import service_class as pynetdicom_service_class
@@ -64,6 +59,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from orthanc_dpp import sop, status
 from orthanc_dpp.access import AccessPolicy, Service, decide
+from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.modalities import Modality, ModalityRegistry
 from orthanc_dpp.suboperations import (
     FAILED,
@@ -85,15 +81,6 @@ QUERY_RETRIEVE_LEVEL = 0x00080052
 MAX_SUB_OPERATIONS = 65535
 #: Failed sub-operations logged one by one before only the summary counts them.
 LOGGED_FAILURES = 10
-
-#: Transfer syntaxes proposed to a C-MOVE destination, one context each, so
-#: that every instance can go out exactly as stored when the peer allows.
-TRANSFER_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-)
 
 # PS3.5 9.1: components of digits without leading zeros, separated by dots.
 _UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -255,12 +242,6 @@ class Tally:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def set_tcp_nodelay(event: evt.Event) -> None:
-    """Send each PDU at once: pynetdicom leaves Nagle's algorithm on (DESIGN fact 7)."""
-    with contextlib.suppress(AttributeError, OSError):
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
@@ -582,7 +563,7 @@ class RetrieveHandler:
         contexts = [
             build_context(sop_class, ts)
             for sop_class in self.storage_classes
-            for ts in TRANSFER_SYNTAXES
+            for ts in TRANSFER_SYNTAXES  # one context each: instances go out as stored
         ]
         connected: list[bool] = []
         handlers = [
