@@ -6,7 +6,7 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pydicom import Dataset
@@ -38,6 +38,21 @@ def associate(
     )
     assert assoc.is_established, "association with the DPP listener was not accepted"
     return assoc
+
+
+def store_protocols(
+    orthanc: OrthancServer,
+    datasets: Iterable[Dataset],
+    transfer_syntaxes: list[str] | None = None,
+) -> None:
+    """C-STORE every dataset through the DPP listener, each answered Success."""
+    assoc = associate(orthanc, transfer_syntaxes=transfer_syntaxes)
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            assert status.Status == 0x0000, f"C-STORE of {ds.SOPInstanceUID}: {status}"
+    finally:
+        assoc.release()
 
 
 # --- DCMTK storescp (DESIGN fact 8) ---------------------------------------------------

@@ -29,7 +29,7 @@ from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
 from tests.dpp_factory import make_library, make_protocol
 from tests.orthanc_server import HttpError, OrthancServer, free_port
-from tests.peers import associate, c_get, storescp
+from tests.peers import associate, c_get, store_protocols, storescp
 
 STORE_AET = "STORE_SCP"
 
@@ -57,10 +57,7 @@ def qr(tmp_path_factory: pytest.TempPathFactory, library: list[Dataset]) -> Iter
     )
     orthanc.store_port = store_port  # type: ignore[attr-defined]
     with orthanc:
-        assoc = associate(orthanc)
-        for ds in library:
-            assert assoc.send_c_store(ds).Status == 0x0000
-        assoc.release()
+        store_protocols(orthanc, library)
         yield orthanc
 
 
@@ -246,10 +243,7 @@ def test_cancel_in_a_500_instance_find_and_retrieve(make_server) -> None:
     )
     orthanc.start()
     many = list(make_library(500, seed=90_000))
-    assoc = associate(orthanc, transfer_syntaxes=[ExplicitVRLittleEndian])
-    for ds in many:
-        assert assoc.send_c_store(ds).Status == 0x0000
-    assoc.release()
+    store_protocols(orthanc, many, [ExplicitVRLittleEndian])
     # C-FIND: cancel after the first pending response. The SCP may finish the
     # 500 responses before the C-CANCEL arrives (Success is then right), so
     # each attempt must be consistent and one of three must be cancelled.
@@ -382,10 +376,7 @@ def test_a_c_move_longer_than_the_network_timeout_is_not_aborted(make_server) ->
     )
     orthanc.start()
     protocols = list(make_library(5, seed=515))
-    assoc = associate(orthanc)
-    for ds in protocols:
-        assert assoc.send_c_store(ds).Status == 0x0000
-    assoc.release()
+    store_protocols(orthanc, protocols)
 
     def slow_store(event: evt.Event) -> int:
         time.sleep(0.5)  # 5 sub-operations: 2.5 s without a word from the C-MOVE requester

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES
 from tests.dpp_factory import make_library, make_non_dpp, make_protocol, to_bytes
 from tests.orthanc_server import HttpError, OrthancServer
-from tests.peers import associate
+from tests.peers import associate, store_protocols
 
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -137,10 +137,7 @@ def test_restart_keeps_everything_retrievable(make_server) -> None:
     orthanc = make_server()
     orthanc.start()
     sent = list(make_library(5, seed=99))
-    assoc = associate(orthanc)
-    for ds in sent:
-        assert assoc.send_c_store(ds).Status == 0x0000
-    assoc.release()
+    store_protocols(orthanc, sent)
     orthanc.restart()
     status = orthanc.get_json("/dpp/status")
     assert status["Protocols"]["Total"] == 5
@@ -208,9 +205,9 @@ def test_bad_configuration_is_reported_and_orthanc_stays_up(make_server) -> None
         "DefinedProcedureProtocol.Port: must be a whole number (got 'eleven')",
         "DefinedProcedureProtocol.Prot: unknown key (known keys: AETitle, AcseTimeout, "
         "BindAddress, ChangePollInterval, CheckCalledAETitle, DimseTimeout, Enabled, "
-        "MaximumAssociations, MaximumFindResults, MaximumPduSize, NetworkTimeout, Port, "
-        "PythonPath, ReconcileInterval, ReportMissingInstances, SnapshotInterval, "
-        "UnknownCallers)",
+        "MaximumAssociations, MaximumFindResults, MaximumPduSize, NetworkTimeout, "
+        "PendingResponseInterval, Port, PythonPath, ReconcileInterval, ReportMissingInstances, "
+        "SnapshotInterval, UnknownCallers)",
     ]
     assert status["Listener"]["State"] == "stopped"
     assert "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in (
