@@ -1,5 +1,6 @@
 """The DefinedProcedureProtocol section: defaults, validation, messages naming keys."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -119,4 +120,6 @@ def test_shipped_orthanc_json_is_valid():
     configuration = json.loads(strip_json_comments((REPO / "orthanc.json").read_text()))
     settings = parse_settings(configuration)
     assert settings.bind_address == "127.0.0.1"
+    # Its comment says the values shown are the defaults, BindAddress aside.
+    assert dataclasses.replace(settings, bind_address=Settings().bind_address) == Settings()
     assert configuration["PythonScript"] == "plugin/dpp_plugin.py"
