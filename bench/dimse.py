@@ -13,8 +13,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -128,6 +129,30 @@ def _counts(status: Dataset) -> tuple[int, int, int]:
     )
 
 
+def _until_final(
+    name: str, assoc: Association, send: Callable[[], Iterable[tuple[Dataset, Any]]]
+) -> tuple[float, Dataset]:
+    """Seconds from sending a C-GET/C-MOVE to its final response, and that response.
+
+    Releases ``assoc`` afterwards; raises :class:`DimseError` when the
+    connection drops or no final response comes.
+    """
+    try:
+        started = time.perf_counter()
+        final: Dataset | None = None
+        for status, _identifier in send():
+            if not status:
+                raise DimseError(f"{name}: connection lost or timed out")
+            if int(status.Status) not in PENDING:
+                final = status
+        seconds = time.perf_counter() - started
+    finally:
+        assoc.release()
+    if final is None:
+        raise DimseError(f"{name}: no final response")
+    return seconds, final
+
+
 class Receiver:
     """C-STORE handler for a C-GET requester: counts instances and bytes, keeps nothing."""
 
@@ -156,19 +181,7 @@ def get(
         scp_role_for=storage_classes,
         handlers=[(evt.EVT_C_STORE, receiver)],
     )
-    try:
-        started = time.perf_counter()
-        final: Dataset | None = None
-        for status, _identifier in assoc.send_c_get(identifier, model):
-            if not status:
-                raise DimseError("C-GET: connection lost or timed out")
-            if int(status.Status) not in PENDING:
-                final = status
-        seconds = time.perf_counter() - started
-    finally:
-        assoc.release()
-    if final is None:
-        raise DimseError("C-GET: no final response")
+    seconds, final = _until_final("C-GET", assoc, lambda: assoc.send_c_get(identifier, model))
     completed, failed, warning = _counts(final)
     return RetrieveResult(
         seconds,
@@ -186,18 +199,8 @@ def move(
 ) -> RetrieveResult:
     """One C-MOVE on a fresh association, timed to the final response (all sub-operations done)."""
     assoc = connect(port, called_aet, [model])
-    try:
-        started = time.perf_counter()
-        final: Dataset | None = None
-        for status, _identifier in assoc.send_c_move(identifier, destination, model):
-            if not status:
-                raise DimseError("C-MOVE: connection lost or timed out")
-            if int(status.Status) not in PENDING:
-                final = status
-        seconds = time.perf_counter() - started
-    finally:
-        assoc.release()
-    if final is None:
-        raise DimseError("C-MOVE: no final response")
+    seconds, final = _until_final(
+        "C-MOVE", assoc, lambda: assoc.send_c_move(identifier, destination, model)
+    )
     completed, failed, warning = _counts(final)
     return RetrieveResult(seconds, completed, failed, warning, int(final.Status))

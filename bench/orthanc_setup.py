@@ -19,6 +19,7 @@ two plugin paths remain selectable (``--load-method``), one stream at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -311,13 +312,21 @@ def twin_uids(paths: list[Path]) -> list[str]:
 
 def _post_all(orthanc: OrthancServer, files: list[bytes]) -> None:
     """POST each file to ``/instances`` (LOAD_WORKERS at once)."""
-    todo: queue.Queue[bytes | None] = queue.Queue()
-    for data in files:
-        todo.put(data)
-    _post_queue(orthanc, todo)
+    with _posting(orthanc) as (todo, _):
+        for data in files:
+            todo.put(data)
 
 
-def _post_queue(orthanc: OrthancServer, todo: queue.Queue[bytes | None]) -> None:
+@contextlib.contextmanager
+def _posting(
+    orthanc: OrthancServer, maxsize: int = 0
+) -> Iterator[tuple[queue.Queue[bytes | None], list[BaseException]]]:
+    """LOAD_WORKERS threads POSTing what is put on the queue to ``/instances``.
+
+    Yields the queue and the list of errors so far (producers may stop
+    early); on exit waits for the posts and raises the first error.
+    """
+    todo: queue.Queue[bytes | None] = queue.Queue(maxsize=maxsize)
     errors: list[BaseException] = []
 
     def post() -> None:
@@ -337,48 +346,24 @@ def _post_queue(orthanc: OrthancServer, todo: queue.Queue[bytes | None]) -> None
 
     threads = [threading.Thread(target=post) for _ in range(LOAD_WORKERS)]
     for thread in threads:
-        todo.put(None)
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        yield todo, errors
+    finally:
+        for _ in threads:
+            todo.put(None)
+        for thread in threads:
+            thread.join()
     if errors:
         raise RuntimeError(f"storing into Orthanc failed: {errors[0]}")
 
 
 def store_normalized(orthanc: OrthancServer, paths: list[Path]) -> None:
     """Files normalized on every core by the plugin's code, posted to ``/instances`` in parallel."""
-    done: queue.Queue[bytes | None] = queue.Queue(maxsize=200)
-    errors: list[BaseException] = []
-
-    def post() -> None:
-        while (data := done.get()) is not None:
-            if errors:
-                continue
-            try:
-                orthanc.request("POST", "/instances", data, {"Content-Type": "application/dicom"})
-            except HttpError as exc:
-                # Orthanc 1.10.1 answers 404 "Inexistent tag" for instances a
-                # received-instance hook looked at (DESIGN.md fact 3); the
-                # count is checked at the end instead.
-                if exc.status != 404:
-                    errors.append(exc)
-            except OSError as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=post) for _ in range(LOAD_WORKERS)]
-    for thread in threads:
-        thread.start()
-    try:
+    with _posting(orthanc, maxsize=200) as (todo, errors):
         workers = max(1, (os.cpu_count() or 1))
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for data in pool.imap(normalized_file, paths, chunksize=20):
                 if errors:
                     break
-                done.put(data)
-    finally:
-        for _ in threads:
-            done.put(None)
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise RuntimeError(f"storing into Orthanc failed: {errors[0]}")
+                todo.put(data)
