@@ -473,6 +473,14 @@ class RetrieveHandler:
         lost = ""
         pending_due = False
         last_pending = time.monotonic()
+
+        def send_pending_if_due() -> None:
+            nonlocal pending_due, last_pending
+            if pending_due:
+                reply.pending(tally)
+                pending_due = False
+                last_pending = time.monotonic()
+
         ahead = Lookahead(((uid, oid, next(ids)) for uid, oid in plan), preparer)
         requester = service.assoc
         quiet = polling(requester, QUIET_POLL) if sender is not requester else nullcontext()
@@ -488,19 +496,14 @@ class RetrieveHandler:
                     outcome = channel.start(item)
                     if outcome is None:
                         # While the peer stores the instance:
-                        if pending_due:
-                            reply.pending(tally)
-                            pending_due = False
-                            last_pending = time.monotonic()
+                        send_pending_if_due()
                         ahead.prepare_next()
                         outcome = channel.finish(item)
                     if outcome.fatal:
                         lost = on_lost()
                         if not lost:
                             raise _RequesterGone
-                if pending_due:
-                    reply.pending(tally)
-                    last_pending = time.monotonic()
+                send_pending_if_due()
                 self._record(tally, item.uid, outcome)
                 pending_due = tally.remaining > 0 and (
                     time.monotonic() - last_pending >= self.pending_interval
@@ -615,8 +618,8 @@ class RetrieveHandler:
                     tally.record(uid, FAILED, reason if orthanc_id else "not stored here")
                 reply.final(tally, comment=reason)
                 return
-        if store is None:  # nothing stored here: every sub-operation fails as prepared
-            plan = [(uid, None) for uid, _ in plan]
+        # No store association means nothing is stored here: every
+        # sub-operation fails as prepared and nothing is sent.
         sender = store if store is not None else service.assoc
         preparer = Preparer(
             self.source.load,

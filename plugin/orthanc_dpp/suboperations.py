@@ -131,11 +131,12 @@ def conversion_loss(ds: Dataset, source: UID, target: UID) -> str | None:
 
 @dataclass
 class Preparer:
-    """Builds the C-STORE requests of one retrieve (:meth:`__call__` runs on the worker).
+    """Builds the C-STORE requests of one retrieve, one instance per call.
 
     Loading, re-encoding and encoding the whole DIMSE message happen here,
-    off the round trip; every reason a sub-operation fails before reaching
-    the peer is decided here too, so the sending side only sends.
+    while the peer stores the previous instance (:class:`Lookahead`). Every
+    reason a sub-operation fails before reaching the peer is decided here
+    too, so the sending side only sends.
     """
 
     load: Callable[[str], Dataset]

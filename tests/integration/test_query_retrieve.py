@@ -150,9 +150,7 @@ def test_c_find_bad_identifier_answers_with_a_comment(qr) -> None:
 
 def test_store_then_find_then_delete_then_find(qr) -> None:
     ds = make_protocol(777_001, "CT")
-    assoc = associate(qr)
-    assert assoc.send_c_store(ds).Status == 0x0000
-    assoc.release()
+    store_protocols(qr, [ds])
     by_uid = find_identifier(SOPInstanceUID=ds.SOPInstanceUID)
     assert [code for code, _ in c_find(qr, by_uid)] == [0xFF00, 0x0000]
     qr.delete(f"/dpp/protocols/{ds.SOPInstanceUID}")
@@ -161,9 +159,7 @@ def test_store_then_find_then_delete_then_find(qr) -> None:
 
 def test_delete_through_orthanc_itself_reaches_c_find(qr) -> None:
     ds = make_protocol(777_002, "XA")
-    assoc = associate(qr)
-    assert assoc.send_c_store(ds).Status == 0x0000
-    assoc.release()
+    store_protocols(qr, [ds])
     orthanc_id = qr.get_json(f"/dpp/protocols/{ds.SOPInstanceUID}")["OrthancID"]
     qr.delete(f"/instances/{orthanc_id}")  # Orthanc's own route: DELETED callback
     by_uid = find_identifier(SOPInstanceUID=ds.SOPInstanceUID)

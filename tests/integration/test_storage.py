@@ -61,11 +61,7 @@ def test_c_store_many_and_read_back_element_for_element(
 ) -> None:
     seed = 1000 * TRANSFER_SYNTAXES.index(transfer_syntax)
     sent = list(make_library(12, seed=seed, kinds=("CT", "XA")))
-    assoc = associate(server, transfer_syntaxes=[transfer_syntax])
-    for ds in sent:
-        ds = as_received(ds, transfer_syntax)
-        assert assoc.send_c_store(ds).Status == 0x0000
-    assoc.release()
+    store_protocols(server, [as_received(ds, transfer_syntax) for ds in sent], [transfer_syntax])
     for ds in sent:
         back = original(server, ds.SOPInstanceUID)
         assert back == as_received(ds, transfer_syntax), ds.SOPInstanceUID
@@ -77,9 +73,7 @@ def test_c_store_many_and_read_back_element_for_element(
 
 def test_stored_instances_appear_in_a_library_tree(server: OrthancServer) -> None:
     ds = make_protocol(7001, "CT")
-    assoc = associate(server)
-    assert assoc.send_c_store(ds).Status == 0x0000
-    assoc.release()
+    store_protocols(server, [ds])
     patients = server.get_json("/patients?expand")
     library = [p for p in patients if p["MainDicomTags"]["PatientID"] == "DPP-PROTOCOL-LIBRARY"]
     assert library and library[0]["MainDicomTags"]["PatientName"] == (
