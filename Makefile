@@ -8,9 +8,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := orthanc orthanc-python python3-venv
 # Extra Orthanc options for `make run`, e.g. ORTHANC_FLAGS=--verbose.
 ORTHANC_FLAGS ?=
-TEST_PACKAGES := $(RUN_PACKAGES) dcmtk postgresql orthanc-postgresql
+TEST_PACKAGES := $(RUN_PACKAGES) dcmtk postgresql orthanc-postgresql shellcheck
 
-.PHONY: run test unit integration lint bench setup-run setup-test .packages-run .packages-test
+# Newer Orthanc stacks for `make test-all`: Debian roots made by tools/stacks.py.
+STACKS := trixie sid
+
+.PHONY: run test test-all unit integration lint bench setup-run setup-test \
+	.packages-run .packages-test .packages-stacks
 
 run: setup-run
 	mkdir -p data
@@ -19,6 +23,10 @@ run: setup-run
 test: setup-test lint
 	$(VENV)/bin/python -m pytest
 
+# The whole suite on Debian 12 (here), then on Debian 13 and unstable roots.
+test-all: test .packages-stacks
+	$(SUDO) $(PYTHON) tools/stacks.py test $(STACKS)
+
 unit: setup-test
 	$(VENV)/bin/python -m pytest tests/unit
 
@@ -26,8 +34,8 @@ integration: setup-test
 	$(VENV)/bin/python -m pytest tests/integration
 
 lint: setup-test
-	$(VENV)/bin/ruff check plugin tests bench docker
-	$(VENV)/bin/ruff format --check plugin tests bench docker
+	$(VENV)/bin/ruff check plugin tests bench docker tools
+	$(VENV)/bin/ruff format --check plugin tests bench docker tools
 
 bench: setup-test
 	$(VENV)/bin/python -m bench
@@ -37,8 +45,8 @@ setup-run: .packages-run $(VENV)/.runtime
 setup-test: .packages-test $(VENV)/.dev
 
 # Debian packages: install the missing ones only (sudo when not root).
-.packages-run .packages-test:
-	@want="$(if $(filter .packages-test,$@),$(TEST_PACKAGES),$(RUN_PACKAGES))"; \
+.packages-run .packages-test .packages-stacks:
+	@want="$(if $(filter .packages-test,$@),$(TEST_PACKAGES),$(if $(filter .packages-stacks,$@),debootstrap,$(RUN_PACKAGES)))"; \
 	missing=""; \
 	for p in $$want; do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

@@ -1,74 +1,101 @@
-"""A stand-in for the ``orthanc`` module, limited to the real API.
+"""A stand-in for the ``orthanc`` module, limited to what a real plugin version offers.
 
-Every attribute it offers must exist in the API recorded from Orthanc's
-Python plugin 4.0 (``tests/data/orthanc_python_4.0_api.json``), so code that
-works against this fake only calls functions the real plugin has.
+Each instance follows one recording of a real Python plugin
+(``tests/data/orthanc_python_<version>_api.json``, made by
+``tools/record_orthanc_api.py`` inside that plugin):
+
+- only names the real module has exist; enumerations carry the real values;
+- every call the plugin makes is checked against the argument shapes the
+  real function accepted or refused when it was probed: a refused shape
+  raises the real TypeError, and a shape that was never probed raises too,
+  so the fake cannot accept a call that the real plugin of that version
+  would refuse;
+- ``/system`` and ``/plugins/python`` answer the recorded versions.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from orthanc_dpp.library import OrthancError
 from tests.fake_orthanc import FakeOrthancApi
 
-RECORDED_API = json.loads(
-    (Path(__file__).parent / "data" / "orthanc_python_4.0_api.json").read_text()
+DATA = Path(__file__).parent / "data"
+#: The recorded plugin versions, oldest first.
+VERSIONS = sorted(
+    (p.name.split("_")[2] for p in DATA.glob("orthanc_python_*_api.json")),
+    key=lambda v: tuple(int(part) for part in v.split(".")),
 )
+
+
+def recording(version: str) -> dict[str, Any]:
+    return json.loads((DATA / f"orthanc_python_{version}_api.json").read_text())
 
 
 class OrthancException(Exception):
     pass
 
 
-class ChangeType(enum.IntEnum):
-    NEW_INSTANCE = 1
-    DELETED = 4
-    ORTHANC_STARTED = 9
-    ORTHANC_STOPPED = 10
-    UPDATED_MODALITIES = 17
+def _kind(value: Any) -> str:
+    """The probe kind of one argument (see tools/record_orthanc_api.py)."""
+    if isinstance(value, enum.Enum):
+        return type(value).__name__
+    if isinstance(value, bool):
+        return "int"
+    return type(value).__name__
 
 
-class ResourceType(enum.IntEnum):
-    PATIENT = 0
-    STUDY = 1
-    SERIES = 2
-    INSTANCE = 3
+class CallShapes:
+    """Which argument shapes each probed function accepted in the recording."""
 
+    def __init__(self, probes: dict[str, str], version: str) -> None:
+        self.probes = probes
+        self.version = version
 
-class ReceivedInstanceAction(enum.IntEnum):
-    KEEP_AS_IS = 1
-    MODIFY = 2
-    DISCARD = 3
+    def check(self, target: str, args: tuple[Any, ...]) -> None:
+        key = f"{target}({', '.join(_kind(a) for a in args)})"
+        outcome = self.probes.get(key)
+        if outcome is None:
+            raise TypeError(
+                f"{key} was never probed on Python plugin {self.version}: add it to PROBES "
+                "in tools/record_orthanc_api.py and record again"
+            )
+        if outcome.startswith("refused"):
+            raise TypeError(outcome.split(": ", 1)[-1])
 
 
 class FakeOutput:
     # Method names are Orthanc's own (CamelCase), as in the real RestOutput.
-    """Records what a REST callback sent."""
+    """Records what a REST callback sent, refusing what the real RestOutput refuses."""
 
-    def __init__(self) -> None:
+    def __init__(self, shapes: CallShapes) -> None:
+        self.shapes = shapes
         self.status: int | None = None
         self.body: bytes = b""
         self.headers: dict[str, str] = {}
         self.allowed: str | None = None
 
     def AnswerBuffer(self, body: bytes, mime: str) -> None:
+        self.shapes.check("RestOutput.AnswerBuffer", (body, mime))
         self.status, self.body = 200, body
         self.headers["Content-Type"] = mime
 
-    def SendHttpStatus(self, status: int, body: str, size: int) -> None:
-        # Python plugin 4.0: body as str plus its size in bytes (bytes fail).
-        if not isinstance(body, str) or size != len(body.encode()):
-            raise TypeError("Bad types for the arguments (3 arguments expected)")
-        self.status, self.body = status, body.encode()
+    def SendHttpStatus(self, status: int, body: Any, *size: int) -> None:
+        self.shapes.check("RestOutput.SendHttpStatus", (status, body, *size))
+        self.status, self.body = status, body.encode() if isinstance(body, str) else body
 
     def SetHttpHeader(self, name: str, value: str) -> None:
+        self.shapes.check("RestOutput.SetHttpHeader", (name, value))
         self.headers[name] = value
 
     def SendMethodNotAllowed(self, allowed: str) -> None:
+        self.shapes.check("RestOutput.SendMethodNotAllowed", (allowed,))
         self.status, self.allowed = 405, allowed
 
     def json(self) -> Any:
@@ -76,52 +103,98 @@ class FakeOutput:
 
 
 class FakeOrthancModule:
-    """Holds registered callbacks and routes REST calls to a FakeOrthancApi."""
+    """Holds registered callbacks and routes REST calls to a FakeOrthancApi.
 
-    def __init__(self, configuration: dict[str, Any], api: FakeOrthancApi | None = None) -> None:
+    ``releases_interpreter_lock`` says how ``BufferCompression`` behaves, the
+    call the adapter uses to find out whether the plugin releases Python's
+    interpreter lock during calls into Orthanc (``"Python": {"AllowThreads":
+    true}`` on plugin 4.3+).
+    """
+
+    def __init__(
+        self,
+        configuration: dict[str, Any],
+        api: FakeOrthancApi | None = None,
+        *,
+        version: str = VERSIONS[0],
+        releases_interpreter_lock: bool = False,
+    ) -> None:
+        self.version = version
+        self.recorded = recording(version)
+        self.shapes = CallShapes(self.recorded["probes"], version)
         self.configuration = configuration
         self.api = api or FakeOrthancApi()
+        self.releases_interpreter_lock = releases_interpreter_lock
         self.logs: list[tuple[str, str]] = []
         self.change_callback: Any = None
         self.received_callback: Any = None
         self.routes: dict[str, Any] = {}
         self.properties: dict[int, str] = {}
         self.OrthancException = OrthancException
-        self.ChangeType = ChangeType
-        self.ResourceType = ResourceType
-        self.ReceivedInstanceAction = ReceivedInstanceAction
+        for name, item in self.recorded["surface"].items():
+            if item["kind"] == "enum":
+                setattr(self, name, enum.IntEnum(name, item["values"]))
 
     def __getattribute__(self, name: str) -> Any:
-        if name[0].isupper() and name not in RECORDED_API:
-            raise AttributeError(f"orthanc.{name} does not exist in Python plugin 4.0")
+        surface = object.__getattribute__(self, "recorded")["surface"]
+        if name[0].isupper() and name not in surface:
+            version = object.__getattribute__(self, "version")
+            raise AttributeError(f"orthanc.{name} does not exist in Python plugin {version}")
         return object.__getattribute__(self, name)
 
+    def _check(self, target: str, *args: Any) -> None:
+        self.shapes.check(target, args)
+
     def GetConfiguration(self) -> str:
+        self._check("GetConfiguration")
         return json.dumps(self.configuration)
 
     def GetConfigurationPath(self) -> str:
+        self._check("GetConfigurationPath")
         return "/etc/orthanc/orthanc.json"
 
     def LogInfo(self, message: str) -> None:
+        self._check("LogInfo", message)
         self.logs.append(("info", message))
 
     def LogWarning(self, message: str) -> None:
+        self._check("LogWarning", message)
         self.logs.append(("warning", message))
 
     def LogError(self, message: str) -> None:
+        self._check("LogError", message)
         self.logs.append(("error", message))
 
     def log_text(self) -> str:
         return "\n".join(message for _, message in self.logs)
 
     def GetGlobalProperty(self, number: int, default: str) -> str:
+        self._check("GetGlobalProperty", number, default)
         return self.properties.get(number, default)
 
     def SetGlobalProperty(self, number: int, value: str) -> None:
+        self._check("SetGlobalProperty", number, value)
         self.properties[number] = value
 
+    def BufferCompression(self, data: bytes, kind: Any, uncompress: int) -> bytes:
+        self._check("BufferCompression", data, kind, uncompress)
+        if self.releases_interpreter_lock:
+            time.sleep(0.1)  # other threads run meanwhile
+        else:
+            # Hold the interpreter lock for 0.1 s as a C call that keeps it
+            # does: pure Python, with thread switching pushed out of reach.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(10)
+            try:
+                end = time.perf_counter() + 0.1
+                while time.perf_counter() < end:
+                    pass
+            finally:
+                sys.setswitchinterval(interval)
+        return b""
+
     def RegisterOnChangeCallback(self, callback: Any) -> None:
-        if self.change_callback is not None:  # DESIGN.md fact 12
+        if self.change_callback is not None:  # only one per Python plugin
             raise OrthancException("only one change callback per Python plugin")
         self.change_callback = callback
 
@@ -138,19 +211,24 @@ class FakeOrthancModule:
             raise OrthancException(exc.message) from None
 
     def RestApiGet(self, uri: str) -> bytes:
+        self._check("RestApiGet", uri)
+        if uri == "/system":
+            return json.dumps(self.recorded["system"]).encode()
+        if uri == "/plugins/python":
+            return json.dumps(self.recorded["plugin"]).encode()
         return self._rest("get", uri)
 
     def RestApiPost(self, uri: str, body: bytes) -> bytes:
+        self._check("RestApiPost", uri, body)
         return self._rest("post", uri, body)
 
     def RestApiDelete(self, uri: str) -> None:
+        self._check("RestApiDelete", uri)
         self._rest("delete", uri)
 
     def call_route(self, uri: str, method: str = "GET", **request: Any) -> FakeOutput:
         """Call the registered route matching ``uri`` like Orthanc does."""
-        import re
-
-        output = FakeOutput()
+        output = FakeOutput(self.shapes)
         for pattern, callback in self.routes.items():
             match = re.fullmatch(pattern, uri)
             if match:

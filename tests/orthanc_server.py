@@ -6,7 +6,7 @@ loopback ports and its own data folder, and its log is kept for assertions.
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import json
 import os
 import signal
@@ -80,6 +80,8 @@ class OrthancServer:
             "AuthenticationEnabled": False,
             "Plugins": [PYTHON_PLUGIN],
             "PythonScript": str(ENTRY_SCRIPT),
+            # As README recommends; plugins before 4.3 ignore it.
+            "Python": {"AllowThreads": True},
             "DefinedProcedureProtocol": section,
         }
         self.config.update(config or {})
@@ -116,8 +118,14 @@ class OrthancServer:
             time.sleep(0.1)
         raise TimeoutError(f"Orthanc did not become ready:\n{self.log()[-4000:]}")
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """Stop Orthanc and wait for it to exit (its database stays locked until then)."""
+    def stop(self, timeout: float = 30.0, *, check: bool = True) -> int:
+        """Stop Orthanc and wait for it to exit (its database stays locked until then).
+
+        With ``check`` (the default), anything but a clean exit 0 within
+        ``timeout`` fails the test, with the end of Orthanc's log: a crash at
+        stop or a hang is a defect wherever it shows up. Returns the exit code
+        (-9 when it had to be killed).
+        """
         if self.process is None:
             return 0
         if self.process.poll() is None:
@@ -129,6 +137,10 @@ class OrthancServer:
                 self.process.wait()
         code = self.process.returncode
         self.process = None
+        if check and code != 0:
+            raise AssertionError(
+                f"Orthanc did not exit cleanly (exit code {code}):\n{self.log()[-3000:]}"
+            )
         return code
 
     def restart(self) -> None:
@@ -155,9 +167,13 @@ class OrthancServer:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(
-            self.url + path, data=body, method=method, headers=headers or {}
-        )
+        headers = dict(headers or {})
+        users = self.config.get("RegisteredUsers")
+        if self.config.get("AuthenticationEnabled") and users:
+            user, password = next(iter(users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as answer:
                 return answer.status, dict(answer.headers), answer.read()
@@ -183,8 +199,7 @@ class OrthancServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
+        self.stop()
 
 
 def orthanc_available() -> bool:

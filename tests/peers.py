@@ -12,6 +12,7 @@ from pathlib import Path
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, Association, build_role, evt
+from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
 from pynetdicom.sop_class import Verification
 
@@ -53,6 +54,27 @@ def store_protocols(
             assert status.Status == 0x0000, f"C-STORE of {ds.SOPInstanceUID}: {status}"
     finally:
         assoc.release()
+
+
+def c_find(orthanc: OrthancServer, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
+    assoc = associate(orthanc, [DPP_FIND])
+    try:
+        return [
+            (int(status.Status), ds)
+            for status, ds in assoc.send_c_find(identifier, DPP_FIND)
+            if status is not None
+        ]
+    finally:
+        assoc.release()
+
+
+def find_identifier(**keys: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = ""
+    ds.ProtocolName = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
 
 
 # --- DCMTK storescp (DESIGN fact 8) ---------------------------------------------------

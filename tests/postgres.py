@@ -31,8 +31,17 @@ from typing import Any
 
 from tests.orthanc_server import free_port
 
-PG_VERSION = "15"
-PG_BIN = Path(os.environ.get("DPP_PG_BIN", f"/usr/lib/postgresql/{PG_VERSION}/bin"))
+
+def _newest_server() -> Path:
+    """The bin folder of the newest PostgreSQL server installed (15 on Debian 12, 17, 18...)."""
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "postgres").exists()]
+    if not found:
+        return Path("/usr/lib/postgresql/15/bin")  # named in the skip reason
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+
+
+PG_BIN = Path(os.environ.get("DPP_PG_BIN", _newest_server()))
+PG_VERSION = PG_BIN.parent.name
 PG_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
 PG_STORAGE_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLStorage.so"
 # Accounts tried, in order, when running as root (see the module docstring).

@@ -4,20 +4,29 @@
 module (tests may pass a fake with the same API). It parses the
 configuration, registers the callbacks and REST routes, and starts the DPP
 listener and the index feed when Orthanc reports ORTHANC_STARTED. Nothing
-here may raise into Orthanc: an exception during loading stops Orthanc
-(DESIGN.md fact 9), one in a callback fails that request only.
+here may raise into Orthanc: an exception while Orthanc loads the script
+stops Orthanc, one in a callback fails that request only.
+
+Python plugins 4.0 to 7.1 differ in ways that matter here; all of them are
+handled by :class:`RunningPlugin`, which finds out what the running plugin
+does (never by its version number). docs/orthanc-versions.md explains each
+difference and how it was measured.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import threading
 import time
 import traceback
 from types import ModuleType
 from typing import Any
 
+import pydicom
+import pynetdicom
 from pynetdicom import evt
 
 from orthanc_dpp import __version__, snapshot
@@ -46,14 +55,134 @@ log = logging.getLogger("orthanc_dpp")
 MODALITY_REFRESH = 30.0
 
 
+#: Every callable handed to Orthanc, kept alive until the interpreter ends.
+#: Python plugins 4.3 and later drop their references to REST callbacks
+#: while finalizing without holding the interpreter lock; if that released
+#: the last reference, the callback would be deallocated without a thread
+#: state and Orthanc would crash on every stop (SIGSEGV, measured on 1.12.7
+#: and 1.13.0). With this reference the plugin's release only decrements.
+_REGISTERED: list[Any] = []
+
+
+class RunningPlugin:
+    """What the running Python plugin offers, found out from the plugin itself.
+
+    - ``releases_interpreter_lock``: whether calls into Orthanc release
+      Python's interpreter lock (plugin 4.3+ with ``"Python": {"AllowThreads":
+      true}``). Measured once at load by :func:`probe_interpreter_lock`.
+    - How ``RestOutput.SendHttpStatus`` takes its body: ``(status, bytes)``
+      from plugin 4.3, ``(status, str, size)`` before. A call of the wrong
+      shape raises TypeError while parsing its arguments, before anything is
+      sent, so the first error answer tries the newer form and remembers
+      which one the plugin accepted.
+    - Versions of Orthanc and of the Python plugin, read from Orthanc's REST
+      API once Orthanc has started (they are not in the ``orthanc`` module).
+    """
+
+    BYTES = "status, body (bytes)"
+    STR_AND_SIZE = "status, body (str), size"
+
+    def __init__(self, orthanc: ModuleType, *, probe: bool = True) -> None:
+        self.orthanc = orthanc
+        self.releases_interpreter_lock = probe_interpreter_lock(orthanc) if probe else False
+        self.http_status_form: str | None = None
+        self.orthanc_version: str | None = None
+        self.plugin_version: str | None = None
+
+    def send_http_status(self, output: Any, status: int, body: bytes) -> None:
+        """``output.SendHttpStatus`` in whichever form this plugin accepts."""
+        if self.http_status_form != self.STR_AND_SIZE:
+            try:
+                output.SendHttpStatus(status, body)
+                self.http_status_form = self.BYTES
+                return
+            except TypeError:
+                if self.http_status_form == self.BYTES:
+                    raise
+        text = body.decode("utf-8", "replace")
+        output.SendHttpStatus(status, text, len(text.encode()))
+        self.http_status_form = self.STR_AND_SIZE
+
+    def read_versions(self) -> None:
+        """Orthanc's and the Python plugin's versions (worker threads only)."""
+        try:
+            system = json.loads(self.orthanc.RestApiGet("/system"))
+            plugin = json.loads(self.orthanc.RestApiGet("/plugins/python"))
+        except Exception as exc:
+            log.warning("Cannot read Orthanc's version: %s", exc)
+            return
+        self.orthanc_version = str(system.get("Version", "")) or None
+        self.plugin_version = str(plugin.get("Version", "")) or None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "Orthanc": self.orthanc_version,
+            "PythonPlugin": self.plugin_version,
+            "Python": sys.version.split()[0],
+            "pydicom": pydicom.__version__,
+            "pynetdicom": pynetdicom.__version__,
+            "InterpreterLockReleasedInCalls": self.releases_interpreter_lock,
+            "SendHttpStatus": self.http_status_form or "not used yet",
+        }
+
+
+def probe_interpreter_lock(orthanc: ModuleType) -> bool:
+    """True if a call into Orthanc lets other Python threads run meanwhile.
+
+    One call that keeps Orthanc busy for about 0.1 s (compressing 4 MiB of
+    random bytes) while a second thread counts. If the plugin keeps the
+    interpreter lock during the call, the counter cannot run at all then,
+    except for a few milliseconds at either end when Python switches threads;
+    if the plugin releases it, the counter runs through the whole call. Only
+    counts well inside the call decide, so the answer does not depend on
+    timing luck.
+    """
+    data = os.urandom(4 << 20)
+    ticks: list[float] = []
+    started, stop = threading.Event(), threading.Event()
+
+    def count() -> None:
+        started.set()
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0)
+
+    counter = threading.Thread(target=count, name="dpp-lock-probe", daemon=True)
+    counter.start()
+    started.wait()
+    try:
+        begin = time.perf_counter()
+        orthanc.BufferCompression(data, orthanc.CompressionType.ZLIB, 0)
+        end = time.perf_counter()
+    except Exception as exc:
+        log.warning("Cannot tell whether calls into Orthanc release the GIL: %s", exc)
+        return False
+    finally:
+        stop.set()
+        counter.join()
+    margin = 0.02
+    return end - begin > 3 * margin and any(begin + margin < t < end - margin for t in ticks)
+
+
 class OrthancLogHandler(logging.Handler):
-    """Send Python log records to Orthanc's log, prefixed so they are findable."""
+    """Send Python log records to Orthanc's log, prefixed so they are findable.
+
+    Closed once the plugin has stopped: nothing may call into Orthanc while
+    the Python plugin finalizes.
+    """
 
     def __init__(self, orthanc: ModuleType) -> None:
         super().__init__()
         self.orthanc = orthanc
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.closed:
+            return
         try:
             message = "DPP: " + self.format(record)
             if record.levelno >= logging.ERROR:
@@ -109,9 +238,16 @@ class GlobalPropertySnapshots:
 class Plugin:
     """Everything the plugin runs, wired together."""
 
-    def __init__(self, orthanc: ModuleType, configuration: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        orthanc: ModuleType,
+        configuration: dict[str, Any],
+        running: RunningPlugin | None = None,
+    ) -> None:
         self.orthanc = orthanc
+        self.running = running or RunningPlugin(orthanc, probe=False)
         self.configuration = configuration
+        self.received_hook = False
         self.config_errors: list[str] = []
         self.settings: Settings | None = None
         self.index = ProtocolIndex()
@@ -209,6 +345,7 @@ class Plugin:
         listener = self.listener
 
         def start_listener() -> None:
+            self.running.read_versions()
             self.refresh_modalities(force=True)
             listener.start()
 
@@ -219,10 +356,16 @@ class Plugin:
         self.feed.start()
 
     def stop(self) -> None:
+        """Stop every thread of ours before Orthanc finalizes the Python plugin."""
         if self.listener is not None:
             self.listener.stop()
         if self.feed is not None:
             self.feed.stop()
+        log.warning("DPP plugin stopped")
+        for name in ("orthanc_dpp", "pynetdicom"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, OrthancLogHandler):
+                    handler.close()
 
     def on_received(self, data: bytes, origin: Any) -> tuple[Any, bytes | None]:
         """Orthanc's received-instance hook: normalize DPP files from any path."""
@@ -249,6 +392,7 @@ class Plugin:
         feed = self.feed
         return {
             "Version": __version__,
+            "Platform": {**self.running.describe(), "ReceivedInstanceHook": self.received_hook},
             "Configuration": {"Valid": not self.config_errors, "Errors": self.config_errors},
             "Listener": {
                 "State": listener.state if listener else "stopped",
@@ -271,7 +415,7 @@ class Plugin:
         }
 
 
-def _answer(output: Any, response: Response) -> None:
+def _answer(running: RunningPlugin, output: Any, response: Response) -> None:
     """Send a :class:`Response` through Orthanc's RestOutput."""
     if response.status == 405 and response.allowed is not None:
         output.SendMethodNotAllowed(response.allowed)
@@ -282,10 +426,7 @@ def _answer(output: Any, response: Response) -> None:
         output.AnswerBuffer(response.body, response.content_type)
     else:
         output.SetHttpHeader("Content-Type", response.content_type)
-        # Python plugin 4.0 takes the body as str plus its length; only our
-        # JSON error bodies go this way.
-        text = response.body.decode("utf-8", "replace")
-        output.SendHttpStatus(response.status, text, len(text.encode()))
+        running.send_http_status(output, response.status, response.body)
 
 
 def _route(plugin: Plugin, handler_name: str) -> Any:
@@ -296,13 +437,14 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
             if plugin.settings is None:
                 if handler_name != "status":
                     _answer(
+                        plugin.running,
                         output,
                         error(
                             503, "DPP plugin configuration is invalid", Errors=plugin.config_errors
                         ),
                     )
                     return
-                _answer(output, json_response(200, plugin.status()))
+                _answer(plugin.running, output, json_response(200, plugin.status()))
                 return
             req = Request(
                 method=request.get("method", "GET"),
@@ -315,7 +457,7 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
         except Exception as exc:
             log.error("REST %s failed: %s", uri, traceback.format_exc())
             response = error(500, f"internal error: {exc}")
-        _answer(output, response)
+        _answer(plugin.running, output, response)
 
     return callback
 
@@ -326,6 +468,47 @@ ROUTES = {
     "/dpp/protocols/([^/]+)": "protocol",
     "/dpp/protocols/([^/]+)/file": "protocol_file",
 }
+
+
+def _register(register: Any, callback: Any, *before: Any) -> None:
+    """``register(*before, callback)``, keeping ``callback`` alive (see ``_REGISTERED``)."""
+    _REGISTERED.append(callback)
+    register(*before, callback)
+
+
+def _install_received_hook(plugin: Plugin) -> None:
+    """Orthanc's received-instance hook, where it cannot deadlock.
+
+    Orthanc calls the hook while holding a plugin-wide lock of its own, and
+    the Python plugin then waits for the interpreter lock. A plugin thread
+    that stores (``RestApiPost /instances``) while holding the interpreter
+    lock waits for Orthanc's lock: if the hook is running on another store
+    at that moment, neither can go on and Orthanc freezes. So the hook is
+    installed only when calls into Orthanc release the interpreter lock,
+    unless ``ReceivedInstanceHook`` says otherwise. Our own upload paths
+    normalize before storing and do not need it.
+    """
+    assert plugin.settings is not None
+    wanted = plugin.settings.received_instance_hook
+    safe = plugin.running.releases_interpreter_lock
+    if wanted is False or (wanted == "auto" and not safe):
+        if wanted == "auto":
+            log.warning(
+                "Orthanc's received-instance hook is not installed: this Python plugin keeps "
+                'the interpreter lock during calls into Orthanc (set "Python": {"AllowThreads": '
+                "true}, Python plugin 4.3 or later), so the hook could freeze Orthanc under "
+                "concurrent stores. DPP files without patient/study/series are stored through "
+                "the DPP listener and POST /dpp/protocols; Orthanc refuses them on its own "
+                "routes and DICOM port"
+            )
+        return
+    if not safe:
+        log.warning(
+            "ReceivedInstanceHook is true although calls into Orthanc keep the interpreter lock: "
+            "concurrent stores can freeze Orthanc"
+        )
+    _register(plugin.orthanc.RegisterReceivedInstanceCallback, plugin.on_received)
+    plugin.received_hook = True
 
 
 def install(orthanc: ModuleType) -> Plugin:
@@ -341,11 +524,12 @@ def install(orthanc: ModuleType) -> Plugin:
         logger.propagate = False
 
     configuration = json.loads(orthanc.GetConfiguration())
-    plugin = Plugin(orthanc, configuration)
-    orthanc.RegisterOnChangeCallback(plugin.on_change)
-    orthanc.RegisterReceivedInstanceCallback(plugin.on_received)
+    plugin = Plugin(orthanc, configuration, RunningPlugin(orthanc))
+    _register(orthanc.RegisterOnChangeCallback, plugin.on_change)
+    if plugin.settings is not None:
+        _install_received_hook(plugin)
     for uri, name in ROUTES.items():
-        orthanc.RegisterRestCallback(uri, _route(plugin, name))
+        _register(orthanc.RegisterRestCallback, _route(plugin, name), uri)
     if plugin.settings is not None:
         log.warning(
             "DPP plugin %s loaded (section %s): AE %s on %s:%d%s",

@@ -70,6 +70,8 @@ class Settings:
     unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
     report_missing_instances: bool = True
     pending_response_interval: float = 1.0
+    # "auto": only where calls into Orthanc release the interpreter lock.
+    received_instance_hook: bool | str = "auto"
     normalization: Normalization = field(default_factory=Normalization)
 
 
@@ -128,6 +130,12 @@ def _pdu_size(value: Any) -> int:
     return size
 
 
+def _auto_or_bool(value: Any) -> bool | str:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError('must be "auto", true or false')
+
+
 def _path_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -169,6 +177,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
     "ReportMissingInstances": ("report_missing_instances", _bool),
     "PendingResponseInterval": ("pending_response_interval", _seconds(0, 3600)),
+    "ReceivedInstanceHook": ("received_instance_hook", _auto_or_bool),
 }
 
 NORMALIZATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

@@ -29,7 +29,7 @@ from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
 from tests.dpp_factory import make_library, make_protocol
 from tests.orthanc_server import HttpError, OrthancServer, free_port
-from tests.peers import associate, c_get, store_protocols, storescp
+from tests.peers import associate, c_find, c_get, find_identifier, store_protocols, storescp
 
 STORE_AET = "STORE_SCP"
 
@@ -65,27 +65,6 @@ def as_received(ds: Dataset) -> Dataset:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
-
-
-def c_find(orthanc: OrthancServer, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
-    assoc = associate(orthanc, [DPP_FIND])
-    try:
-        return [
-            (int(status.Status), ds)
-            for status, ds in assoc.send_c_find(identifier, DPP_FIND)
-            if status is not None
-        ]
-    finally:
-        assoc.release()
-
-
-def find_identifier(**keys: object) -> Dataset:
-    ds = Dataset()
-    ds.SOPInstanceUID = ""
-    ds.ProtocolName = ""
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def test_c_find_wildcard_returns_exactly_the_requested_keys(qr, library) -> None:

@@ -34,6 +34,7 @@ from tests.dpp_factory import make_library, make_protocol, to_bytes
 from tests.orthanc_server import PYTHON_PLUGIN, HttpError, OrthancServer
 from tests.peers import associate, c_get
 from tests.postgres import (
+    PG_BIN,
     PG_INDEX_PLUGIN,
     PG_STORAGE_PLUGIN,
     PostgresCluster,
@@ -44,7 +45,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
         not postgres_available(),
-        reason="PostgreSQL 15 server binaries or orthanc-postgresql are not installed",
+        reason=f"PostgreSQL server binaries ({PG_BIN}) or orthanc-postgresql are not installed",
     ),
 ]
 

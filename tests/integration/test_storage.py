@@ -141,17 +141,56 @@ def test_restart_keeps_everything_retrievable(make_server) -> None:
         assert original(orthanc, ds.SOPInstanceUID) == as_received(ds, ExplicitVRLittleEndian)
 
 
-def test_plain_post_instances_of_a_dpp_file_ends_stored(server: OrthancServer) -> None:
+def _plugin_version(server: OrthancServer) -> tuple[int, ...]:
+    version = server.get_json("/dpp/status")["Platform"]["PythonPlugin"]
+    return tuple(int(part) for part in version.split("."))
+
+
+def test_platform_versions_and_interpreter_lock_are_reported(server: OrthancServer) -> None:
+    platform = server.get_json("/dpp/status")["Platform"]
+    assert platform["Orthanc"] == server.get_json("/system")["Version"]
+    assert platform["PythonPlugin"] == server.get_json("/plugins/python")["Version"]
+    assert platform["pydicom"] == pydicom.__version__
+    # The server runs with "Python": {"AllowThreads": true}, which plugins
+    # 4.3 and later honour (their NEWS); the plugin measured it itself.
+    releases = _plugin_version(server) >= (4, 3)
+    assert platform["InterpreterLockReleasedInCalls"] is releases
+    assert platform["ReceivedInstanceHook"] is releases
+
+
+def test_plain_post_instances_of_a_dpp_file(server: OrthancServer) -> None:
+    """Normalized by the received-instance hook where it is installed, refused where not."""
     ds = make_protocol(9100, "XA")
+    if not server.get_json("/dpp/status")["Platform"]["ReceivedInstanceHook"]:
+        with pytest.raises(HttpError) as refused:
+            server.post("/instances", to_bytes(ds))
+        assert refused.value.status in (400, 404)
+        assert server.post("/tools/lookup", str(ds.SOPInstanceUID).encode(), "text/plain") == []
+        assert "received-instance hook is not installed" in server.log()
+        return
     try:
         server.post("/instances", to_bytes(ds))
     except HttpError as exc:
         # Orthanc 1.10.1 answers 404 "Inexistent tag" after a modified upload
-        # although it stored the instance (DESIGN.md fact 3).
+        # although it stored the instance (docs/orthanc-versions.md).
         assert exc.status == 404
     server_status = _wait_for_protocol(server, ds.SOPInstanceUID)
     assert server_status["SOPClassUID"] == str(ds.SOPClassUID)
     assert original(server, ds.SOPInstanceUID) == as_received(ds, ExplicitVRLittleEndian)
+
+
+def test_received_instance_hook_stays_off_while_calls_keep_the_interpreter_lock(
+    make_server,
+) -> None:
+    orthanc = make_server(config={"Python": {"AllowThreads": False}})
+    orthanc.start()
+    platform = orthanc.get_json("/dpp/status")["Platform"]
+    assert platform["InterpreterLockReleasedInCalls"] is False
+    assert platform["ReceivedInstanceHook"] is False
+    assert "received-instance hook is not installed" in orthanc.log()
+    # Our own paths still store.
+    store_protocols(orthanc, [make_protocol(9200, "CT")])
+    assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == 1
 
 
 def _wait_for_protocol(server: OrthancServer, uid: str, timeout: float = 10.0) -> dict:
@@ -200,8 +239,8 @@ def test_bad_configuration_is_reported_and_orthanc_stays_up(make_server) -> None
         "DefinedProcedureProtocol.Prot: unknown key (known keys: AETitle, AcseTimeout, "
         "BindAddress, ChangePollInterval, CheckCalledAETitle, DimseTimeout, Enabled, "
         "MaximumAssociations, MaximumFindResults, MaximumPduSize, NetworkTimeout, "
-        "PendingResponseInterval, Port, PythonPath, ReconcileInterval, ReportMissingInstances, "
-        "SnapshotInterval, UnknownCallers)",
+        "PendingResponseInterval, Port, PythonPath, ReceivedInstanceHook, ReconcileInterval, "
+        "ReportMissingInstances, SnapshotInterval, UnknownCallers)",
     ]
     assert status["Listener"]["State"] == "stopped"
     assert "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in (

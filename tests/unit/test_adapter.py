@@ -1,18 +1,20 @@
-"""The adapter against a fake ``orthanc`` module limited to the real 4.0 API."""
+"""The adapter against fakes of each recorded Python plugin (4.0, 5.0, 7.1)."""
 
 from __future__ import annotations
 
 import io
 import socket
+import sys
 
 import pydicom
+import pynetdicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from orthanc_dpp import adapter
 from tests.dpp_factory import make_non_dpp, make_protocol, to_bytes
-from tests.fake_orthanc_module import FakeOrthancModule
+from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
 
@@ -45,9 +47,15 @@ def configuration(**section: object) -> dict:
     }
 
 
+@pytest.fixture(params=VERSIONS)
+def version(request) -> str:
+    """Every test that takes it runs against each recorded plugin version."""
+    return request.param
+
+
 @pytest.fixture
-def running():
-    orthanc = FakeOrthancModule(configuration())
+def running(version):
+    orthanc = FakeOrthancModule(configuration(), version=version, releases_interpreter_lock=True)
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
     assert eventually(lambda: plugin.listener.status.state == "running")
@@ -55,8 +63,8 @@ def running():
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
 
 
-def test_bad_configuration_keeps_orthanc_up_and_is_reported() -> None:
-    orthanc = FakeOrthancModule(configuration(Port="eleven", AETitle=""))
+def test_bad_configuration_keeps_orthanc_up_and_is_reported(version) -> None:
+    orthanc = FakeOrthancModule(configuration(Port="eleven", AETitle=""), version=version)
     plugin = adapter.install(orthanc)
     assert plugin.settings is None
     log = orthanc.log_text()
@@ -92,12 +100,12 @@ def test_started_listener_answers_echo_and_stops(running) -> None:
         assert s.connect_ex(("127.0.0.1", plugin.settings.port)) != 0
 
 
-def test_port_in_use_is_reported_and_orthanc_continues() -> None:
+def test_port_in_use_is_reported_and_orthanc_continues(version) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        orthanc = FakeOrthancModule(configuration(Port=port))
+        orthanc = FakeOrthancModule(configuration(Port=port), version=version)
         plugin = adapter.install(orthanc)
         orthanc.change_callback(
             orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, ""
@@ -152,7 +160,110 @@ def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
     assert "REST /dpp/protocols failed" in orthanc.log_text()
 
 
-def test_only_one_change_callback_is_registered() -> None:
-    orthanc = FakeOrthancModule(configuration())
+def test_only_one_change_callback_is_registered(version) -> None:
+    orthanc = FakeOrthancModule(configuration(), version=version)
     adapter.install(orthanc)  # a second registration would raise (fact 12)
     assert orthanc.change_callback is not None
+
+
+# -- differences between plugin versions ------------------------------------------
+
+
+def test_error_answers_use_the_send_http_status_form_of_the_plugin(running, version) -> None:
+    orthanc, _plugin = running
+    missing = orthanc.call_route("/dpp/protocols/1.2.3.4")
+    assert missing.status == 404
+    assert missing.json()["Error"]
+    platform = orthanc.call_route("/dpp/status").json()["Platform"]
+    expected = "status, body (str), size" if version == "4.0" else "status, body (bytes)"
+    assert platform["SendHttpStatus"] == expected
+    # The same answer again uses the remembered form at once.
+    assert orthanc.call_route("/dpp/protocols/1.2.3.5").status == 404
+
+
+def test_status_reports_the_versions_of_everything(running, version) -> None:
+    orthanc, plugin = running
+    assert eventually(lambda: plugin.running.plugin_version is not None)
+    platform = orthanc.call_route("/dpp/status").json()["Platform"]
+    recorded = recording(version)
+    assert platform["Orthanc"] == recorded["system"]["Version"]
+    assert platform["PythonPlugin"] == version
+    assert platform["Python"] == sys.version.split()[0]
+    assert platform["pydicom"] == pydicom.__version__
+    assert platform["pynetdicom"] == pynetdicom.__version__
+    assert platform["InterpreterLockReleasedInCalls"] is True
+    assert platform["ReceivedInstanceHook"] is True
+
+
+@pytest.mark.parametrize("releases", [True, False])
+def test_interpreter_lock_probe_tells_the_two_behaviours_apart(version, releases) -> None:
+    orthanc = FakeOrthancModule({}, version=version, releases_interpreter_lock=releases)
+    assert adapter.probe_interpreter_lock(orthanc) is releases
+
+
+@pytest.mark.parametrize(
+    ("releases", "setting", "installed"),
+    [
+        (True, "auto", True),
+        (False, "auto", False),
+        (True, False, False),
+        (False, True, True),
+    ],
+)
+def test_received_instance_hook_only_where_it_cannot_deadlock(
+    version, releases, setting, installed
+) -> None:
+    orthanc = FakeOrthancModule(
+        configuration(ReceivedInstanceHook=setting),
+        version=version,
+        releases_interpreter_lock=releases,
+    )
+    plugin = adapter.install(orthanc)
+    assert (orthanc.received_callback is not None) is installed
+    assert plugin.received_hook is installed
+    log = orthanc.log_text()
+    if setting == "auto" and not installed:
+        assert "received-instance hook is not installed" in log
+        assert '"AllowThreads": true' in log
+    if setting is True and not releases:
+        assert "concurrent stores can freeze Orthanc" in log
+
+
+def test_registered_callbacks_outlive_the_plugin_object(version) -> None:
+    orthanc = FakeOrthancModule(configuration(), version=version)
+    adapter.install(orthanc)
+    for callback in [orthanc.change_callback, *orthanc.routes.values()]:
+        assert any(callback is kept for kept in adapter._REGISTERED)
+
+
+def test_stop_detaches_the_orthanc_log_handler(running) -> None:
+    orthanc, _plugin = running
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
+    assert "DPP: DPP plugin stopped" in orthanc.log_text()
+    before = len(orthanc.logs)
+    import logging
+
+    logging.getLogger("orthanc_dpp").warning("after the stop")
+    assert len(orthanc.logs) == before
+
+
+# -- the fake itself follows the recordings ------------------------------------------
+
+
+def test_the_fake_refuses_what_each_real_plugin_refused() -> None:
+    old = FakeOrthancModule({}, version="4.0")
+    new = FakeOrthancModule({}, version="5.0")
+    with pytest.raises(TypeError, match="3 arguments expected"):
+        FakeOutput(old.shapes).SendHttpStatus(404, b"{}")
+    with pytest.raises(TypeError, match="2 arguments expected"):
+        FakeOutput(new.shapes).SendHttpStatus(404, "{}", 2)
+    with pytest.raises(TypeError, match="never probed"):
+        new.LogWarning(42)
+    with pytest.raises(AttributeError, match=r"does not exist in Python plugin 4\.0"):
+        old.SetCurrentThreadName  # noqa: B018 (new in 5.0)
+
+
+def test_enumerations_carry_the_recorded_values(version) -> None:
+    orthanc = FakeOrthancModule({}, version=version)
+    values = recording(version)["surface"]["ChangeType"]["values"]
+    assert {member.name: int(member) for member in orthanc.ChangeType} == values

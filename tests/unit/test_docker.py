@@ -145,6 +145,35 @@ def test_base_image_is_the_orthanc_teams_at_a_pinned_release() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"pin a release tag, not {tag!r}"
 
 
+def image_versions() -> tuple[str, str, str]:
+    """(Orthanc, Python plugin, Python) of the base image, from the Dockerfile's note."""
+    (base,) = arguments_of("FROM")
+    tag = base.partition(":")[2]
+    found = re.search(
+        rf"^# {re.escape(tag)} = Orthanc ([\d.]+), Python plugin ([\d.]+),.*?python3 \((3\.\d+)\)",
+        DOCKERFILE.read_text(),
+        re.MULTILINE | re.DOTALL,
+    )
+    assert found, f"the Dockerfile must say what tag {tag} holds"
+    return found.group(1), found.group(2), found.group(3)
+
+
+def test_image_versions_are_those_of_the_tested_unstable_stack() -> None:
+    """The image's Orthanc, plugin and Python are the ones make test-all runs on sid."""
+    orthanc, plugin, python = image_versions()
+    readme = (REPO / "README.md").read_text()
+    row = re.search(r"^\| Debian unstable[^|]*\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", readme, re.M)
+    assert row, "README's compatibility table has no Debian unstable row"
+    assert row.groups() == (orthanc, plugin, python)
+    (base,) = arguments_of("FROM")
+    assert f"`{base}`\n(Orthanc {orthanc}, Python plugin {plugin}, Python {python})" in readme
+    recorded = json.loads(
+        (REPO / "tests" / "data" / f"orthanc_python_{plugin}_api.json").read_text()
+    )
+    assert recorded["system"]["Version"] == orthanc
+    assert recorded["python"].startswith(python + ".")
+
+
 def test_every_copied_file_exists_and_reaches_the_build_context() -> None:
     for sources, _ in copies():
         for source in sources:
@@ -350,7 +379,8 @@ def test_nodes_share_one_database_and_differ_in_ports(compose: dict[str, Any]) -
         assert database["Lock"] is False, f"{name}: a second node needs Lock false"
         assert database["EnableIndex"] is True and database["EnableStorage"] is True
         assert set(database) <= POSTGRESQL_KEYS, set(database) - POSTGRESQL_KEYS
-        unknown = set(configuration) - ORTHANC_KEYS - {"PostgreSQL", "PythonScript", SECTION}
+        plugin_keys = {"PostgreSQL", "PythonScript", "Python", SECTION}
+        unknown = set(configuration) - ORTHANC_KEYS - plugin_keys
         assert not unknown, f"{name}: unexpected Orthanc keys {unknown}"
         databases.append(dict(database))
         assert parse_settings(configuration).port == settings.port
