@@ -58,6 +58,7 @@ class Settings:
     port: int = 11112
     bind_address: str = "0.0.0.0"
     maximum_associations: int = 10
+    maximum_connections_per_address: int = 5
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
@@ -165,6 +166,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Port": ("port", _int_range(1, 65535)),
     "BindAddress": ("bind_address", _bind_address),
     "MaximumAssociations": ("maximum_associations", _int_range(1, 1000)),
+    "MaximumConnectionsPerAddress": ("maximum_connections_per_address", _int_range(1, 1000)),
     "AcseTimeout": ("acse_timeout", _seconds(1, 3600)),
     "DimseTimeout": ("dimse_timeout", _seconds(1, 3600)),
     "NetworkTimeout": ("network_timeout", _seconds(1, 3600)),

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from orthanc_dpp.config import Settings
+from orthanc_dpp.connections import ConnectionGuard, Limits
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.listener")
@@ -92,6 +94,7 @@ class DppListener:
         self.handlers = handlers
         self.status = ListenerState()
         self._server: ThreadedAssociationServer | None = None
+        self._guard: ConnectionGuard | None = None
         self._lock = threading.Lock()
 
     def _make_ae(self) -> AE:
@@ -128,7 +131,17 @@ class DppListener:
             if self._server is not None:
                 return True
             ae = self._make_ae()
+            guard = ConnectionGuard(
+                Limits(
+                    acse_timeout=s.acse_timeout,
+                    network_timeout=s.network_timeout,
+                    maximum_pdu_size=s.maximum_pdu_size,
+                    per_address=s.maximum_connections_per_address,
+                    total=2 * s.maximum_associations,
+                )
+            )
             handlers = [
+                *guard.handlers(),
                 (evt.EVT_CONN_OPEN, self._on_open),
                 (evt.EVT_DIMSE_SENT, count_sending_as_activity),
             ]
@@ -144,21 +157,41 @@ class DppListener:
                 )
                 log.error("DPP listener not started: %s", self.status.error)
                 return False
+            # Admission happens before pynetdicom makes an association for a
+            # connection (socketserver's hook, which pynetdicom leaves as is).
+            self._server.verify_request = guard.verify  # type: ignore[method-assign]
+            self._guard = guard
+            guard.start()
             self.status.state = "running"
             self.status.error = None
             log.warning("DPP listener %s listening on %s:%d", s.ae_title, s.bind_address, s.port)
             return True
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop listening, abort open associations, and wait (boundedly) for their threads."""
         with self._lock:
             if self._server is None:
                 return
             server, self._server = self._server, None
             server.shutdown()
-            # Association threads are not daemons: a peer holding an idle
-            # association open would keep Orthanc from exiting.
-            for assoc in server.active_associations:
-                log.warning("Aborting association with %s at shutdown", assoc.requestor.ae_title)
-                assoc.abort()
+            associations = list(server.active_associations)
+            # A peer holding an idle association open would otherwise keep
+            # Orthanc from exiting.
+            for assoc in associations:
+                if assoc.is_established:
+                    log.warning(
+                        "Aborting association with %s at shutdown", assoc.requestor.ae_title
+                    )
+                    assoc.abort(block=False)
+            # Connections stalled in the middle of a PDU: their readers wake
+            # up when the socket is shut down.
+            if self._guard is not None:
+                self._guard.close_all()
+            deadline = time.monotonic() + grace
+            for assoc in associations:
+                assoc.join(max(0.0, deadline - time.monotonic()))
+            left = [a for a in associations if a.is_alive()]
+            if left:
+                log.warning("%d association thread(s) still running at shutdown", len(left))
             self.status.state = "stopped"
             log.warning("DPP listener stopped")

@@ -221,9 +221,10 @@ def test_cancel_in_a_500_instance_find_and_retrieve(make_server) -> None:
     store_protocols(orthanc, many, [ExplicitVRLittleEndian])
     # C-FIND: cancel after the first pending response. The SCP may finish the
     # 500 responses before the C-CANCEL arrives (Success is then right), so
-    # each attempt must be consistent and one of three must be cancelled.
+    # each attempt must be consistent and one of ten must be cancelled (on a
+    # loaded machine the requester may be the slow side several times).
     outcomes = []
-    for attempt in range(3):
+    for attempt in range(10):
         find = associate(orthanc, [DPP_FIND], ae_title="GETTER")
         responses = find.send_c_find(find_identifier(), DPP_FIND, msg_id=7 + attempt)
         status, _ = next(responses)

@@ -20,6 +20,7 @@ from pydicom.uid import (
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from orthanc_dpp.config import KEYS
 from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES
 from tests.dpp_factory import make_library, make_non_dpp, make_protocol, to_bytes
 from tests.orthanc_server import HttpError, OrthancServer
@@ -236,11 +237,7 @@ def test_bad_configuration_is_reported_and_orthanc_stays_up(make_server) -> None
     assert status["Configuration"]["Valid"] is False
     assert status["Configuration"]["Errors"] == [
         "DefinedProcedureProtocol.Port: must be a whole number (got 'eleven')",
-        "DefinedProcedureProtocol.Prot: unknown key (known keys: AETitle, AcseTimeout, "
-        "BindAddress, ChangePollInterval, CheckCalledAETitle, DimseTimeout, Enabled, "
-        "MaximumAssociations, MaximumFindResults, MaximumPduSize, NetworkTimeout, "
-        "PendingResponseInterval, Port, PythonPath, ReceivedInstanceHook, ReconcileInterval, "
-        "ReportMissingInstances, SnapshotInterval, UnknownCallers)",
+        "DefinedProcedureProtocol.Prot: unknown key (known keys: " + ", ".join(sorted(KEYS)) + ")",
     ]
     assert status["Listener"]["State"] == "stopped"
     assert "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in (

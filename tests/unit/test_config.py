@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_dpp.config import ConfigError, Normalization, Settings, parse_settings
+from orthanc_dpp.config import (
+    KEYS,
+    NORMALIZATION_KEYS,
+    ConfigError,
+    Normalization,
+    Settings,
+    parse_settings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,3 +130,16 @@ def test_shipped_orthanc_json_is_valid():
     # Its comment says the values shown are the defaults, BindAddress aside.
     assert dataclasses.replace(settings, bind_address=Settings().bind_address) == Settings()
     assert configuration["PythonScript"] == "plugin/dpp_plugin.py"
+
+
+def test_every_key_is_documented_in_readme_and_shown_in_orthanc_json():
+    """README's configuration table and the shipped orthanc.json name every key."""
+    readme = (REPO / "README.md").read_text()
+    configuration = json.loads(strip_json_comments((REPO / "orthanc.json").read_text()))
+    shown = configuration["DefinedProcedureProtocol"]
+    for key in KEYS:
+        assert f"| `{key}` |" in readme, f"{key} is missing from README's table"
+        assert key in shown, f"{key} is missing from orthanc.json"
+    for key in NORMALIZATION_KEYS:
+        assert f"| `Normalization.{key}` |" in readme
+        assert key in shown["Normalization"]

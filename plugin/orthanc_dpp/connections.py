@@ -1,0 +1,298 @@
+"""Deadlines and limits for the connections the DPP listener accepts.
+
+pynetdicom 3.0 reads each PDU with blocking ``recv`` calls on accepted
+sockets that have no timeout, before ``MaximumAssociations`` and its own
+ACSE and network timers can act: a peer that sends a PDU header and goes
+silent (or a half-open connection) keeps an association thread, and its
+slot, forever, and when the ACSE timer fires the association thread then
+waits for its reader forever too. Twelve such connections locked every
+modality out and kept Orthanc from stopping.
+
+:class:`ConnectionGuard` bounds all of that from outside pynetdicom:
+
+- every accepted socket gets a timeout, so a peer silent in the middle of
+  a PDU is dropped (``AcseTimeout`` until the association is established,
+  ``NetworkTimeout`` after);
+- a connection that has not established an association within
+  ``AcseTimeout`` is shut down by a watchdog thread (shutting a socket down
+  wakes a reader blocked on it);
+- connections are limited per remote address and in total; over the limit
+  the socket is closed at once, before pynetdicom makes an association
+  (and a thread) for it (:meth:`ConnectionGuard.verify`);
+- a PDU announcing more bytes than the listener accepts (``MaximumPduSize``
+  for P-DATA, :data:`MAXIMUM_OTHER_PDU` for the rest) is answered with an
+  A-ABORT and the connection closed, before any of it is read;
+- :meth:`ConnectionGuard.close_all` shuts every socket so that the listener
+  stops within seconds whatever the peers do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.pdu import A_ABORT_RQ
+
+log = logging.getLogger("orthanc_dpp.listener")
+
+#: Largest PDU other than P-DATA-TF accepted (an A-ASSOCIATE-RQ with many
+#: presentation contexts and user identity is a few KiB).
+MAXIMUM_OTHER_PDU = 1 << 20
+P_DATA_TF = 0x04
+#: Bytes of the PDU header: type, reserved, length (PS3.8 9.3).
+PDU_HEADER = 6
+#: Seconds between sweeps of the watchdog thread.
+SWEEP_INTERVAL = 0.25
+#: Seconds between two log lines about refusals from one address.
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+class PduTooLarge(OSError):
+    """The peer announced a PDU larger than the listener accepts."""
+
+
+@dataclass
+class Limits:
+    """What the guard enforces (from the plugin's settings)."""
+
+    acse_timeout: float
+    network_timeout: float
+    maximum_pdu_size: int  # 0: no limit of our own for P-DATA
+    per_address: int
+    total: int
+
+
+@dataclass
+class _Connection:
+    assoc: Any
+    address: str
+    opened: float
+    established: bool = False
+    dropped: bool = False
+
+
+@dataclass
+class _Refusals:
+    count: int = 0
+    logged_at: float = field(default=-REFUSAL_LOG_INTERVAL)
+
+
+def _raw_socket(assoc: Any) -> socket.socket | None:
+    with contextlib.suppress(AttributeError):
+        return assoc.dul.socket.socket
+    return None
+
+
+def _shut(sock: socket.socket | None) -> None:
+    """Shut a socket down from any thread: a reader blocked on it returns at once."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def abort_pdu() -> bytes:
+    """An A-ABORT-RQ from the service provider, reason "unexpected PDU parameter"."""
+    pdu = A_ABORT_RQ()
+    pdu.source = 0x02
+    pdu.reason_diagnostic = 0x06
+    return pdu.encode()
+
+
+class ConnectionGuard:
+    """Tracks accepted connections; see the module docstring."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self.clock = clock
+        self._connections: dict[int, _Connection] = {}
+        self._refusals: dict[str, _Refusals] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- pynetdicom event handlers -------------------------------------------------
+
+    def handlers(self) -> list[tuple[Any, Callable[[evt.Event], None]]]:
+        return [
+            (evt.EVT_CONN_OPEN, self.on_open),
+            (evt.EVT_ESTABLISHED, self.on_established),
+            (evt.EVT_CONN_CLOSE, self.on_close),
+        ]
+
+    def verify(self, request: Any, client_address: Any) -> bool:
+        """``socketserver``'s ``verify_request``: admit a new connection or close it.
+
+        Called on the server thread before pynetdicom makes an association
+        (and a thread) for the connection, so a refused one costs nothing.
+        """
+        address = str(client_address[0]) if client_address else "?"
+        with self._lock:
+            self._prune()
+            same = sum(1 for c in self._connections.values() if c.address == address)
+            if same >= self.limits.per_address:
+                reason = (
+                    f"{same} connections from {address} already open "
+                    f"(MaximumConnectionsPerAddress {self.limits.per_address})"
+                )
+            elif len(self._connections) >= self.limits.total:
+                reason = (
+                    f"{len(self._connections)} connections open in total "
+                    f"(limit {self.limits.total}: twice MaximumAssociations)"
+                )
+            else:
+                return True
+            self._refused(address, reason)
+        return False
+
+    def on_open(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        address = str(event.address[0]) if event.address else "?"
+        sock = _raw_socket(assoc)
+        with self._lock:
+            self._connections[id(assoc)] = _Connection(assoc, address, self.clock())
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.limits.acse_timeout)
+            self._limit_pdus(assoc)
+
+    def on_established(self, event: evt.Event) -> None:
+        with self._lock:
+            connection = self._connections.get(id(event.assoc))
+            if connection is not None:
+                connection.established = True
+        sock = _raw_socket(event.assoc)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.limits.network_timeout)
+
+    def on_close(self, event: evt.Event) -> None:
+        with self._lock:
+            self._connections.pop(id(event.assoc), None)
+
+    # -- PDU size --------------------------------------------------------------------
+
+    def _limit_pdus(self, assoc: Any) -> None:
+        """Check each PDU header before pynetdicom reads the PDU's body.
+
+        pynetdicom's reader asks for the 6-byte header, then for exactly the
+        length the header announces; the check sits between the two.
+        """
+        reader = assoc.dul.socket
+        read = reader.recv
+        header: list[bytes] = [b""]
+        limits = self.limits
+
+        def recv(count: int) -> bytearray:
+            if count == PDU_HEADER:
+                data = read(count)
+                header[0] = bytes(data)
+                return data
+            if len(header[0]) == PDU_HEADER:
+                pdu_type, _, length = struct.unpack(">BBL", header[0])
+                header[0] = b""
+                allowed = MAXIMUM_OTHER_PDU
+                if pdu_type == P_DATA_TF and limits.maximum_pdu_size:
+                    # PS3.8 D.1: the maximum length bounds the variable field,
+                    # which is what the header's length counts.
+                    allowed = limits.maximum_pdu_size
+                elif pdu_type == P_DATA_TF:
+                    allowed = 1 << 32
+                if count == length and length > allowed:
+                    self._refuse_pdu(assoc, pdu_type, length, allowed)
+            return read(count)
+
+        reader.recv = recv
+
+    def _refuse_pdu(self, assoc: Any, pdu_type: int, length: int, allowed: int) -> None:
+        sock = _raw_socket(assoc)
+        address = "?"
+        with self._lock:
+            connection = self._connections.get(id(assoc))
+            if connection is not None:
+                address = connection.address
+                connection.dropped = True
+        log.warning(
+            "Aborted the association with %s: PDU of type 0x%02X announces %d bytes, more "
+            "than the %d accepted (MaximumPduSize)",
+            address,
+            pdu_type,
+            length,
+            allowed,
+        )
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.sendall(abort_pdu())
+        _shut(sock)
+        raise PduTooLarge(f"PDU of {length} bytes refused")
+
+    # -- the watchdog ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="dpp-connection-guard", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SWEEP_INTERVAL):
+            self.sweep()
+
+    def sweep(self) -> list[str]:
+        """Drop connections without an association after AcseTimeout; return their addresses."""
+        now = self.clock()
+        late: list[_Connection] = []
+        with self._lock:
+            self._prune()
+            for connection in self._connections.values():
+                overdue = now - connection.opened > self.limits.acse_timeout
+                if not connection.established and not connection.dropped and overdue:
+                    connection.dropped = True
+                    late.append(connection)
+        for connection in late:
+            log.warning(
+                "Dropped the connection from %s: no association within AcseTimeout (%g s)",
+                connection.address,
+                self.limits.acse_timeout,
+            )
+            _shut(_raw_socket(connection.assoc))
+        return [c.address for c in late]
+
+    def _prune(self) -> None:
+        """Forget connections whose association thread has ended (lock held)."""
+        for key in [k for k, c in self._connections.items() if not c.assoc.is_alive()]:
+            connection = self._connections[key]
+            # A thread not started yet is not alive either: keep fresh ones.
+            if connection.dropped or self.clock() - connection.opened > 1.0:
+                del self._connections[key]
+
+    def _refused(self, address: str, reason: str) -> None:
+        """Log refusals from one address at most every REFUSAL_LOG_INTERVAL seconds."""
+        refusals = self._refusals.setdefault(address, _Refusals())
+        refusals.count += 1
+        now = self.clock()
+        if now - refusals.logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning("Refused %d connection(s) from %s: %s", refusals.count, address, reason)
+            refusals.count, refusals.logged_at = 0, now
+
+    def open_connections(self) -> int:
+        with self._lock:
+            self._prune()
+            return len(self._connections)
+
+    def close_all(self) -> None:
+        """Shut every tracked socket down and stop the watchdog (listener stop)."""
+        self._stop.set()
+        with self._lock:
+            connections = list(self._connections.values())
+        for connection in connections:
+            connection.dropped = True
+            _shut(_raw_socket(connection.assoc))
+        if self._thread is not None:
+            self._thread.join(5)

@@ -1,0 +1,172 @@
+"""Stalled, half-open, oversized and garbage connections against the real Orthanc.
+
+Each test ends the way an administrator would check: Orthanc answers, a
+new association works at once, and the stored protocols are unchanged
+(count and SHA-256 of every file). Everything is on loopback and bounded in
+time; 127.0.0.2 plays a second host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from tests.dpp_factory import make_library
+from tests.orthanc_server import OrthancServer
+from tests.peers import associate, store_protocols
+
+ACSE_TIMEOUT = 2
+NETWORK_TIMEOUT = 3
+PER_ADDRESS = 4
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    server = OrthancServer(
+        tmp_path_factory.mktemp("hostile"),
+        dpp={
+            "AcseTimeout": ACSE_TIMEOUT,
+            "NetworkTimeout": NETWORK_TIMEOUT,
+            "MaximumAssociations": 10,
+            "MaximumConnectionsPerAddress": PER_ADDRESS,
+        },
+    )
+    with server:
+        store_protocols(server, make_library(12, seed=7100))
+        yield server
+
+
+def library_digest(orthanc: OrthancServer) -> dict[str, str]:
+    """SOP Instance UID -> SHA-256 of the stored file, for every protocol."""
+    listing = orthanc.get_json("/dpp/protocols?limit=1000")
+    uids = [p["SOPInstanceUID"] for p in listing["Protocols"]]
+    return {
+        uid: hashlib.sha256(orthanc.get(f"/dpp/protocols/{uid}/file")).hexdigest() for uid in uids
+    }
+
+
+@pytest.fixture
+def unchanged(orthanc: OrthancServer) -> Iterator[None]:
+    """After the test: Orthanc answers, a new association works, the library is intact."""
+    before = library_digest(orthanc)
+    yield
+    assert orthanc.get_json("/system")["Version"]
+    assoc = associate(orthanc, [Verification])
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert library_digest(orthanc) == before
+
+
+def connect(orthanc: OrthancServer, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", orthanc.dpp_port), 5, (source, 0))
+    sock.settimeout(ACSE_TIMEOUT + NETWORK_TIMEOUT + 5)
+    return sock
+
+
+def closed_by_peer(sock: socket.socket) -> bytes:
+    """Read until the listener closes the connection; what it sent before."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def association_works(orthanc: OrthancServer, source: str = "127.0.0.1") -> bool:
+    ae = AE(ae_title="TEST_SCU")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 5
+    assoc = ae.associate(
+        "127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet, bind_address=(source, 0)
+    )
+    if not assoc.is_established:
+        return False
+    ok = assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    return ok
+
+
+def test_stalled_pdu_headers_are_dropped_and_lock_nobody_out(orthanc, unchanged) -> None:
+    stalled = [connect(orthanc) for _ in range(12)]
+    for sock in stalled:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 200))  # A-ASSOCIATE-RQ header, then silence
+    # Another host is served at once: one address holds at most PER_ADDRESS slots.
+    started = time.monotonic()
+    assert association_works(orthanc, source="127.0.0.2")
+    # Every stalled connection is closed by the listener within AcseTimeout.
+    for sock in stalled:
+        assert closed_by_peer(sock) == b""
+        sock.close()
+    assert time.monotonic() - started < ACSE_TIMEOUT + 3
+    assert association_works(orthanc)
+    assert "Dropped the connection from 127.0.0.1: no association within AcseTimeout" in (
+        orthanc.log()
+    )
+    assert f"(MaximumConnectionsPerAddress {PER_ADDRESS})" in orthanc.log()
+
+
+def test_silent_connection_without_any_pdu_is_dropped(orthanc, unchanged) -> None:
+    sock = connect(orthanc)
+    started = time.monotonic()
+    assert closed_by_peer(sock) == b""
+    assert time.monotonic() - started < ACSE_TIMEOUT + 2
+    sock.close()
+
+
+def test_stall_inside_a_pdu_after_association_is_dropped(orthanc, unchanged) -> None:
+    assoc = associate(orthanc, [Verification])
+    raw = assoc.dul.socket.socket
+    # A P-DATA-TF header announcing 100 bytes, then 10 of them and silence.
+    raw.sendall(struct.pack(">BBL", 0x04, 0, 100) + b"\x00" * 10)
+    started = time.monotonic()
+    deadline = started + NETWORK_TIMEOUT + 5
+    while assoc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not assoc.is_established
+    assert time.monotonic() - started < NETWORK_TIMEOUT + 3
+
+
+def test_pdu_larger_than_maximum_is_aborted_before_it_is_read(orthanc, unchanged) -> None:
+    assoc = associate(orthanc, [Verification])
+    raw = assoc.dul.socket.socket
+    assoc.dul.socket.recv = lambda n: bytearray()  # keep pynetdicom's reader off the socket
+    raw.sendall(struct.pack(">BBL", 0x04, 0, 100 * 1024 * 1024) + b"\x00" * 1024)
+    answer = closed_by_peer(raw)
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert "announces 104857600 bytes, more than the 16382 accepted (MaximumPduSize)" in (
+        orthanc.log()
+    )
+    assoc.abort()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_garbage_bytes_close_the_connection(orthanc, unchanged, seed: int) -> None:
+    sock = connect(orthanc)
+    sock.sendall(os.urandom(512))
+    closed_by_peer(sock)
+    sock.close()
+
+
+def test_orthanc_stops_promptly_with_stalled_connections(make_server) -> None:
+    server = make_server(dpp={"AcseTimeout": 600, "NetworkTimeout": 600})
+    server.start()
+    stalled = [connect(server) for _ in range(4)]
+    for sock in stalled:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 200))
+    established = associate(server, [Verification])
+    established.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, 100))
+    started = time.monotonic()
+    assert server.stop(timeout=20) == 0
+    assert time.monotonic() - started < 15
+    for sock in stalled:
+        sock.close()
