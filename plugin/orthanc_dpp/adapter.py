@@ -32,7 +32,7 @@ from pynetdicom import evt
 from orthanc_dpp import __version__, snapshot
 from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
-from orthanc_dpp.feed import IndexFeed
+from orthanc_dpp.feed import IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import (
     IndexedSource,
@@ -261,7 +261,16 @@ class Plugin:
                 log.error("Configuration error, DPP listener not started: %s", message)
             return
         settings = self.settings
-        self.library = ProtocolLibrary(OrthancRestApi(orthanc), settings.normalization)
+        # One SOP Instance UID, one protocol; Orthanc's OverwriteInstances
+        # says whether a newcomer replaces the stored one.
+        overwrite = configuration.get("OverwriteInstances") is True
+        self.index.newest_wins = overwrite
+        self.library = ProtocolLibrary(
+            OrthancRestApi(orthanc),
+            settings.normalization,
+            stored_as=self._stored_as,
+            overwrite=overwrite,
+        )
         self.feed = IndexFeed(
             self.library,
             self.index,
@@ -303,9 +312,18 @@ class Plugin:
 
     # -- events --------------------------------------------------------------
 
+    def _stored_as(self, sop_instance_uid: str) -> str | None:
+        entry = self.index.get(sop_instance_uid)
+        return entry.orthanc_id if entry is not None else None
+
     def on_stored(self, stored: Stored) -> None:
-        if stored.dataset is not None and stored.orthanc_id:
-            self.index.put(stored.orthanc_id, stored.dataset)
+        if stored.dataset is None or not stored.orthanc_id:
+            return
+        other = self.index.put(stored.orthanc_id, stored.dataset)
+        if other is not None:  # stored through another node meanwhile
+            report_duplicate(stored.sop_instance_uid, other, stored.orthanc_id, self.index)
+        if self.feed is not None:
+            self.feed.indexed_here(stored.orthanc_id)
 
     def on_deleted(self, orthanc_id: str) -> None:
         self.index.remove(orthanc_id)

@@ -9,7 +9,8 @@ index entries whose instance no longer exists.
 
 One worker thread does all reading; Orthanc's callbacks only call
 :meth:`IndexFeed.wake` or :meth:`IndexFeed.forget`, both of which return at
-once.
+once (the worker checks that a reported deletion is real before dropping
+the entry: an overwritten instance is deleted and stored again).
 """
 
 from __future__ import annotations
@@ -34,22 +35,46 @@ from orthanc_dpp.sop import STORAGE_CLASSES
 log = logging.getLogger("orthanc_dpp.feed")
 
 CHANGES_PAGE = 1000
+#: Seconds a "stored and indexed here" mark stays valid.
+FRESH_SECONDS = 60.0
 
 
 class Index(Protocol):
     """What the feed needs of :class:`orthanc_dpp.index.ProtocolIndex`."""
 
-    def put(self, orthanc_id: str, ds: Dataset) -> None: ...
+    def put(self, orthanc_id: str, ds: Dataset) -> str | None: ...
 
     def remove(self, orthanc_id: str) -> bool: ...
 
     def orthanc_ids(self) -> set[str]: ...
 
-    def put_record(self, orthanc_id: str, record: Record) -> None: ...
+    def put_record(self, orthanc_id: str, record: Record) -> str | None: ...
 
     def snapshot(self) -> list[Any]: ...
 
     version: int
+
+
+def report_duplicate(uid: str, other: str, newcomer: str, index: Any) -> None:
+    """Log a second Orthanc instance with an indexed SOP Instance UID, and what wins."""
+    if getattr(index, "newest_wins", False):
+        log.warning(
+            "SOP Instance UID %s: Orthanc instance %s replaces %s in the index "
+            "(OverwriteInstances); C-FIND, C-GET, C-MOVE and /dpp/ answer with the newer",
+            uid,
+            newcomer,
+            other,
+        )
+    else:
+        log.error(
+            "SOP Instance UID %s is stored twice in Orthanc: %s is indexed, %s is ignored; "
+            "C-FIND, C-GET, C-MOVE and /dpp/ answer with %s. Delete %s",
+            uid,
+            other,
+            newcomer,
+            other,
+            newcomer,
+        )
 
 
 class IndexFeed:
@@ -84,6 +109,15 @@ class IndexFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one catch-up at a time
+        # Instances this node has just indexed itself: their NewInstance
+        # change needs no second read. Any other NewInstance is read again,
+        # even for a known ID: Orthanc records one when an instance is
+        # overwritten (OverwriteInstances), on this node or another.
+        # Marks expire (FRESH_SECONDS), so one that the change feed overtook
+        # cannot hide a later overwrite for long.
+        self._fresh: dict[str, float] = {}
+        self._deleted: set[str] = set()  # DELETED events not yet checked
+        self._fresh_lock = threading.Lock()
 
     # -- reading Orthanc ---------------------------------------------------
 
@@ -108,6 +142,19 @@ class IndexFeed:
         except OrthancError:
             return None
 
+    def indexed_here(self, orthanc_id: str) -> None:
+        """This node stored and indexed ``orthanc_id``: skip its next NewInstance change."""
+        with self._fresh_lock:
+            now = time.monotonic()
+            if len(self._fresh) > 10_000:
+                self._fresh = {k: t for k, t in self._fresh.items() if now - t < FRESH_SECONDS}
+            self._fresh[orthanc_id] = now
+
+    def _take_fresh(self, orthanc_id: str) -> bool:
+        with self._fresh_lock:
+            marked = self._fresh.pop(orthanc_id, None)
+            return marked is not None and time.monotonic() - marked < FRESH_SECONDS
+
     def _index_instance(self, orthanc_id: str) -> bool:
         sop_class = self._sop_class(orthanc_id)
         if sop_class not in STORAGE_CLASSES:
@@ -119,8 +166,10 @@ class IndexFeed:
         except Exception as exc:  # a damaged file must not stop the feed
             log.error("Cannot index instance %s: %s", orthanc_id, exc)
             return False
-        self.index.put(orthanc_id, ds)
-        return True
+        other = self.index.put(orthanc_id, ds)
+        if other is not None:
+            report_duplicate(str(ds.get("SOPInstanceUID", "")), other, orthanc_id, self.index)
+        return other is None or bool(getattr(self.index, "newest_wins", False))
 
     # -- the three ways the index changes -------------------------------
 
@@ -128,11 +177,10 @@ class IndexFeed:
         """Index every new instance in ``/changes``; return how many were added."""
         with self._lock:
             added = 0
-            known = self.index.orthanc_ids()
             for seq, change in self._changes(self.last_seq):
                 if (
                     change.get("ChangeType") == "NewInstance"
-                    and change["ID"] not in known
+                    and not self._take_fresh(change["ID"])
                     and self._index_instance(change["ID"])
                 ):
                     added += 1
@@ -140,8 +188,25 @@ class IndexFeed:
             return added
 
     def forget(self, orthanc_id: str) -> None:
-        """This node deleted an instance (Orthanc's DELETED callback)."""
-        self.index.remove(orthanc_id)
+        """Orthanc's DELETED callback for an instance: drop it once it is really gone.
+
+        Returns at once; the worker checks. An instance overwritten under
+        ``OverwriteInstances`` is deleted and stored again under the same ID,
+        and its DELETED event may arrive after the new copy is indexed.
+        """
+        with self._fresh_lock:
+            self._deleted.add(orthanc_id)
+        self._wake.set()
+
+    def apply_deletions(self) -> int:
+        """Remove the instances reported deleted that Orthanc no longer has."""
+        with self._fresh_lock:
+            pending, self._deleted = self._deleted, set()
+        removed = 0
+        for orthanc_id in pending:
+            if self._sop_class(orthanc_id) is None and self.index.remove(orthanc_id):
+                removed += 1
+        return removed
 
     def _library_instances(self) -> set[str]:
         """IDs of the instances in the library series, in one call per series.
@@ -258,6 +323,7 @@ class IndexFeed:
                 if not self.ready:
                     self.load()
                 else:
+                    self.apply_deletions()
                     self.catch_up()
                 if self.on_tick is not None:
                     self.on_tick()

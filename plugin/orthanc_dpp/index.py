@@ -181,7 +181,13 @@ _NORMS: Final[dict[int, Callable[[Any], Any]]] = {
 class ProtocolIndex:
     """Thread-safe index of stored protocols; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, newest_wins: bool = False) -> None:
+        #: One SOP Instance UID, one entry. When a second Orthanc instance
+        #: holds a UID already indexed under another (stored through another
+        #: node, or by a path the plugin does not guard), either the first
+        #: stays (``newest_wins`` false: Orthanc keeps first copies) or the
+        #: newcomer replaces it (Orthanc's OverwriteInstances).
+        self.newest_wins = newest_wins
         self._lock = threading.Lock()
         self._numbers = itertools.count()
         self.version = 0  # bumped by every change: tells when a snapshot is stale
@@ -195,28 +201,54 @@ class ProtocolIndex:
 
     # -- changes -----------------------------------------------------------------
 
-    def put(self, orthanc_id: str, ds: Dataset) -> None:
-        """Index ``ds`` (the instance as received) under ``orthanc_id``, replacing any."""
-        self.put_record(orthanc_id, to_record(ds))  # to_record: the slow part, unlocked
+    def put(self, orthanc_id: str, ds: Dataset) -> str | None:
+        """Index ``ds`` (the instance as received) under ``orthanc_id``, replacing any.
 
-    def put_record(self, orthanc_id: str, record: Record) -> None:
-        """Index an already built record (from a snapshot) under ``orthanc_id``."""
+        Returns the Orthanc ID of another instance with the same SOP Instance
+        UID, if there was one: kept (and ``ds`` not indexed) or replaced,
+        as ``newest_wins`` says.
+        """
+        return self.put_record(orthanc_id, to_record(ds))  # to_record: the slow part, unlocked
+
+    def put_record(self, orthanc_id: str, record: Record) -> str | None:
+        """Index an already built record (from a snapshot) under ``orthanc_id``; see :meth:`put`."""
         keys = _index_keys(record)
+        uid = str(record.first(SOP_INSTANCE_UID) or "")
         with self._lock:
-            self.version += 1
-            number = self._by_orthanc_id.get(orthanc_id)
-            if number is not None:
-                self._unindex(self._entries[number])  # keeps its place in the order
-            else:
-                number = next(self._numbers)
-            entry = Entry(number, orthanc_id, record)
-            self._entries[number] = entry
-            self._by_orthanc_id[orthanc_id] = number
-            if entry.sop_instance_uid:
-                _add(self._by_uid, entry.sop_instance_uid, number)
-            self._by_class.setdefault(entry.sop_class_uid, set()).add(number)
-            for path, key in keys:
-                _add(self._values[path], key, number)
+            other = self._other_holder(orthanc_id, uid)
+            if other is not None:
+                if not self.newest_wins:
+                    return other.orthanc_id
+                self._by_orthanc_id.pop(other.orthanc_id, None)
+                del self._entries[other.number]
+                self._unindex(other)
+            self._store(orthanc_id, record, keys)
+            return None if other is None else other.orthanc_id
+
+    def _other_holder(self, orthanc_id: str, uid: str) -> Entry | None:
+        """The entry of another Orthanc instance with SOP Instance UID ``uid`` (lock held)."""
+        for number in _ids(self._by_uid.get(uid)) if uid else ():
+            entry = self._entries[number]
+            if entry.orthanc_id != orthanc_id:
+                return entry
+        return None
+
+    def _store(self, orthanc_id: str, record: Record, keys: set[tuple[Path, Any]]) -> None:
+        """Index ``record`` under ``orthanc_id`` (lock held)."""
+        self.version += 1
+        number = self._by_orthanc_id.get(orthanc_id)
+        if number is not None:
+            self._unindex(self._entries[number])  # keeps its place in the order
+        else:
+            number = next(self._numbers)
+        entry = Entry(number, orthanc_id, record)
+        self._entries[number] = entry
+        self._by_orthanc_id[orthanc_id] = number
+        if entry.sop_instance_uid:
+            _add(self._by_uid, entry.sop_instance_uid, number)
+        self._by_class.setdefault(entry.sop_class_uid, set()).add(number)
+        for path, key in keys:
+            _add(self._values[path], key, number)
 
     def remove(self, orthanc_id: str) -> bool:
         """Forget ``orthanc_id``; False if it was not indexed."""
@@ -244,7 +276,7 @@ class ProtocolIndex:
     # -- lookups -----------------------------------------------------------------
 
     def get(self, sop_instance_uid: str) -> Entry | None:
-        """The entry with this SOP Instance UID (the latest stored, if several)."""
+        """The entry with this SOP Instance UID (one at most: see ``newest_wins``)."""
         with self._lock:
             numbers = list(_ids(self._by_uid.get(sop_instance_uid)))
             return self._entries[max(numbers)] if numbers else None

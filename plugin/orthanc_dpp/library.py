@@ -13,12 +13,15 @@ module runs unchanged against the real plugin API and against test fakes.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import logging
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -191,11 +194,50 @@ def check_storable(ds: Dataset, context_sop_class: str | None = None) -> tuple[s
 
 
 class ProtocolLibrary:
-    """DPP instances in Orthanc's database, reached through :class:`OrthancApi`."""
+    """DPP instances in Orthanc's database, reached through :class:`OrthancApi`.
 
-    def __init__(self, api: OrthancApi, labels: Normalization) -> None:
+    One SOP Instance UID is one protocol. ``stored_as`` tells which Orthanc
+    instance already holds a UID (the index); a store that would make a
+    second Orthanc instance with that UID (other patient, study or series
+    in the file) is refused, unless ``overwrite`` (Orthanc's
+    ``OverwriteInstances``) says the newcomer replaces it, in which case
+    the old instance is deleted once the new one is stored. A resend of a
+    stored UID with other content is refused too when Orthanc keeps the
+    stored copy: answering Success would drop the sender's content
+    silently. Two stores of one UID at the same time are not raced: the
+    second is refused while the first runs.
+    """
+
+    def __init__(
+        self,
+        api: OrthancApi,
+        labels: Normalization,
+        *,
+        stored_as: Callable[[str], str | None] | None = None,
+        overwrite: bool = False,
+    ) -> None:
         self.api = api
         self.labels = labels
+        self.stored_as = stored_as or (lambda uid: None)
+        self.overwrite = overwrite
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _claim(self, sop_instance: str) -> Iterator[None]:
+        with self._in_flight_lock:
+            if sop_instance in self._in_flight:
+                raise StoreError(
+                    status.DUPLICATE_SOP_INSTANCE,
+                    409,
+                    f"SOP Instance UID being stored by another request, retry: {sop_instance}",
+                )
+            self._in_flight.add(sop_instance)
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(sop_instance)
 
     def store(
         self,
@@ -216,6 +258,9 @@ class ProtocolLibrary:
         except normalize.NormalizationError as exc:
             raise StoreError(status.STORE_CANNOT_UNDERSTAND, 400, str(exc)) from exc
         try:
+            target = orthanc_resource_id(
+                str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop_instance
+            )
             body = encode_part10(ds) if result.changed or encoded is None else encoded
         except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(
@@ -223,6 +268,37 @@ class ProtocolLibrary:
             ) from exc
         finally:
             normalize.reverse(ds)
+        with self._claim(sop_instance):
+            existing = self.stored_as(sop_instance)
+            if existing and existing != target and not self.overwrite:
+                raise StoreError(
+                    status.DUPLICATE_SOP_INSTANCE,
+                    409,
+                    "SOP Instance UID stored under other patient/study/series: "
+                    f"{sop_instance} is Orthanc instance {existing}; delete it first "
+                    "(or set OverwriteInstances)",
+                )
+            stored = self._post(ds, body, sop_class, sop_instance, result)
+            if existing and existing != stored.orthanc_id:
+                log.warning(
+                    "SOP Instance UID %s: instance %s replaced by %s (OverwriteInstances)",
+                    sop_instance,
+                    existing,
+                    stored.orthanc_id,
+                )
+                with contextlib.suppress(OrthancError):  # already gone is fine
+                    self.delete(existing)
+            return stored
+
+    def _post(
+        self,
+        ds: Dataset,
+        body: bytes,
+        sop_class: str,
+        sop_instance: str,
+        result: normalize.Normalized,
+    ) -> Stored:
+        """POST the encoded instance; an AlreadyStored answer reports the stored copy."""
         try:
             answer = json.loads(self.api.post("/instances", body))
         except OrthancError as exc:
@@ -244,14 +320,19 @@ class ProtocolLibrary:
             added=normalize.describe(result.added + result.filled),
             dataset=ds,
         )
-        if stored.status == "AlreadyStored":
-            log.warning(
-                "SOP Instance UID %s was already stored as %s; Orthanc kept the stored copy "
-                "(OverwriteInstances is false)",
-                sop_instance,
-                stored.orthanc_id,
+        if stored.status != "AlreadyStored":
+            return stored
+        kept = self.original_dataset(stored.orthanc_id)
+        if kept != ds:
+            raise StoreError(
+                status.DUPLICATE_SOP_INSTANCE,
+                409,
+                "SOP Instance UID already stored with other content (kept): "
+                f"{sop_instance}; Orthanc keeps the stored protocol (OverwriteInstances is "
+                "false): give a changed protocol a new SOP Instance UID",
             )
-        return stored
+        log.info("SOP Instance UID %s sent again, identical to the stored copy", sop_instance)
+        return dataclasses.replace(stored, dataset=kept)
 
     def stored_bytes(self, orthanc_id: str) -> bytes:
         """The file as Orthanc holds it (normalized)."""

@@ -138,10 +138,10 @@ def test_uploads_and_deletions_reach_the_index(running) -> None:
     assert stored.status == 200
     orthanc_id = stored.json()["Files"][0]["OrthancID"]
     assert plugin.index.get(ds.SOPInstanceUID).orthanc_id == orthanc_id
-    # Deleted through Orthanc itself: the DELETED callback removes it at once.
+    # Deleted through Orthanc itself: the DELETED callback has the worker drop it.
     orthanc.api.delete(f"/instances/{orthanc_id}")
     orthanc.change_callback(orthanc.ChangeType.DELETED, orthanc.ResourceType.INSTANCE, orthanc_id)
-    assert plugin.index.get(ds.SOPInstanceUID) is None
+    assert eventually(lambda: plugin.index.get(ds.SOPInstanceUID) is None)
     missing = orthanc.call_route(f"/dpp/protocols/{ds.SOPInstanceUID}")
     assert missing.status == 404
     assert missing.headers["Content-Type"] == "application/json"

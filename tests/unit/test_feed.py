@@ -65,14 +65,17 @@ def test_worker_follows_new_instances_and_reconciles_deletions() -> None:
         feed.stop()
 
 
-def test_forget_removes_at_once() -> None:
+def test_forget_removes_once_orthanc_no_longer_has_it() -> None:
     api, index = FakeOrthancApi(), ProtocolIndex()
-    store_elsewhere(api, 1, seed=5)
+    store_elsewhere(api, 2, seed=5)
     feed = make_feed(api, index)
     feed.load()
-    (orthanc_id,) = index.orthanc_ids()
-    feed.forget(orthanc_id)
-    assert len(index) == 0
+    gone, overwritten = sorted(index.orthanc_ids())
+    api.delete(f"/instances/{gone}")
+    feed.forget(gone)
+    feed.forget(overwritten)  # a DELETED event for an instance stored again since
+    assert feed.apply_deletions() == 1
+    assert index.orthanc_ids() == {overwritten}
 
 
 def test_a_failing_orthanc_is_reported_not_fatal(caplog) -> None:

@@ -177,13 +177,21 @@ def test_put_get_replace_remove() -> None:
     assert index.page(5, 5) == []
 
 
-def test_same_sop_instance_under_two_orthanc_ids() -> None:
+def test_one_sop_instance_uid_one_entry_first_stays() -> None:
     index = ProtocolIndex()
-    index.put("a", POOL[0])
-    index.put("b", POOL[0])
-    assert index.get(UIDS[0]).orthanc_id == "b"
-    index.remove("b")
+    assert index.put("a", POOL[0]) is None
+    assert index.put("b", POOL[0]) == "a"  # b is not indexed: Orthanc keeps first copies
     assert index.get(UIDS[0]).orthanc_id == "a"
+    assert index.orthanc_ids() == {"a"} and len(index) == 1
+
+
+def test_one_sop_instance_uid_one_entry_newest_wins() -> None:
+    index = ProtocolIndex(newest_wins=True)
+    index.put("a", POOL[0])
+    assert index.put("b", POOL[0]) == "a"  # replaced
+    assert index.get(UIDS[0]).orthanc_id == "b"
+    assert index.orthanc_ids() == {"b"} and len(index) == 1
+    assert index.remove("a") is False
 
 
 def test_counts_and_summary() -> None:

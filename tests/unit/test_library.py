@@ -75,11 +75,62 @@ def test_untouched_instance_is_returned_byte_for_byte(library, api):
     assert library.original_bytes(stored.orthanc_id) == data
 
 
-def test_duplicate_is_reported_as_already_stored(library, caplog):
+def test_identical_resend_is_already_stored(library, caplog):
     library.store(part10())
-    again = library.store(part10())
+    with caplog.at_level("INFO", "orthanc_dpp"):
+        again = library.store(part10(transfer_syntax=ImplicitVRLittleEndian))
     assert again.status == "AlreadyStored"
-    assert "was already stored" in caplog.text
+    assert again.dataset.ProtocolName == "Tête sans contraste 頭部"
+    assert "sent again, identical to the stored copy" in caplog.text
+
+
+def test_resend_with_other_content_is_refused_and_the_stored_copy_kept(library, api):
+    first = library.store(part10())
+    with pytest.raises(StoreError) as refused:
+        library.store(part10(ProtocolName="POISONED NAME"))
+    assert refused.value.dimse_status == status.DUPLICATE_SOP_INSTANCE == 0x0111
+    assert refused.value.http_status == 409
+    assert refused.value.reason.startswith("SOP Instance UID already stored with other content")
+    assert library.original_dataset(first.orthanc_id).ProtocolName == "Tête sans contraste 頭部"
+
+
+def uid_index(library: ProtocolLibrary) -> dict[str, str]:
+    """A stand-in for the index: which Orthanc instance holds each UID."""
+    held: dict[str, str] = {}
+    library.stored_as = held.get
+    return held
+
+
+def test_same_uid_under_another_patient_is_refused(library, api):
+    held = uid_index(library)
+    first = library.store(part10())
+    held[first.sop_instance_uid] = first.orthanc_id
+    with pytest.raises(StoreError) as refused:
+        library.store(part10(PatientID="P", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.4"))
+    assert refused.value.dimse_status == status.DUPLICATE_SOP_INSTANCE
+    assert refused.value.reason.startswith("SOP Instance UID stored under other patient/study")
+    assert first.orthanc_id in refused.value.reason
+    assert list(api.files) == [first.orthanc_id]
+
+
+def test_with_overwrite_the_newcomer_replaces_the_old_instance(api, caplog):
+    library = ProtocolLibrary(api, Normalization(), overwrite=True)
+    held = uid_index(library)
+    first = library.store(part10())
+    held[first.sop_instance_uid] = first.orthanc_id
+    second = library.store(
+        part10(PatientID="P", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.4", ProtocolName="v2")
+    )
+    assert second.orthanc_id != first.orthanc_id
+    assert list(api.files) == [second.orthanc_id]
+    assert f"instance {first.orthanc_id} replaced by {second.orthanc_id}" in caplog.text
+
+
+def test_two_stores_of_one_uid_at_once_are_not_raced(library):
+    with library._claim("1.2.826.0.1.3680043.8.498.77"), pytest.raises(StoreError) as busy:
+        library.store(part10())
+    assert busy.value.reason.startswith("SOP Instance UID being stored by another request")
+    assert library.store(part10()).status == "Success"  # free again afterwards
 
 
 def test_protocol_approval_is_storable(library):
