@@ -42,6 +42,7 @@ from orthanc_dpp.library import (
     StoreError,
     normalize_received,
 )
+from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.rest import DppRestApi, Request, Response, error, json_response
@@ -286,14 +287,21 @@ class Plugin:
         self._modalities_due = 0.0
         policy = AccessPolicy.from_orthanc(configuration, settings.unknown_callers)
         gate = Gatekeeper(self.modalities, policy)
+        limits = DatasetLimits(
+            maximum_size=settings.maximum_dataset_size,
+            maximum_depth=settings.maximum_nesting_depth,
+            maximum_values=settings.maximum_values_per_key,
+        )
         handlers = {
             evt.EVT_C_ECHO: make_echo_handler(gate),
-            evt.EVT_C_STORE: make_store_handler(self.library, gate, self.on_stored),
+            evt.EVT_C_STORE: make_store_handler(self.library, gate, self.on_stored, limits),
             evt.EVT_C_FIND: make_find_handler(
                 self.index,
                 gate,
                 max_results=settings.maximum_find_results,
                 is_ready=lambda: bool(self.feed and self.feed.ready),
+                limits=limits,
+                time_limit=settings.find_time_limit,
             ),
             **make_retrieve_handlers(
                 IndexedSource(self.index, self.library),
@@ -301,6 +309,7 @@ class Plugin:
                 policy,
                 report_missing=settings.report_missing_instances,
                 pending_interval=settings.pending_response_interval,
+                limits=limits,
             ),
         }
         self.listener = DppListener(settings, handlers)

@@ -21,7 +21,10 @@ modality out and kept Orthanc from stopping.
   (and a thread) for it (:meth:`ConnectionGuard.verify`);
 - a PDU announcing more bytes than the listener accepts (``MaximumPduSize``
   for P-DATA, :data:`MAXIMUM_OTHER_PDU` for the rest) is answered with an
-  A-ABORT and the connection closed, before any of it is read;
+  A-ABORT and the connection closed, before any of it is read; so is a
+  dataset whose fragments add up to more than ``MaximumDatasetSize``, as
+  soon as the fragment that passes it arrives (pynetdicom would otherwise
+  collect a dataset of any size in memory);
 - :meth:`ConnectionGuard.close_all` shuts every socket so that the listener
   stops within seconds whatever the peers do.
 """
@@ -68,6 +71,7 @@ class Limits:
     maximum_pdu_size: int  # 0: no limit of our own for P-DATA
     per_address: int
     total: int
+    maximum_dataset_size: int = 0  # 0: no limit on one DIMSE message's data
 
 
 @dataclass
@@ -96,6 +100,27 @@ def _shut(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def count_dataset_bytes(body: bytes, so_far: int, limit: int) -> tuple[int, bool]:
+    """Data bytes of the current DIMSE message after one P-DATA-TF body, and if over ``limit``.
+
+    Each PDV item (PS3.8 9.3.5.1) is a 4-byte length, a context ID and a
+    message control header whose bit 0 says command (1) or data (0) and bit
+    1 says last fragment; the count restarts after the last data fragment.
+    """
+    position = 0
+    while position + 6 <= len(body):
+        (item_length,) = struct.unpack_from(">L", body, position)
+        control = body[position + 5]
+        if not control & 0x01:
+            so_far += max(item_length - 2, 0)
+            if so_far > limit:
+                return so_far, True
+            if control & 0x02:
+                so_far = 0
+        position += 4 + item_length
+    return so_far, False
 
 
 def abort_pdu() -> bytes:
@@ -188,6 +213,7 @@ class ConnectionGuard:
         reader = assoc.dul.socket
         read = reader.recv
         header: list[bytes] = [b""]
+        dataset = [0]  # data bytes of the DIMSE message being received
         limits = self.limits
 
         def recv(count: int) -> bytearray:
@@ -195,42 +221,66 @@ class ConnectionGuard:
                 data = read(count)
                 header[0] = bytes(data)
                 return data
-            if len(header[0]) == PDU_HEADER:
-                pdu_type, _, length = struct.unpack(">BBL", header[0])
-                header[0] = b""
-                allowed = MAXIMUM_OTHER_PDU
-                if pdu_type == P_DATA_TF and limits.maximum_pdu_size:
-                    # PS3.8 D.1: the maximum length bounds the variable field,
-                    # which is what the header's length counts.
-                    allowed = limits.maximum_pdu_size
-                elif pdu_type == P_DATA_TF:
-                    allowed = 1 << 32
-                if count == length and length > allowed:
-                    self._refuse_pdu(assoc, pdu_type, length, allowed)
-            return read(count)
+            if len(header[0]) != PDU_HEADER:
+                return read(count)
+            pdu_type, _, length = struct.unpack(">BBL", header[0])
+            header[0] = b""
+            allowed = MAXIMUM_OTHER_PDU
+            if pdu_type == P_DATA_TF and limits.maximum_pdu_size:
+                # PS3.8 D.1: the maximum length bounds the variable field,
+                # which is what the header's length counts.
+                allowed = limits.maximum_pdu_size
+            elif pdu_type == P_DATA_TF:
+                allowed = 1 << 32
+            if count == length and length > allowed:
+                self._refuse_pdu(assoc, pdu_type, length, allowed)
+            body = read(count)
+            if pdu_type == P_DATA_TF and limits.maximum_dataset_size:
+                dataset[0], over = count_dataset_bytes(
+                    body, dataset[0], limits.maximum_dataset_size
+                )
+                if over:
+                    self._refuse_dataset(assoc, dataset[0])
+            return body
 
         reader.recv = recv
 
-    def _refuse_pdu(self, assoc: Any, pdu_type: int, length: int, allowed: int) -> None:
-        sock = _raw_socket(assoc)
-        address = "?"
+    def _refuse_dataset(self, assoc: Any, size: int) -> None:
+        log.warning(
+            "Aborted the association with %s: a dataset of more than %d bytes "
+            "(MaximumDatasetSize) was being sent",
+            self._address_of(assoc),
+            self.limits.maximum_dataset_size,
+        )
+        self._abort(assoc)
+        raise PduTooLarge(f"dataset over {size} bytes refused")
+
+    def _address_of(self, assoc: Any) -> str:
         with self._lock:
             connection = self._connections.get(id(assoc))
-            if connection is not None:
-                address = connection.address
-                connection.dropped = True
-        log.warning(
-            "Aborted the association with %s: PDU of type 0x%02X announces %d bytes, more "
-            "than the %d accepted (MaximumPduSize)",
-            address,
-            pdu_type,
-            length,
-            allowed,
-        )
+            if connection is None:
+                return "?"
+            connection.dropped = True
+            return connection.address
+
+    def _abort(self, assoc: Any) -> None:
+        """An A-ABORT to the peer, then the connection shut down."""
+        sock = _raw_socket(assoc)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.sendall(abort_pdu())
         _shut(sock)
+
+    def _refuse_pdu(self, assoc: Any, pdu_type: int, length: int, allowed: int) -> None:
+        log.warning(
+            "Aborted the association with %s: PDU of type 0x%02X announces %d bytes, more "
+            "than the %d accepted (MaximumPduSize)",
+            self._address_of(assoc),
+            pdu_type,
+            length,
+            allowed,
+        )
+        self._abort(assoc)
         raise PduTooLarge(f"PDU of {length} bytes refused")
 
     # -- the watchdog ----------------------------------------------------------------

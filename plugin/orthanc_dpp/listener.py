@@ -136,6 +136,7 @@ class DppListener:
                     acse_timeout=s.acse_timeout,
                     network_timeout=s.network_timeout,
                     maximum_pdu_size=s.maximum_pdu_size,
+                    maximum_dataset_size=s.maximum_dataset_size,
                     per_address=s.maximum_connections_per_address,
                     total=2 * s.maximum_associations,
                 )

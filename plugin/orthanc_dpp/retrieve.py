@@ -53,12 +53,18 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom import service_class as pynetdicom_service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from orthanc_dpp import sop, status
 from orthanc_dpp.access import AccessPolicy, Service, decide
+from orthanc_dpp.limits import (
+    DatasetLimits,
+    LimitExceeded,
+    check_values_per_key,
+    decode_dimse_dataset,
+)
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.modalities import Modality, ModalityRegistry
 from orthanc_dpp.suboperations import (
@@ -353,8 +359,10 @@ class RetrieveHandler:
         storage_classes: Iterable[str] = sop.DPP_STORAGE_CLASSES,
         tls_context: ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
+        limits: DatasetLimits | None = None,
     ) -> None:
         self.kind = kind
+        self.limits = limits or DatasetLimits()
         self.service = Service.GET if kind == "get" else Service.MOVE
         self.source = source
         self.modalities = modalities
@@ -399,11 +407,17 @@ class RetrieveHandler:
             reply.refuse(status.NOT_AUTHORIZED, decision.reason)
             return
         try:
-            ts = UID(context.transfer_syntax[0])
-            identifier = decode(
-                req.Identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated
-            )
+            raw = req.Identifier.getvalue() if req.Identifier is not None else b""
+            identifier = decode_dimse_dataset(raw, context.transfer_syntax[0], self.limits)
+            check_values_per_key(identifier, self.limits.maximum_values)
             uids = parse_identifier(identifier)
+        except LimitExceeded as exc:
+            self.log.warning("%s from %s refused: %s", self._name, peer, exc.comment)
+            code = exc.status
+            if code == status.FIND_OUT_OF_RESOURCES:  # C-GET/C-MOVE name it A701
+                code = status.OUT_OF_RESOURCES_NUMBER_OF_MATCHES
+            reply.refuse(code, exc.comment)
+            return
         except IdentifierError as exc:
             self.log.warning("%s from %s: bad identifier: %s", self._name, peer, exc.comment)
             reply.refuse(exc.status, exc.comment, exc.offending)

@@ -8,6 +8,7 @@ Orthanc's own meaning of the modality list (:mod:`orthanc_dpp.access`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +20,12 @@ from orthanc_dpp.access import AccessPolicy, Decision, Service, decide
 from orthanc_dpp.find import handle_find
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary, Stored, StoreError
+from orthanc_dpp.limits import (
+    DatasetLimits,
+    LimitExceeded,
+    check_values_per_key,
+    decode_dimse_dataset,
+)
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.status import status_dataset
 
@@ -65,10 +72,22 @@ def make_echo_handler(gate: Gatekeeper) -> Callable[[evt.Event], Dataset]:
     return handle_echo
 
 
+def event_dataset(event: evt.Event, limits: DatasetLimits) -> Dataset:
+    """The request's dataset (C-STORE) or identifier (C-FIND), decoded within ``limits``."""
+    request = event.request
+    raw = getattr(request, "DataSet", None) or getattr(request, "Identifier", None)
+    data = raw.getvalue() if raw is not None else b""
+    return decode_dimse_dataset(data, str(event.context.transfer_syntax), limits)
+
+
 def make_store_handler(
-    library: ProtocolLibrary, gate: Gatekeeper, on_stored: Callable[[Stored], None]
+    library: ProtocolLibrary,
+    gate: Gatekeeper,
+    on_stored: Callable[[Stored], None],
+    limits: DatasetLimits | None = None,
 ) -> Callable[[evt.Event], Dataset]:
     """C-STORE: success only once Orthanc has stored the instance."""
+    limits = limits or DatasetLimits()
 
     def handle_store(event: evt.Event) -> Dataset:
         peer = requestor(event)
@@ -77,8 +96,10 @@ def make_store_handler(
             return status_dataset(status.NOT_AUTHORIZED, f"Not authorised: {decision.reason}")
         try:
             try:
-                ds = event.dataset
+                ds = event_dataset(event, limits)
                 ds.file_meta = event.file_meta
+            except LimitExceeded as exc:
+                raise StoreError(exc.status, exc.http_status, exc.comment) from exc
             except Exception as exc:  # pydicom raises several types on bad data
                 raise StoreError(
                     status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
@@ -109,8 +130,16 @@ def make_find_handler(
     *,
     max_results: int,
     is_ready: Callable[[], bool],
+    limits: DatasetLimits | None = None,
+    time_limit: float = 600.0,
 ) -> Callable[[evt.Event], Iterator[tuple[Any, Dataset | None]]]:
-    """C-FIND on the DPP information model, answered from the index."""
+    """C-FIND on the DPP information model, answered from the index.
+
+    Bounded: the identifier by ``limits`` (size, nesting, values per key),
+    the answer by ``time_limit`` seconds (then 0xA700, "refine the query");
+    a C-CANCEL or the association closing stops it at once.
+    """
+    limits = limits or DatasetLimits()
 
     def handle(event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
         peer = requestor(event)
@@ -131,23 +160,50 @@ def make_find_handler(
                 None,
             )
             return
+        try:
+            identifier = event_dataset(event, limits)
+            check_values_per_key(identifier, limits.maximum_values)
+        except LimitExceeded as exc:
+            log.warning("C-FIND from %s refused (0x%04X): %s", peer, exc.status, exc.comment)
+            yield status_dataset(exc.status, exc.comment), None
+            return
+        except Exception as exc:
+            log.warning("C-FIND from %s: identifier could not be decoded: %s", peer, exc)
+            yield status_dataset(status.UNABLE_TO_PROCESS, "Identifier could not be read"), None
+            return
         count = 0
-        cancelled = False
+        deadline = time.monotonic() + time_limit
+        stopped: str | None = None
 
         def is_cancelled() -> bool:
             # pynetdicom forgets a C-CANCEL once it has reported it: remember it.
-            nonlocal cancelled
-            cancelled = cancelled or bool(event.is_cancelled)
-            return cancelled
+            nonlocal stopped
+            if stopped is None:
+                if event.is_cancelled:
+                    stopped = "cancelled"
+                elif not event.assoc.is_established:
+                    stopped = "closed"  # nobody left to answer: same as a cancel
+                elif time.monotonic() > deadline:
+                    stopped = "time"
+            return stopped is not None
 
         for code, response in handle_find(
-            event.identifier, index, max_results=max_results, is_cancelled=is_cancelled
+            identifier, index, max_results=max_results, is_cancelled=is_cancelled
         ):
             if response is not None:
                 count += 1
-            else:
-                final = code if isinstance(code, int) else int(code.Status)
-                log.info("C-FIND from %s: %d match(es), final status 0x%04X", peer, count, final)
+                yield code, response
+                continue
+            final = code if isinstance(code, int) else int(code.Status)
+            if stopped == "time" and final == status.CANCEL:
+                comment = f"Query ran longer than FindTimeLimit ({time_limit:g} s); refine it"
+                log.warning("C-FIND from %s stopped after %d match(es): %s", peer, count, comment)
+                yield status_dataset(status.FIND_OUT_OF_RESOURCES, comment), None
+                return
+            if stopped == "closed":
+                log.info("C-FIND from %s: association closed after %d match(es)", peer, count)
+                return
+            log.info("C-FIND from %s: %d match(es), final status 0x%04X", peer, count, final)
             yield code, response
 
     return handle
