@@ -1,0 +1,89 @@
+"""The C-FIND handler's bounds: time limit, a closed association, identifier limits."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.dsutils import encode
+
+from orthanc_dpp import scp
+from orthanc_dpp.access import AccessPolicy, parse_unknown_callers
+from orthanc_dpp.limits import DatasetLimits
+from orthanc_dpp.modalities import ModalityRegistry
+from tests.unit.test_find import make_index
+
+
+def gate() -> scp.Gatekeeper:
+    everyone = parse_unknown_callers(["Echo", "Store", "Find", "Get", "Move"])
+    return scp.Gatekeeper(ModalityRegistry(), AccessPolicy.from_orthanc({}, everyone))
+
+
+def find_event(identifier: Dataset, assoc: Any = None) -> SimpleNamespace:
+    assoc = assoc or SimpleNamespace(is_established=True)
+    assoc.requestor = SimpleNamespace(ae_title="SCU", address="127.0.0.1", port=1234)
+    return SimpleNamespace(
+        assoc=assoc,
+        request=SimpleNamespace(Identifier=BytesIO(encode(identifier, False, True))),
+        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
+        is_cancelled=False,
+    )
+
+
+def universal() -> Dataset:
+    identifier = Dataset()
+    identifier.SOPInstanceUID = ""
+    identifier.ProtocolName = ""
+    return identifier
+
+
+def codes(responses: list) -> list[int]:
+    return [c if isinstance(c, int) else int(c.Status) for c, _ in responses]
+
+
+def handler(**options: Any):
+    return scp.make_find_handler(
+        make_index(), gate(), max_results=0, is_ready=lambda: True, **options
+    )
+
+
+def test_a_query_past_its_time_limit_ends_with_refine(monkeypatch) -> None:
+    clock = iter(range(0, 10_000, 3))  # every reading 3 s later than the last
+    monkeypatch.setattr(scp.time, "monotonic", lambda: next(clock))
+    responses = list(handler(time_limit=5)(find_event(universal())))
+    *pending, (final, _) = responses
+    assert len(pending) < 10  # stopped before all ten matches
+    assert int(final.Status) == 0xA700
+    assert final.ErrorComment == "Query ran longer than FindTimeLimit (5 s); refine it"
+
+
+def test_a_closed_association_stops_the_query_without_an_answer() -> None:
+    assoc = SimpleNamespace(is_established=True)
+    responses = handler()(find_event(universal(), assoc))
+    first = next(responses)
+    assert codes([first]) == [0xFF00]
+    assoc.is_established = False  # the requester went away
+    rest = list(responses)
+    assert rest == []
+
+
+def test_unbounded_query_answers_everything() -> None:
+    responses = list(handler()(find_event(universal())))
+    assert codes(responses) == [0xFF00] * 10 + [0x0000]
+
+
+@pytest.mark.parametrize("count", [3, 4])
+def test_identifier_values_are_bounded(count: int) -> None:
+    identifier = universal()
+    identifier.SOPInstanceUID = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(count)]
+    limits = DatasetLimits(maximum_values=3)
+    responses = list(handler(limits=limits)(find_event(identifier)))
+    if count == 3:
+        assert codes(responses) == [0xFF00] * 3 + [0x0000]
+    else:
+        assert codes(responses) == [0xA700]
+        assert "more than MaximumValuesPerKey (3)" in responses[0][0].ErrorComment
