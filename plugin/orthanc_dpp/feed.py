@@ -248,8 +248,14 @@ class IndexFeed:
         except snapshot.SnapshotError as exc:
             log.warning("Index snapshot not used (%s): rebuilding from Orthanc", exc)
             return False
-        for orthanc_id, record in entries:
-            self.index.put_record(orthanc_id, record)
+        try:
+            for orthanc_id, record in entries:
+                self.index.put_record(orthanc_id, record)
+        except Exception as exc:  # never an index stuck "loading": rebuild instead
+            log.warning("Index snapshot not used (%s): rebuilding from Orthanc", exc)
+            for orthanc_id in self.index.orthanc_ids():
+                self.index.remove(orthanc_id)
+            return False
         self.last_seq = last_seq
         self.restored = len(entries)
         return True

@@ -232,6 +232,22 @@ class Record:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Record, (self._layout, self._values))
 
+    @property
+    def vrs(self) -> tuple[str, ...]:
+        return self._layout.vrs
+
+    @property
+    def raw_values(self) -> tuple[Any, ...]:
+        """The stored values, one per tag: a value, a tuple of values, or BULK."""
+        return self._values
+
+    @classmethod
+    def from_parts(
+        cls, tags: tuple[int, ...], vrs: tuple[str, ...], values: tuple[Any, ...]
+    ) -> Record:
+        """A record from :attr:`tags`, :attr:`vrs` and :attr:`raw_values` (the snapshot)."""
+        return cls(_layout(tags, vrs), values)
+
     def to_dataset(self) -> Dataset:
         """The record as a pydicom Dataset (tests, REST summaries, debugging)."""
         ds = Dataset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+import pickletools
 import zlib
 
 import pytest
@@ -15,7 +16,7 @@ from orthanc_dpp.feed import IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.match import compile_query
-from orthanc_dpp.record import BULK, to_record
+from orthanc_dpp.record import BULK, Record, to_record
 from tests.dpp_factory import make_library, make_protocol
 from tests.fake_orthanc import FakeOrthancApi
 
@@ -48,7 +49,9 @@ def test_round_trip_keeps_records_equal_and_matching() -> None:
 
 def test_bulk_marker_survives_as_the_same_object() -> None:
     # The matcher tells "value too large to keep" by identity with BULK.
-    assert pickle.loads(pickle.dumps(BULK)) is BULK
+    record = Record.from_parts((0x00181030,), ("LO",), (BULK,))
+    ((_, back),) = snapshot.load(snapshot.dump([("a", record)], 0))[0]
+    assert back.raw_values[0] is BULK
 
 
 class Evil:
@@ -58,29 +61,65 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
+def packed(value: object) -> str:
+    return base64.b64encode(zlib.compress(pickle.dumps(value))).decode()
+
+
+GOOD_LAYOUT = [((0x00080018, 0x00181030), ("UI", "LO"))]
+
+
+def snap(layouts: object = (), records: object = (), entries: object = (), **header) -> str:
+    """A format-2 snapshot of the given parts (lists, as dump writes them)."""
+    seq = header.get("seq", 0)
+    version = header.get("version", snapshot.FORMAT)
+    return packed((snapshot.MAGIC, version, seq, list(layouts), list(records), list(entries)))
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
         ("", "no snapshot stored yet"),
         ("not base64!", "snapshot unreadable"),
-        (
-            base64.b64encode(zlib.compress(pickle.dumps((1, 0, [("a", Evil())])))).decode(),
-            "snapshot refers to posix.system, which is not a record class",
-        ),
-        (
-            base64.b64encode(zlib.compress(pickle.dumps((99, 0, [])))).decode(),
-            "snapshot format 99, this plugin reads format 1",
-        ),
-        (
-            base64.b64encode(zlib.compress(pickle.dumps((1, 0, [("a", 5)])))).decode(),
-            "snapshot holds something other than records",
-        ),
+        (packed((1, 0, [("a", Evil())])), r"snapshot refers to posix\.system: .*data only"),
+        (packed((1, 0, [])), "not a snapshot of this plugin"),
+        (snap(version=99), "snapshot format 99, this plugin reads format 2"),
+        (snap(seq=-1), "snapshot header is malformed"),
+        (snap([((0x20, 0x10), ("UI", "LO"))]), "layout 0 has tags out of order"),
+        (snap([((0x10,), ("ui",))]), "layout 0 has a VR"),
+        (snap(GOOD_LAYOUT, [(0, ("1.2",))]), "record 0: its values do not fit its layout"),
+        (snap(GOOD_LAYOUT, [(3, ("1.2", "x"))]), "names layout 3, which does not exist"),
+        (snap(GOOD_LAYOUT, [(0, ("1.2", {1: 2}))]), "a value is a dict"),
+        (snap(GOOD_LAYOUT, [(0, ("1.2", None))]), "a value is a NoneType"),
+        (snap(GOOD_LAYOUT, [(0, ("1.2", ([0],)))]), "a value is a list"),  # itself: a cycle
+        (snap(GOOD_LAYOUT, [(0, ("1.2", "x"))], [("a", 1)]), "snapshot entry 0 is malformed"),
     ],
-    ids=["empty", "garbage", "code", "old format", "not records"],
+    ids=[
+        "empty",
+        "garbage",
+        "code",
+        "format 1 pickle",
+        "other format",
+        "bad position",
+        "tag order",
+        "bad VR",
+        "short record",
+        "no such layout",
+        "odd value",
+        "None",
+        "cycle",
+        "no such record",
+    ],
 )
 def test_bad_snapshots_are_refused_with_a_reason(text: str, reason: str) -> None:
     with pytest.raises(snapshot.SnapshotError, match=reason):
         snapshot.load(text)
+
+
+def test_a_snapshot_holds_no_class_or_function() -> None:
+    records = [(f"id{i}", to_record(make_protocol(i, "CT"))) for i in range(3)]
+    payload = zlib.decompress(base64.b64decode(snapshot.dump(records, 5)))
+    opcodes = {op.name for op, _, _ in pickletools.genops(payload)}
+    assert not opcodes & {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "BUILD"}
 
 
 def make_feed(api: FakeOrthancApi, store: MemorySnapshots) -> tuple[IndexFeed, ProtocolIndex]:
@@ -139,3 +178,26 @@ def test_unusable_snapshot_means_a_full_rebuild(caplog) -> None:
     feed.load()
     assert len(index) == 1 and feed.restored is None
     assert "Index snapshot not used (snapshot unreadable" in caplog.text
+
+
+def test_a_record_the_index_cannot_take_means_a_full_rebuild(caplog, monkeypatch) -> None:
+    api, store = FakeOrthancApi(), MemorySnapshots()
+    ProtocolLibrary(api, Normalization()).store(make_protocol(3))
+    feed, index = make_feed(api, store)
+    feed.load()
+    assert feed.save_snapshot(force=True)
+    feed, index = make_feed(api, store)
+
+    calls = []
+
+    def broken_once(orthanc_id: str, record: Record) -> str | None:
+        calls.append(orthanc_id)
+        if len(calls) == 1:  # the snapshot's record
+            raise TypeError("unexpected value")
+        return ProtocolIndex.put_record(index, orthanc_id, record)
+
+    monkeypatch.setattr(index, "put_record", broken_once)
+    feed.load()
+    assert feed.ready and feed.restored is None
+    assert len(index) == 1
+    assert "Index snapshot not used (unexpected value): rebuilding from Orthanc" in caplog.text
