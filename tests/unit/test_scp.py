@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import zlib
 from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
 from orthanc_dpp import scp
 from orthanc_dpp.access import AccessPolicy, parse_unknown_callers
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import ModalityRegistry
-from tests.unit.test_find import make_index
+from tests.unit.test_find import make_index, raw_identifiers
 
 
 def gate() -> scp.Gatekeeper:
@@ -87,3 +90,28 @@ def test_identifier_values_are_bounded(count: int) -> None:
     else:
         assert codes(responses) == [0xA700]
         assert "more than MaximumValuesPerKey (3)" in responses[0][0].ErrorComment
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of the garbage values
+@settings(max_examples=200, deadline=None)
+@given(data=raw_identifiers(), deflated=st.booleans())
+def test_any_identifier_bytes_end_with_one_final_status(data: bytes, deflated: bool) -> None:
+    """Raw bytes through the whole handler: bounded decode, limits, matching; never a raise."""
+    syntax = ExplicitVRLittleEndian
+    if deflated:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = packer.compress(data) + packer.flush()
+        syntax = DeflatedExplicitVRLittleEndian
+    event = find_event(universal())
+    event.request.Identifier = BytesIO(data)
+    event.context.transfer_syntax = syntax
+    limits = DatasetLimits(maximum_size=1 << 16, maximum_depth=2, maximum_values=3)
+    responses = list(handler(limits=limits)(event))
+    *pending, (final, dataset) = responses
+    assert dataset is None
+    assert all(
+        code == 0xFF00 or int(getattr(code, "Status", code)) in (0xFF00, 0xFF01)
+        for code, _ in pending
+    )
+    code = final if isinstance(final, int) else int(final.Status)
+    assert code in (0x0000, 0xA700, 0xA900, 0xC000)
