@@ -27,6 +27,7 @@ import logging
 import math
 import struct
 import sys
+import threading
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -398,8 +399,14 @@ def _decode(
 # extensions) are read here, and identical bytes are read once.
 
 _SEQUENCE_CACHE_SIZE: Final = 4096
+#: Bytes of encoded sequences the cache may hold as keys (their records are
+#: shared with the index, so this bounds what the cache adds).
+SEQUENCE_CACHE_BYTES: Final = 8 << 20
 _CACHED_BYTES: Final = 512  # only sequences at least this long are remembered
+_LARGEST_CACHED: Final = 256 << 10  # a larger one is read, not remembered
 _sequence_cache: dict[tuple[bytes, bool, tuple[str, ...] | None], tuple[Record, ...]] = {}
+_cache_lock = threading.Lock()
+_cache_bytes = 0
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
 _SEQUENCE_END: Final = 0xFFFEE0DD
@@ -423,18 +430,32 @@ def _cached_sequence(
             items, _ = _read_items(data, 0, len(data), implicit, charset)
         except (_Unsupported, struct.error, UnicodeError, ValueError):
             return None
-        if len(data) >= _CACHED_BYTES:  # small sequences read faster than they churn
-            if len(_sequence_cache) >= _SEQUENCE_CACHE_SIZE:
-                _evict_oldest()
-            _sequence_cache[key] = items
+        # Small sequences read faster than they churn; huge ones are rare.
+        if _CACHED_BYTES <= len(data) <= _LARGEST_CACHED:
+            _remember(key, items)
     return items
 
 
-def _evict_oldest() -> None:
-    """Drop the oldest quarter of the cache (dicts keep insertion order)."""
-    oldest = list(_sequence_cache)[: _SEQUENCE_CACHE_SIZE // 4]  # a copy: other threads write
-    for key in oldest:
-        _sequence_cache.pop(key, None)
+def _remember(key: tuple[bytes, bool, tuple[str, ...] | None], items: tuple[Record, ...]) -> None:
+    """Add to the cache, first dropping the oldest entries past the count or byte bound."""
+    global _cache_bytes
+    with _cache_lock:
+        if key in _sequence_cache:
+            return
+        while _sequence_cache and (
+            len(_sequence_cache) >= _SEQUENCE_CACHE_SIZE
+            or _cache_bytes + len(key[0]) > SEQUENCE_CACHE_BYTES
+        ):
+            oldest = next(iter(_sequence_cache))  # dicts keep insertion order
+            del _sequence_cache[oldest]
+            _cache_bytes -= len(oldest[0])
+        _sequence_cache[key] = items
+        _cache_bytes += len(key[0])
+
+
+def sequence_cache_bytes() -> int:
+    """Bytes of encoded sequences the cache holds (for tests and /dpp/status)."""
+    return _cache_bytes
 
 
 def _read_items(

@@ -356,3 +356,12 @@ def test_identical_items_are_shared_between_records() -> None:
     ).values(0x00189912)
     assert plus_zero and minus_zero and plus_zero[0] is not minus_zero[0]
     assert str(minus_zero[0].first(0x00720074)) == "-0.0"  # kept exactly, not shared
+
+
+def test_sequence_cache_is_bounded_in_bytes(monkeypatch) -> None:
+    from orthanc_dpp import record
+
+    monkeypatch.setattr(record, "SEQUENCE_CACHE_BYTES", 64 << 10)
+    for seed in range(60):  # read from bytes: sequences still encoded, as from Orthanc
+        to_record(dcmread(io.BytesIO(to_bytes(make_protocol(seed, "CT", target_size=20_000)))))
+    assert 0 < record.sequence_cache_bytes() <= 64 << 10
