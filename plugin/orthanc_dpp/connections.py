@@ -56,6 +56,8 @@ PDU_HEADER = 6
 SWEEP_INTERVAL = 0.25
 #: Seconds between two log lines about refusals from one address.
 REFUSAL_LOG_INTERVAL = 10.0
+#: Addresses whose refusals are counted at once (memory stays bounded).
+MAXIMUM_REFUSING_ADDRESSES = 1024
 
 
 class PduTooLarge(OSError):
@@ -324,9 +326,17 @@ class ConnectionGuard:
 
     def _refused(self, address: str, reason: str) -> None:
         """Log refusals from one address at most every REFUSAL_LOG_INTERVAL seconds."""
+        now = self.clock()
+        if len(self._refusals) > MAXIMUM_REFUSING_ADDRESSES:  # many sources: keep it bounded
+            self._refusals = {
+                a: r
+                for a, r in self._refusals.items()
+                if now - r.logged_at < REFUSAL_LOG_INTERVAL or r.count
+            }
+            if len(self._refusals) > MAXIMUM_REFUSING_ADDRESSES:
+                self._refusals.clear()
         refusals = self._refusals.setdefault(address, _Refusals())
         refusals.count += 1
-        now = self.clock()
         if now - refusals.logged_at >= REFUSAL_LOG_INTERVAL:
             log.warning("Refused %d connection(s) from %s: %s", refusals.count, address, reason)
             refusals.count, refusals.logged_at = 0, now

@@ -159,3 +159,16 @@ def test_abort_pdu_is_a_provider_abort() -> None:
     data = abort_pdu()
     assert data[0] == 0x07 and len(data) == 10
     assert data[8:10] == b"\x02\x06"
+
+
+def test_refusal_bookkeeping_stays_bounded_with_many_addresses(monkeypatch) -> None:
+    from orthanc_dpp import connections
+
+    monkeypatch.setattr(connections, "MAXIMUM_REFUSING_ADDRESSES", 10)
+    clock = Clock()
+    guard = make_guard(clock, per_address=1, total=1)
+    guard.on_open(open_event(fake_assoc()))  # full: everyone else is refused
+    for n in range(100):
+        clock.now += 20
+        assert not guard.verify(None, (f"10.0.0.{n}", 1))
+    assert len(guard._refusals) <= 11
