@@ -26,6 +26,10 @@ PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 ENTRY_SCRIPT = Path(os.environ.get("DPP_ENTRY_SCRIPT", REPO / "plugin" / "dpp_plugin.py"))
 
 
+#: The calling AE title of the tests' DICOM peers (tests.peers).
+TEST_SCU = "TEST_SCU"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -53,6 +57,7 @@ class OrthancServer:
         dpp: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         aet: str = "ORTHANC_DPP",
+        declare_test_scu: bool = True,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +90,16 @@ class OrthancServer:
             "DefinedProcedureProtocol": section,
         }
         self.config.update(config or {})
+        if declare_test_scu:
+            # The tests' usual peer. Storing protocols is for declared
+            # modalities only; tests of strangers use other AE titles.
+            modalities = dict(self.config.get("DicomModalities", {}))
+            declared = {
+                str(m[0] if isinstance(m, list) else m.get("AET")) for m in modalities.values()
+            }
+            if TEST_SCU not in declared:
+                modalities["test-scu"] = [TEST_SCU, "127.0.0.1", 104]
+            self.config["DicomModalities"] = modalities
         self.config_path = self.folder / "orthanc.json"
 
     @property

@@ -22,6 +22,13 @@ services need another refusal (a 0xCxxx failure, or an abort as in Orthanc).
 
 The plugin's own knob ``UnknownCallers`` can replace step 1 with an explicit
 list of services open to callers that are not in the modality list.
+
+One deliberate difference: writing the protocol library is a privilege.
+``DicomAlwaysAllowStore`` (true by default, meant for images) does not open
+C-STORE on the DPP listener: only modalities declared with ``AllowStore``
+may store protocols, unless ``UnknownCallersMayStore`` (or ``"Store"`` in an
+``UnknownCallers`` list) says otherwise. A protocol decides how a scanner
+irradiates patients; an unknown peer must not be able to add or replace one.
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ class AccessPolicy:
     """
 
     always_allowed: frozenset[Service] = frozenset(
-        s for s, on in ORTHANC_ALWAYS_ALLOW_DEFAULTS.items() if on
+        s for s, on in ORTHANC_ALWAYS_ALLOW_DEFAULTS.items() if on and s != Service.STORE
     )
     unknown_callers: frozenset[Service] | None = None
 
@@ -86,13 +93,25 @@ class AccessPolicy:
         cls,
         orthanc_configuration: Mapping[str, Any],
         unknown_callers: frozenset[Service] | None = None,
+        *,
+        unknown_may_store: bool = False,
     ) -> AccessPolicy:
-        """Read the ``DicomAlwaysAllow*`` options from Orthanc's configuration."""
+        """Read the ``DicomAlwaysAllow*`` options (all but Store) from Orthanc's configuration.
+
+        ``unknown_may_store`` is the plugin's ``UnknownCallersMayStore``: it
+        takes the place of ``DicomAlwaysAllowStore`` for the DPP listener.
+        """
         allowed = set()
         for service, default in ORTHANC_ALWAYS_ALLOW_DEFAULTS.items():
+            if service == Service.STORE:
+                continue
             value = orthanc_configuration.get(f"DicomAlwaysAllow{service.value}", default)
             if value if isinstance(value, bool) else default:
                 allowed.add(service)
+        if unknown_may_store:
+            allowed.add(Service.STORE)
+            if unknown_callers is not None:
+                unknown_callers = unknown_callers | {Service.STORE}
         return cls(frozenset(allowed), unknown_callers)
 
 

@@ -165,6 +165,17 @@ def probe_interpreter_lock(orthanc: ModuleType) -> bool:
     return end - begin > 3 * margin and any(begin + margin < t < end - margin for t in ticks)
 
 
+def printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped.
+
+    Log messages carry what peers send (AE titles, UIDs, file names, error
+    texts); escaped, none of it can start a forged line in Orthanc's log.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class OrthancLogHandler(logging.Handler):
     """Send Python log records to Orthanc's log, prefixed so they are findable.
 
@@ -185,7 +196,9 @@ class OrthancLogHandler(logging.Handler):
         if self.closed:
             return
         try:
-            message = "DPP: " + self.format(record)
+            message = "DPP: " + printable(record.getMessage())
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
             if record.levelno >= logging.ERROR:
                 self.orthanc.LogError(message)
             elif record.levelno >= logging.WARNING:
@@ -285,7 +298,11 @@ class Plugin:
         # on UPDATED_MODALITIES and every MODALITY_REFRESH seconds.
         self.modalities = ModalityRegistry()
         self._modalities_due = 0.0
-        policy = AccessPolicy.from_orthanc(configuration, settings.unknown_callers)
+        policy = AccessPolicy.from_orthanc(
+            configuration,
+            settings.unknown_callers,
+            unknown_may_store=settings.unknown_callers_may_store,
+        )
         gate = Gatekeeper(self.modalities, policy)
         limits = DatasetLimits(
             maximum_size=settings.maximum_dataset_size,

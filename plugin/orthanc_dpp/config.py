@@ -73,6 +73,7 @@ class Settings:
     snapshot_interval: float = 60.0
     python_path: tuple[str, ...] = ()
     unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
+    unknown_callers_may_store: bool = False
     report_missing_instances: bool = True
     pending_response_interval: float = 1.0
     # "auto": only where calls into Orthanc release the interpreter lock.
@@ -185,6 +186,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "SnapshotInterval": ("snapshot_interval", _seconds(1, 86400)),
     "PythonPath": ("python_path", _path_list),
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
+    "UnknownCallersMayStore": ("unknown_callers_may_store", _bool),
     "ReportMissingInstances": ("report_missing_instances", _bool),
     "PendingResponseInterval": ("pending_response_interval", _seconds(0, 3600)),
     "ReceivedInstanceHook": ("received_instance_hook", _auto_or_bool),

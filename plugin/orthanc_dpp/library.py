@@ -376,7 +376,7 @@ def normalize_received(data: bytes, labels: Normalization) -> bytes | None:
         return None  # not ours to judge: Orthanc reports its own error
     if str(head.get("SOPClassUID", "")).strip() not in STORAGE_CLASSES:
         return None
-    if all(str(head.get(keyword, "")).strip() for keyword in normalize.REQUIRED):
+    if all(str(head.get(keyword, "")).strip(normalize.PADDING) for keyword in normalize.REQUIRED):
         return None
     ds = parse_part10(data)
     check_storable(ds)

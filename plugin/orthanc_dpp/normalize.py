@@ -71,9 +71,15 @@ def library_uids(labels: Normalization, sop_class_uid: str) -> tuple[str, str]:
     return str(study), str(series)
 
 
+#: DICOM pads values with spaces (and UIs with NUL); nothing else is padding.
+PADDING = " \x00"
+
+
 def _is_empty(ds: Dataset, keyword: str) -> bool:
     value = ds[keyword].value
-    return value is None or (isinstance(value, str | bytes) and not value.strip())
+    if isinstance(value, bytes):
+        return not value.strip(PADDING.encode())
+    return value is None or (isinstance(value, str) and not value.strip(PADDING))
 
 
 def has_record(ds: Dataset) -> bool:

@@ -404,7 +404,7 @@ class RetrieveHandler:
         )
         if not decision:
             self.log.warning("%s from %s refused: %s", self._name, peer, decision.reason)
-            reply.refuse(status.NOT_AUTHORIZED, decision.reason)
+            reply.refuse(status.NOT_AUTHORIZED, "Not authorised")  # details in the log only
             return
         try:
             raw = req.Identifier.getvalue() if req.Identifier is not None else b""

@@ -31,6 +31,11 @@ from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.scp")
 
+#: What a refused peer is told. The reason (which rule, which modality and
+#: its host) goes to Orthanc's log only: it would tell a stranger what to
+#: claim to be.
+NOT_AUTHORISED = "Not authorised"
+
 
 def requestor(event: evt.Event) -> str:
     """'AET@host:port' of the peer, for log lines."""
@@ -65,7 +70,7 @@ def make_echo_handler(gate: Gatekeeper) -> Callable[[evt.Event], Dataset]:
         if not decision:
             # Verification has no "not authorised" status: a failure code
             # with the reason is the clearest answer an SCU can show.
-            return status_dataset(status.UNABLE_TO_PROCESS, f"Not authorised: {decision.reason}")
+            return status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED)
         log.info("C-ECHO from %s", requestor(event))
         return status_dataset(status.SUCCESS)
 
@@ -93,7 +98,7 @@ def make_store_handler(
         peer = requestor(event)
         decision = gate.check(event, Service.STORE)
         if not decision:
-            return status_dataset(status.NOT_AUTHORIZED, f"Not authorised: {decision.reason}")
+            return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
         try:
             try:
                 ds = event_dataset(event, limits)
@@ -147,7 +152,7 @@ def make_find_handler(
         if not decision:
             # C-FIND has no "not authorised" status (PS3.4 C.4.1.1.4).
             yield (
-                status_dataset(status.UNABLE_TO_PROCESS, f"Not authorised: {decision.reason}"),
+                status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED),
                 None,
             )
             return

@@ -40,12 +40,22 @@ SUB_OPERATIONS_COMPLETE_WITH_FAILURES: Final = 0xB000
 ERROR_COMMENT_LENGTH: Final = 64
 
 
+def error_comment(text: str) -> str:
+    """``text`` as a valid Error Comment: LO, default repertoire, 64 characters at most.
+
+    Backslash (a value delimiter), control and non-ASCII characters, which
+    may come from a peer's own data, are replaced.
+    """
+    cleaned = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)
+    return cleaned[:ERROR_COMMENT_LENGTH].rstrip()
+
+
 def status_dataset(code: int, comment: str | None = None, tag: int | None = None) -> Dataset:
-    """A status with its Error Comment (cut to LO's length) and Offending Element."""
+    """A status with its Error Comment (see :func:`error_comment`) and Offending Element."""
     ds = Dataset()
     ds.Status = code
     if comment:
-        ds.ErrorComment = comment[:ERROR_COMMENT_LENGTH]
+        ds.ErrorComment = error_comment(comment)
     if tag is not None:
         ds.OffendingElement = [tag]
     return ds

@@ -7,6 +7,7 @@ library unchanged, and the bomb with Orthanc's peak memory barely moved.
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from io import BytesIO
@@ -74,8 +75,16 @@ def raw_c_store(orthanc: OrthancServer, data: bytes, transfer_syntax: str) -> Da
     request.Priority = 2
     request.DataSet = BytesIO(data)
     context_id = assoc.accepted_contexts[0].context_id
-    assoc.dimse.send_msg(request, context_id)
-    _, response = assoc.dimse.get_msg(block=True)
+    # As pynetdicom's own send_c_store: pause the association's reactor so
+    # that it does not take the response for itself.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        assoc.dimse.send_msg(request, context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
     if assoc.is_established:
         assoc.release()
     return None if response is None else response

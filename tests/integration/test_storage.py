@@ -92,8 +92,10 @@ def test_c_store_from_dcmtk_storescu(server: OrthancServer, tmp_path: Path) -> N
         path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
         path.write_bytes(to_bytes(ds))
         files.append(str(path))
+    # Calling as the declared TEST_SCU: storing protocols is for declared modalities.
+    command = ["storescu", "--required", "-aet", "TEST_SCU", "-aec", server.aet]
     result = subprocess.run(
-        ["storescu", "--required", "-aec", server.aet, "127.0.0.1", str(server.dpp_port), *files],
+        [*command, "127.0.0.1", str(server.dpp_port), *files],
         capture_output=True,
         text=True,
         timeout=60,
@@ -262,3 +264,30 @@ def test_port_in_use_is_reported_and_orthanc_stays_up(make_server) -> None:
         assert status["Listener"]["Error"].startswith(f"cannot listen on 127.0.0.1:{port}")
         assert "DPP: DPP listener not started: cannot listen on" in orthanc.log()
         assert orthanc.get_json("/system")["Name"].startswith("dpp-test-")
+
+
+def test_strangers_may_not_write_the_library(make_server) -> None:
+    """DicomAlwaysAllowStore (true, for images) does not open C-STORE of protocols."""
+    orthanc = make_server(config={"DicomAlwaysAllowStore": True})
+    orthanc.start()
+    ds = make_protocol(9600, "CT")
+    assoc = associate(orthanc, ae_title="STRANGER")
+    answer = assoc.send_c_store(ds)
+    assoc.release()
+    assert answer.Status == 0x0124
+    assert answer.ErrorComment == "Not authorised"  # the reason stays in the log
+    assert (
+        orthanc.wait_for_log("C-STORE from STRANGER@127.0.0.1", timeout=5)
+        and "AET STRANGER is not in Orthanc's DicomModalities" in orthanc.log()
+    )
+    assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == 0
+    # A declared modality may (the tests' TEST_SCU).
+    store_protocols(orthanc, [ds])
+    assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == 1
+
+
+def test_unknown_callers_may_store_when_the_administrator_says_so(make_server) -> None:
+    orthanc = make_server(dpp={"UnknownCallersMayStore": True}, declare_test_scu=False)
+    orthanc.start()
+    store_protocols(orthanc, [make_protocol(9601, "XA")])
+    assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == 1

@@ -16,26 +16,38 @@ MODALITIES = {
     "ct": {"AET": "CT1", "Host": "10.0.0.1", "Port": 104, "AllowStore": False},
     "ws": {"AET": "WS", "Host": "10.0.0.9", "Port": 104, "AllowMove": False},
 }
-ORTHANC = AccessPolicy()  # Orthanc's defaults: Echo and Store always allowed
+ORTHANC = AccessPolicy()  # Orthanc's defaults: Echo always allowed; Store not for protocols
 
 
 def test_orthanc_defaults() -> None:
     assert AccessPolicy.from_orthanc({}) == ORTHANC
-    assert ORTHANC.always_allowed == {Service.ECHO, Service.STORE}
+    assert ORTHANC.always_allowed == {Service.ECHO}
 
 
 def test_from_orthanc_reads_the_always_allow_options() -> None:
     policy = AccessPolicy.from_orthanc(
         {"DicomAlwaysAllowEcho": False, "DicomAlwaysAllowGet": True, "DicomAlwaysAllowMove": True}
     )
-    assert policy.always_allowed == {Service.STORE, Service.GET, Service.MOVE}
+    assert policy.always_allowed == {Service.GET, Service.MOVE}
+
+
+def test_dicom_always_allow_store_does_not_open_the_protocol_library() -> None:
+    mods = parse_modalities(MODALITIES)
+    policy = AccessPolicy.from_orthanc({"DicomAlwaysAllowStore": True})
+    assert not decide(policy, mods, Service.STORE, "STRANGER", "192.168.0.1")
+    assert decide(policy, mods, Service.STORE, "WS", "10.0.0.9")  # declared, AllowStore
+    assert not decide(policy, mods, Service.STORE, "CT1", "10.0.0.1")  # AllowStore false
+    opened = AccessPolicy.from_orthanc({}, unknown_may_store=True)
+    assert decide(opened, mods, Service.STORE, "STRANGER", "192.168.0.1")
+    listed = AccessPolicy.from_orthanc({}, frozenset({Service.FIND}), unknown_may_store=True)
+    assert decide(listed, mods, Service.STORE, "STRANGER", "192.168.0.1")
 
 
 def test_unknown_caller_gets_only_always_allowed_services() -> None:
     mods = parse_modalities(MODALITIES)
     for service in Service:
         verdict = decide(ORTHANC, mods, service, "STRANGER", "192.168.0.1")
-        assert bool(verdict) == (service in {Service.ECHO, Service.STORE}), service
+        assert bool(verdict) == (service == Service.ECHO), service
     refused = decide(ORTHANC, mods, Service.GET, "STRANGER", "192.168.0.1")
     assert "DicomModalities" in refused.reason
 
@@ -50,12 +62,12 @@ def test_known_caller_is_judged_by_its_flags_case_insensitively() -> None:
 
 
 def test_always_allow_overrides_a_known_modalitys_flag() -> None:
-    # Orthanc checks DicomAlwaysAllowStore before looking at the modality:
-    # CT1 has AllowStore false but may still store.
+    # Orthanc checks DicomAlwaysAllow* before looking at the modality:
+    # WS has AllowMove false but may still move when DicomAlwaysAllowMove is on.
     mods = parse_modalities(MODALITIES)
-    assert decide(ORTHANC, mods, Service.STORE, "CT1", "10.0.0.1")
-    strict = AccessPolicy(always_allowed=frozenset())
-    assert not decide(strict, mods, Service.STORE, "CT1", "10.0.0.1")
+    assert not decide(ORTHANC, mods, Service.MOVE, "WS", "10.0.0.9")
+    moving = AccessPolicy.from_orthanc({"DicomAlwaysAllowMove": True})
+    assert decide(moving, mods, Service.MOVE, "WS", "10.0.0.9")
 
 
 def test_strict_aet_comparison() -> None:

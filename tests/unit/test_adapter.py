@@ -267,3 +267,12 @@ def test_enumerations_carry_the_recorded_values(version) -> None:
     orthanc = FakeOrthancModule({}, version=version)
     values = recording(version)["surface"]["ChangeType"]["values"]
     assert {member.name: int(member) for member in orthanc.ChangeType} == values
+
+
+def test_peer_text_cannot_forge_log_lines(running) -> None:
+    orthanc, _ = running
+    import logging
+
+    logging.getLogger("orthanc_dpp").warning("C-STORE from %s refused", "EVIL\nDPP: forged\x1b[2J")
+    (line,) = [m for _, m in orthanc.logs if "EVIL" in m]
+    assert line == "DPP: C-STORE from EVIL\\nDPP: forged\\x1b[2J refused"
