@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := orthanc orthanc-python python3-venv
 # Extra Orthanc options for `make run`, e.g. ORTHANC_FLAGS=--verbose.
 ORTHANC_FLAGS ?=
-TEST_PACKAGES := $(RUN_PACKAGES) dcmtk postgresql orthanc-postgresql shellcheck
+TEST_PACKAGES := $(RUN_PACKAGES) dcmtk postgresql orthanc-postgresql shellcheck openssl
 
 # Newer Orthanc stacks for `make test-all`: Debian roots made by tools/stacks.py.
 STACKS := trixie sid

@@ -98,7 +98,7 @@ PresentationContexts = DPPStorage
 """
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 10) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, "storescp exited"
@@ -126,7 +126,7 @@ def storescp(
         [*command, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_for_port(port, process)
+        wait_for_port(port, process)
         yield port, out
     finally:
         process.terminate()

@@ -56,6 +56,7 @@ PACKAGES = [
     "ca-certificates",
     "procps",
     "shellcheck",
+    "openssl",
 ]
 #: Host files a root needs for pip and apt to reach the registries.
 HOST_FILES = ["/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"]

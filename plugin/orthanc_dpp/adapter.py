@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -29,7 +31,7 @@ import pydicom
 import pynetdicom
 from pynetdicom import evt
 
-from orthanc_dpp import __version__, snapshot
+from orthanc_dpp import __version__, snapshot, tls
 from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import IndexFeed, report_duplicate
@@ -268,7 +270,7 @@ class Plugin:
         self.listener: DppListener | None = None
         self.feed: IndexFeed | None = None
         try:
-            self.settings = parse_settings(configuration)
+            self.settings = parse_settings(configuration, configuration_folder(orthanc))
         except ConfigError as exc:
             self.config_errors = exc.errors
             for message in exc.errors:
@@ -327,6 +329,7 @@ class Plugin:
                 report_missing=settings.report_missing_instances,
                 pending_interval=settings.pending_response_interval,
                 limits=limits,
+                tls_context=tls_client_context(settings),
             ),
         }
         self.listener = DppListener(settings, handlers)
@@ -457,6 +460,23 @@ class Plugin:
                 "BySOPClass": self.index.counts_by_sop_class(),
             },
         }
+
+
+def configuration_folder(orthanc: ModuleType) -> Path:
+    """The folder relative file names of the configuration are taken from."""
+    path = Path(os.path.abspath(orthanc.GetConfigurationPath() or "."))
+    return path if path.is_dir() else path.parent
+
+
+def tls_client_context(settings: Settings) -> ssl.SSLContext | None:
+    """DICOM TLS for C-MOVE to modalities with ``UseDicomTls``; None when off or broken."""
+    if not settings.tls.enabled:
+        return None
+    try:
+        return tls.client_context(settings.tls)
+    except (OSError, ValueError) as exc:
+        log.error("DICOM TLS for C-MOVE cannot be set up (%s): moves to TLS modalities fail", exc)
+        return None
 
 
 def _answer(running: RunningPlugin, output: Any, response: Response) -> None:

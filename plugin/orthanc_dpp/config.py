@@ -12,9 +12,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orthanc_dpp.access import Service, parse_unknown_callers
+from orthanc_dpp.tls import TlsSettings, parse_tls
 
 SECTION = "DefinedProcedureProtocol"
 
@@ -79,6 +81,7 @@ class Settings:
     # "auto": only where calls into Orthanc release the interpreter lock.
     received_instance_hook: bool | str = "auto"
     normalization: Normalization = field(default_factory=Normalization)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
 
 def _bool(value: Any) -> bool:
@@ -220,7 +223,7 @@ def _parse_object(
     return values
 
 
-def parse_settings(orthanc_configuration: Mapping[str, Any]) -> Settings:
+def parse_settings(orthanc_configuration: Mapping[str, Any], base: Path | None = None) -> Settings:
     """Build :class:`Settings` from Orthanc's whole configuration.
 
     A missing section means all defaults. Raises :class:`ConfigError` naming
@@ -229,15 +232,19 @@ def parse_settings(orthanc_configuration: Mapping[str, Any]) -> Settings:
     """
     raw = orthanc_configuration.get(SECTION, {})
     errors: list[str] = []
+    raw_tls: Any = None
     if isinstance(raw, dict):
         raw = dict(raw)
         raw_normalization = raw.pop("Normalization", {})
+        raw_tls = raw.pop("Tls", None)
     else:
         raw_normalization = {}
+    tls, tls_errors = parse_tls(orthanc_configuration, raw_tls, base or Path("."))
     values = _parse_object(raw, SECTION, KEYS, errors)
     normalization = _parse_object(
         raw_normalization, f"{SECTION}.Normalization", NORMALIZATION_KEYS, errors
     )
+    errors += tls_errors
     if errors:
         raise ConfigError(errors)
-    return Settings(**values, normalization=Normalization(**normalization))
+    return Settings(**values, normalization=Normalization(**normalization), tls=tls)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from orthanc_dpp import tls as tls_module
 from orthanc_dpp.config import Settings
 from orthanc_dpp.connections import ConnectionGuard, Limits
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
@@ -74,6 +76,33 @@ def quiet_pynetdicom() -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's server with the plugin's admission check and TLS handshake.
+
+    ``verify_request`` (socketserver's hook) admits or closes a connection
+    before pynetdicom makes an association and a thread for it. With TLS,
+    the socket is wrapped without a handshake: pynetdicom's own server would
+    shake hands right after ``accept``, on its single accepting thread and
+    without a timeout, so one silent peer would stop every other from
+    connecting. Here the handshake happens on the association's first read,
+    in its own thread, bounded by the socket's timeout.
+    """
+
+    guard: ConnectionGuard | None = None
+    tls: ssl.SSLContext | None = None
+    handshake_timeout: float = 30.0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = self.socket.accept()
+        client.settimeout(self.handshake_timeout)
+        if self.tls is not None:
+            client = self.tls.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.guard is None or self.guard.verify(request, client_address)
 
 
 @dataclass
@@ -148,25 +177,43 @@ class DppListener:
             ]
             handlers += list(self.handlers.items())
             try:
-                self._server = ae.start_server(
-                    (s.bind_address, s.port), block=False, evt_handlers=handlers
+                tls = tls_module.server_context(s.tls) if s.tls.enabled else None
+            except (OSError, ValueError) as exc:
+                return self._failed(f"DICOM TLS cannot be set up: {exc}")
+            try:
+                server = ae.make_server(
+                    (s.bind_address, s.port),
+                    evt_handlers=handlers,
+                    server_class=GuardedServer,
                 )
             except OSError as exc:
-                self.status.state = "failed"
-                self.status.error = (
+                return self._failed(
                     f"cannot listen on {s.bind_address}:{s.port}: {exc.strerror or exc}"
                 )
-                log.error("DPP listener not started: %s", self.status.error)
-                return False
-            # Admission happens before pynetdicom makes an association for a
-            # connection (socketserver's hook, which pynetdicom leaves as is).
-            self._server.verify_request = guard.verify  # type: ignore[method-assign]
+            server.guard, server.tls, server.handshake_timeout = guard, tls, s.acse_timeout
+            # As AE.start_server(block=False) does; the AE's list of servers is
+            # where ThreadedAssociationServer.shutdown() removes it from.
+            ae._servers.append(server)
+            threading.Thread(target=server.serve_forever, name="dpp-listener", daemon=True).start()
+            self._server = server
             self._guard = guard
             guard.start()
             self.status.state = "running"
             self.status.error = None
-            log.warning("DPP listener %s listening on %s:%d", s.ae_title, s.bind_address, s.port)
+            log.warning(
+                "DPP listener %s listening on %s:%d%s",
+                s.ae_title,
+                s.bind_address,
+                s.port,
+                " with DICOM TLS" if s.tls.enabled else "",
+            )
             return True
+
+    def _failed(self, error: str) -> bool:
+        self.status.state = "failed"
+        self.status.error = error
+        log.error("DPP listener not started: %s", error)
+        return False
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop listening, abort open associations, and wait (boundedly) for their threads."""
