@@ -336,7 +336,13 @@ class Plugin:
         if not settings.enabled:
             self.listener.status.state = "disabled"
         self.rest = DppRestApi(
-            self.library, self.index, self.status, self.on_stored, self.on_deleted
+            self.library,
+            self.index,
+            self.status,
+            self.on_stored,
+            self.on_deleted,
+            limits=limits,
+            maximum_upload=settings.maximum_upload_size,
         )
 
     # -- events --------------------------------------------------------------
@@ -518,9 +524,10 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
             )
             groups = request.get("groups", ()) or ()
             response = getattr(plugin.rest, handler_name)(req, *groups)
-        except Exception as exc:
+        except Exception:
+            # The details are for the administrator, not for the caller.
             log.error("REST %s failed: %s", uri, traceback.format_exc())
-            response = error(500, f"internal error: {exc}")
+            response = error(500, "internal error in the DPP plugin; Orthanc's log has the details")
         _answer(plugin.running, output, response)
 
     return callback

@@ -67,6 +67,7 @@ class Settings:
     maximum_pdu_size: int = 16382
     maximum_find_results: int = 0
     maximum_dataset_size: int = 16 << 20
+    maximum_upload_size: int = 64 << 20
     maximum_nesting_depth: int = 8
     maximum_values_per_key: int = 10_000
     find_time_limit: float = 600.0
@@ -181,6 +182,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MaximumPduSize": ("maximum_pdu_size", _pdu_size),
     "MaximumFindResults": ("maximum_find_results", _int_range(0, 10**9)),
     "MaximumDatasetSize": ("maximum_dataset_size", _int_range(64 << 10, 2**31 - 1)),
+    "MaximumUploadSize": ("maximum_upload_size", _int_range(64 << 10, 2**31 - 1)),
     "MaximumNestingDepth": ("maximum_nesting_depth", _int_range(1, 64)),
     "MaximumValuesPerKey": ("maximum_values_per_key", _int_range(1, 10**6)),
     "FindTimeLimit": ("find_time_limit", _seconds(1, 86400)),

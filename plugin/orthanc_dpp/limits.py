@@ -12,6 +12,7 @@ of stack). The size on the wire is bounded earlier, while PDUs arrive
 
 from __future__ import annotations
 
+import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
@@ -142,3 +143,27 @@ def check_values_per_key(identifier: Dataset, maximum: int) -> None:
                 dimse_status=status.FIND_OUT_OF_RESOURCES,
                 http_status=400,
             )
+
+
+def check_part10(data: bytes, limits: DatasetLimits) -> None:
+    """Refuse a Part 10 file over ``maximum_size``, as stored or once inflated.
+
+    pydicom inflates a Deflated file in one call when reading it; this
+    checks first, inflating in bounded steps (and only for Deflated files).
+    """
+    if len(data) > limits.maximum_size:
+        raise LimitExceeded(
+            f"File larger than MaximumDatasetSize ({limits.maximum_size} bytes)",
+            "MaximumDatasetSize",
+        )
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return  # not Part 10: the parser says so
+    (group_length,) = struct.unpack_from("<L", data, 140)
+    end = 144 + group_length
+    try:
+        meta = read_dataset(BytesIO(data[132:end]), False, True)
+        syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+    except Exception:
+        return  # a damaged header: the parser says what is wrong
+    if syntax.is_deflated:
+        inflate(data[end:], limits.maximum_size)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pydicom import Dataset
 
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, parse_part10
+from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_part10
 
 log = logging.getLogger("orthanc_dpp.rest")
 
@@ -104,7 +105,12 @@ class DppRestApi:
         status: Callable[[], dict[str, Any]],
         on_stored: Callable[[Stored], None],
         on_deleted: Callable[[str], None],
+        *,
+        limits: DatasetLimits | None = None,
+        maximum_upload: int = 64 << 20,
     ) -> None:
+        self.limits = limits or DatasetLimits()
+        self.maximum_upload = maximum_upload
         self.library = library
         self.index = index
         self._status = status
@@ -143,6 +149,8 @@ class DppRestApi:
         )
 
     def _upload(self, request: Request) -> Response:
+        if len(request.body) > self.maximum_upload:
+            return error(413, f"upload larger than MaximumUploadSize ({self.maximum_upload} bytes)")
         content_type = request.headers.get("content-type", "application/dicom")
         try:
             files = split_upload(content_type, request.body)
@@ -173,6 +181,10 @@ class DppRestApi:
         return json_response(code, payload)
 
     def _store_one(self, data: bytes) -> Stored:
+        try:
+            check_part10(data, self.limits)
+        except LimitExceeded as exc:
+            raise StoreError(exc.status, exc.http_status, exc.comment) from exc
         ds: Dataset = parse_part10(data)
         stored = self.library.store(ds, data)
         self._on_stored(stored)

@@ -6,6 +6,8 @@ import io
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -291,3 +293,25 @@ def test_unknown_callers_may_store_when_the_administrator_says_so(make_server) -
     orthanc.start()
     store_protocols(orthanc, [make_protocol(9601, "XA")])
     assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == 1
+
+
+def test_dpp_routes_need_credentials_when_orthanc_asks_for_them(make_server) -> None:
+    orthanc = make_server(
+        config={"AuthenticationEnabled": True, "RegisteredUsers": {"admin": "change-me"}}
+    )
+    orthanc.start()
+    for method, path in (("GET", "/dpp/status"), ("POST", "/dpp/protocols")):
+        request = urllib.request.Request(orthanc.url + path, data=b"x", method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401, path
+    assert orthanc.get_json("/dpp/status")["Listener"]["State"] == "running"  # with them
+
+
+def test_oversized_upload_answers_413(make_server) -> None:
+    orthanc = make_server(dpp={"MaximumUploadSize": 1 << 20})
+    orthanc.start()
+    with pytest.raises(HttpError) as refused:
+        orthanc.post("/dpp/protocols", bytes(2 << 20))
+    assert refused.value.status == 413
+    assert refused.value.json()["Error"] == "upload larger than MaximumUploadSize (1048576 bytes)"

@@ -156,7 +156,10 @@ def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
     monkeypatch.setattr(plugin.rest, "protocols", explode)
     answer = orthanc.call_route("/dpp/protocols")
     assert answer.status == 500
-    assert answer.json()["Error"] == "internal error: boom"
+    assert answer.json()["Error"] == (
+        "internal error in the DPP plugin; Orthanc's log has the details"
+    )
+    assert "boom" not in answer.body.decode()
     assert "REST /dpp/protocols failed" in orthanc.log_text()
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 
 import pydicom
 import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
+from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.rest import DppRestApi, Request, Response, split_upload
 from tests.dpp_factory import make_non_dpp, make_protocol, to_bytes
 from tests.fake_orthanc import FakeOrthancApi
@@ -165,3 +169,36 @@ def test_status_route(rest: DppRestApi) -> None:
 
 def test_split_upload_single_body() -> None:
     assert split_upload("application/dicom", b"abc") == [("body", b"abc")]
+
+
+def deflated_bomb_file(inflated: int) -> bytes:
+    """A Part 10 file in Deflated Explicit VR Little Endian whose dataset inflates hugely."""
+    data = to_bytes(make_protocol(77, "CT"), DeflatedExplicitVRLittleEndian)
+    (group_length,) = struct.unpack_from("<L", data, 140)
+    end = 144 + group_length
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = packer.compress(struct.pack("<HH2sHL", 0x0009, 0x1010, b"OB", 0, inflated))
+    zeros = bytes(1 << 20)
+    body += b"".join(packer.compress(zeros) for _ in range(inflated >> 20)) + packer.flush()
+    return data[:end] + body
+
+
+def test_upload_limits_answer_413(api: FakeOrthancApi, index: ProtocolIndex) -> None:
+    rest = DppRestApi(
+        ProtocolLibrary(api, Normalization()),
+        index,
+        status=dict,
+        on_stored=lambda stored: index.put(stored.orthanc_id, stored.dataset),
+        on_deleted=index.remove,
+        limits=DatasetLimits(maximum_size=1 << 20),
+        maximum_upload=2 << 20,
+    )
+    too_big = upload(rest, bytes(3 << 20))
+    assert too_big.status == 413
+    assert body(too_big)["Error"] == "upload larger than MaximumUploadSize (2097152 bytes)"
+    bomb = upload(rest, deflated_bomb_file(64 << 20))
+    assert bomb.status == 413
+    (failure,) = body(bomb)["Files"]
+    assert failure["Error"].startswith("Dataset inflates to more than MaximumDatasetSize")
+    assert len(index) == 0
+    assert upload(rest, to_bytes(make_protocol(78, "CT"))).status == 200
