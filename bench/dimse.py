@@ -3,7 +3,7 @@
 The same functions talk to the plugin's listener, to Orthanc's own DICOM port
 and to the baseline SCP, so whatever the client costs (pynetdicom decoding
 each response, say) is paid equally by every side of a comparison. Every
-association sets TCP_NODELAY (DESIGN.md fact 7): without it a pynetdicom
+association sets TCP_NODELAY (docs/design.md, fact 7): without it a pynetdicom
 peer waits on delayed ACKs and the benchmark would measure the kernel.
 """
 

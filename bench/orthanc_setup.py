@@ -97,7 +97,7 @@ def server(
     # DCMTK, under Orthanc's own DICOM server and SCU, leaves Nagle's
     # algorithm on unless TCP_NODELAY=1 is in its environment: its C-STORE
     # sub-operations then stall on delayed ACKs (about 20 instances/s instead
-    # of 180 here), as pynetdicom's do (DESIGN.md fact 7), which the plugin
+    # of 180 here), as pynetdicom's do (docs/design.md, fact 7), which the plugin
     # avoids. Orthanc inherits this process's environment: give the baseline
     # its best setting too.
     os.environ.setdefault("TCP_NODELAY", "1")
@@ -283,7 +283,7 @@ def twin_file(path: Path) -> bytes:
 
     Orthanc 1.10.1's C-GET cannot send DPP instances: its listener does not
     accept their storage SOP classes in the requester's SCP-role contexts
-    ("C-GET SCP: storeSCU: No presentation context"), see DESIGN.md fact 1.
+    ("C-GET SCP: storeSCU: No presentation context"), see docs/design.md, fact 1.
     So its C-GET is measured on instances of the same count and size that it
     can send: each protocol re-labelled Raw Data Storage (a class Orthanc
     knows), with its own UIDs and a patient of its own, so the plugin, which
@@ -337,7 +337,7 @@ def _posting(
                 orthanc.request("POST", "/instances", data, {"Content-Type": "application/dicom"})
             except HttpError as exc:
                 # Orthanc 1.10.1 answers 404 "Inexistent tag" for instances a
-                # received-instance hook modified (DESIGN.md fact 3); the
+                # received-instance hook modified (docs/design.md, fact 3); the
                 # count is checked at the end instead.
                 if exc.status != 404:
                     errors.append(exc)

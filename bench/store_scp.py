@@ -2,7 +2,7 @@
 
 ``python -m bench.store_scp PORT AET``. It accepts the DPP storage SOP
 classes (DCMTK's storescp would need an association profile for them,
-DESIGN.md fact 8), sets TCP_NODELAY, counts the encoded bytes it receives
+docs/design.md, fact 8), sets TCP_NODELAY, counts the encoded bytes it receives
 without decoding them, and prints one JSON line per finished association,
 so both sides of a comparison are measured against the same, cheap receiver.
 """

@@ -77,7 +77,7 @@ def find_identifier(**keys: object) -> Dataset:
     return ds
 
 
-# --- DCMTK storescp (DESIGN fact 8) ---------------------------------------------------
+# --- DCMTK storescp (docs/design.md, fact 8) ---------------------------------------------------
 
 STORESCP_PROFILE = """\
 [[TransferSyntaxes]]
@@ -118,7 +118,7 @@ def storescp(
     out.mkdir()
     port = port or free_port()
     command = ["storescp", "-aet", aet, "-od", str(out)]
-    if profile:  # DESIGN fact 8: without it, storescp refuses the DPP classes
+    if profile:  # docs/design.md, fact 8: without it, storescp refuses the DPP classes
         config = tmp_path / "dpp-storescp.cfg"
         config.write_text(STORESCP_PROFILE)
         command += ["-xf", str(config), "DPP"]

@@ -267,7 +267,7 @@ class PostgresCluster:
         """Orthanc's ``PostgreSQL`` section for a node of a multi-node set-up.
 
         ``Lock: false`` is what lets a second Orthanc open the same database
-        (DESIGN.md fact 15); index and files both live in PostgreSQL, so the
+        (docs/design.md, fact 15); index and files both live in PostgreSQL, so the
         nodes share storage without a shared folder.
         """
         section: dict[str, Any] = {

@@ -3,7 +3,7 @@
 Orthanc's ``/changes`` is shared by every node on one database, so following
 it (rather than only this node's change callbacks) lets a node learn of
 instances stored through another node. Deletions are not in ``/changes``
-(DESIGN.md fact 10): they come from this node's DELETED callback
+(docs/design.md, fact 10): they come from this node's DELETED callback
 (:meth:`IndexFeed.forget`) and from :meth:`IndexFeed.reconcile`, which drops
 index entries whose instance no longer exists.
 

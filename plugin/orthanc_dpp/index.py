@@ -1,4 +1,4 @@
-"""The in-memory protocol index that answers C-FIND (DESIGN.md "Protocol index").
+"""The in-memory protocol index that answers C-FIND (docs/design.md, "The protocol index").
 
 One :class:`Entry` per stored instance (DPP and Protocol Approval alike; the
 query decides which SOP classes it answers), keyed by Orthanc ID. Readers are

@@ -1,6 +1,6 @@
 """The DPP DICOM listener: a pynetdicom AE on its own port inside Orthanc.
 
-Orthanc's own DICOM port refuses the DPP SOP classes (DESIGN.md fact 1), so
+Orthanc's own DICOM port refuses the DPP SOP classes (docs/design.md, fact 1), so
 the plugin accepts associations itself. This module knows pynetdicom, not
 Orthanc: the service handlers are passed in.
 """
@@ -47,7 +47,7 @@ Handler = Callable[..., Any]
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:
-    """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (DESIGN fact 7)."""
+    """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (docs/design.md, fact 7)."""
     with contextlib.suppress(AttributeError, OSError):
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

@@ -2,7 +2,7 @@
 
 Move destinations and peer permissions come from Orthanc's own modality list
 (``DicomModalities``, or ``PUT /modalities/...`` at run time), read from
-``GET /modalities?expand`` (DESIGN.md fact 14) so that the plugin and Orthanc
+``GET /modalities?expand`` (docs/design.md, fact 14) so that the plugin and Orthanc
 agree on who is who. This module only parses and matches: fetching the JSON
 is the adapter's job, and a refresh swaps one immutable :class:`ModalityList`
 for another in a :class:`ModalityRegistry`, so an association that already

@@ -2,7 +2,7 @@
 
 DPP IODs have no Patient, Study or Series modules, but Orthanc files every
 instance under a patient, study and series and refuses one without
-PatientID, StudyInstanceUID and SeriesInstanceUID (DESIGN.md fact 3).
+PatientID, StudyInstanceUID and SeriesInstanceUID (docs/design.md, fact 3).
 :func:`normalize` adds only what is missing and records, inside the dataset,
 in a private block, exactly which attributes it added or filled.
 :func:`reverse` uses that record to give back the dataset as received,

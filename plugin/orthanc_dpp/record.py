@@ -4,7 +4,7 @@ The index holds one :class:`Record` per stored DPP instance, up to 100,000 or
 more, so a record keeps decoded values, not pydicom objects:
 
 - every public, non-bulk attribute at every nesting level is kept (any of
-  them may be a matching key, DPP-REFERENCE.md "beyond the table");
+  them may be a matching key, docs/design.md, "The DPP model");
 - a record's tags and VRs live in a shared :class:`Layout` (protocols and
   their sequence items repeat the same shapes), so a record itself is a
   tuple of values;

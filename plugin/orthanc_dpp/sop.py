@@ -1,4 +1,4 @@
-"""SOP class UIDs served by the plugin (DPP-REFERENCE.md, PS3.4 HH and GG)."""
+"""SOP class UIDs served by the plugin (docs/design.md, PS3.4 HH and GG)."""
 
 from typing import Final
 

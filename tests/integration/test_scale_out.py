@@ -1,7 +1,7 @@
 """Two Orthanc nodes with the plugin on one PostgreSQL database (scale-out).
 
 Both nodes run Debian's Orthanc with our plugin and Orthanc's PostgreSQL
-index and storage plugins (``Lock: false``, DESIGN.md fact 15) on a
+index and storage plugins (``Lock: false``, docs/design.md, fact 15) on a
 throwaway cluster from ``tests/postgres.py``. What one node stores, the
 other must find and return; what one deletes, the other must stop
 answering; concurrent stores through both must neither lose nor duplicate.
@@ -164,7 +164,7 @@ def wait_for(condition: Callable[[], bool], within: float, what: str) -> float:
 def store(node: OrthancServer, datasets: list[Dataset]) -> list[int]:
     """C-STORE over one association to the node's DPP listener; the statuses."""
     assoc = associate(node)
-    # pynetdicom leaves Nagle on; without this a C-STORE SCU crawls (DESIGN fact 7).
+    # pynetdicom leaves Nagle on; without this a C-STORE SCU crawls (docs/design.md, fact 7).
     assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
