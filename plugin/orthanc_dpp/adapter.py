@@ -34,7 +34,7 @@ from pynetdicom import evt
 from orthanc_dpp import __version__, snapshot, tls
 from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
-from orthanc_dpp.feed import IndexFeed, report_duplicate
+from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import (
     IndexedSource,
@@ -281,11 +281,13 @@ class Plugin:
         # says whether a newcomer replaces the stored one.
         overwrite = configuration.get("OverwriteInstances") is True
         self.index.newest_wins = overwrite
+        fresh = FreshInstances()
         self.library = ProtocolLibrary(
             OrthancRestApi(orthanc),
             settings.normalization,
             stored_as=self._stored_as,
             overwrite=overwrite,
+            fresh=fresh,
         )
         self.feed = IndexFeed(
             self.library,
@@ -295,6 +297,7 @@ class Plugin:
             on_tick=self.refresh_modalities,
             snapshots=GlobalPropertySnapshots(orthanc),
             snapshot_interval=settings.snapshot_interval,
+            fresh=fresh,
         )
         # Peers and move destinations: Orthanc's own modality list, re-read
         # on UPDATED_MODALITIES and every MODALITY_REFRESH seconds.
@@ -357,8 +360,6 @@ class Plugin:
         other = self.index.put(stored.orthanc_id, stored.dataset)
         if other is not None:  # stored through another node meanwhile
             report_duplicate(stored.sop_instance_uid, other, stored.orthanc_id, self.index)
-        if self.feed is not None:
-            self.feed.indexed_here(stored.orthanc_id)
 
     def on_deleted(self, orthanc_id: str) -> None:
         self.index.remove(orthanc_id)

@@ -55,6 +55,38 @@ class Index(Protocol):
     version: int
 
 
+class FreshInstances:
+    """Orthanc IDs this node is storing itself, whose next NewInstance change it skips.
+
+    The mark is set *before* the instance is sent to Orthanc (so the change
+    can never be read before it) and removed when the store creates nothing
+    (it failed, or Orthanc kept an existing copy). Marks expire after
+    FRESH_SECONDS in any case, so a stray one cannot hide a later overwrite
+    for long.
+    """
+
+    def __init__(self) -> None:
+        self._marks: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, orthanc_id: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if len(self._marks) > 10_000:
+                self._marks = {k: t for k, t in self._marks.items() if now - t < FRESH_SECONDS}
+            self._marks[orthanc_id] = now
+
+    def unmark(self, orthanc_id: str) -> None:
+        with self._lock:
+            self._marks.pop(orthanc_id, None)
+
+    def take(self, orthanc_id: str) -> bool:
+        """True (once) if ``orthanc_id`` was marked recently."""
+        with self._lock:
+            marked = self._marks.pop(orthanc_id, None)
+            return marked is not None and time.monotonic() - marked < FRESH_SECONDS
+
+
 def report_duplicate(uid: str, other: str, newcomer: str, index: Any) -> None:
     """Log a second Orthanc instance with an indexed SOP Instance UID, and what wins."""
     if getattr(index, "newest_wins", False):
@@ -90,6 +122,7 @@ class IndexFeed:
         on_tick: Callable[[], None] | None = None,
         snapshots: SnapshotStore | None = None,
         snapshot_interval: float = 60.0,
+        fresh: FreshInstances | None = None,
     ) -> None:
         self.library = library
         self.index = index
@@ -109,15 +142,13 @@ class IndexFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one catch-up at a time
-        # Instances this node has just indexed itself: their NewInstance
+        # Instances this node stores and indexes itself: their NewInstance
         # change needs no second read. Any other NewInstance is read again,
         # even for a known ID: Orthanc records one when an instance is
         # overwritten (OverwriteInstances), on this node or another.
-        # Marks expire (FRESH_SECONDS), so one that the change feed overtook
-        # cannot hide a later overwrite for long.
-        self._fresh: dict[str, float] = {}
+        self.fresh = fresh or FreshInstances()
         self._deleted: set[str] = set()  # DELETED events not yet checked
-        self._fresh_lock = threading.Lock()
+        self._deleted_lock = threading.Lock()
 
     # -- reading Orthanc ---------------------------------------------------
 
@@ -141,19 +172,6 @@ class IndexFeed:
             return self.library.api.get(f"/instances/{orthanc_id}/metadata/SopClassUid").decode()
         except OrthancError:
             return None
-
-    def indexed_here(self, orthanc_id: str) -> None:
-        """This node stored and indexed ``orthanc_id``: skip its next NewInstance change."""
-        with self._fresh_lock:
-            now = time.monotonic()
-            if len(self._fresh) > 10_000:
-                self._fresh = {k: t for k, t in self._fresh.items() if now - t < FRESH_SECONDS}
-            self._fresh[orthanc_id] = now
-
-    def _take_fresh(self, orthanc_id: str) -> bool:
-        with self._fresh_lock:
-            marked = self._fresh.pop(orthanc_id, None)
-            return marked is not None and time.monotonic() - marked < FRESH_SECONDS
 
     def _index_instance(self, orthanc_id: str) -> bool:
         sop_class = self._sop_class(orthanc_id)
@@ -180,7 +198,7 @@ class IndexFeed:
             for seq, change in self._changes(self.last_seq):
                 if (
                     change.get("ChangeType") == "NewInstance"
-                    and not self._take_fresh(change["ID"])
+                    and not self.fresh.take(change["ID"])
                     and self._index_instance(change["ID"])
                 ):
                     added += 1
@@ -194,13 +212,13 @@ class IndexFeed:
         ``OverwriteInstances`` is deleted and stored again under the same ID,
         and its DELETED event may arrive after the new copy is indexed.
         """
-        with self._fresh_lock:
+        with self._deleted_lock:
             self._deleted.add(orthanc_id)
         self._wake.set()
 
     def apply_deletions(self) -> int:
         """Remove the instances reported deleted that Orthanc no longer has."""
-        with self._fresh_lock:
+        with self._deleted_lock:
             pending, self._deleted = self._deleted, set()
         removed = 0
         for orthanc_id in pending:

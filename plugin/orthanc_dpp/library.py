@@ -58,6 +58,14 @@ class OrthancApi(Protocol):
     def delete(self, uri: str) -> None: ...
 
 
+class FreshMarks(Protocol):
+    """What the library tells the change feed (``feed.FreshInstances``)."""
+
+    def mark(self, orthanc_id: str) -> None: ...
+
+    def unmark(self, orthanc_id: str) -> None: ...
+
+
 class StoreError(Exception):
     """An instance was not stored; the statuses say how to report it."""
 
@@ -215,7 +223,9 @@ class ProtocolLibrary:
         *,
         stored_as: Callable[[str], str | None] | None = None,
         overwrite: bool = False,
+        fresh: FreshMarks | None = None,
     ) -> None:
+        self.fresh = fresh  # stores the change feed need not read again
         self.api = api
         self.labels = labels
         self.stored_as = stored_as or (lambda uid: None)
@@ -278,7 +288,18 @@ class ProtocolLibrary:
                     f"{sop_instance} is Orthanc instance {existing}; delete it first "
                     "(or set OverwriteInstances)",
                 )
-            stored = self._post(ds, body, sop_class, sop_instance, result)
+            if self.fresh is not None:
+                self.fresh.mark(target)
+            try:
+                stored = self._post(ds, body, sop_class, sop_instance, result)
+            except StoreError:
+                if self.fresh is not None:
+                    self.fresh.unmark(target)
+                raise
+            if self.fresh is not None and (
+                stored.status == "AlreadyStored" or stored.orthanc_id != target
+            ):
+                self.fresh.unmark(target)  # nothing new in the change log
             if existing and existing != stored.orthanc_id:
                 log.warning(
                     "SOP Instance UID %s: instance %s replaced by %s (OverwriteInstances)",
