@@ -130,6 +130,8 @@ class Root:
 
     def remove(self) -> None:
         self.unmount()
+        if self._mounted():  # never delete through a bind mount of the host's /dev
+            raise SystemExit(f"stacks: {self.path} still has mounts; not deleting it")
         if self.path.exists():
             shutil.rmtree(self.path)
         self.ready.unlink(missing_ok=True)
