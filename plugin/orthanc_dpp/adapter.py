@@ -267,6 +267,7 @@ class Plugin:
         self.config_errors: list[str] = []
         self.settings: Settings | None = None
         self.index = ProtocolIndex()
+        self.fresh = FreshInstances()  # this node's own stores, for the change feed
         self.listener: DppListener | None = None
         self.feed: IndexFeed | None = None
         try:
@@ -281,7 +282,7 @@ class Plugin:
         # says whether a newcomer replaces the stored one.
         overwrite = configuration.get("OverwriteInstances") is True
         self.index.newest_wins = overwrite
-        fresh = FreshInstances()
+        fresh = self.fresh
         self.library = ProtocolLibrary(
             OrthancRestApi(orthanc),
             settings.normalization,
@@ -358,6 +359,7 @@ class Plugin:
         if stored.dataset is None or not stored.orthanc_id:
             return
         other = self.index.put(stored.orthanc_id, stored.dataset)
+        self.fresh.indexed(stored.orthanc_id)
         if other is not None:  # stored through another node meanwhile
             report_duplicate(stored.sop_instance_uid, other, stored.orthanc_id, self.index)
 

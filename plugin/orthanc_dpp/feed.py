@@ -60,31 +60,55 @@ class FreshInstances:
 
     The mark is set *before* the instance is sent to Orthanc (so the change
     can never be read before it) and removed when the store creates nothing
-    (it failed, or Orthanc kept an existing copy). Marks expire after
-    FRESH_SECONDS in any case, so a stray one cannot hide a later overwrite
-    for long.
+    (it failed, or Orthanc kept an existing copy). The change may be read
+    before the store handler has indexed the instance: until it has
+    (:meth:`indexed`), the skipped change's position holds the snapshot's
+    change-log position back (:meth:`low_water`), so a crash in between
+    cannot leave an instance that neither the snapshot nor the change log
+    will index. Marks expire after FRESH_SECONDS in any case.
     """
 
     def __init__(self) -> None:
-        self._marks: dict[str, float] = {}
+        self._marks: dict[str, tuple[float, bool]] = {}  # id -> (when, indexed already)
+        self._skipped: dict[str, tuple[int, float]] = {}  # id -> (change seq, when)
         self._lock = threading.Lock()
 
     def mark(self, orthanc_id: str) -> None:
         with self._lock:
             now = time.monotonic()
             if len(self._marks) > 10_000:
-                self._marks = {k: t for k, t in self._marks.items() if now - t < FRESH_SECONDS}
-            self._marks[orthanc_id] = now
+                self._marks = {k: v for k, v in self._marks.items() if now - v[0] < FRESH_SECONDS}
+            self._marks[orthanc_id] = (now, False)
 
     def unmark(self, orthanc_id: str) -> None:
         with self._lock:
             self._marks.pop(orthanc_id, None)
+            self._skipped.pop(orthanc_id, None)
 
-    def take(self, orthanc_id: str) -> bool:
-        """True (once) if ``orthanc_id`` was marked recently."""
+    def indexed(self, orthanc_id: str) -> None:
+        """The store handler has put the instance in the index."""
         with self._lock:
-            marked = self._marks.pop(orthanc_id, None)
-            return marked is not None and time.monotonic() - marked < FRESH_SECONDS
+            if orthanc_id in self._marks:
+                self._marks[orthanc_id] = (self._marks[orthanc_id][0], True)
+            self._skipped.pop(orthanc_id, None)
+
+    def take(self, orthanc_id: str, seq: int) -> bool:
+        """True (once) if the change ``seq`` of ``orthanc_id`` needs no reading."""
+        with self._lock:
+            mark = self._marks.pop(orthanc_id, None)
+            now = time.monotonic()
+            if mark is None or now - mark[0] >= FRESH_SECONDS:
+                return False
+            if not mark[1]:
+                self._skipped[orthanc_id] = (seq, now)
+            return True
+
+    def low_water(self) -> int | None:
+        """The earliest skipped change whose instance is not indexed yet, if any."""
+        with self._lock:
+            now = time.monotonic()
+            self._skipped = {k: v for k, v in self._skipped.items() if now - v[1] < FRESH_SECONDS}
+            return min((seq for seq, _ in self._skipped.values()), default=None)
 
 
 def report_duplicate(uid: str, other: str, newcomer: str, index: Any) -> None:
@@ -198,7 +222,7 @@ class IndexFeed:
             for seq, change in self._changes(self.last_seq):
                 if (
                     change.get("ChangeType") == "NewInstance"
-                    and not self.fresh.take(change["ID"])
+                    and not self.fresh.take(change["ID"], seq)
                     and self._index_instance(change["ID"])
                 ):
                     added += 1
@@ -289,6 +313,9 @@ class IndexFeed:
         with self._lock:  # last_seq must describe exactly these entries
             seq = self.last_seq
             entries = [(e.orthanc_id, e.record) for e in self.index.snapshot()]
+            pending = self.fresh.low_water()
+            if pending is not None:  # a store read from the log but not indexed yet
+                seq = min(seq, pending - 1)
         started = time.monotonic()
         try:
             self.snapshots.write(snapshot.dump(entries, seq))

@@ -73,7 +73,13 @@ def test_sigkill_during_a_store_burst_loses_nothing_answered_success(make_server
         answers = c_find(orthanc, find_identifier(SOPInstanceUID=uids))
         found = {str(ds.SOPInstanceUID) for code, ds in answers if code == 0xFF00}
         missing += sorted(set(uids) - found)
-    assert not missing, f"{len(missing)} of {len(confirmed)} confirmed protocols lost"
+    in_orthanc = [
+        uid for uid in missing if orthanc.post("/tools/lookup", uid.encode(), "text/plain")
+    ]
+    assert not missing, (
+        f"{len(missing)} of {len(confirmed)} confirmed protocols not found by C-FIND; "
+        f"{len(in_orthanc)} of them are in Orthanc (an index gap, not a lost file)"
+    )
     sample = confirmed[:: max(1, len(confirmed) // 10)]
     final, received = c_get(orthanc, sample, ae_title="TEST_SCU")
     assert int(final.Status) == 0x0000

@@ -98,3 +98,22 @@ def test_a_failing_orthanc_is_reported_not_fatal(caplog) -> None:
         assert "Protocol index update failed: database unavailable" in caplog.text
     finally:
         feed.stop()
+
+
+def test_a_store_read_from_the_log_before_it_is_indexed_holds_the_snapshot_back() -> None:
+    """A crash between the two must not leave an instance nobody will index."""
+    from orthanc_dpp.feed import FreshInstances
+
+    fresh = FreshInstances()
+    fresh.mark("a")
+    assert fresh.take("a", 7)  # the feed skips the change of our own store...
+    assert fresh.low_water() == 7  # ...but until it is indexed, the snapshot stays before it
+    fresh.indexed("a")
+    assert fresh.low_water() is None
+    fresh.mark("b")
+    fresh.indexed("b")  # indexed before the feed reads the change
+    assert fresh.take("b", 9) and fresh.low_water() is None
+    assert not fresh.take("b", 10)  # once only: a later overwrite is read
+    fresh.mark("c")
+    fresh.unmark("c")  # nothing was created
+    assert not fresh.take("c", 11)
