@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -75,6 +77,51 @@ def find_identifier(**keys: object) -> Dataset:
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
     return ds
+
+
+def echo_works(
+    orthanc: OrthancServer,
+    *,
+    source: str = "127.0.0.1",
+    tls_context: ssl.SSLContext | None = None,
+    timeout: float = 10,
+) -> bool:
+    """Whether a new association (from ``source``, over TLS if given) gets a C-ECHO answered.
+
+    False, not an assertion, when the listener refuses: the hostile-peer and
+    TLS tests check refusals as well as service.
+    """
+    ae = AE(ae_title="TEST_SCU")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = timeout
+    tls = (tls_context, "127.0.0.1") if tls_context else None
+    assoc = ae.associate(
+        "127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet, bind_address=(source, 0), tls_args=tls
+    )
+    if not assoc.is_established:
+        return False
+    ok = assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    return ok
+
+
+def library_digest(orthanc: OrthancServer) -> dict[str, str]:
+    """SOP Instance UID -> SHA-256 of the stored file, for every protocol."""
+    listing = orthanc.get_json("/dpp/protocols?limit=1000")
+    uids = [p["SOPInstanceUID"] for p in listing["Protocols"]]
+    return {
+        uid: hashlib.sha256(orthanc.get(f"/dpp/protocols/{uid}/file")).hexdigest() for uid in uids
+    }
+
+
+@contextlib.contextmanager
+def library_unchanged(orthanc: OrthancServer) -> Iterator[None]:
+    """Around an attack: then Orthanc answers, a new association works, the files are intact."""
+    before = library_digest(orthanc)
+    yield
+    assert orthanc.get_json("/system")["Version"]
+    assert echo_works(orthanc)
+    assert library_digest(orthanc) == before
 
 
 # --- DCMTK storescp (docs/design.md, fact 8) ---------------------------------------------------

@@ -8,7 +8,6 @@ time; 127.0.0.2 plays a second host.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import struct
@@ -16,12 +15,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from tests.dpp_factory import make_library
 from tests.orthanc_server import OrthancServer
-from tests.peers import associate, store_protocols
+from tests.peers import associate, echo_works, library_unchanged, store_protocols
 
 ACSE_TIMEOUT = 2
 NETWORK_TIMEOUT = 3
@@ -44,25 +42,11 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         yield server
 
 
-def library_digest(orthanc: OrthancServer) -> dict[str, str]:
-    """SOP Instance UID -> SHA-256 of the stored file, for every protocol."""
-    listing = orthanc.get_json("/dpp/protocols?limit=1000")
-    uids = [p["SOPInstanceUID"] for p in listing["Protocols"]]
-    return {
-        uid: hashlib.sha256(orthanc.get(f"/dpp/protocols/{uid}/file")).hexdigest() for uid in uids
-    }
-
-
 @pytest.fixture
 def unchanged(orthanc: OrthancServer) -> Iterator[None]:
     """After the test: Orthanc answers, a new association works, the library is intact."""
-    before = library_digest(orthanc)
-    yield
-    assert orthanc.get_json("/system")["Version"]
-    assoc = associate(orthanc, [Verification])
-    assert assoc.send_c_echo().Status == 0x0000
-    assoc.release()
-    assert library_digest(orthanc) == before
+    with library_unchanged(orthanc):
+        yield
 
 
 def connect(orthanc: OrthancServer, source: str = "127.0.0.1") -> socket.socket:
@@ -83,17 +67,7 @@ def closed_by_peer(sock: socket.socket) -> bytes:
 
 
 def association_works(orthanc: OrthancServer, source: str = "127.0.0.1") -> bool:
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = 5
-    assoc = ae.associate(
-        "127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet, bind_address=(source, 0)
-    )
-    if not assoc.is_established:
-        return False
-    ok = assoc.send_c_echo().Status == 0x0000
-    assoc.release()
-    return ok
+    return echo_works(orthanc, source=source, timeout=5)
 
 
 def test_stalled_pdu_headers_are_dropped_and_lock_nobody_out(orthanc, unchanged) -> None:

@@ -22,13 +22,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
-from pynetdicom.sop_class import Verification
 
 from orthanc_dpp.sop import CT_DPP_STORAGE
 from tests.dpp_factory import make_library, make_protocol
-from tests.integration.test_hostile_peers import library_digest
 from tests.orthanc_server import OrthancServer
-from tests.peers import associate, store_protocols
+from tests.peers import associate, library_unchanged, store_protocols
 
 MAXIMUM = 4 << 20  # MaximumDatasetSize of this server: 4 MiB
 
@@ -47,12 +45,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 
 @pytest.fixture
 def unchanged(orthanc: OrthancServer) -> Iterator[None]:
-    before = library_digest(orthanc)
-    yield
-    assoc = associate(orthanc, [Verification])
-    assert assoc.send_c_echo().Status == 0x0000
-    assoc.release()
-    assert library_digest(orthanc) == before
+    with library_unchanged(orthanc):
+        yield
 
 
 def peak_memory_kb(orthanc: OrthancServer) -> int:

@@ -17,11 +17,10 @@ import pytest
 from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelMove as DPP_MOVE
-from pynetdicom.sop_class import Verification
 
 from tests.dpp_factory import make_library
 from tests.orthanc_server import OrthancServer, free_port
-from tests.peers import STORESCP_PROFILE, wait_for_port
+from tests.peers import STORESCP_PROFILE, echo_works, wait_for_port
 
 LEAF = """basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment
@@ -109,16 +108,7 @@ def client_context(pki: Path, name: str | None) -> ssl.SSLContext:
 
 
 def echo(orthanc: OrthancServer, context: ssl.SSLContext | None) -> bool:
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 10
-    tls = (context, "127.0.0.1") if context else None
-    assoc = ae.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet, tls_args=tls)
-    if not assoc.is_established:
-        return False
-    ok = assoc.send_c_echo().Status == 0x0000
-    assoc.release()
-    return ok
+    return echo_works(orthanc, tls_context=context)
 
 
 def test_trusted_client_is_served(orthanc, pki) -> None:
