@@ -251,13 +251,14 @@ class ConnectionGuard:
         log.warning(
             "Aborted the association with %s: a dataset of more than %d bytes "
             "(MaximumDatasetSize) was being sent",
-            self._address_of(assoc),
+            self._mark_dropped(assoc),
             self.limits.maximum_dataset_size,
         )
         self._abort(assoc)
         raise PduTooLarge(f"dataset over {size} bytes refused")
 
-    def _address_of(self, assoc: Any) -> str:
+    def _mark_dropped(self, assoc: Any) -> str:
+        """Mark the connection dropped (the watchdog leaves it alone); its address."""
         with self._lock:
             connection = self._connections.get(id(assoc))
             if connection is None:
@@ -277,7 +278,7 @@ class ConnectionGuard:
         log.warning(
             "Aborted the association with %s: PDU of type 0x%02X announces %d bytes, more "
             "than the %d accepted (MaximumPduSize)",
-            self._address_of(assoc),
+            self._mark_dropped(assoc),
             pdu_type,
             length,
             allowed,

@@ -53,6 +53,7 @@ class Index(Protocol):
     def snapshot(self) -> list[Any]: ...
 
     version: int
+    newest_wins: bool
 
 
 class FreshInstances:
@@ -111,9 +112,9 @@ class FreshInstances:
             return min((seq for seq, _ in self._skipped.values()), default=None)
 
 
-def report_duplicate(uid: str, other: str, newcomer: str, index: Any) -> None:
+def report_duplicate(uid: str, other: str, newcomer: str, index: Index) -> None:
     """Log a second Orthanc instance with an indexed SOP Instance UID, and what wins."""
-    if getattr(index, "newest_wins", False):
+    if index.newest_wins:
         log.warning(
             "SOP Instance UID %s: Orthanc instance %s replaces %s in the index "
             "(OverwriteInstances); C-FIND, C-GET, C-MOVE and /dpp/ answer with the newer",
@@ -211,7 +212,7 @@ class IndexFeed:
         other = self.index.put(orthanc_id, ds)
         if other is not None:
             report_duplicate(str(ds.get("SOPInstanceUID", "")), other, orthanc_id, self.index)
-        return other is None or bool(getattr(self.index, "newest_wins", False))
+        return other is None or self.index.newest_wins
 
     # -- the three ways the index changes -------------------------------
 
