@@ -198,6 +198,13 @@ class OrthancServer:
     def get(self, path: str) -> bytes:
         return self.request("GET", path)[2]
 
+    def status_of(self, method: str, path: str) -> int:
+        """The HTTP status of a request, error or not."""
+        try:
+            return self.request(method, path)[0]
+        except HttpError as exc:
+            return exc.status
+
     def get_json(self, path: str) -> Any:
         return json.loads(self.get(path))
 

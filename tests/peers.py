@@ -7,7 +7,6 @@ import hashlib
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pynetdicom.sop_class import Verification
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
 from tests.orthanc_server import OrthancServer, free_port
+from tests.waiting import eventually
 
 
 def associate(
@@ -146,14 +146,13 @@ PresentationContexts = DPPStorage
 
 
 def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert process.poll() is None, "storescp exited"
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"storescp not listening on {port}")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    if not eventually(listening, seconds, step=0.05):
+        raise TimeoutError(f"storescp not listening on {port}")
 
 
 @contextlib.contextmanager

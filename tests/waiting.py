@@ -14,3 +14,11 @@ def eventually(predicate: Callable[[], bool], timeout: float = 5.0, step: float 
             return True
         time.sleep(step)
     return predicate()
+
+
+def seconds_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``predicate`` holds; AssertionError naming ``what`` after ``timeout`` s."""
+    started = time.monotonic()
+    if not eventually(predicate, timeout):
+        raise AssertionError(f"{what}: not within {timeout:.1f} s")
+    return time.monotonic() - started

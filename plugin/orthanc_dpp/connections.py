@@ -44,6 +44,8 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.pdu import A_ABORT_RQ
 
+from orthanc_dpp import pynetdicom_private as private
+
 log = logging.getLogger("orthanc_dpp.listener")
 
 #: Largest PDU other than P-DATA-TF accepted (an A-ASSOCIATE-RQ with many
@@ -89,12 +91,6 @@ class _Connection:
 class _Refusals:
     count: int = 0
     logged_at: float = field(default=-REFUSAL_LOG_INTERVAL)
-
-
-def _raw_socket(assoc: Any) -> socket.socket | None:
-    with contextlib.suppress(AttributeError):
-        return assoc.dul.socket.socket
-    return None
 
 
 def _shut(sock: socket.socket | None) -> None:
@@ -182,7 +178,7 @@ class ConnectionGuard:
     def on_open(self, event: evt.Event) -> None:
         assoc = event.assoc
         address = str(event.address[0]) if event.address else "?"
-        sock = _raw_socket(assoc)
+        sock = private.raw_socket(assoc)
         with self._lock:
             self._connections[id(assoc)] = _Connection(assoc, address, self.clock())
         if sock is not None:
@@ -195,7 +191,7 @@ class ConnectionGuard:
             connection = self._connections.get(id(event.assoc))
             if connection is not None:
                 connection.established = True
-        sock = _raw_socket(event.assoc)
+        sock = private.raw_socket(event.assoc)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.settimeout(self.limits.network_timeout)
@@ -212,8 +208,11 @@ class ConnectionGuard:
         pynetdicom's reader asks for the 6-byte header, then for exactly the
         length the header announces; the check sits between the two.
         """
-        reader = assoc.dul.socket
-        read = reader.recv
+        private.intercept_reads(assoc, lambda read: self._checked_reads(assoc, read))
+
+    def _checked_reads(
+        self, assoc: Any, read: Callable[[int], bytearray]
+    ) -> Callable[[int], bytearray]:
         header: list[bytes] = [b""]
         dataset = [0]  # data bytes of the DIMSE message being received
         limits = self.limits
@@ -245,7 +244,7 @@ class ConnectionGuard:
                     self._refuse_dataset(assoc, dataset[0])
             return body
 
-        reader.recv = recv
+        return recv
 
     def _refuse_dataset(self, assoc: Any, size: int) -> None:
         log.warning(
@@ -268,7 +267,7 @@ class ConnectionGuard:
 
     def _abort(self, assoc: Any) -> None:
         """An A-ABORT to the peer, then the connection shut down."""
-        sock = _raw_socket(assoc)
+        sock = private.raw_socket(assoc)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.sendall(abort_pdu())
@@ -314,7 +313,7 @@ class ConnectionGuard:
                 connection.address,
                 self.limits.acse_timeout,
             )
-            _shut(_raw_socket(connection.assoc))
+            _shut(private.raw_socket(connection.assoc))
         return [c.address for c in late]
 
     def _prune(self) -> None:
@@ -354,6 +353,6 @@ class ConnectionGuard:
             connections = list(self._connections.values())
         for connection in connections:
             connection.dropped = True
-            _shut(_raw_socket(connection.assoc))
+            _shut(private.raw_socket(connection.assoc))
         if self._thread is not None:
             self._thread.join(5)

@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.uid import (
@@ -24,10 +24,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import tls as tls_module
 from orthanc_dpp.config import Settings
 from orthanc_dpp.connections import ConnectionGuard, Limits
@@ -48,34 +48,20 @@ Handler = Callable[..., Any]
 
 def set_tcp_nodelay(event: evt.Event) -> None:
     """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (docs/design.md, fact 7)."""
-    with contextlib.suppress(AttributeError, OSError):
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = private.raw_socket(event.assoc)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def count_sending_as_activity(event: evt.Event) -> None:
     """Restart the association's network timer after each message the listener sends.
 
-    pynetdicom restarts it only on data *received*, and checks it after a
-    request has been served: a C-FIND answer or a C-MOVE that takes longer
-    than NetworkTimeout to send was aborted right after its final response.
-    The timeout is meant for a silent peer, not for a busy listener.
+    The timeout is meant for a silent peer, not for a busy listener: without
+    this, a C-FIND answer or a C-MOVE that took longer than NetworkTimeout
+    to send was aborted right after its final response.
     """
-    with contextlib.suppress(AttributeError):
-        event.assoc.dul._idle_timer.restart()
-
-
-def quiet_pynetdicom() -> None:
-    """Turn off pynetdicom's INFO/DEBUG-level logging work (its documented settings).
-
-    Its standard handlers format every PDU and DIMSE message, and every
-    C-FIND identifier is decoded and pretty-printed, for log records that
-    the plugin drops (it passes pynetdicom's records on from WARNING up).
-    Warnings and errors are still logged. Applies to associations created
-    afterwards.
-    """
-    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    private.restart_network_timer(event.assoc)
 
 
 class GuardedServer(ThreadedAssociationServer):
@@ -112,7 +98,6 @@ class ListenerState:
     state: str = "stopped"  # stopped | running | failed | disabled
     error: str | None = None
     associations_served: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DppListener:
@@ -128,7 +113,7 @@ class DppListener:
 
     def _make_ae(self) -> AE:
         s = self.settings
-        quiet_pynetdicom()
+        private.quiet_logging()
         ae = AE(ae_title=s.ae_title)
         ae.maximum_associations = s.maximum_associations
         ae.acse_timeout = s.acse_timeout
@@ -159,6 +144,10 @@ class DppListener:
         with self._lock:
             if self._server is not None:
                 return True
+            try:
+                private.require()
+            except private.PynetdicomChanged as exc:
+                return self._failed(str(exc))
             ae = self._make_ae()
             guard = ConnectionGuard(
                 Limits(
@@ -191,9 +180,7 @@ class DppListener:
                     f"cannot listen on {s.bind_address}:{s.port}: {exc.strerror or exc}"
                 )
             server.guard, server.tls, server.handshake_timeout = guard, tls, s.acse_timeout
-            # As AE.start_server(block=False) does; the AE's list of servers is
-            # where ThreadedAssociationServer.shutdown() removes it from.
-            ae._servers.append(server)
+            private.register_server(ae, server)
             threading.Thread(target=server.serve_forever, name="dpp-listener", daemon=True).start()
             self._server = server
             self._guard = guard

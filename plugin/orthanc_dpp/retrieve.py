@@ -35,10 +35,9 @@ import itertools
 import logging
 import re
 import ssl
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -50,13 +49,13 @@ from pydicom.uid import (
     UID,
 )
 from pynetdicom import AE, build_context, evt
-from pynetdicom import service_class as pynetdicom_service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
+from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import sop, status
 from orthanc_dpp.access import AccessPolicy, Service, decide
 from orthanc_dpp.limits import (
@@ -74,7 +73,6 @@ from orthanc_dpp.suboperations import (
     Outcome,
     Preparer,
     StoreChannel,
-    polling,
 )
 
 log = logging.getLogger("orthanc_dpp.retrieve")
@@ -356,9 +354,7 @@ class RetrieveHandler:
         *,
         report_missing: bool = True,
         pending_interval: float = 0.0,
-        storage_classes: Iterable[str] = sop.DPP_STORAGE_CLASSES,
         tls_context: ssl.SSLContext | None = None,
-        logger: logging.Logger | None = None,
         limits: DatasetLimits | None = None,
     ) -> None:
         self.kind = kind
@@ -369,9 +365,8 @@ class RetrieveHandler:
         self.policy = policy
         self.report_missing = report_missing
         self.pending_interval = pending_interval
-        self.storage_classes = tuple(sorted(storage_classes))
         self.tls_context = tls_context
-        self.log = logger or log
+        self.log = log
 
     def __call__(self, event: evt.Event) -> Any:
         # pynetdicom calls the handler itself only when install() is not in
@@ -497,7 +492,9 @@ class RetrieveHandler:
 
         ahead = Lookahead(((uid, oid, next(ids)) for uid, oid in plan), preparer)
         requester = service.assoc
-        quiet = polling(requester, QUIET_POLL) if sender is not requester else nullcontext()
+        quiet = (
+            private.dul_polling(requester, QUIET_POLL) if sender is not requester else nullcontext()
+        )
         with quiet, StoreChannel(sender) as channel:
             while (item := ahead.take()) is not None:
                 if service.is_cancelled(req.MessageID):
@@ -538,7 +535,7 @@ class RetrieveHandler:
         assoc = service.assoc
         preparer = Preparer(
             self.source.load,
-            list(assoc.accepted_contexts),
+            assoc,
             allow_conversion,
             assoc.dimse.maximum_pdu_size,
             self.log,
@@ -579,7 +576,7 @@ class RetrieveHandler:
             tls_args = (self.tls_context, destination.host)
         contexts = [
             build_context(sop_class, ts)
-            for sop_class in self.storage_classes
+            for sop_class in sorted(sop.DPP_STORAGE_CLASSES)
             for ts in TRANSFER_SYNTAXES  # one context each: instances go out as stored
         ]
         connected: list[bool] = []
@@ -637,7 +634,7 @@ class RetrieveHandler:
         sender = store if store is not None else service.assoc
         preparer = Preparer(
             self.source.load,
-            list(sender.accepted_contexts),
+            sender,
             destination.allow_transcoding,
             sender.dimse.maximum_pdu_size,
             self.log,
@@ -672,38 +669,28 @@ class RetrieveHandler:
 
 # --- wiring into pynetdicom ---------------------------------------------------------------
 
-_install_lock = threading.Lock()
 
-
-def _routed(stock: Callable[..., None], event: Any) -> Callable[..., None]:
-    def scp(self: Any, req: Any, context: PresentationContext) -> None:
-        bound = self.assoc.get_handlers(event)
-        handler = bound[0] if isinstance(bound, tuple) else None
-        if isinstance(handler, RetrieveHandler):
-            handler.serve(self, req, context)
-        else:
-            stock(self, req, context)
-
-    scp.__name__ = stock.__name__
-    return scp
+def _serve_routed(
+    service: Any, req: Any, context: PresentationContext, stock: Callable[..., None]
+) -> None:
+    event = evt.EVT_C_GET if isinstance(req, C_GET) else evt.EVT_C_MOVE
+    bound = service.assoc.get_handlers(event)
+    handler = bound[0] if isinstance(bound, tuple) else None
+    if isinstance(handler, RetrieveHandler):
+        handler.serve(service, req, context)
+    else:
+        stock(req, context)
 
 
 def install() -> None:
     """Route DPP C-GET/C-MOVE requests to bound :class:`RetrieveHandler` objects.
 
-    Idempotent and thread-safe. Touches only pynetdicom's Defined Procedure
-    Protocol service class, and falls back to pynetdicom's own loop for any
-    other handler, so nothing else in the process changes. Raises
-    AttributeError if pynetdicom no longer has the methods it replaces
-    (pinned 3.0.4), which the adapter should report as a start-up error.
+    Idempotent. Touches only pynetdicom's Defined Procedure Protocol service
+    class, and falls back to pynetdicom's own loop for any other handler, so
+    nothing else in the process changes. The listener checks at start-up
+    that the methods replaced here still exist (:mod:`pynetdicom_private`).
     """
-    cls = pynetdicom_service_class.DefinedProcedureProtocolQueryRetrieveServiceClass
-    with _install_lock:
-        if getattr(cls, "_orthanc_dpp_routed", False):
-            return
-        for name, event in (("_get_scp", evt.EVT_C_GET), ("_move_scp", evt.EVT_C_MOVE)):
-            setattr(cls, name, _routed(getattr(cls, name), event))
-        cls._orthanc_dpp_routed = True  # type: ignore[attr-defined]
+    private.route_retrieve(_serve_routed)
 
 
 def make_get_handler(

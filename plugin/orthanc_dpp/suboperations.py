@@ -26,10 +26,9 @@ import contextlib
 import logging
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
@@ -40,8 +39,9 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+
+from orthanc_dpp import pynetdicom_private as private
 
 FAILED = "Failure"
 
@@ -83,29 +83,6 @@ class Prepared:
 # --- presentation contexts and conversion -----------------------------------------------
 
 
-def choose_context(
-    contexts: Iterable[PresentationContext], sop_class: str, transfer_syntax: UID
-) -> PresentationContext | None:
-    """The accepted context an instance goes out on, as pynetdicom would pick it.
-
-    Mirrors ``Association._get_valid_context`` (pynetdicom 3.0.4): a context
-    with the stored transfer syntax if accepted, else the first one it can
-    convert to (uncompressed, same byte order: explicit <-> implicit VR,
-    deflated <-> inflated). Knowing the pick lets us refuse lossy ones first.
-    """
-    usable = [cx for cx in contexts if cx.abstract_syntax == sop_class and cx.as_scu]
-    for cx in usable:
-        if cx.transfer_syntax[0] == transfer_syntax:
-            return cx
-    for cx in usable:
-        target = UID(cx.transfer_syntax[0])
-        if transfer_syntax.is_compressed or target.is_compressed:
-            continue
-        if transfer_syntax.is_little_endian == target.is_little_endian:
-            return cx
-    return None
-
-
 def conversion_loss(ds: Dataset, source: UID, target: UID) -> str | None:
     """Why re-encoding ``ds`` from ``source`` to ``target`` would change it, or None.
 
@@ -140,7 +117,7 @@ class Preparer:
     """
 
     load: Callable[[str], Dataset]
-    contexts: list[PresentationContext]
+    assoc: Association
     allow_conversion: bool
     max_pdu: int
     log: logging.Logger
@@ -156,7 +133,7 @@ class Preparer:
         except Exception as exc:
             self.log.error("cannot load instance %s (%s): %s", uid, orthanc_id, exc)
             return Prepared(uid, message_id, Outcome(FAILED, "cannot be loaded"))
-        cx = choose_context(self.contexts, sop_class, stored_ts)
+        cx = private.accepted_context(self.assoc, sop_class, stored_ts)
         if cx is None:
             reason = f"no accepted context for {sop_class.name}/{stored_ts.name}"
             return Prepared(uid, message_id, Outcome(FAILED, reason))
@@ -186,12 +163,7 @@ class Preparer:
             req.MoveOriginatorApplicationEntityTitle = self.originator[0]
             req.MoveOriginatorMessageID = self.originator[1]
         req.DataSet = BytesIO(data)
-        # What DIMSEServiceProvider.send_msg does, minus the sending.
-        message = C_STORE_RQ()
-        message.primitive_to_message(req)
-        context_id = int(cx.context_id or 0)
-        message.context_id = context_id
-        fragments = list(message.encode_msg(context_id, self.max_pdu))
+        message, fragments = private.encode_request(req, int(cx.context_id or 0), self.max_pdu)
         return Prepared(uid, message_id, None, message, fragments)
 
 
@@ -228,25 +200,6 @@ class Lookahead:
         return current if current is not None else self._prepare()
 
 
-@contextlib.contextmanager
-def polling(assoc: Association, delay: float) -> Iterator[None]:
-    """Let ``assoc``'s DUL thread sleep ``delay`` s between polls, then restore it.
-
-    pynetdicom 3.0.4 polls its socket and send queue every
-    ``_run_loop_delay`` seconds (1 ms) and offers no other setting for it.
-    """
-    dul: Any = assoc.dul
-    before = getattr(dul, "_run_loop_delay", None)
-    if before is None:
-        yield
-        return
-    dul._run_loop_delay = delay
-    try:
-        yield
-    finally:
-        dul._run_loop_delay = before
-
-
 class StoreChannel:
     """Sends prepared C-STORE requests on one association, one round trip at a time.
 
@@ -259,34 +212,25 @@ class StoreChannel:
 
     def __init__(self, assoc: Association) -> None:
         self.assoc = assoc
-        self._paused = False
-        self._polling = polling(assoc, FAST_POLL)
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> StoreChannel:
-        self._polling.__enter__()
+        self._stack.enter_context(private.dul_polling(self.assoc, FAST_POLL))
         if self.assoc.is_requestor and self.assoc.is_established:
-            self.assoc._reactor_checkpoint.clear()
-            deadline = time.monotonic() + 5
-            while not self.assoc._is_paused and self.assoc.is_alive():
-                if time.monotonic() > deadline:
-                    break  # send_c_store would wait forever here; we just go on
-                time.sleep(0.0001)
-            self._paused = True
+            # If it does not pause (the association is ending), the responses
+            # are still read below; send_c_store would wait forever instead.
+            self._stack.enter_context(private.reactor_paused(self.assoc))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._paused:
-            self.assoc._reactor_checkpoint.set()
-            self._paused = False
-        self._polling.__exit__(None, None, None)
+        self._stack.close()
 
     def start(self, item: Prepared) -> Outcome | None:
         """Send one prepared request; a fatal outcome if it could not be sent."""
         assert item.message is not None
         try:
             evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": item.message})
-            for fragment in item.fragments:
-                self.assoc.dul.send_pdu(fragment)
+            private.send_fragments(self.assoc, item.fragments)
         except Exception as exc:
             return Outcome(FAILED, f"C-STORE not sent: {exc}", fatal=True)
         self._wait_until_sent()
@@ -301,9 +245,8 @@ class StoreChannel:
         would start only after the preparation. Sleeping here hands it the
         GIL now. This one wait took C-MOVE from 230 to 350 instances/s.
         """
-        dul = self.assoc.dul
         deadline = time.monotonic() + limit
-        while not (dul.to_provider_queue.empty() and dul.event_queue.empty()):
+        while not private.sending_done(self.assoc):
             if time.monotonic() > deadline:
                 return
             time.sleep(_HAND_OVER)
@@ -337,7 +280,7 @@ class StoreChannel:
             if deadline is not None:
                 wait = min(wait, max(deadline - time.monotonic(), 0))
             try:
-                _, rsp = assoc.dimse.msg_queue.get(timeout=wait)
+                _, rsp = private.next_response(assoc, wait)
             except queue.Empty:
                 if assoc.acse.is_aborted() or not assoc.dul.is_alive():
                     return Outcome(FAILED, "association aborted by the peer", fatal=True)

@@ -7,7 +7,6 @@ library unchanged, and the bomb with Orthanc's peak memory barely moved.
 from __future__ import annotations
 
 import struct
-import time
 import zlib
 from collections.abc import Iterator
 from io import BytesIO
@@ -23,6 +22,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
 
+from orthanc_dpp.pynetdicom_private import reactor_paused
 from orthanc_dpp.sop import CT_DPP_STORAGE
 from tests.dpp_factory import make_library, make_protocol
 from tests.orthanc_server import OrthancServer
@@ -71,14 +71,9 @@ def raw_c_store(orthanc: OrthancServer, data: bytes, transfer_syntax: str) -> Da
     context_id = assoc.accepted_contexts[0].context_id
     # As pynetdicom's own send_c_store: pause the association's reactor so
     # that it does not take the response for itself.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.001)
-    try:
+    with reactor_paused(assoc):
         assoc.dimse.send_msg(request, context_id)
         _, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
     if assoc.is_established:
         assoc.release()
     return None if response is None else response

@@ -40,6 +40,7 @@ from tests.postgres import (
     PostgresCluster,
     postgres_available,
 )
+from tests.waiting import seconds_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -151,16 +152,6 @@ def as_received(ds: Dataset) -> Dataset:
     return pydicom.dcmread(io.BytesIO(to_bytes(ds)))
 
 
-def wait_for(condition: Callable[[], bool], within: float, what: str) -> float:
-    """Poll ``condition`` until true; seconds it took. Fails after ``within`` (+ one poll)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{what}: not within {within:.1f} s")
-        time.sleep(0.02)
-    return time.monotonic() - started
-
-
 def store(node: OrthancServer, datasets: list[Dataset]) -> list[int]:
     """C-STORE over one association to the node's DPP listener; the statuses."""
     assoc = associate(node)
@@ -231,7 +222,9 @@ def test_stored_through_a_is_found_and_retrieved_through_b(
         assert found_nowhere(b, ds)
         assert store(a, [ds]) == [0x0000]
         delays.append(
-            wait_for(lambda ds=ds: found_everywhere(b, ds), FOUND_WITHIN, f"B finds {kind} {seed}")
+            seconds_until(
+                lambda ds=ds: found_everywhere(b, ds), FOUND_WITHIN, f"B finds {kind} {seed}"
+            )
         )
         for retrieve in RETRIEVERS:
             back = retrieve(b, ds)
@@ -246,13 +239,13 @@ def test_deleted_through_b_disappears_from_a(nodes: tuple[OrthancServer, Orthanc
     for seed in (5201, 5202, 5203):
         ds = as_received(make_protocol(seed, "CT"))
         assert store(a, [ds]) == [0x0000]
-        wait_for(lambda ds=ds: found_everywhere(b, ds), FOUND_WITHIN, "B finds it")
+        seconds_until(lambda ds=ds: found_everywhere(b, ds), FOUND_WITHIN, "B finds it")
         assert found_everywhere(a, ds)
         b.delete(f"/dpp/protocols/{ds.SOPInstanceUID}")
         assert found_nowhere(b, ds), "B still answers with what it deleted"
         assert ds.SOPInstanceUID not in orthanc_sop_instance_uids(a)  # one database
         delays.append(
-            wait_for(lambda ds=ds: found_nowhere(a, ds), GONE_WITHIN, "A forgets B's deletion")
+            seconds_until(lambda ds=ds: found_nowhere(a, ds), GONE_WITHIN, "A forgets B's deletion")
         )
         with pytest.raises(HttpError) as gone:
             retrieved_by_rest(a, ds)
@@ -294,7 +287,7 @@ def test_concurrent_stores_through_both_lose_and_duplicate_nothing(
         return ours <= set(listed_uids(node))
 
     for node in (a, b):
-        wait_for(lambda node=node: complete(node), FOUND_WITHIN, "every protocol listed")
+        seconds_until(lambda node=node: complete(node), FOUND_WITHIN, "every protocol listed")
     in_database = orthanc_sop_instance_uids(a)
     assert sorted(in_database) == sorted(orthanc_sop_instance_uids(b))
     assert len(in_database) == len(set(in_database)), "duplicate instances in Orthanc"

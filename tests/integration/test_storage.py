@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,26 +13,18 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
 )
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from orthanc_dpp.config import KEYS
+from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES
 from tests.dpp_factory import make_library, make_non_dpp, make_protocol, to_bytes
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import associate, store_protocols
-
-TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
+from tests.waiting import eventually
 
 
 def as_received(ds: Dataset, transfer_syntax: str) -> Dataset:
@@ -179,7 +170,9 @@ def test_plain_post_instances_of_a_dpp_file(server: OrthancServer) -> None:
         # Orthanc 1.10.1 answers 404 "Inexistent tag" after a modified upload
         # although it stored the instance (docs/orthanc-versions.md).
         assert exc.status == 404
-    server_status = _wait_for_protocol(server, ds.SOPInstanceUID)
+    path = f"/dpp/protocols/{ds.SOPInstanceUID}"
+    assert eventually(lambda: server.status_of("GET", path) == 200, 10), f"{path} never appeared"
+    server_status = server.get_json(path)
     assert server_status["SOPClassUID"] == str(ds.SOPClassUID)
     assert original(server, ds.SOPInstanceUID) == as_received(ds, ExplicitVRLittleEndian)
 
@@ -196,16 +189,6 @@ def test_received_instance_hook_stays_off_while_calls_keep_the_interpreter_lock(
     # Our own paths still store.
     store_protocols(orthanc, [make_protocol(9200, "CT")])
     assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == 1
-
-
-def _wait_for_protocol(server: OrthancServer, uid: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return server.get_json(f"/dpp/protocols/{uid}")
-        except HttpError:
-            time.sleep(0.1)
-    raise AssertionError(f"{uid} never appeared in /dpp/protocols")
 
 
 def test_storage_classes_are_all_accepted(server: OrthancServer) -> None:

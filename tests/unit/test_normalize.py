@@ -10,15 +10,10 @@ from hypothesis import strategies as st
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import encode_part10
+from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.normalize import (
     RECORD_CREATOR,
     RECORD_GROUP,
@@ -31,12 +26,6 @@ from orthanc_dpp.normalize import (
 from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES, XA_DPP_STORAGE
 
 LABELS = Normalization()
-TRANSFER_SYNTAXES = [
-    ImplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
 
 
 def dpp(**extra: object) -> Dataset:

@@ -35,6 +35,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from orthanc_dpp import retrieve, sop, status
 from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
 from orthanc_dpp.retrieve import (
     IdentifierError,
@@ -42,25 +43,14 @@ from orthanc_dpp.retrieve import (
     make_retrieve_handlers,
     parse_identifier,
 )
-from orthanc_dpp.suboperations import choose_context, conversion_loss
+from orthanc_dpp.suboperations import conversion_loss
 from tests.dpp_factory import make_library, make_protocol, to_bytes
+from tests.orthanc_server import free_port
 from tests.peers import storescp
 
-ALL_TS = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
 DPP_CLASSES = sorted(sop.DPP_STORAGE_CLASSES)
 SCP_AET = "DPP_SCP"
 SCU_AET = "RETRIEVER"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def closed_port() -> int:
@@ -118,10 +108,10 @@ def harness() -> Iterator[Harness]:
     registry = ModalityRegistry()
     handlers = make_retrieve_handlers(source, registry, AccessPolicy())
     ae = AE(ae_title=SCP_AET)
-    ae.add_supported_context(sop.DPP_GET, ALL_TS)
-    ae.add_supported_context(sop.DPP_MOVE, ALL_TS)
+    ae.add_supported_context(sop.DPP_GET, TRANSFER_SYNTAXES)
+    ae.add_supported_context(sop.DPP_MOVE, TRANSFER_SYNTAXES)
     for sop_class in DPP_CLASSES:
-        ae.add_supported_context(sop_class, ALL_TS, scu_role=True, scp_role=True)
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     port = free_port()
     server = ae.start_server(
         ("127.0.0.1", port),
@@ -221,10 +211,10 @@ def _query(
     identifier: Dataset,
     *,
     aet: str = SCU_AET,
-    storage_ts: list[str] | None = ALL_TS,
+    storage_ts: list[str] | None = TRANSFER_SYNTAXES,
     move_to: str | None = None,
     cancel_after: int | None = None,
-    query_ts: list[str] = ALL_TS,
+    query_ts: list[str] = TRANSFER_SYNTAXES,
 ) -> Result:
     received: list[tuple[Dataset, str, str | None]] = []
 
@@ -283,7 +273,7 @@ class StoreSCP:
         self,
         aet: str = "STORE_SCP",
         classes: list[str] = DPP_CLASSES,
-        transfer_syntaxes: list[str] = ALL_TS,
+        transfer_syntaxes: list[str] = TRANSFER_SYNTAXES,
         answer: int = status.SUCCESS,
         abort_after: int | None = None,
     ) -> None:
@@ -400,28 +390,6 @@ def test_conversion_loss_only_for_explicit_to_implicit_with_private_data() -> No
     assert "private" in conversion_loss(ds, ExplicitVRLittleEndian, ImplicitVRLittleEndian)
     assert conversion_loss(ds, ImplicitVRLittleEndian, ExplicitVRLittleEndian) is None
     assert conversion_loss(ds, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian) is None
-
-
-def test_choose_context_mirrors_pynetdicom() -> None:
-    from pynetdicom.presentation import PresentationContext
-
-    def cx(i: int, ts: str) -> PresentationContext:
-        c = PresentationContext()
-        c.context_id, c.abstract_syntax, c.transfer_syntax = i, sop.CT_DPP_STORAGE, [ts]
-        c._as_scu = True
-        return c
-
-    implicit, explicit, big = (
-        cx(1, ImplicitVRLittleEndian),
-        cx(3, ExplicitVRLittleEndian),
-        cx(5, ExplicitVRBigEndian),
-    )
-    assert (
-        choose_context([implicit, explicit], sop.CT_DPP_STORAGE, ExplicitVRLittleEndian) is explicit
-    )
-    assert choose_context([implicit], sop.CT_DPP_STORAGE, ExplicitVRLittleEndian) is implicit
-    assert choose_context([big], sop.CT_DPP_STORAGE, ExplicitVRLittleEndian) is None
-    assert choose_context([implicit], sop.XA_DPP_STORAGE, ImplicitVRLittleEndian) is None
 
 
 # --- C-GET ------------------------------------------------------------------------------
@@ -563,7 +531,7 @@ def test_other_handlers_keep_pynetdicoms_behaviour() -> None:
         yield 0  # no sub-operations: pynetdicom answers Success by itself
 
     ae = AE(ae_title=SCP_AET)
-    ae.add_supported_context(sop.DPP_GET, ALL_TS)
+    ae.add_supported_context(sop.DPP_GET, TRANSFER_SYNTAXES)
     port = free_port()
     server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, plain)]

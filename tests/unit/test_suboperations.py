@@ -1,13 +1,8 @@
-"""The sub-operation helpers on their own: look-ahead bound and poll restoring."""
+"""The sub-operation helpers on their own: the look-ahead bound."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
-import pytest
-
-from orthanc_dpp.suboperations import Lookahead, Prepared, polling
+from orthanc_dpp.suboperations import Lookahead, Prepared
 
 
 def test_lookahead_prepares_at_most_one_ahead_and_keeps_the_order() -> None:
@@ -27,17 +22,3 @@ def test_lookahead_prepares_at_most_one_ahead_and_keeps_the_order() -> None:
     assert [(item.uid, item.message_id) for item in rest] == [("1.2", 2), ("1.3", 3), ("1.4", 4)]
     assert made == ["1.1", "1.2", "1.3", "1.4"]
     assert ahead.take() is None
-
-
-def test_polling_restores_the_dul_delay_even_after_an_error() -> None:
-    assoc: Any = SimpleNamespace(dul=SimpleNamespace(_run_loop_delay=0.001))
-    with pytest.raises(RuntimeError), polling(assoc, 0.0002):
-        assert assoc.dul._run_loop_delay == 0.0002
-        raise RuntimeError("sub-operation failed")
-    assert assoc.dul._run_loop_delay == 0.001
-
-
-def test_polling_leaves_an_unknown_dul_alone() -> None:
-    assoc: Any = SimpleNamespace(dul=SimpleNamespace())
-    with polling(assoc, 0.0002):
-        assert not hasattr(assoc.dul, "_run_loop_delay")

@@ -1,0 +1,305 @@
+"""Every use of pynetdicom's private API, behind named operations, checked at start-up.
+
+The listener needs a few things pynetdicom 3.0.4 has no public API for:
+restarting the network timer when it sends, sending pre-encoded C-STORE
+requests without a round trip through its reactor, routing the DPP C-GET
+and C-MOVE to the plugin's own sub-operation loop, reading and shutting
+the raw socket. Each is done here and nowhere else, so a pynetdicom upgrade
+has one module to review, and :func:`check` finds a missing or reshaped
+internal once, at start-up, on real pynetdicom objects: the listener then
+refuses to start and says why (``/dpp/status``, Orthanc's log) instead of
+failing per request (every C-MOVE answering 0xC000) or silently (the
+network timer no longer restarted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom import AE, service_class
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import DimsePrimitiveType
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+
+#: The pynetdicom release whose internals this module was written against.
+WRITTEN_FOR = "3.0.4"
+
+_DPP_SERVICE = service_class.DefinedProcedureProtocolQueryRetrieveServiceClass
+_ROUTED = "_orthanc_dpp_routed"
+_route_lock = threading.Lock()
+
+#: How long :func:`reactor_paused` waits for the reactor thread to pause.
+REACTOR_PAUSE_LIMIT = 5.0
+
+
+class PynetdicomChanged(RuntimeError):
+    """pynetdicom lacks an internal the plugin relies on (or it changed shape)."""
+
+
+# --- logging -----------------------------------------------------------------------------
+
+
+def quiet_logging() -> None:
+    """Turn off pynetdicom's INFO/DEBUG-level logging work (settings of ``pynetdicom._config``).
+
+    Its standard handlers format every PDU and DIMSE message and pretty-print
+    every C-FIND identifier, for records the plugin drops anyway (it passes
+    pynetdicom's records on from WARNING up). Applies to associations created
+    afterwards.
+    """
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+# --- the connection ----------------------------------------------------------------------
+
+
+def raw_socket(assoc: Association) -> socket.socket | None:
+    """The association's TCP (or TLS) socket, None before it has one."""
+    transport = assoc.dul.socket
+    return None if transport is None else transport.socket
+
+
+def intercept_reads(
+    assoc: Association, wrap: Callable[[Callable[[int], bytearray]], Callable[[int], bytearray]]
+) -> None:
+    """Route the association's reads through ``wrap(read)``.
+
+    pynetdicom's DUL reads a PDU as its 6-byte header, then exactly the
+    length the header announces, through ``AssociationSocket.recv``; a
+    wrapper sees both reads and may raise to stop before the body is read.
+    """
+    transport = assoc.dul.socket
+    if transport is not None:
+        transport.recv = wrap(transport.recv)  # type: ignore[method-assign]
+
+
+def register_server(ae: AE, server: ThreadedAssociationServer) -> None:
+    """Let ``ae`` know a server made with ``make_server``, as ``start_server`` would.
+
+    ``ThreadedAssociationServer.shutdown`` removes itself from this list.
+    """
+    ae._servers.append(server)
+
+
+def restart_network_timer(assoc: Association) -> None:
+    """Count something the listener sent as activity on the association.
+
+    pynetdicom restarts its network timer only on data received and checks
+    it after a request has been served, so an answer that took longer than
+    NetworkTimeout to send was aborted right after it.
+    """
+    assoc.dul._idle_timer.restart()
+
+
+# --- sending C-STORE sub-operations ------------------------------------------------------
+
+
+def accepted_context(
+    assoc: Association, sop_class: UID, transfer_syntax: UID
+) -> PresentationContext | None:
+    """The accepted context an instance goes out on, as ``send_c_store`` picks it.
+
+    Knowing the pick before sending lets the caller refuse a lossy
+    conversion first.
+    """
+    try:
+        return assoc._get_valid_context(sop_class, transfer_syntax, "scu")
+    except ValueError:
+        return None
+
+
+def encode_request(
+    primitive: DimsePrimitiveType, context_id: int, max_pdu: int
+) -> tuple[C_STORE_RQ, list[P_DATA]]:
+    """A C-STORE request as the message and P-DATA fragments ``send_msg`` would send."""
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    message.context_id = context_id
+    return message, list(message.encode_msg(context_id, max_pdu))
+
+
+def send_fragments(assoc: Association, fragments: Iterable[P_DATA]) -> None:
+    """Queue encoded P-DATA for the association's DUL thread to send."""
+    for fragment in fragments:
+        assoc.dul.send_pdu(fragment)
+
+
+def sending_done(assoc: Association) -> bool:
+    """Whether the DUL thread has taken everything queued off its queues."""
+    dul = assoc.dul
+    return dul.to_provider_queue.empty() and dul.event_queue.empty()
+
+
+def next_response(assoc: Association, timeout: float) -> Any:
+    """The next DIMSE message the association received, or ``queue.Empty`` after ``timeout``."""
+    return assoc.dimse.msg_queue.get(timeout=timeout)
+
+
+@contextlib.contextmanager
+def dul_polling(assoc: Association, delay: float) -> Iterator[None]:
+    """Let ``assoc``'s DUL thread sleep ``delay`` s between polls, then restore it.
+
+    pynetdicom polls its socket and send queue every 1 ms and offers no
+    setting for it.
+    """
+    dul = assoc.dul
+    before = dul._run_loop_delay
+    dul._run_loop_delay = delay
+    try:
+        yield
+    finally:
+        dul._run_loop_delay = before
+
+
+@contextlib.contextmanager
+def reactor_paused(assoc: Association) -> Iterator[bool]:
+    """Keep the reactor of an association this side requested from reading responses.
+
+    ``send_c_store`` pauses it around every message; pausing it once for a
+    whole retrieve lets the caller take C-STORE responses off the DIMSE
+    queue itself. Yields whether the reactor paused within
+    :data:`REACTOR_PAUSE_LIMIT` (it does unless the association is ending).
+    """
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + REACTOR_PAUSE_LIMIT
+    try:
+        while not assoc._is_paused and assoc.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        yield bool(assoc._is_paused)
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+# --- routing DPP C-GET and C-MOVE --------------------------------------------------------
+
+ServeRetrieve = Callable[[Any, Any, PresentationContext, Callable[..., None]], None]
+
+
+def route_retrieve(serve: ServeRetrieve) -> None:
+    """Send the DPP service class's C-GET and C-MOVE requests to ``serve``.
+
+    ``serve(service, request, context, stock)`` gets pynetdicom's own
+    method as ``stock`` to fall back on. Only the Defined Procedure Protocol
+    service class changes; idempotent and thread-safe.
+    """
+    with _route_lock:
+        if getattr(_DPP_SERVICE, _ROUTED, False):
+            return
+        for name in ("_get_scp", "_move_scp"):
+            stock = getattr(_DPP_SERVICE, name)
+
+            def routed(
+                self: Any, req: Any, context: PresentationContext, stock: Any = stock
+            ) -> None:
+                serve(self, req, context, stock.__get__(self))
+
+            routed.__name__ = name
+            setattr(_DPP_SERVICE, name, routed)
+        setattr(_DPP_SERVICE, _ROUTED, True)
+
+
+# --- the start-up check ------------------------------------------------------------------
+
+
+def _parameters(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def _wraps_sockets(assoc: Association) -> bool:
+    with socket.socket() as sock:
+        transport = AssociationSocket(assoc, client_socket=sock)
+        return transport.socket is sock and _parameters(transport.recv) == ["nr_bytes"]
+
+
+def check() -> list[str]:
+    """What is missing or changed among the internals above, checked on real objects.
+
+    An empty list means every operation of this module will work.
+    """
+    problems: list[str] = []
+
+    def expect(what: str, test: Callable[[], bool]) -> None:
+        try:
+            ok = test()
+        except Exception as exc:
+            problems.append(f"{what}: {type(exc).__name__}: {exc}")
+            return
+        if not ok:
+            problems.append(what)
+
+    expect(
+        "pynetdicom._config logging settings",
+        lambda: all(
+            hasattr(pynetdicom_config, name)
+            for name in ("LOG_HANDLER_LEVEL", "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS")
+        ),
+    )
+    ae = AE()
+    expect("AE._servers list", lambda: isinstance(ae._servers, list))
+    try:
+        assoc = Association(ae, "requestor")
+    except Exception as exc:
+        problems.append(f"Association(ae, 'requestor'): {type(exc).__name__}: {exc}")
+        return problems
+    dul = assoc.dul
+    expect("DULServiceProvider._idle_timer.restart", lambda: callable(dul._idle_timer.restart))
+    expect(
+        "DULServiceProvider._run_loop_delay (seconds)",
+        lambda: isinstance(dul._run_loop_delay, float),
+    )
+    expect("DULServiceProvider.send_pdu", lambda: callable(dul.send_pdu))
+    expect(
+        "DULServiceProvider send queues",
+        lambda: callable(dul.to_provider_queue.empty) and callable(dul.event_queue.empty),
+    )
+    expect("DULServiceProvider.socket", lambda: hasattr(dul, "socket"))
+    expect("DIMSEServiceProvider.msg_queue", lambda: callable(assoc.dimse.msg_queue.get))
+    expect(
+        "Association._reactor_checkpoint event",
+        lambda: isinstance(assoc._reactor_checkpoint, threading.Event),
+    )
+    expect("Association._is_paused flag", lambda: isinstance(assoc._is_paused, bool))
+    expect(
+        "Association._get_valid_context(ab_syntax, tr_syntax, role, ...)",
+        lambda: (
+            _parameters(Association._get_valid_context)[:4]
+            == ["self", "ab_syntax", "tr_syntax", "role"]
+        ),
+    )
+    expect(
+        "C_STORE_RQ.encode_msg(context_id, max_pdu_length)",
+        lambda: _parameters(C_STORE_RQ.encode_msg)[1:3] == ["context_id", "max_pdu_length"],
+    )
+    expect("C_STORE_RQ.primitive_to_message", lambda: callable(C_STORE_RQ.primitive_to_message))
+    expect("AssociationSocket.recv(nr_bytes) and .socket", lambda: _wraps_sockets(assoc))
+    for name in ("_get_scp", "_move_scp"):
+        expect(
+            f"DefinedProcedureProtocolQueryRetrieveServiceClass.{name}(req, context)",
+            lambda name=name: _parameters(getattr(_DPP_SERVICE, name))[1:3] == ["req", "context"],
+        )
+    return problems
+
+
+def require() -> None:
+    """Raise :class:`PynetdicomChanged` naming every problem :func:`check` finds."""
+    problems = check()
+    if problems:
+        import pynetdicom
+
+        raise PynetdicomChanged(
+            f"pynetdicom {pynetdicom.__version__} lacks internals the plugin relies on "
+            f"(written for {WRITTEN_FOR}): " + "; ".join(problems)
+        )

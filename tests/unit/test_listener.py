@@ -1,0 +1,76 @@
+"""The DPP listener on its own: contexts, start, refusal to start, stop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+
+from orthanc_dpp.config import parse_settings
+from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
+from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES
+from tests.orthanc_server import free_port
+
+
+def listener(port: int) -> DppListener:
+    section = {"Port": port, "BindAddress": "127.0.0.1", "AETitle": "DPP_UNDER_TEST"}
+    return DppListener(parse_settings({"DefinedProcedureProtocol": section}), {})
+
+
+def refuses_connections(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_started_listener_answers_echo_and_offers_storage() -> None:
+    port = free_port()
+    dpp = listener(port)
+    assert dpp.start() and dpp.status.state == "running"
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification)
+        for sop_class in STORAGE_CLASSES:
+            scu.add_requested_context(sop_class, TRANSFER_SYNTAXES[0])
+        scu.add_requested_context(DPP_FIND)  # no handler: not offered
+        assoc = scu.associate("127.0.0.1", port, ae_title="DPP_UNDER_TEST")
+        assert assoc.is_established
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        assert int(assoc.send_c_echo().Status) == 0
+        assoc.release()
+    finally:
+        dpp.stop()
+    assert accepted == {Verification, *STORAGE_CLASSES}
+    assert dpp.status.state == "stopped" and dpp.status.associations_served == 1
+    assert refuses_connections(port)
+
+
+def test_changed_pynetdicom_internals_keep_the_listener_down(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def other_signature(self: Any, syntax: str) -> None:
+        return None
+
+    monkeypatch.setattr(Association, "_get_valid_context", other_signature)
+    port = free_port()
+    dpp = listener(port)
+    with caplog.at_level(logging.ERROR, logger="orthanc_dpp.listener"):
+        assert dpp.start() is False
+    assert dpp.status.state == "failed"
+    assert "Association._get_valid_context" in (dpp.status.error or "")
+    assert "DPP listener not started" in caplog.text and "_get_valid_context" in caplog.text
+    assert refuses_connections(port)  # not half-working: not listening at all
+
+
+def test_a_busy_port_is_reported() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        dpp = listener(port)
+        assert dpp.start() is False
+    assert dpp.status.state == "failed" and f"127.0.0.1:{port}" in (dpp.status.error or "")
