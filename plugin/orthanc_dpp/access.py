@@ -33,12 +33,15 @@ irradiates patients; an unknown peer must not be able to add or replace one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from orthanc_dpp.modalities import Modality, ModalityList
+from orthanc_dpp.modalities import Modality, ModalityList, ModalityRegistry
+
+log = logging.getLogger("orthanc_dpp.access")
 
 
 class Service(StrEnum):
@@ -194,3 +197,43 @@ def decide(
     if policy.unknown_callers is not None and service in policy.unknown_callers:
         return Decision(True, f"UnknownCallers allows {service}")
     return Decision(False, f"AET {calling_aet} is not in Orthanc's DicomModalities")
+
+
+def describe_requestor(assoc: Any) -> str:
+    """'AET@host:port' of an association's requestor, for log lines."""
+    info = assoc.requestor
+    return f"{info.ae_title}@{info.address}:{info.port}"
+
+
+class Gatekeeper:
+    """Per-service permission of the calling peer, from Orthanc's modality list.
+
+    The one place every DIMSE service asks; a refusal is logged here with the
+    caller, its address and the rule, while the peer only hears "not
+    authorised".
+    """
+
+    def __init__(self, modalities: ModalityRegistry, policy: AccessPolicy) -> None:
+        self.modalities = modalities
+        self.policy = policy
+
+    def check(
+        self, assoc: Any, service: Service, modalities: ModalityList | None = None
+    ) -> Decision:
+        """Whether ``assoc``'s requestor may use ``service``.
+
+        ``modalities`` is the snapshot of the modality list the caller works
+        with for the rest of the request (C-MOVE looks its destination up in
+        it); by default the current one.
+        """
+        info = assoc.requestor
+        current = self.modalities.current if modalities is None else modalities
+        decision = decide(self.policy, current, service, info.ae_title, info.address)
+        if not decision:
+            log.warning(
+                "C-%s from %s refused: %s",
+                service.upper(),
+                describe_requestor(assoc),
+                decision.reason,
+            )
+        return decision

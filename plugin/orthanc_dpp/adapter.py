@@ -32,7 +32,7 @@ import pynetdicom
 from pynetdicom import evt
 
 from orthanc_dpp import __version__, snapshot, tls
-from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
@@ -49,7 +49,7 @@ from orthanc_dpp.listener import DppListener
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.rest import DppRestApi, Request, Response, error, json_response
 from orthanc_dpp.retrieve import make_retrieve_handlers
-from orthanc_dpp.scp import Gatekeeper, make_echo_handler, make_find_handler, make_store_handler
+from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
 
 log = logging.getLogger("orthanc_dpp")
 

@@ -21,14 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
-
-from pydicom import Dataset
+from typing import Any
 
 from orthanc_dpp import snapshot
+from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, orthanc_resource_id
 from orthanc_dpp.normalize import library_uids
-from orthanc_dpp.record import Record
 from orthanc_dpp.snapshot import SnapshotStore
 from orthanc_dpp.sop import STORAGE_CLASSES
 
@@ -37,23 +35,6 @@ log = logging.getLogger("orthanc_dpp.feed")
 CHANGES_PAGE = 1000
 #: Seconds a "stored and indexed here" mark stays valid.
 FRESH_SECONDS = 60.0
-
-
-class Index(Protocol):
-    """What the feed needs of :class:`orthanc_dpp.index.ProtocolIndex`."""
-
-    def put(self, orthanc_id: str, ds: Dataset) -> str | None: ...
-
-    def remove(self, orthanc_id: str) -> bool: ...
-
-    def orthanc_ids(self) -> set[str]: ...
-
-    def put_record(self, orthanc_id: str, record: Record) -> str | None: ...
-
-    def snapshot(self) -> list[Any]: ...
-
-    version: int
-    newest_wins: bool
 
 
 class FreshInstances:
@@ -112,7 +93,7 @@ class FreshInstances:
             return min((seq for seq, _ in self._skipped.values()), default=None)
 
 
-def report_duplicate(uid: str, other: str, newcomer: str, index: Index) -> None:
+def report_duplicate(uid: str, other: str, newcomer: str, index: ProtocolIndex) -> None:
     """Log a second Orthanc instance with an indexed SOP Instance UID, and what wins."""
     if index.newest_wins:
         log.warning(
@@ -140,7 +121,7 @@ class IndexFeed:
     def __init__(
         self,
         library: ProtocolLibrary,
-        index: Index,
+        index: ProtocolIndex,
         *,
         poll_interval: float,
         reconcile_interval: float,

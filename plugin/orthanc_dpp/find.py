@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 
 from orthanc_dpp import status
 from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.match import InvalidIdentifier, compile_query
+from orthanc_dpp.match import compile_query
+from orthanc_dpp.status import InvalidIdentifier
 
 log = logging.getLogger("orthanc_dpp.find")
 
@@ -44,7 +45,7 @@ def handle_find(
         query = compile_query(identifier)
     except InvalidIdentifier as exc:
         log.info("C-FIND identifier refused (0x%04X): %s", exc.status, exc)
-        yield status.status_dataset(exc.status, exc.comment, exc.tag), None
+        yield status.status_dataset(exc.status, exc.comment, exc.offending), None
         return
     except Exception:
         log.exception("C-FIND identifier could not be read")

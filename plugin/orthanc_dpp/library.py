@@ -23,7 +23,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import pydicom
 from pydicom import Dataset
@@ -33,6 +33,7 @@ from pydicom.uid import UID
 
 from orthanc_dpp import normalize, status
 from orthanc_dpp.config import Normalization
+from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.library")
@@ -408,10 +409,6 @@ def normalize_received(data: bytes, labels: Normalization) -> bytes | None:
     return encode_part10(ds)
 
 
-class _Index(Protocol):
-    def get(self, sop_instance_uid: str) -> Any: ...
-
-
 class IndexedSource:
     """What C-GET/C-MOVE retrieve (``retrieve.ProtocolSource``): DPP instances of the index.
 
@@ -419,7 +416,7 @@ class IndexedSource:
     information model; Protocol Approvals have their own model (PS3.4 HH).
     """
 
-    def __init__(self, index: _Index, library: ProtocolLibrary) -> None:
+    def __init__(self, index: ProtocolIndex, library: ProtocolLibrary) -> None:
         self.index = index
         self.library = library
 

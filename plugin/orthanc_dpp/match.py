@@ -42,29 +42,18 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from orthanc_dpp import keys, sop, status
 from orthanc_dpp.keys import KeyRow
 from orthanc_dpp.record import BINARY, CHARSET_TEXT, NUMBERS, Record, to_data_element
+from orthanc_dpp.status import InvalidIdentifier
 
 SOP_CLASS_UID: Final = 0x00080016
 
 #: VRs on which "*" and "?" are wild cards (PS3.4 C.2.2.2.4).
 WILD_CARD_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 TEMPORAL_VRS: Final = frozenset({"DA", "TM", "DT"})
-
-
-class InvalidIdentifier(Exception):
-    """The identifier cannot be processed; ``status`` and ``comment`` say why.
-
-    ``comment`` fits Error Comment (0000,0902), which is LO (64 characters).
-    """
-
-    def __init__(self, status_code: int, comment: str, tag: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status_code
-        self.comment = comment[:64]
-        self.tag = tag
 
 
 def describe(tag: int) -> str:
@@ -78,7 +67,7 @@ def _invalid(tag: int, problem: str) -> InvalidIdentifier:
     comment = f"{problem} {describe(tag)}"
     if len(comment) > 64:
         comment = f"{problem} {keyword_for_tag(tag) or describe(tag)}"
-    return InvalidIdentifier(status.UNABLE_TO_PROCESS, comment, tag)
+    return InvalidIdentifier(status.UNABLE_TO_PROCESS, comment, [tag])
 
 
 # -- normalization: the same on key values and stored values ---------------------
@@ -421,7 +410,6 @@ class _Segment:
 
 # -- key values: validation and compilation ---------------------------------------------
 
-_UID_RE: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _CS_RE: Final = re.compile(r"[A-Z0-9 _*?]*")
 _AS_RE: Final = re.compile(r"\d{3}[DWMY]")
 _DS_RE: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -442,7 +430,7 @@ def _check_text(tag: int, vr: str, values: list[Any]) -> list[str]:
     texts = [str(v) for v in values]
     for text in texts:
         stripped = text.strip(" ")
-        if vr == "UI" and (len(stripped) > 64 or not _UID_RE.fullmatch(stripped.rstrip("\x00"))):
+        if vr == "UI" and not UID(stripped.rstrip("\x00")).is_valid:
             raise _invalid(tag, "Invalid UI value in")
         if vr == "CS" and not _CS_RE.fullmatch(stripped):
             raise _invalid(tag, "Invalid CS value in")
@@ -597,7 +585,7 @@ def _compile_keys(ds: Dataset, rows: tuple[KeyRow, ...], out: _Compiled, *, top:
             raise InvalidIdentifier(
                 status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                 f"Key of another model: {describe(tag)}",
-                tag,
+                [tag],
             )
         if tag in keys.NOT_MATCHED or element == 0:
             continue

@@ -14,10 +14,11 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pydicom import Dataset
 
+from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, parse_part10
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_part10
 
@@ -56,24 +57,6 @@ def method_not_allowed(allowed: str) -> Response:
     return Response(405, b"", allowed=allowed)
 
 
-class Entry(Protocol):
-    orthanc_id: str
-    sop_instance_uid: str
-    sop_class_uid: str
-
-    def summary(self) -> dict[str, Any]: ...
-
-
-class Index(Protocol):
-    def get(self, sop_instance_uid: str) -> Entry | None: ...
-
-    def get_by_orthanc_id(self, orthanc_id: str) -> Entry | None: ...
-
-    def page(self, offset: int, limit: int) -> list[Entry]: ...
-
-    def __len__(self) -> int: ...
-
-
 def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     """The files of an upload: one DICOM body, or the parts of a multipart body.
 
@@ -101,7 +84,7 @@ class DppRestApi:
     def __init__(
         self,
         library: ProtocolLibrary,
-        index: Index,
+        index: ProtocolIndex,
         status: Callable[[], dict[str, Any]],
         on_stored: Callable[[Stored], None],
         on_deleted: Callable[[str], None],

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import ssl
 import time
 from collections import Counter
@@ -57,7 +56,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import sop, status
-from orthanc_dpp.access import AccessPolicy, Service, decide
+from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
 from orthanc_dpp.limits import (
     DatasetLimits,
     LimitExceeded,
@@ -66,6 +65,7 @@ from orthanc_dpp.limits import (
 )
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.modalities import Modality, ModalityRegistry
+from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import (
     FAILED,
     QUIET_POLL,
@@ -86,9 +86,6 @@ MAX_SUB_OPERATIONS = 65535
 #: Failed sub-operations logged one by one before only the summary counts them.
 LOGGED_FAILURES = 10
 
-# PS3.5 9.1: components of digits without leading zeros, separated by dots.
-_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-
 
 class ProtocolSource(Protocol):
     """Where retrieved instances come from (the adapter implements it over Orthanc)."""
@@ -106,16 +103,6 @@ class ProtocolSource(Protocol):
 # --- identifier ---------------------------------------------------------------------------
 
 
-class IdentifierError(Exception):
-    """The request cannot be served; ``status`` and ``comment`` go into the response."""
-
-    def __init__(self, code: int, comment: str, offending: Sequence[int] = ()) -> None:
-        super().__init__(comment)
-        self.status = code
-        self.comment = comment
-        self.offending = list(offending)
-
-
 def _tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
@@ -124,18 +111,13 @@ def _shorten(text: str, length: int = 24) -> str:
     return text if len(text) <= length else text[: length - 3] + "..."
 
 
-def is_valid_uid(value: str) -> bool:
-    """PS3.5 9.1 syntax: at most 64 characters, numeric components, no leading zeros."""
-    return len(value) <= 64 and _UID_PATTERN.fullmatch(value) is not None
-
-
 def parse_identifier(identifier: Dataset) -> list[str]:
     """The SOP Instance UIDs a C-GET/C-MOVE identifier asks for, in order, without repeats.
 
     PS3.4 HH.4.2: the only key is SOP Instance UID, one UID or a list, and
     Query/Retrieve Level shall not be present. Specific Character Set is
     tolerated (it changes nothing for UIDs) and so are group lengths. Every
-    other problem raises :class:`IdentifierError` with 0xA900 "Identifier
+    other problem raises :class:`InvalidIdentifier` with 0xA900 "Identifier
     does not match SOP Class" naming the offending elements, or 0xC000 if
     the identifier cannot even be decoded.
     """
@@ -144,11 +126,11 @@ def parse_identifier(identifier: Dataset) -> list[str]:
         elements = {int(tag): identifier[tag] for tag in list(identifier.keys())}
         raw = elements[SOP_INSTANCE_UID].value if SOP_INSTANCE_UID in elements else None
     except Exception as exc:
-        raise IdentifierError(
+        raise InvalidIdentifier(
             status.UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}"
         ) from exc
     if QUERY_RETRIEVE_LEVEL in elements:
-        raise IdentifierError(
+        raise InvalidIdentifier(
             status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "Query/Retrieve Level must be absent (PS3.4 HH.4.2)",
             [QUERY_RETRIEVE_LEVEL],
@@ -156,13 +138,13 @@ def parse_identifier(identifier: Dataset) -> list[str]:
     tolerated = {SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET}
     extra = [t for t in elements if t not in tolerated and t & 0xFFFF != 0]
     if extra:
-        raise IdentifierError(
+        raise InvalidIdentifier(
             status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "only SOP Instance UID is a key; got " + " ".join(_tag(t) for t in extra),
             extra,
         )
     if SOP_INSTANCE_UID not in elements:
-        raise IdentifierError(
+        raise InvalidIdentifier(
             status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "SOP Instance UID (0008,0018) is missing",
             [SOP_INSTANCE_UID],
@@ -170,21 +152,21 @@ def parse_identifier(identifier: Dataset) -> list[str]:
     values = list(raw) if isinstance(raw, MultiValue | list | tuple) else [raw]
     uids = [str(v if v is not None else "").rstrip("\0 ") for v in values]
     if not any(uids):
-        raise IdentifierError(
+        raise InvalidIdentifier(
             status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "SOP Instance UID is empty: name one UID or a list",
             [SOP_INSTANCE_UID],
         )
     for uid in uids:
-        if not is_valid_uid(uid):
-            raise IdentifierError(
+        if not UID(uid).is_valid:
+            raise InvalidIdentifier(
                 status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                 f"ill-formed SOP Instance UID {_shorten(uid)!r}",
                 [SOP_INSTANCE_UID],
             )
     unique = list(dict.fromkeys(uids))
     if len(unique) > MAX_SUB_OPERATIONS:
-        raise IdentifierError(
+        raise InvalidIdentifier(
             status.UNABLE_TO_PROCESS,
             f"{len(unique)} instances requested, at most {MAX_SUB_OPERATIONS} per request",
         )
@@ -256,12 +238,6 @@ def _message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
             yield mid
 
 
-def _comment(text: str) -> str:
-    """An Error Comment: printable ASCII without backslash, cut to LO length."""
-    clean = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)
-    return clean[: status.ERROR_COMMENT_LENGTH]
-
-
 # --- responses ----------------------------------------------------------------------------
 
 
@@ -292,7 +268,7 @@ class _Reply:
         rsp.AffectedSOPClassUID = self._req.AffectedSOPClassUID
         rsp.Status = code
         if comment:
-            rsp.ErrorComment = _comment(comment)
+            rsp.ErrorComment = status.error_comment(comment)
         if offending:
             rsp.OffendingElement = list(offending)
         if tally is not None:
@@ -361,8 +337,7 @@ class RetrieveHandler:
         self.limits = limits or DatasetLimits()
         self.service = Service.GET if kind == "get" else Service.MOVE
         self.source = source
-        self.modalities = modalities
-        self.policy = policy
+        self.gate = Gatekeeper(modalities, policy)
         self.report_missing = report_missing
         self.pending_interval = pending_interval
         self.tls_context = tls_context
@@ -391,14 +366,10 @@ class RetrieveHandler:
     def _serve(
         self, service: Any, req: C_GET | C_MOVE, context: PresentationContext, reply: _Reply
     ) -> None:
-        requestor = service.assoc.requestor
-        peer = f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
-        modalities = self.modalities.current  # one snapshot for the whole request
-        decision = decide(
-            self.policy, modalities, self.service, requestor.ae_title, requestor.address
-        )
+        peer = describe_requestor(service.assoc)
+        modalities = self.gate.modalities.current  # one snapshot for the whole request
+        decision = self.gate.check(service.assoc, self.service, modalities)
         if not decision:
-            self.log.warning("%s from %s refused: %s", self._name, peer, decision.reason)
             reply.refuse(status.NOT_AUTHORIZED, "Not authorised")  # details in the log only
             return
         try:
@@ -413,7 +384,7 @@ class RetrieveHandler:
                 code = status.OUT_OF_RESOURCES_NUMBER_OF_MATCHES
             reply.refuse(code, exc.comment)
             return
-        except IdentifierError as exc:
+        except InvalidIdentifier as exc:
             self.log.warning("%s from %s: bad identifier: %s", self._name, peer, exc.comment)
             reply.refuse(exc.status, exc.comment, exc.offending)
             return

@@ -16,7 +16,7 @@ from pydicom import Dataset
 from pynetdicom import evt
 
 from orthanc_dpp import status
-from orthanc_dpp.access import AccessPolicy, Decision, Service, decide
+from orthanc_dpp.access import Gatekeeper, Service, describe_requestor
 from orthanc_dpp.find import handle_find
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary, Stored, StoreError
@@ -26,7 +26,6 @@ from orthanc_dpp.limits import (
     check_values_per_key,
     decode_dimse_dataset,
 )
-from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.scp")
@@ -37,41 +36,16 @@ log = logging.getLogger("orthanc_dpp.scp")
 NOT_AUTHORISED = "Not authorised"
 
 
-def requestor(event: evt.Event) -> str:
-    """'AET@host:port' of the peer, for log lines."""
-    info = event.assoc.requestor
-    return f"{info.ae_title}@{info.address}:{info.port}"
-
-
-class Gatekeeper:
-    """Per-service permission of the calling peer, from Orthanc's modality list."""
-
-    def __init__(self, modalities: ModalityRegistry, policy: AccessPolicy) -> None:
-        self.modalities = modalities
-        self.policy = policy
-
-    def check(self, event: evt.Event, service: Service) -> Decision:
-        info = event.assoc.requestor
-        decision = decide(
-            self.policy, self.modalities.current, service, info.ae_title, info.address
-        )
-        if not decision:
-            log.warning(
-                "C-%s from %s refused: %s", service.upper(), requestor(event), decision.reason
-            )
-        return decision
-
-
 def make_echo_handler(gate: Gatekeeper) -> Callable[[evt.Event], Dataset]:
     """C-ECHO: success, or a refusal naming why (like Orthanc's AllowEcho)."""
 
     def handle_echo(event: evt.Event) -> Dataset:
-        decision = gate.check(event, Service.ECHO)
+        decision = gate.check(event.assoc, Service.ECHO)
         if not decision:
             # Verification has no "not authorised" status: a failure code
             # with the reason is the clearest answer an SCU can show.
             return status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED)
-        log.info("C-ECHO from %s", requestor(event))
+        log.info("C-ECHO from %s", describe_requestor(event.assoc))
         return status_dataset(status.SUCCESS)
 
     return handle_echo
@@ -95,8 +69,8 @@ def make_store_handler(
     limits = limits or DatasetLimits()
 
     def handle_store(event: evt.Event) -> Dataset:
-        peer = requestor(event)
-        decision = gate.check(event, Service.STORE)
+        peer = describe_requestor(event.assoc)
+        decision = gate.check(event.assoc, Service.STORE)
         if not decision:
             return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
         try:
@@ -147,8 +121,8 @@ def make_find_handler(
     limits = limits or DatasetLimits()
 
     def handle(event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
-        peer = requestor(event)
-        decision = gate.check(event, Service.FIND)
+        peer = describe_requestor(event.assoc)
+        decision = gate.check(event.assoc, Service.FIND)
         if not decision:
             # C-FIND has no "not authorised" status (PS3.4 C.4.1.1.4).
             yield (

@@ -5,6 +5,7 @@ ones our handlers answer with, so that no bare hexadecimal number appears in
 handler code and every status is searchable by its meaning.
 """
 
+from collections.abc import Iterable
 from typing import Final
 
 from pydicom import Dataset
@@ -50,12 +51,26 @@ def error_comment(text: str) -> str:
     return cleaned[:ERROR_COMMENT_LENGTH].rstrip()
 
 
-def status_dataset(code: int, comment: str | None = None, tag: int | None = None) -> Dataset:
+def status_dataset(code: int, comment: str | None = None, offending: Iterable[int] = ()) -> Dataset:
     """A status with its Error Comment (see :func:`error_comment`) and Offending Element."""
     ds = Dataset()
     ds.Status = code
     if comment:
         ds.ErrorComment = error_comment(comment)
-    if tag is not None:
-        ds.OffendingElement = [tag]
+    if offending := list(offending):
+        ds.OffendingElement = offending
     return ds
+
+
+class InvalidIdentifier(Exception):
+    """A C-FIND, C-GET or C-MOVE identifier that cannot be served.
+
+    ``status`` is the final status, ``comment`` the Error Comment (already
+    cleaned by :func:`error_comment`), ``offending`` the Offending Element tags.
+    """
+
+    def __init__(self, code: int, comment: str, offending: Iterable[int] = ()) -> None:
+        super().__init__(comment)
+        self.status = code
+        self.comment = error_comment(comment)
+        self.offending = tuple(offending)

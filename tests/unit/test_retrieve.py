@@ -38,11 +38,11 @@ from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
 from orthanc_dpp.retrieve import (
-    IdentifierError,
     Tally,
     make_retrieve_handlers,
     parse_identifier,
 )
+from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import conversion_loss
 from tests.dpp_factory import make_library, make_protocol, to_bytes
 from tests.orthanc_server import free_port
@@ -347,7 +347,7 @@ def store_scp() -> Iterator[StoreSCP]:
 def test_parse_identifier_rejects(build: Any, code: int, words: str) -> None:
     ds = Dataset()
     build(ds)
-    with pytest.raises(IdentifierError) as caught:
+    with pytest.raises(InvalidIdentifier) as caught:
         parse_identifier(ds)
     assert caught.value.status == code
     assert words in caught.value.comment
@@ -488,7 +488,7 @@ def test_undecodable_identifier(harness: Harness) -> None:
     ds = identifier_for("1.2.3")
     tag = Tag(0x00189082)  # Effective Echo Time, FD: 8 bytes per value
     ds._dict[tag] = RawDataElement(tag, "FD", 3, b"abc", 0, False, True)
-    with pytest.raises(IdentifierError) as caught:
+    with pytest.raises(InvalidIdentifier) as caught:
         parse_identifier(ds)
     assert caught.value.status == status.UNABLE_TO_PROCESS
     # Over the network: 4 bytes sent as OB in implicit VR, read back as FD.

@@ -15,15 +15,15 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
 from orthanc_dpp import scp
-from orthanc_dpp.access import AccessPolicy, parse_unknown_callers
+from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import ModalityRegistry
 from tests.unit.test_find import make_index, raw_identifiers
 
 
-def gate() -> scp.Gatekeeper:
+def gate() -> Gatekeeper:
     everyone = parse_unknown_callers(["Echo", "Store", "Find", "Get", "Move"])
-    return scp.Gatekeeper(ModalityRegistry(), AccessPolicy.from_orthanc({}, everyone))
+    return Gatekeeper(ModalityRegistry(), AccessPolicy.from_orthanc({}, everyone))
 
 
 def find_event(identifier: Dataset, assoc: Any = None) -> SimpleNamespace:
