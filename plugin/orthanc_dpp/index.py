@@ -25,37 +25,36 @@ from typing import Any, Final
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
+from orthanc_dpp.keys import SOP_CLASS_UID, SOP_INSTANCE_UID, tag
 from orthanc_dpp.match import Leaf, Query, SequenceKey, normalizer
 from orthanc_dpp.record import Record, to_record
 
-SOP_CLASS_UID: Final = 0x00080016
-SOP_INSTANCE_UID: Final = 0x00080018
-CODE_VALUE: Final = 0x00080100
+CODE_VALUE: Final = tag("CodeValue")
 CODE_SEQUENCES: Final = (
-    0x00189906,  # Potential Scheduled Protocol Code Sequence
-    0x00189907,  # Potential Requested Procedure Code Sequence
-    0x00189909,  # Potential Reasons for Procedure Code Sequence
-    0x00080220,  # Responsible Group Code Sequence
-    0x00082218,  # Anatomic Region Sequence
-    0x00082228,  # Primary Anatomic Structure Sequence
+    tag("PotentialScheduledProtocolCodeSequence"),
+    tag("PotentialRequestedProcedureCodeSequence"),
+    tag("PotentialReasonsForProcedureCodeSequence"),
+    tag("ResponsibleGroupCodeSequence"),
+    tag("AnatomicRegionSequence"),
+    tag("PrimaryAnatomicStructureSequence"),
 )
 
 #: Top-level attributes with a value index.
 INDEXED: Final = (
-    0x00181030,  # Protocol Name
-    0x00080221,  # Equipment Modality
-    0x00080070,  # Manufacturer
-    0x00081090,  # Manufacturer's Model Name
-    0x00080080,  # Institution Name
-    0x00700084,  # Content Creator's Name
-    0x00080012,  # Instance Creation Date
+    tag("ProtocolName"),
+    tag("EquipmentModality"),
+    tag("Manufacturer"),
+    tag("ManufacturerModelName"),
+    tag("InstitutionName"),
+    tag("ContentCreatorName"),
+    tag("InstanceCreationDate"),
 )
 #: (sequence, item attribute) pairs with a value index.
 INDEXED_ITEMS: Final = (
     *((seq, CODE_VALUE) for seq in CODE_SEQUENCES),
-    (0x00189912, 0x00080070),  # Model Specification Sequence > Manufacturer
-    (0x00189912, 0x00081090),  # Model Specification Sequence > Manufacturer's Model Name
-    (0x0040A07C, 0x00080080),  # Custodial Organization Sequence > Institution Name
+    (tag("ModelSpecificationSequence"), tag("Manufacturer")),
+    (tag("ModelSpecificationSequence"), tag("ManufacturerModelName")),
+    (tag("CustodialOrganizationSequence"), tag("InstitutionName")),
 )
 
 # A wild card or range is tried on each distinct value of an index only when
@@ -85,28 +84,32 @@ class Entry:
     def summary(self) -> dict[str, Any]:
         """Key attributes as JSON-able values, for the REST API."""
         r = self.record
-        models = [i for i in r.values(0x00189912) or () if isinstance(i, Record)]
+        models = [
+            i for i in r.values(tag("ModelSpecificationSequence")) or () if isinstance(i, Record)
+        ]
         return {
             "OrthancID": self.orthanc_id,
             "SOPInstanceUID": self.sop_instance_uid,
             "SOPClassUID": self.sop_class_uid,
-            "ProtocolName": _text(r.first(0x00181030)),
-            "EquipmentModality": _text(r.first(0x00080221)),
-            "Manufacturer": _text(r.first(0x00080070)),
-            "ManufacturerModelName": _text(r.first(0x00081090)),
-            "Manufacturers": _distinct(_text(m.first(0x00080070)) for m in models),
-            "ManufacturerModelNames": _distinct(_text(m.first(0x00081090)) for m in models),
-            "InstitutionName": _text(r.first(0x00080080)),
+            "ProtocolName": _text(r.first(tag("ProtocolName"))),
+            "EquipmentModality": _text(r.first(tag("EquipmentModality"))),
+            "Manufacturer": _text(r.first(tag("Manufacturer"))),
+            "ManufacturerModelName": _text(r.first(tag("ManufacturerModelName"))),
+            "Manufacturers": _distinct(_text(m.first(tag("Manufacturer"))) for m in models),
+            "ManufacturerModelNames": _distinct(
+                _text(m.first(tag("ManufacturerModelName"))) for m in models
+            ),
+            "InstitutionName": _text(r.first(tag("InstitutionName"))),
             "ScheduledProtocolCodes": [
                 {
-                    "CodeValue": _text(c.first(0x00080100) or c.first(0x00080119)),
-                    "CodingSchemeDesignator": _text(c.first(0x00080102)),
-                    "CodeMeaning": _text(c.first(0x00080104)),
+                    "CodeValue": _text(c.first(tag("CodeValue")) or c.first(tag("LongCodeValue"))),
+                    "CodingSchemeDesignator": _text(c.first(tag("CodingSchemeDesignator"))),
+                    "CodeMeaning": _text(c.first(tag("CodeMeaning"))),
                 }
-                for c in r.values(0x00189906) or ()
+                for c in r.values(tag("PotentialScheduledProtocolCodeSequence")) or ()
                 if isinstance(c, Record)
             ],
-            "InstanceCreationDate": _text(r.first(0x00080012)),
+            "InstanceCreationDate": _text(r.first(tag("InstanceCreationDate"))),
         }
 
 
@@ -156,25 +159,26 @@ def _ids(value: IdSet | None) -> Iterable[int]:
 def _index_keys(record: Record) -> set[tuple[Path, Any]]:
     """(path, normalized value) pairs under which ``record`` is indexed."""
     found: set[tuple[Path, Any]] = set()
-    for tag in INDEXED:
-        norm = _NORMS[tag]
-        for value in record.values(tag) or ():
+    for attribute in INDEXED:
+        norm = _NORMS[attribute]
+        for value in record.values(attribute) or ():
             key = norm(value)
             if key is not None:
-                found.add((tag, key))
-    for seq, tag in INDEXED_ITEMS:
-        norm = _NORMS[tag]
+                found.add((attribute, key))
+    for seq, attribute in INDEXED_ITEMS:
+        norm = _NORMS[attribute]
         for item in record.values(seq) or ():
             if isinstance(item, Record):
-                for value in item.values(tag) or ():
+                for value in item.values(attribute) or ():
                     key = norm(value)
                     if key is not None:
-                        found.add(((seq, tag), key))
+                        found.add(((seq, attribute), key))
     return found
 
 
 _NORMS: Final[dict[int, Callable[[Any], Any]]] = {
-    tag: normalizer(dictionary_VR(tag)) for tag in {*INDEXED, *(t for _, t in INDEXED_ITEMS)}
+    attribute: normalizer(dictionary_VR(attribute))
+    for attribute in {*INDEXED, *(t for _, t in INDEXED_ITEMS)}
 }
 
 

@@ -29,10 +29,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 #: Edition and tables the rows below were taken from.
 STANDARD: Final = "DICOM PS3.4 2024d, Table HH.6-1 with Tables 8-1a/8-1b"
+
+
+def tag(keyword: str) -> int:
+    """The tag of a DICOM keyword, from pydicom's dictionary; KeyError for a typo."""
+    found = tag_for_keyword(keyword)
+    if found is None:
+        raise KeyError(f"not a DICOM keyword: {keyword}")
+    return found
+
+
+SOP_CLASS_UID: Final = tag("SOPClassUID")
+SOP_INSTANCE_UID: Final = tag("SOPInstanceUID")
+SPECIFIC_CHARACTER_SET: Final = tag("SpecificCharacterSet")
+QUERY_RETRIEVE_LEVEL: Final = tag("QueryRetrieveLevel")
 
 
 class Matching(enum.Enum):
@@ -88,37 +102,37 @@ _UIDS = frozenset({_L})  # "List of UID Matching"
 
 
 def _row(
-    tag: int,
+    keyword: str,
     matching: str,
     returning: str,
     types: frozenset[Matching] = frozenset(),
     items: tuple[KeyRow, ...] = (),
 ) -> KeyRow:
-    return KeyRow(tag, matching, returning, types, items)
+    return KeyRow(tag(keyword), matching, returning, types, items)
 
 
 # PS3.4 Table 8-1b: Basic SCU/SCP Coded Entry Macro with SCU Support,
 # Matching Key Support and Mandatory Meaning.
 BASIC_CODED_ENTRY: Final[tuple[KeyRow, ...]] = (
-    _row(0x00080100, "RC", "1C"),  # Code Value
-    _row(0x00080102, "RC", "1C"),  # Coding Scheme Designator
-    _row(0x00080103, "RC", "1C"),  # Coding Scheme Version
-    _row(0x00080104, "-", "1"),  # Code Meaning
-    _row(0x00080119, "RC", "1C"),  # Long Code Value
-    _row(0x00080120, "RC", "1C"),  # URN Code Value
-    _row(0x00080105, "-", "3"),  # Mapping Resource
-    _row(0x00080118, "-", "3"),  # Mapping Resource UID
-    _row(0x00080106, "-", "3"),  # Context Group Version
-    _row(0x0008010B, "-", "3"),  # Context Group Extension Flag
-    _row(0x00080107, "-", "3"),  # Context Group Local Version
-    _row(0x0008010D, "-", "3"),  # Context Group Extension Creator UID
+    _row("CodeValue", "RC", "1C"),
+    _row("CodingSchemeDesignator", "RC", "1C"),
+    _row("CodingSchemeVersion", "RC", "1C"),
+    _row("CodeMeaning", "-", "1"),
+    _row("LongCodeValue", "RC", "1C"),
+    _row("URNCodeValue", "RC", "1C"),
+    _row("MappingResource", "-", "3"),
+    _row("MappingResourceUID", "-", "3"),
+    _row("ContextGroupVersion", "-", "3"),
+    _row("ContextGroupExtensionFlag", "-", "3"),
+    _row("ContextGroupLocalVersion", "-", "3"),
+    _row("ContextGroupExtensionCreatorUID", "-", "3"),
 )
 
 # PS3.4 Table 8-1a: Enhanced SCU/SCP Coded Entry Macro with SCU Support,
 # Matching Key Support and Mandatory Meaning = 8-1b + Equivalent Code Sequence.
 CODED_ENTRY: Final[tuple[KeyRow, ...]] = (
     *BASIC_CODED_ENTRY,
-    _row(0x00080121, "O", "3", items=BASIC_CODED_ENTRY),  # Equivalent Code Sequence
+    _row("EquivalentCodeSequence", "O", "3", items=BASIC_CODED_ENTRY),
 )
 
 
@@ -131,65 +145,65 @@ TABLE_HH_6_1: Final[tuple[KeyRow, ...]] = (
     *_module(
         "SOP Common",
         (
-            _row(0x00080005, "-", "1C"),  # Specific Character Set
-            _row(0x00080016, "R", "1"),  # SOP Class UID
-            _row(0x00080018, "U", "1"),  # SOP Instance UID
+            _row("SpecificCharacterSet", "-", "1C"),
+            _row("SOPClassUID", "R", "1"),
+            _row("SOPInstanceUID", "U", "1"),
         ),
     ),
     *_module(
         "Protocol Context",
         (
-            _row(  # Custodial Organization Sequence
-                0x0040A07C,
+            _row(
+                "CustodialOrganizationSequence",
                 "R",
                 "2",
                 items=(
-                    _row(0x00080080, "R", "2"),  # >Institution Name
-                    _row(0x00080082, "R", "2", _SEQ, CODED_ENTRY),  # >Institution Code Seq
+                    _row("InstitutionName", "R", "2"),
+                    _row("InstitutionCodeSequence", "R", "2", _SEQ, CODED_ENTRY),
                 ),
             ),
-            _row(0x00080220, "R", "2", _SEQ, CODED_ENTRY),  # Responsible Group Code Seq
-            _row(0x00181030, "R", "1", _TEXT),  # Protocol Name
-            _row(0x00189906, "R", "1", _SEQ, CODED_ENTRY),  # Potential Scheduled Protocol
-            _row(0x00189907, "R", "1", _SEQ, CODED_ENTRY),  # Potential Requested Procedure
-            _row(0x00189908, "-", "2"),  # Potential Reasons for Procedure
-            _row(0x00189909, "R", "2", _SEQ, CODED_ENTRY),  # Potential Reasons ... Code Seq
-            _row(0x0018990A, "-", "2"),  # Potential Diagnostic Tasks
-            _row(  # Predecessor Protocol Sequence
-                0x0018990E,
+            _row("ResponsibleGroupCodeSequence", "R", "2", _SEQ, CODED_ENTRY),
+            _row("ProtocolName", "R", "1", _TEXT),
+            _row("PotentialScheduledProtocolCodeSequence", "R", "1", _SEQ, CODED_ENTRY),
+            _row("PotentialRequestedProcedureCodeSequence", "R", "1", _SEQ, CODED_ENTRY),
+            _row("PotentialReasonsForProcedure", "-", "2"),
+            _row("PotentialReasonsForProcedureCodeSequence", "R", "2", _SEQ, CODED_ENTRY),
+            _row("PotentialDiagnosticTasks", "-", "2"),
+            _row(
+                "PredecessorProtocolSequence",
                 "R",
                 "2",
                 items=(
-                    _row(0x00081150, "R", "1", _UIDS),  # >Referenced SOP Class UID
-                    _row(0x00081155, "R", "1", _UIDS),  # >Referenced SOP Instance UID
+                    _row("ReferencedSOPClassUID", "R", "1", _UIDS),
+                    _row("ReferencedSOPInstanceUID", "R", "1", _UIDS),
                 ),
             ),
-            _row(0x00700084, "R", "1", _TEXT),  # Content Creator's Name
-            _row(0x00080012, "R", "1", _DATE),  # Instance Creation Date
-            _row(0x00080013, "R", "1", _DATE),  # Instance Creation Time
+            _row("ContentCreatorName", "R", "1", _TEXT),
+            _row("InstanceCreationDate", "R", "1", _DATE),
+            _row("InstanceCreationTime", "R", "1", _DATE),
         ),
     ),
     *_module(
         "Clinical Trial Context",
         (
-            _row(0x00120010, "R", "1", _TEXT),  # Clinical Trial Sponsor Name
-            _row(0x00120020, "R", "1", _TEXT),  # Clinical Trial Protocol ID
+            _row("ClinicalTrialSponsorName", "R", "1", _TEXT),
+            _row("ClinicalTrialProtocolID", "R", "1", _TEXT),
         ),
     ),
     *_module(
         "Equipment Specification",
         (
-            _row(0x00080221, "R", "1"),  # Equipment Modality
-            _row(  # Model Specification Sequence
-                0x00189912,
+            _row("EquipmentModality", "R", "1"),
+            _row(
+                "ModelSpecificationSequence",
                 "R",
                 "2",
                 items=(
-                    _row(0x00080070, "R", "1", _TEXT),  # >Manufacturer
-                    _row(0x00080222, "R", "2", _TEXT),  # >Manufacturer's Related Model Group
-                    _row(0x00081090, "R", "2", _TEXT),  # >Manufacturer's Model Name
-                    _row(0x00181020, "R", "2", _TEXT),  # >Software Versions
-                    _row(0x00181000, "-", "2"),  # >Device Serial Number
+                    _row("Manufacturer", "R", "1", _TEXT),
+                    _row("ManufacturerRelatedModelGroup", "R", "2", _TEXT),
+                    _row("ManufacturerModelName", "R", "2", _TEXT),
+                    _row("SoftwareVersions", "R", "2", _TEXT),
+                    _row("DeviceSerialNumber", "-", "2"),
                 ),
             ),
         ),
@@ -197,8 +211,8 @@ TABLE_HH_6_1: Final[tuple[KeyRow, ...]] = (
     *_module(
         "Patient Positioning",
         (
-            _row(0x00082218, "R", "2", _SEQ, CODED_ENTRY),  # Anatomic Region Sequence
-            _row(0x00082228, "R", "2", _SEQ, CODED_ENTRY),  # Primary Anatomic Structure Seq
+            _row("AnatomicRegionSequence", "R", "2", _SEQ, CODED_ENTRY),
+            _row("PrimaryAnatomicStructureSequence", "R", "2", _SEQ, CODED_ENTRY),
         ),
     ),
 )
@@ -208,28 +222,30 @@ TOP_LEVEL: Final[dict[int, KeyRow]] = {row.tag: row for row in TABLE_HH_6_1}
 
 #: Pairs that Table HH.6-1 says are range-matched together as one DateTime
 #: when both are given as ranges (Instance Creation Date / Time).
-COMBINED_DATE_TIME: Final[tuple[tuple[int, int], ...]] = ((0x00080012, 0x00080013),)
+COMBINED_DATE_TIME: Final[tuple[tuple[int, int], ...]] = (
+    (tag("InstanceCreationDate"), tag("InstanceCreationTime")),
+)
 
 #: Keys that belong to other information models (hierarchical Q/R, worklist):
 #: an identifier carrying them was not meant for this one (PS3.4 HH.4.2 says
 #: Query/Retrieve Level shall not be present). Answered with 0xA900.
 FOREIGN_KEYS: Final[frozenset[int]] = frozenset(
     {
-        0x00080052,  # Query/Retrieve Level
-        0x00080053,  # Query/Retrieve View
-        0x00100010,  # Patient's Name
-        0x00100020,  # Patient ID
-        0x0020000D,  # Study Instance UID
-        0x0020000E,  # Series Instance UID
-        0x00400100,  # Scheduled Procedure Step Sequence (Modality Worklist)
+        tag("QueryRetrieveLevel"),
+        tag("QueryRetrieveView"),
+        tag("PatientName"),
+        tag("PatientID"),
+        tag("StudyInstanceUID"),
+        tag("SeriesInstanceUID"),
+        tag("ScheduledProcedureStepSequence"),  # (Modality Worklist)
     }
 )
 
 #: Present in an identifier but never matched (PS3.4 C.2.2.2, K.2.2.2).
 NOT_MATCHED: Final[frozenset[int]] = frozenset(
     {
-        0x00080005,  # Specific Character Set
-        0x00080201,  # Timezone Offset From UTC
+        tag("SpecificCharacterSet"),
+        tag("TimezoneOffsetFromUTC"),
     }
 )
 

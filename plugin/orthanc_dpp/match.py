@@ -45,11 +45,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from orthanc_dpp import keys, sop, status
-from orthanc_dpp.keys import KeyRow
+from orthanc_dpp.keys import SOP_CLASS_UID, KeyRow
 from orthanc_dpp.record import BINARY, CHARSET_TEXT, NUMBERS, Record, to_data_element
 from orthanc_dpp.status import InvalidIdentifier
-
-SOP_CLASS_UID: Final = 0x00080016
 
 #: VRs on which "*" and "?" are wild cards (PS3.4 C.2.2.2.4).
 WILD_CARD_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
@@ -682,10 +680,6 @@ class Query:
         if record.first(SOP_CLASS_UID) not in self.sop_classes:
             return False
         return all(m.matches(record) for m in self.matchers)
-
-    def response(self, record: Record) -> Dataset:
-        """The response identifier for a matching record."""
-        return self.respond(record)[1]
 
     def respond(self, record: Record) -> tuple[int, Dataset]:
         """(pending status, response identifier) for a matching record."""

@@ -184,18 +184,6 @@ class ModalityList:
         found = self.matching_aet(aet)
         return found[0] if found else None
 
-    def lookup_caller(self, aet: str, host: str) -> Modality | None:
-        """The modality a calling peer is, or None if Orthanc would not know it.
-
-        With ``DicomCheckModalityHost`` the peer's address must equal the
-        configured Host as a string, as in Orthanc (a host name configured
-        there never equals the peer's IP address).
-        """
-        for modality in self.matching_aet(aet):
-            if not self.check_modality_host or modality.host == host:
-                return modality
-        return None
-
 
 def parse_modalities(
     data: Any, *, strict_aet_comparison: bool = False, check_modality_host: bool = False

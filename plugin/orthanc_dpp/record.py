@@ -41,6 +41,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from orthanc_dpp.keys import SPECIFIC_CHARACTER_SET
+
 log = logging.getLogger("orthanc_dpp.record")
 
 #: Binary values longer than this (bytes) are not kept.
@@ -184,10 +186,6 @@ class Record:
             return None
         return Element(self._layout.vrs[i], _as_tuple(self._values[i]))
 
-    def vr(self, tag: int) -> str | None:
-        i = self._layout.position(tag)
-        return None if i is None else self._layout.vrs[i]
-
     def values(self, tag: int) -> tuple[Any, ...] | None:
         """The values of ``tag``: () if absent or empty, None if bulk (not kept)."""
         i = self._layout.position(tag)
@@ -276,7 +274,7 @@ def to_record(ds: Dataset) -> Record:
 
 def _encodings(ds: Dataset, inherited: tuple[str, ...] | None) -> tuple[str, ...] | None:
     """The dataset's Specific Character Set terms, or the inherited ones."""
-    elem = ds.get_item(0x00080005)
+    elem = ds.get_item(SPECIFIC_CHARACTER_SET)
     if elem is None:
         return inherited
     if isinstance(elem, RawDataElement):
@@ -374,7 +372,7 @@ def _decode(
         try:
             known = dictionary_VR(tag)
         except KeyError:
-            return None if vr is None else ("UN", _from_bytes("UN", value, True, codec))
+            return None if vr is None else ("UN", _from_bytes("UN", value, codec))
         if vr == "UN" and known == "SQ":
             implicit = True  # a sequence in UN is encoded in Implicit VR (PS3.5 6.2.2)
         vr = known
@@ -387,7 +385,7 @@ def _decode(
         return "SQ", items
     if vr in CHARSET_TEXT and codec is None:
         raise _Unsupported("character set with code extensions")
-    return sys.intern(vr), _from_bytes(vr, value, True, codec)
+    return sys.intern(vr), _from_bytes(vr, value, codec)
 
 
 # -- sequences read straight from their bytes ------------------------------------
@@ -513,7 +511,7 @@ def _read_item(
         pos += length
         if not keep:
             continue
-        if tag == 0x00080005:
+        if tag == SPECIFIC_CHARACTER_SET:
             charset = tuple(t.strip() for t in value.decode("latin_1").split("\\"))
             codec = _fast_codec(charset)
         converted = _decode(tag, vr, value, implicit, charset, codec)
@@ -544,7 +542,7 @@ def _text(value: str) -> str:
     return sys.intern(value) if len(value) <= 64 else value
 
 
-def _from_bytes(vr: str, raw: bytes | None, little: bool, codec: str | None) -> Any:
+def _from_bytes(vr: str, raw: bytes | None, codec: str | None) -> Any:
     if not raw:
         return ()
     if vr in TEXT:
@@ -558,11 +556,11 @@ def _from_bytes(vr: str, raw: bytes | None, little: bool, codec: str | None) -> 
         code = NUMBERS[vr]
         size = struct.calcsize(code)
         count = len(raw) // size
-        numbers = struct.unpack(("<" if little else ">") + code * count, raw[: count * size])
+        numbers = struct.unpack("<" + code * count, raw[: count * size])
         return _pack(list(numbers))
     if vr == "AT":
         count = len(raw) // 4
-        pairs = struct.unpack(("<" if little else ">") + "HH" * count, raw[: count * 4])
+        pairs = struct.unpack("<" + "HH" * count, raw[: count * 4])
         return _pack([(pairs[i] << 16) | pairs[i + 1] for i in range(0, len(pairs), 2)])
     if vr in BINARY:
         return BULK if len(raw) > BULK_BYTES else bytes(raw)

@@ -57,6 +57,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import sop, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
+from orthanc_dpp.keys import QUERY_RETRIEVE_LEVEL, SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET
 from orthanc_dpp.limits import (
     DatasetLimits,
     LimitExceeded,
@@ -77,9 +78,6 @@ from orthanc_dpp.suboperations import (
 
 log = logging.getLogger("orthanc_dpp.retrieve")
 
-SOP_INSTANCE_UID = 0x00080018
-SPECIFIC_CHARACTER_SET = 0x00080005
-QUERY_RETRIEVE_LEVEL = 0x00080052
 
 #: Sub-operation counters are US (PS3.7 9.3.3.2), so one request can name at most this many.
 MAX_SUB_OPERATIONS = 65535

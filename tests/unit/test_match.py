@@ -192,7 +192,7 @@ def test_every_key_of_table_hh_6_1(path: tuple[KeyRow, ...]) -> None:
     other = OTHER_VALUE.get(leaf.vr, "no such value")
     if leaf.vr != "SQ":
         assert not matches(_nest(path, other)), "a value the instance lacks"
-    element = universal.response(RECORD)
+    element = universal.respond(RECORD)[1]
     for row in path[:-1]:
         items = element[row.tag].value  # a requested sequence is always returned
         if not items:
@@ -388,7 +388,7 @@ def test_response_holds_exactly_the_requested_keys() -> None:
             "ClinicalTrialCoordinatingCenterName": "",  # type 2 beyond the table, absent
         }
     )
-    response = q.response(RECORD)
+    response = q.respond(RECORD)[1]
     assert sorted(e.keyword for e in response) == [
         "ClinicalTrialCoordinatingCenterName",
         "PotentialDiagnosticTasks",
@@ -404,7 +404,7 @@ def test_response_holds_exactly_the_requested_keys() -> None:
 
 def test_response_values_are_the_stored_values() -> None:
     q = query({"SliceThickness": "", "Rows": "", "PotentialReasonsForProcedure": "Trauma"})
-    response = roundtrip(q.response(RECORD), implicit=False)
+    response = roundtrip(q.respond(RECORD)[1], implicit=False)
     assert response["SliceThickness"].VR == "DS" and str(response.SliceThickness) == "1.50"
     assert response.Rows == 512
     assert list(response.PotentialReasonsForProcedure) == ["Headache", "Trauma"]
@@ -414,14 +414,14 @@ def test_sequence_response_returns_only_matching_items_and_requested_keys() -> N
     q = query(
         {"PotentialScheduledProtocolCodeSequence": [{"CodeValue": "RPID22", "CodeMeaning": ""}]}
     )
-    (item,) = q.response(RECORD).PotentialScheduledProtocolCodeSequence
+    (item,) = q.respond(RECORD)[1].PotentialScheduledProtocolCodeSequence
     assert sorted(e.keyword for e in item) == ["CodeMeaning", "CodeValue"]
     assert item.CodeMeaning == "CT HEAD W IV CONTRAST"
 
 
 def test_return_only_item_keys_return_every_item() -> None:
     q = query({"ModelSpecificationSequence": [{"Manufacturer": ""}]})
-    items = q.response(RECORD).ModelSpecificationSequence
+    items = q.respond(RECORD)[1].ModelSpecificationSequence
     assert [i.Manufacturer for i in items] == ["ACME", "Other Corp"]
     assert all(list(i.keys()) == [tag_for_keyword("Manufacturer")] for i in items)
 
@@ -429,7 +429,7 @@ def test_return_only_item_keys_return_every_item() -> None:
 @pytest.mark.parametrize("empty_item", [False, True])
 def test_universal_sequence_returns_the_listed_attributes(empty_item: bool) -> None:
     q = query({"ModelSpecificationSequence": [{}] if empty_item else []})
-    first, second = q.response(RECORD).ModelSpecificationSequence
+    first, second = q.respond(RECORD)[1].ModelSpecificationSequence
     assert sorted(e.keyword for e in first) == [
         "DeviceSerialNumber",
         "Manufacturer",
@@ -443,23 +443,23 @@ def test_universal_sequence_returns_the_listed_attributes(empty_item: bool) -> N
 
 def test_universal_code_sequence_returns_macro_attributes_present() -> None:
     q = query({"ResponsibleGroupCodeSequence": []})
-    (item,) = q.response(RECORD).ResponsibleGroupCodeSequence
+    (item,) = q.respond(RECORD)[1].ResponsibleGroupCodeSequence
     assert item.CodeValue == "RG7" and item.ContextGroupVersion == "20240101"
     assert "LongCodeValue" not in item  # type 1C, absent: left out
     q = query({"PotentialScheduledProtocolCodeSequence": []})
-    first = q.response(RECORD).PotentialScheduledProtocolCodeSequence[0]
+    first = q.respond(RECORD)[1].PotentialScheduledProtocolCodeSequence[0]
     assert first.EquivalentCodeSequence[0].CodeValue == "HEAD-PLAIN"
 
 
 def test_universal_sequence_beyond_the_table_returns_whole_items() -> None:
     q = query({"PatientSpecificationSequence": []})
-    (item,) = q.response(RECORD).PatientSpecificationSequence
+    (item,) = q.respond(RECORD)[1].PatientSpecificationSequence
     assert (item.PatientSex, item.PatientAge) == ("F", "045Y")
 
 
 def test_absent_sequence_is_returned_empty() -> None:
     q = query({"ReferencedImageSequence": []})
-    assert len(q.response(RECORD).ReferencedImageSequence) == 0
+    assert len(q.respond(RECORD)[1].ReferencedImageSequence) == 0
 
 
 # -- character sets ------------------------------------------------------------------
@@ -478,7 +478,7 @@ def test_non_ascii_queries_and_responses(charset: str) -> None:
     )
     q = compile_query(ident)
     assert q.matches(RECORD)
-    response = q.response(RECORD)
+    response = q.respond(RECORD)[1]
     assert response.SpecificCharacterSet == charset  # the requester's own, it can encode it
     received = roundtrip(response)
     assert received.InstitutionName == "Hôpital Nord"
@@ -496,7 +496,7 @@ def test_response_falls_back_to_utf8_when_needed() -> None:
         )
     )
     q = compile_query(roundtrip(build({"SpecificCharacterSet": "ISO_IR 100", "ProtocolName": ""})))
-    response = q.response(record)
+    response = q.respond(record)[1]
     assert response.SpecificCharacterSet == "ISO_IR 192"
     assert roundtrip(response).ProtocolName == "頭部 CT"
 
@@ -609,7 +609,7 @@ def test_private_keys_are_not_supported() -> None:
     q = compile_query(ds)
     assert q.status == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
     assert q.matches(RECORD)  # ignored for matching (K.2.2.1.1.2)
-    assert 0x00091001 not in q.response(RECORD)
+    assert 0x00091001 not in q.respond(RECORD)[1]
 
 
 def test_binary_keys_are_returned_but_not_matched() -> None:
@@ -618,7 +618,7 @@ def test_binary_keys_are_returned_but_not_matched() -> None:
     q = query({"SelectorOBValue": b"\x09\x09"})
     assert q.status == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
     assert q.matches(record)
-    assert q.response(record).SelectorOBValue == b"\x01\x02"
+    assert q.respond(record)[1].SelectorOBValue == b"\x01\x02"
 
 
 def test_bulk_values_are_not_returned() -> None:

@@ -136,16 +136,6 @@ def test_duplicate_aet_resolves_to_first_symbolic_name() -> None:
     assert [m.name for m in mods.matching_aet("SAME")] == ["alpha", "zeta"]
 
 
-def test_lookup_caller_honours_dicom_check_modality_host() -> None:
-    data = {"a": ["CT1", "10.0.0.1", 104], "b": ["CT1", "10.0.0.2", 104]}
-    lax = parse_modalities(data)
-    strict = parse_modalities(data, check_modality_host=True)
-    assert lax.lookup_caller("ct1", "192.168.1.1").name == "a"
-    assert strict.lookup_caller("ct1", "10.0.0.2").name == "b"
-    assert strict.lookup_caller("ct1", "192.168.1.1") is None
-    assert strict.lookup_caller("nobody", "10.0.0.1") is None
-
-
 def test_matching_options_reads_orthanc_defaults() -> None:
     assert matching_options({}) == {"strict_aet_comparison": False, "check_modality_host": False}
     got = matching_options({"StrictAetComparison": True, "DicomCheckModalityHost": True})
