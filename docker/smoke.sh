@@ -74,7 +74,8 @@ export POSTGRES_PASSWORD_FILE=$secrets/postgres-password
 export DPP_PUBLISH_ADDRESS=127.0.0.1
 export ORTHANC_HTTP_PUBLISH_ADDRESS=127.0.0.1
 export ORTHANC_DICOM_PUBLISH_ADDRESS=127.0.0.1
-unset DPP_UNKNOWN_CALLERS
+# Stated, not unset: a docker/.env beside compose.yaml could set it otherwise.
+export DPP_UNKNOWN_CALLERS=Orthanc
 export ORTHANC_A_HTTP_PORT=${ORTHANC_A_HTTP_PORT:-18042}
 export ORTHANC_A_DICOM_PORT=${ORTHANC_A_DICOM_PORT:-14242}
 export ORTHANC_A_DPP_PORT=${ORTHANC_A_DPP_PORT:-21112}
