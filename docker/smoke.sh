@@ -8,7 +8,10 @@
 #
 # Builds the image, starts docker/compose.yaml under its own project name
 # (orthanc-dpp-smoke) on loopback ports 18042/14242/21112 (node B: 18043/
-# 14243/21113; override with ORTHANC_A_HTTP_PORT etc.), waits until Docker
+# 14243/21113; override with ORTHANC_A_HTTP_PORT etc.), with fresh random
+# passwords given as Docker secrets, and with docker/compose.smoke.yaml
+# declaring the smoke client as a modality that may echo, store and find
+# (no service is opened to unknown callers). Waits until Docker
 # reports every node healthy (the image's HEALTHCHECK: /dpp/status says the
 # DPP listener runs), then C-ECHOes, stores a CT protocol, finds it (REST;
 # C-FIND once the listener offers it) and retrieves it, comparing it element
@@ -30,7 +33,7 @@ for argument in "$@"; do
     --scale-out) scale_out=true ;;
     --keep) keep=true ;;
     -h | --help)
-      sed -n '2,19p' "$0"
+      sed -n '2,/^set /{/^#/p;}' "$0"
       exit 0
       ;;
     *)
@@ -57,10 +60,22 @@ fi
 "$python" -c 'import pydicom, pynetdicom' 2>/dev/null ||
   fail "$python lacks pydicom/pynetdicom: run 'make test' once, or set PYTHON"
 
-export ORTHANC_PASSWORD=${ORTHANC_PASSWORD:-smoke-$RANDOM$RANDOM}
+# Passwords for this run only, as the secret files compose.yaml requires.
+# mktemp makes the folder 0700, so only we can reach the files; the files
+# themselves are 0444 because compose mounts them as they are and Orthanc
+# reads them as uid 999. The prefix keeps them from reading as JSON numbers.
+secrets=$(mktemp -d "${TMPDIR:-/tmp}/orthanc-dpp-smoke.XXXXXX")
+for name in orthanc-password postgres-password; do
+  printf 'smoke-%s\n' "$("$python" -c 'import secrets; print(secrets.token_hex(16))')" >"$secrets/$name"
+  chmod 0444 "$secrets/$name"
+done
+export ORTHANC_PASSWORD_FILE=$secrets/orthanc-password
+export POSTGRES_PASSWORD_FILE=$secrets/postgres-password
 export DPP_PUBLISH_ADDRESS=127.0.0.1
-# The smoke client calls from the Docker host, which is in no modality list.
-export DPP_UNKNOWN_CALLERS='["Echo","Store","Find","Get"]'
+export ORTHANC_HTTP_PUBLISH_ADDRESS=127.0.0.1
+export ORTHANC_DICOM_PUBLISH_ADDRESS=127.0.0.1
+# Stated, not unset: a docker/.env beside compose.yaml could set it otherwise.
+export DPP_UNKNOWN_CALLERS=Orthanc
 export ORTHANC_A_HTTP_PORT=${ORTHANC_A_HTTP_PORT:-18042}
 export ORTHANC_A_DICOM_PORT=${ORTHANC_A_DICOM_PORT:-14242}
 export ORTHANC_A_DPP_PORT=${ORTHANC_A_DPP_PORT:-21112}
@@ -68,7 +83,7 @@ export ORTHANC_B_HTTP_PORT=${ORTHANC_B_HTTP_PORT:-18043}
 export ORTHANC_B_DICOM_PORT=${ORTHANC_B_DICOM_PORT:-14243}
 export ORTHANC_B_DPP_PORT=${ORTHANC_B_DPP_PORT:-21113}
 
-compose=(docker compose --project-name "$project" --file "$here/compose.yaml")
+compose=(docker compose --project-name "$project" --file "$here/compose.yaml" --file "$here/compose.smoke.yaml")
 services=(orthanc-a)
 nodes=(--node "A=127.0.0.1:$ORTHANC_A_HTTP_PORT:$ORTHANC_A_DPP_PORT")
 if $scale_out; then
@@ -84,10 +99,12 @@ finish() {
     "${compose[@]}" logs --no-color --tail 60 >&2 || true
   fi
   if $keep; then
-    say "containers kept (--keep); remove them with: ${compose[*]} down --volumes"
+    say "containers kept (--keep); their passwords are in $secrets"
+    say "remove them with: ORTHANC_PASSWORD_FILE=$ORTHANC_PASSWORD_FILE POSTGRES_PASSWORD_FILE=$POSTGRES_PASSWORD_FILE ${compose[*]} down --volumes; rm -r $secrets"
   else
     say "tearing down"
     "${compose[@]}" down --volumes --remove-orphans >/dev/null 2>&1 || true
+    rm -rf -- "$secrets"
   fi
   if ((status == 0)); then say "PASSED"; else say "FAILED (exit status $status)"; fi
 }
@@ -118,4 +135,4 @@ if command -v echoscu >/dev/null; then
   say "DCMTK echoscu to node A: Success"
 fi
 
-"$python" "$here/smoke_dicom.py" "${nodes[@]}" --user orthanc --password "$ORTHANC_PASSWORD"
+"$python" "$here/smoke_dicom.py" "${nodes[@]}" --user orthanc --password-file "$ORTHANC_PASSWORD_FILE"

@@ -37,6 +37,8 @@ from pynetdicom.sop_class import (  # noqa: E402
 from tests.dpp_factory import make_protocol, to_bytes  # noqa: E402
 
 FOUND_WITHIN_SECONDS = 10.0
+# Our calling AE title: docker/compose.smoke.yaml declares it as a modality.
+CALLING_AET = "DPP_SMOKE"
 
 
 class SmokeFailure(Exception):
@@ -76,7 +78,7 @@ class Client:
         return json.loads(self.http_get(node, path))
 
     def associate(self, node: Node, *contexts: str) -> Any:
-        ae = AE(ae_title="DPP_SMOKE")
+        ae = AE(ae_title=CALLING_AET)
         for context in contexts:
             ae.add_requested_context(context)
         assoc = ae.associate(node.host, node.dpp_port, ae_title=self.aet)
@@ -172,10 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--node", action="append", type=parse_node, required=True)
     parser.add_argument("--user", default="orthanc")
-    parser.add_argument("--password", required=True)
+    password = parser.add_mutually_exclusive_group(required=True)
+    password.add_argument("--password")
+    password.add_argument(
+        "--password-file", type=Path, help="file holding the password (trailing newline dropped)"
+    )
     parser.add_argument("--aet", default="ORTHANC_DPP")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 1_000_000)
     args = parser.parse_args(argv)
+    if args.password_file is not None:
+        args.password = args.password_file.read_text().rstrip("\n")
     client = Client(args.user, args.password, args.aet)
     first, last = args.node[0], args.node[-1]
     try:

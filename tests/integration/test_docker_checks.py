@@ -2,20 +2,31 @@
 
 No Docker engine runs on our machines, but the unstable stack has the
 image's Orthanc, Python plugin and Python: the build step that imports the
-plugin, and the container health check, are run here against the real
-thing, on every stack.
+plugin, the container health check, and the smoke test's DICOM client (as
+the modality docker/compose.smoke.yaml declares, with a password file) are
+run here against the real thing, on every stack.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.orthanc_server import OrthancServer
-from tests.unit.test_docker import DOCKERFILE, IMAGE_CONFIGURATION, image_versions, load_healthcheck
+from tests.unit.test_docker import (
+    DOCKER,
+    DOCKERFILE,
+    IMAGE_CONFIGURATION,
+    SMOKE_COMPOSE,
+    image_versions,
+    load_healthcheck,
+    load_yaml,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,3 +76,72 @@ def test_unstable_stack_runs_the_image_versions(server: OrthancServer) -> None:
     assert platform["Orthanc"] == orthanc
     assert platform["PythonPlugin"] == plugin
     assert platform["Python"].startswith(python + ".")
+
+
+def smoke_modalities() -> dict[str, Any]:
+    """The DicomModalities that docker/compose.smoke.yaml gives node A."""
+    environment = load_yaml(SMOKE_COMPOSE)["services"]["orthanc-a"]["environment"]
+    return json.loads(environment["ORTHANC__DICOM_MODALITIES"])
+
+
+def run_smoke_client(orthanc: OrthancServer, password_file: Path) -> subprocess.CompletedProcess:
+    node = f"A=127.0.0.1:{orthanc.http_port}:{orthanc.dpp_port}"
+    login = ["--user", "orthanc", "--password-file", str(password_file)]
+    return subprocess.run(
+        [
+            sys.executable,
+            str(DOCKER / "smoke_dicom.py"),
+            "--node",
+            node,
+            "--aet",
+            orthanc.aet,
+            *login,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_smoke_client_passes_as_the_declared_modality(make_server, tmp_path: Path) -> None:
+    """What smoke.sh runs against the containers, with only the overlay's declaration."""
+    password = tmp_path / "orthanc-password"
+    password.write_text("smoke-0123abcd\n")
+    orthanc = make_server(
+        config={
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {"orthanc": "smoke-0123abcd"},
+            "DicomModalities": smoke_modalities(),
+        },
+        declare_test_scu=False,
+    )
+    orthanc.start()
+    result = run_smoke_client(orthanc, password)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke: all checks passed" in result.stdout
+    assert re.search(r"^smoke: C-STORE \S+ to A: Success$", result.stdout, re.M)
+    assert re.search(r"^smoke: C-FIND A by ProtocolName .*: 1 match\(es\)$", result.stdout, re.M)
+
+
+def test_smoke_client_may_not_store_when_not_declared(make_server, tmp_path: Path) -> None:
+    """The same client, its modality renamed: the declaration is what lets it store."""
+    password = tmp_path / "orthanc-password"
+    password.write_text("smoke-0123abcd\n")
+    modalities = smoke_modalities()
+    for entry in modalities.values():
+        entry["AET"] = "SOMEONE_ELSE"
+    orthanc = make_server(
+        config={
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {"orthanc": "smoke-0123abcd"},
+            "DicomModalities": modalities,
+        },
+        declare_test_scu=False,
+    )
+    orthanc.start()
+    result = run_smoke_client(orthanc, password)
+    assert result.returncode == 1
+    assert "C-ECHO A" in result.stdout  # echo stays open to everybody
+    # 292 = 0x0124 Refused: Not Authorized
+    assert "smoke: FAILED: A: C-STORE answered" in result.stderr, result.stderr
+    assert re.search(r"Status +US: 292$", result.stderr, re.M), result.stderr
