@@ -695,7 +695,8 @@ def install() -> None:
     Protocol service class, and falls back to pynetdicom's own loop for any
     other handler, so nothing else in the process changes. Raises
     AttributeError if pynetdicom no longer has the methods it replaces
-    (pinned 3.0.4), which the adapter should report as a start-up error.
+    (pinned 3.0.4); the listener's start-up check finds that first, and the
+    listener then refuses to start, with the reason in ``/dpp/status``.
     """
     cls = pynetdicom_service_class.DefinedProcedureProtocolQueryRetrieveServiceClass
     with _install_lock:
