@@ -1,9 +1,10 @@
 """C-FIND SCP logic for the DPP information model, as a pure generator.
 
-The pynetdicom EVT_C_FIND handler (in the listener) only calls
-:func:`handle_find` with the event's identifier and cancel check and passes
-on what it yields: ``(status, identifier)`` pairs as pynetdicom expects.
-Kept free of pynetdicom events so every status is tested without a network.
+The pynetdicom EVT_C_FIND handler (:func:`orthanc_dpp.scp.make_find_handler`)
+checks the caller and decodes the identifier, then calls :func:`handle_find`
+with it and a cancel check and passes on what it yields: ``(status,
+identifier)`` pairs as pynetdicom expects. Kept free of pynetdicom events so
+every status is tested without a network.
 
 No identifier may make this raise: pynetdicom would answer 0xC311 with no
 explanation. Invalid identifiers get their specific status (0xA900 or

@@ -657,7 +657,8 @@ def install() -> None:
     Idempotent. Touches only pynetdicom's Defined Procedure Protocol service
     class, and falls back to pynetdicom's own loop for any other handler, so
     nothing else in the process changes. The listener checks at start-up
-    that the methods replaced here still exist (:mod:`pynetdicom_private`).
+    that the methods replaced here still exist (:mod:`pynetdicom_private`)
+    and refuses to start otherwise, with the reason in ``/dpp/status``.
     """
     private.route_retrieve(_serve_routed)
 

@@ -12,7 +12,7 @@ download, C-GET).
 
 The nodes use the production ``ChangePollInterval`` (1 s): that is what
 bounds how soon B sees A's stores. ``ReconcileInterval`` is 1 s here (60 s
-by default): it bounds how soon A notices B's deletions (fact 10).
+by default): it bounds how soon A notices B's deletions (docs/design.md, fact 10).
 """
 
 from __future__ import annotations

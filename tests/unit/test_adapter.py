@@ -165,7 +165,7 @@ def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
 
 def test_only_one_change_callback_is_registered(version) -> None:
     orthanc = FakeOrthancModule(configuration(), version=version)
-    adapter.install(orthanc)  # a second registration would raise (fact 12)
+    adapter.install(orthanc)  # a second registration would raise (docs/design.md, fact 12)
     assert orthanc.change_callback is not None
 
 
