@@ -8,13 +8,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := orthanc orthanc-python python3-venv
 # Extra Orthanc options for `make run`, e.g. ORTHANC_FLAGS=--verbose.
 ORTHANC_FLAGS ?=
-TEST_PACKAGES := $(RUN_PACKAGES) dcmtk postgresql orthanc-postgresql shellcheck openssl
+# Unit tests need no Orthanc and no database, only DCMTK and shellcheck as checkers.
+UNIT_PACKAGES := python3-venv dcmtk shellcheck
+TEST_PACKAGES := $(RUN_PACKAGES) $(UNIT_PACKAGES) postgresql orthanc-postgresql openssl
 
 # Newer Orthanc stacks for `make test-all`: Debian roots made by tools/stacks.py.
 STACKS := trixie sid
 
-.PHONY: run test test-all unit integration lint bench setup-run setup-test \
-	.packages-run .packages-test .packages-stacks
+.PHONY: run test test-all unit integration lint bench setup-run setup-test setup-unit \
+	.packages-run .packages-test .packages-unit .packages-stacks
 
 run: setup-run
 	mkdir -p data
@@ -27,15 +29,16 @@ test: setup-test lint
 test-all: test .packages-stacks
 	$(SUDO) $(PYTHON) tools/stacks.py test $(STACKS)
 
-unit: setup-test
+unit: setup-unit
 	$(VENV)/bin/python -m pytest tests/unit
 
 integration: setup-test
 	$(VENV)/bin/python -m pytest tests/integration
 
-lint: setup-test
+lint: setup-unit
 	$(VENV)/bin/ruff check plugin tests bench docker tools
 	$(VENV)/bin/ruff format --check plugin tests bench docker tools
+	$(VENV)/bin/mypy
 
 bench: setup-test
 	$(VENV)/bin/python -m bench
@@ -44,9 +47,11 @@ setup-run: .packages-run $(VENV)/.runtime
 
 setup-test: .packages-test $(VENV)/.dev
 
+setup-unit: .packages-unit $(VENV)/.dev
+
 # Debian packages: install the missing ones only (sudo when not root).
-.packages-run .packages-test .packages-stacks:
-	@want="$(if $(filter .packages-test,$@),$(TEST_PACKAGES),$(if $(filter .packages-stacks,$@),debootstrap,$(RUN_PACKAGES)))"; \
+.packages-run .packages-test .packages-unit .packages-stacks:
+	@want="$(or $(if $(filter .packages-test,$@),$(TEST_PACKAGES)),$(if $(filter .packages-unit,$@),$(UNIT_PACKAGES)),$(if $(filter .packages-stacks,$@),debootstrap),$(RUN_PACKAGES))"; \
 	missing=""; \
 	for p in $$want; do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

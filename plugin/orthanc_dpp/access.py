@@ -104,7 +104,7 @@ class AccessPolicy:
         ``unknown_may_store`` is the plugin's ``UnknownCallersMayStore``: it
         takes the place of ``DicomAlwaysAllowStore`` for the DPP listener.
         """
-        allowed = set()
+        allowed: set[Service] = set()
         for service, default in ORTHANC_ALWAYS_ALLOW_DEFAULTS.items():
             if service == Service.STORE:
                 continue

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -315,7 +316,7 @@ class Plugin:
             maximum_depth=settings.maximum_nesting_depth,
             maximum_values=settings.maximum_values_per_key,
         )
-        handlers = {
+        handlers: dict[Any, Callable[..., Any]] = {
             evt.EVT_C_ECHO: make_echo_handler(gate),
             evt.EVT_C_STORE: make_store_handler(self.library, gate, self.on_stored, limits),
             evt.EVT_C_FIND: make_find_handler(

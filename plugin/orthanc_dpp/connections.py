@@ -100,7 +100,7 @@ def _shut(sock: socket.socket | None) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def count_dataset_bytes(body: bytes, so_far: int, limit: int) -> tuple[int, bool]:
+def count_dataset_bytes(body: bytes | bytearray, so_far: int, limit: int) -> tuple[int, bool]:
     """Data bytes of the current DIMSE message after one P-DATA-TF body, and if over ``limit``.
 
     Each PDV item (PS3.8 9.3.5.1) is a 4-byte length, a context ID and a
@@ -177,7 +177,8 @@ class ConnectionGuard:
 
     def on_open(self, event: evt.Event) -> None:
         assoc = event.assoc
-        address = str(event.address[0]) if event.address else "?"
+        peer = getattr(event, "address", None)  # set by pynetdicom for EVT_CONN_OPEN
+        address = str(peer[0]) if peer else "?"
         sock = private.raw_socket(assoc)
         with self._lock:
             self._connections[id(assoc)] = _Connection(assoc, address, self.clock())

@@ -199,9 +199,8 @@ class ProtocolIndex:
         self._by_orthanc_id: dict[str, int] = {}
         self._by_uid: dict[str, IdSet] = {}
         self._by_class: dict[str, set[int]] = {}
-        self._values: dict[Path, dict[Any, IdSet]] = {
-            path: {} for path in (*INDEXED, *INDEXED_ITEMS)
-        }
+        paths: tuple[Path, ...] = (*INDEXED, *INDEXED_ITEMS)
+        self._values: dict[Path, dict[Any, IdSet]] = {path: {} for path in paths}
 
     # -- changes -----------------------------------------------------------------
 
@@ -337,7 +336,7 @@ class ProtocolIndex:
         """Entry numbers that may match (a superset), or None for all. Lock held."""
         found: set[int] | None = None
         for matcher in query.matchers:
-            narrowed = None
+            narrowed: set[int] | None = None
             if isinstance(matcher, Leaf):
                 if matcher.tag == SOP_INSTANCE_UID and matcher.exact is not None:
                     narrowed = set()

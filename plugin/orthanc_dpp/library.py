@@ -424,8 +424,10 @@ class IndexedSource:
         resolved: list[tuple[str, str | None]] = []
         for uid in uids:
             entry = self.index.get(uid)
-            ok = entry is not None and entry.sop_class_uid in DPP_STORAGE_CLASSES
-            resolved.append((uid, entry.orthanc_id if ok else None))
+            if entry is not None and entry.sop_class_uid in DPP_STORAGE_CLASSES:
+                resolved.append((uid, entry.orthanc_id))
+            else:
+                resolved.append((uid, None))
         return resolved
 
     def load(self, orthanc_id: str) -> Dataset:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -81,6 +81,8 @@ class GuardedServer(ThreadedAssociationServer):
     handshake_timeout: float = 30.0
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        if self.socket is None:
+            raise OSError("the listening socket is closed")
         client, address = self.socket.accept()
         client.settimeout(self.handshake_timeout)
         if self.tls is not None:
@@ -159,7 +161,7 @@ class DppListener:
                     total=2 * s.maximum_associations,
                 )
             )
-            handlers = [
+            handlers: list[Any] = [
                 *guard.handlers(),
                 (evt.EVT_CONN_OPEN, self._on_open),
                 (evt.EVT_DIMSE_SENT, count_sending_as_activity),
@@ -170,10 +172,13 @@ class DppListener:
             except (OSError, ValueError) as exc:
                 return self._failed(f"DICOM TLS cannot be set up: {exc}")
             try:
-                server = ae.make_server(
-                    (s.bind_address, s.port),
-                    evt_handlers=handlers,
-                    server_class=GuardedServer,
+                server = cast(
+                    GuardedServer,
+                    ae.make_server(
+                        (s.bind_address, s.port),
+                        evt_handlers=handlers,
+                        server_class=GuardedServer,
+                    ),
                 )
             except OSError as exc:
                 return self._failed(

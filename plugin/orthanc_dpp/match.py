@@ -638,10 +638,10 @@ def _combine_date_time(matchers: list[Matcher]) -> list[Matcher]:
     for date_tag, time_tag in keys.COMBINED_DATE_TIME:
         date = next((m for m in matchers if isinstance(m, Leaf) and m.tag == date_tag), None)
         time = next((m for m in matchers if isinstance(m, Leaf) and m.tag == time_tag), None)
-        spans = (_only_range(date), _only_range(time))
-        if spans[0] is None or spans[1] is None:
+        date_span, time_span = _only_range(date), _only_range(time)
+        if date_span is None or time_span is None:
             continue
-        (dlo, dhi), (tlo, thi) = spans
+        (dlo, dhi), (tlo, thi) = date_span, time_span
         if (dlo is None) != (tlo is None) or (dhi is None) != (thi is None):
             continue  # different forms: matched separately
         lo = datetime.strptime(dlo + tlo, "%Y%m%d%H%M%S%f") if dlo is not None else None

@@ -32,8 +32,8 @@ _FILLED = 0x02  # LT: tags that were present with an empty value and were filled
 add_private_dict_entries(
     RECORD_CREATOR,
     {
-        (RECORD_GROUP << 16) | 0x1000 | _ADDED: ("LT", "1", "Attributes Added By Plugin"),
-        (RECORD_GROUP << 16) | 0x1000 | _FILLED: ("LT", "1", "Attributes Filled By Plugin"),
+        (RECORD_GROUP << 16) | 0x1000 | _ADDED: ("LT", "1", "Attributes Added By Plugin", ""),
+        (RECORD_GROUP << 16) | 0x1000 | _FILLED: ("LT", "1", "Attributes Filled By Plugin", ""),
     },
 )
 

@@ -83,7 +83,7 @@ def intercept_reads(
     """
     transport = assoc.dul.socket
     if transport is not None:
-        transport.recv = wrap(transport.recv)  # type: ignore[method-assign]
+        transport.recv = wrap(transport.recv)  # type: ignore[method-assign,assignment]
 
 
 def register_server(ae: AE, server: ThreadedAssociationServer) -> None:
@@ -288,9 +288,13 @@ def check() -> list[str]:
     for name in ("_get_scp", "_move_scp"):
         expect(
             f"DefinedProcedureProtocolQueryRetrieveServiceClass.{name}(req, context)",
-            lambda name=name: _parameters(getattr(_DPP_SERVICE, name))[1:3] == ["req", "context"],
+            _takes_request_and_context(name),
         )
     return problems
+
+
+def _takes_request_and_context(name: str) -> Callable[[], bool]:
+    return lambda: _parameters(getattr(_DPP_SERVICE, name))[1:3] == ["req", "context"]
 
 
 def require() -> None:

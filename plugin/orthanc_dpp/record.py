@@ -291,8 +291,8 @@ def _record(ds: Dataset, charset: tuple[str, ...] | None, *, nested: bool) -> Re
     tags: list[int] = []
     vrs: list[str] = []
     values: list[Any] = []
-    for tag in sorted(ds.keys()):
-        tag = int(tag)
+    for key in sorted(ds.keys()):
+        tag = int(key)
         group, element = tag >> 16, tag & 0xFFFF
         if group & 1 or element == 0 or group in (0x0000, 0x0002, 0xFFFE):
             continue  # private, group length, command, file meta, delimiters

@@ -74,7 +74,7 @@ def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     for number, part in enumerate(message.iter_parts(), start=1):
         name = part.get_filename() or f"part {number}"
         payload = part.get_payload(decode=True)
-        files.append((name, payload or b""))
+        files.append((name, payload if isinstance(payload, bytes) else b""))
     return files
 
 

@@ -52,6 +52,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from orthanc_dpp import pynetdicom_private as private
@@ -242,7 +243,9 @@ def _message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
 class _Reply:
     """Builds and sends the C-GET/C-MOVE responses of one request."""
 
-    def __init__(self, service: Any, req: C_GET | C_MOVE, context: PresentationContext) -> None:
+    def __init__(
+        self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
+    ) -> None:
         self._service = service
         self._req = req
         self._cx_id = int(context.context_id or 0)
@@ -261,7 +264,7 @@ class _Reply:
         self.finished = self.finished or code_to_category(code) != "Pending"
         if not self._service.assoc.is_established:
             return  # the requester has gone: nobody to answer
-        rsp = C_MOVE() if isinstance(self._req, C_MOVE) else C_GET()
+        rsp: Any = C_MOVE() if isinstance(self._req, C_MOVE) else C_GET()
         rsp.MessageIDBeingRespondedTo = self._req.MessageID
         rsp.AffectedSOPClassUID = self._req.AffectedSOPClassUID
         rsp.Status = code
@@ -351,7 +354,9 @@ class RetrieveHandler:
     def _name(self) -> str:
         return "C-GET" if self.kind == "get" else "C-MOVE"
 
-    def serve(self, service: Any, req: C_GET | C_MOVE, context: PresentationContext) -> None:
+    def serve(
+        self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
+    ) -> None:
         """Answer one request completely (called by pynetdicom's service class, see install)."""
         reply = _Reply(service, req, context)
         try:
@@ -362,7 +367,11 @@ class RetrieveHandler:
                 reply.refuse(status.UNABLE_TO_PROCESS, f"internal error: {exc}")
 
     def _serve(
-        self, service: Any, req: C_GET | C_MOVE, context: PresentationContext, reply: _Reply
+        self,
+        service: QueryRetrieveServiceClass,
+        req: C_GET | C_MOVE,
+        context: PresentationContext,
+        reply: _Reply,
     ) -> None:
         peer = describe_requestor(service.assoc)
         modalities = self.gate.modalities.current  # one snapshot for the whole request
@@ -413,11 +422,11 @@ class RetrieveHandler:
         tally = Tally(len(plan))
         where = f" to {destination.describe()}" if destination else ""
         self.log.info("%s from %s%s: %d instances requested", self._name, peer, where, len(uids))
-        if destination is None:
+        if isinstance(req, C_MOVE) and destination is not None:
+            self._move(service, req, reply, plan, tally, destination)
+        elif isinstance(req, C_GET):
             allow_conversion = decision.modality is None or decision.modality.allow_transcoding
             self._get(service, req, reply, plan, tally, allow_conversion)
-        else:
-            self._move(service, req, reply, plan, tally, destination)
         self.log.info("%s from %s%s finished: %s", self._name, peer, where, tally.summary())
 
     # -- sub-operations
@@ -429,7 +438,7 @@ class RetrieveHandler:
 
     def _run(
         self,
-        service: Any,
+        service: QueryRetrieveServiceClass,
         req: C_GET | C_MOVE,
         reply: _Reply,
         plan: list[tuple[str, str | None]],
@@ -464,12 +473,14 @@ class RetrieveHandler:
         quiet = (
             private.dul_polling(requester, QUIET_POLL) if sender is not requester else nullcontext()
         )
+        message_id = int(req.MessageID or 0)  # present: pynetdicom checked the request
         with quiet, StoreChannel(sender) as channel:
             while (item := ahead.take()) is not None:
-                if service.is_cancelled(req.MessageID):
+                if service.is_cancelled(message_id):
                     return False
                 if not service.assoc.is_established:
                     raise _RequesterGone
+                outcome: Outcome | None
                 if item.failure or lost:
                     outcome = item.failure or Outcome(FAILED, lost)
                 else:
@@ -494,7 +505,7 @@ class RetrieveHandler:
 
     def _get(
         self,
-        service: Any,
+        service: QueryRetrieveServiceClass,
         req: C_GET,
         reply: _Reply,
         plan: list[tuple[str, str | None]],
@@ -514,7 +525,7 @@ class RetrieveHandler:
             self.log.error("C-GET: requester stopped answering C-STORE; giving up")
             return ""  # the association is gone: no one to answer
 
-        ids = _message_ids(req.MessageID, avoid=req.MessageID)
+        ids = _message_ids(int(req.MessageID or 0), avoid=req.MessageID)
         try:
             finished = self._run(service, req, reply, plan, tally, assoc, preparer, ids, lost)
         except _RequesterGone:
@@ -527,7 +538,9 @@ class RetrieveHandler:
 
     # -- C-MOVE: sub-operations on a new association with the destination
 
-    def _associate(self, service: Any, destination: Modality) -> tuple[Association | None, str]:
+    def _associate(
+        self, service: QueryRetrieveServiceClass, destination: Modality
+    ) -> tuple[Association | None, str]:
         """Open the sub-association; on failure return (None, why)."""
         ae: AE = service.ae
         if destination.local_aet or destination.timeout:
@@ -549,7 +562,7 @@ class RetrieveHandler:
             for ts in TRANSFER_SYNTAXES  # one context each: instances go out as stored
         ]
         connected: list[bool] = []
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
         ]
@@ -576,7 +589,7 @@ class RetrieveHandler:
 
     def _move(
         self,
-        service: Any,
+        service: QueryRetrieveServiceClass,
         req: C_MOVE,
         reply: _Reply,
         plan: list[tuple[str, str | None]],
@@ -607,7 +620,7 @@ class RetrieveHandler:
             destination.allow_transcoding,
             sender.dimse.maximum_pdu_size,
             self.log,
-            originator=(service.assoc.requestor.ae_title, req.MessageID),
+            originator=(service.assoc.requestor.ae_title, int(req.MessageID or 0)),
         )
 
         def lost() -> str:
@@ -640,7 +653,10 @@ class RetrieveHandler:
 
 
 def _serve_routed(
-    service: Any, req: Any, context: PresentationContext, stock: Callable[..., None]
+    service: QueryRetrieveServiceClass,
+    req: Any,
+    context: PresentationContext,
+    stock: Callable[..., None],
 ) -> None:
     event = evt.EVT_C_GET if isinstance(req, C_GET) else evt.EVT_C_MOVE
     bound = service.assoc.get_handlers(event)

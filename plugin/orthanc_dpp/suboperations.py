@@ -139,13 +139,13 @@ class Preparer:
             return Prepared(uid, message_id, Outcome(FAILED, reason))
         target = UID(cx.transfer_syntax[0])
         if target != stored_ts:
-            reason = (
+            loss = (
                 conversion_loss(ds, stored_ts, target)
                 if self.allow_conversion
                 else "transcoding not allowed (AllowTranscoding)"
             )
-            if reason:
-                return Prepared(uid, message_id, Outcome(FAILED, reason))
+            if loss:
+                return Prepared(uid, message_id, Outcome(FAILED, loss))
         try:
             data = encode(ds, target.is_implicit_VR, target.is_little_endian, target.is_deflated)
         except Exception as exc:  # pynetdicom returns None and logs; be safe either way
@@ -256,7 +256,7 @@ class StoreChannel:
         rsp = self._response(item.message_id)
         if isinstance(rsp, Outcome):
             return rsp
-        code = int(rsp.Status)
+        code = int(rsp.Status or 0)  # present: checked by is_valid_response
         category = code_to_category(code)
         if category == STATUS_SUCCESS:
             return Outcome(STATUS_SUCCESS)

@@ -10,14 +10,18 @@ import pytest
 
 from tests.orthanc_server import OrthancServer, orthanc_available
 
-pytestmark = pytest.mark.integration
+HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if not orthanc_available():
-        skip = pytest.mark.skip(reason="Orthanc from Debian's packages is not installed")
-        for item in items:
-            if "integration" in str(item.fspath):
+    """Mark every test of this folder ``integration`` (``-m "not integration"`` leaves them
+    out), and skip them where Orthanc is not installed."""
+    available = orthanc_available()
+    skip = pytest.mark.skip(reason="Orthanc from Debian's packages is not installed")
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+            if not available:
                 item.add_marker(skip)
 
 

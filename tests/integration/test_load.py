@@ -22,8 +22,6 @@ from tests.dpp_factory import make_library
 from tests.load import MemoryStorageSCP, dicom_modalities, found_uids, run_load
 from tests.peers import store_protocols
 
-pytestmark = pytest.mark.integration
-
 PEERS = {"store": 5, "find": 5, "get": 5, "move": 5}
 PRELOADED = 30
 #: Generous: Orthanc with the plugin idles near 100 MB; a leak per operation would pass it.

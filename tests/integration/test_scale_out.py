@@ -42,13 +42,10 @@ from tests.postgres import (
 )
 from tests.waiting import seconds_until
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not postgres_available(),
-        reason=f"PostgreSQL server binaries ({PG_BIN}) or orthanc-postgresql are not installed",
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    not postgres_available(),
+    reason=f"PostgreSQL server binaries ({PG_BIN}) or orthanc-postgresql are not installed",
+)
 
 CHANGE_POLL_INTERVAL = 1.0  # the plugin's default
 RECONCILE_INTERVAL = 1.0
