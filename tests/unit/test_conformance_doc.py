@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from pydicom import Dataset
+from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_description
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
@@ -102,6 +103,11 @@ def _probes(vr: str) -> dict[str, Any]:
     }
 
 
+def key_element(tag: int, vr: str, value: Any) -> DataElement:
+    """A key as a requester may send it: wild cards and ranges are not valid VR values."""
+    return DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+
+
 def _identifier(path: tuple[KeyRow, ...], element: DataElement) -> Dataset:
     """An identifier holding ``element`` inside the sequences of ``path``.
 
@@ -112,10 +118,10 @@ def _identifier(path: tuple[KeyRow, ...], element: DataElement) -> Dataset:
     inner.add(element)
     for parent in reversed(path):
         outer = Dataset()
-        outer.add(DataElement(parent.tag, "SQ", Sequence([inner])))
+        outer.add(key_element(parent.tag, "SQ", Sequence([inner])))
         inner = outer
     filler = 0x00181030 if 0x00080018 in inner else 0x00080018  # Protocol Name, SOP Instance UID
-    inner.add(DataElement(filler, "LO" if filler == 0x00181030 else "UI", None))
+    inner.add(key_element(filler, "LO" if filler == 0x00181030 else "UI", None))
     return inner
 
 
@@ -135,14 +141,11 @@ def _matchers(path: tuple[KeyRow, ...], element: DataElement) -> list[Any] | Non
 def observed_matching(path: tuple[KeyRow, ...], row: KeyRow) -> str:
     """The matching types compile_query gives ``row``, found by trying each one."""
     if row.vr == "SQ":
+        first = row.items[0]  # every sequence row lists its items
         item = Dataset()
-        item.add(DataElement(0x00080100, "SH", "X"))  # Code Value: in every macro item
-        if row.items and row.items[0].tag != 0x00080100:
-            first = row.items[0]
-            item = Dataset()
-            item.add(DataElement(first.tag, first.vr, _sample(first.vr)))
-        seq = _matchers(path, DataElement(row.tag, "SQ", Sequence([item])))
-        empty = _matchers(path, DataElement(row.tag, "SQ", Sequence([])))
+        item.add(key_element(first.tag, first.vr, _sample(first.vr)))
+        seq = _matchers(path, key_element(row.tag, "SQ", Sequence([item])))
+        empty = _matchers(path, key_element(row.tag, "SQ", Sequence([])))
         kinds = set()
         if seq and isinstance(seq[0], SequenceKey):
             kinds.add("sequence")
@@ -151,13 +154,13 @@ def observed_matching(path: tuple[KeyRow, ...], row: KeyRow) -> str:
         return ", ".join(k for k in ORDER if k in kinds)
     kinds = set()
     for kind, value in _probes(row.vr).items():
-        matchers = _matchers(path, DataElement(row.tag, row.vr, value))
+        matchers = _matchers(path, key_element(row.tag, row.vr, value))
         if matchers and matchers[0].kind in (kind, "combined range"):
             kinds.add(kind)
         elif kind == "single value" and matchers and row.vr in ("DA", "TM", "DT", "UI"):
             kinds.add(kind)  # one value: a one-value range, or a one-UID list
-    if _matchers(path, DataElement(row.tag, row.vr, None)) == []:
-        if not kinds and _matchers(path, DataElement(row.tag, row.vr, _sample(row.vr))) == []:
+    if _matchers(path, key_element(row.tag, row.vr, None)) == []:
+        if not kinds and _matchers(path, key_element(row.tag, row.vr, _sample(row.vr))) == []:
             return "not matched"  # read, returned, never compared
         kinds.add("universal")
     return ", ".join(k for k in ORDER if k in kinds)
