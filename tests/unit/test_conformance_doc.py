@@ -23,7 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
 from pynetdicom import evt
 
-from orthanc_dpp import config, keys, status
+from orthanc_dpp import __version__, config, keys, status
 from orthanc_dpp.config import SECTION, Settings, parse_settings
 from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, KeyRow
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
@@ -258,6 +258,10 @@ def test_every_transfer_syntax_is_documented_in_the_listeners_order() -> None:
     assert len(found) == 2
     assert [row[1] for row in found[1]] == [str(ts) for ts in TRANSFER_SYNTAXES]
     assert [row[0] for row in found[1]] == [ts.name for ts in TRANSFER_SYNTAXES]
+
+
+def test_the_statement_names_the_plugins_version() -> None:
+    assert f"plugin (version {__version__})" in DOC
 
 
 def test_implementation_identity_and_pdu_size_are_what_the_listener_sends() -> None:
