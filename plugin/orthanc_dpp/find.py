@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from orthanc_dpp import status
 from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.keys import DPP_MODEL, InformationModel
 from orthanc_dpp.match import compile_query
 from orthanc_dpp.status import InvalidIdentifier
 
@@ -33,6 +34,7 @@ def handle_find(
     identifier: Dataset,
     index: ProtocolIndex,
     *,
+    model: InformationModel = DPP_MODEL,
     max_results: int,
     is_cancelled: Callable[[], bool],
 ) -> Iterator[Response]:
@@ -43,7 +45,7 @@ def handle_find(
     knows its answer is incomplete and can refine the query.
     """
     try:
-        query = compile_query(identifier)
+        query = compile_query(identifier, model)
     except InvalidIdentifier as exc:
         log.info("C-FIND identifier refused (0x%04X): %s", exc.status, exc)
         yield status.status_dataset(exc.status, exc.comment, exc.offending), None

@@ -39,6 +39,10 @@ CODE_SEQUENCES: Final = (
     tag("PrimaryAnatomicStructureSequence"),
 )
 
+#: Where a Protocol Approval names the protocols it is about (PS3.4 II.6.1.3.2.1
+#: suggests indexing it: "which approvals does this protocol have" is the usual query).
+APPROVAL_SUBJECT: Final = (tag("ApprovalSubjectSequence"), tag("ReferencedSOPInstanceUID"))
+
 #: Top-level attributes with a value index.
 INDEXED: Final = (
     tag("ProtocolName"),
@@ -55,6 +59,7 @@ INDEXED_ITEMS: Final = (
     (tag("ModelSpecificationSequence"), tag("Manufacturer")),
     (tag("ModelSpecificationSequence"), tag("ManufacturerModelName")),
     (tag("CustodialOrganizationSequence"), tag("InstitutionName")),
+    APPROVAL_SUBJECT,
 )
 
 # A wild card or range is tried on each distinct value of an index only when
@@ -288,6 +293,13 @@ class ProtocolIndex:
         with self._lock:
             number = self._by_orthanc_id.get(orthanc_id)
             return None if number is None else self._entries[number]
+
+    def approvals_of(self, sop_instance_uid: str) -> list[Entry]:
+        """The Protocol Approval entries whose Approval Subject Sequence names this UID."""
+        key = _NORMS[APPROVAL_SUBJECT[1]](sop_instance_uid)
+        with self._lock:
+            numbers = sorted(_ids(self._values[APPROVAL_SUBJECT].get(key)))
+            return [self._entries[n] for n in numbers]
 
     def orthanc_ids(self) -> set[str]:
         with self._lock:

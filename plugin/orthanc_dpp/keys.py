@@ -1,7 +1,8 @@
-"""Key attributes of the Defined Procedure Protocol Information Model, as data.
+"""Key attributes of the Defined Procedure Protocol and Protocol Approval models, as data.
 
 Source: DICOM PS3.4 2024d, Annex HH, Table HH.6-1 "Attributes for the Defined
-Procedure Protocol Information Model", and PS3.4 chapter 8, Tables 8-1a/8-1b
+Procedure Protocol Information Model", Annex II, Table II.6-1 "Attributes for
+the Protocol Approval Information Model", and PS3.4 chapter 8, Tables 8-1a/8-1b
 (the SCU/SCP coded entry macros that Table HH.6-1 includes in its code
 sequences). Read at dicom.nema.org (chtml sect_HH.6, chapter_8) and
 cross-checked row by row against a DocBook-derived rendering of the same
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from orthanc_dpp import sop
 
 #: Edition and tables the rows below were taken from.
 STANDARD: Final = "DICOM PS3.4 2024d, Table HH.6-1 with Tables 8-1a/8-1b"
@@ -217,8 +220,132 @@ TABLE_HH_6_1: Final[tuple[KeyRow, ...]] = (
     ),
 )
 
+# PS3.4 Table II.6-1. Unlike Table HH.6-1 it names no matching types for its
+# code sequences (matching then follows the VR). Its Approval Subject
+# Sequence is the key most queries use ("the approvals of this protocol"):
+# the index keeps a value index on it.
+TABLE_II_6_1: Final[tuple[KeyRow, ...]] = (
+    *_module(
+        "SOP Common",
+        (
+            _row("SpecificCharacterSet", "-", "1C"),
+            _row("SOPClassUID", "R", "1"),
+            _row("SOPInstanceUID", "U", "1"),
+            _row("InstanceCreationDate", "R", "1", _DATE),
+            _row("InstanceCreationTime", "R", "1", _DATE),
+        ),
+    ),
+    *_module(
+        "Protocol Approval",
+        (
+            _row(
+                "ApprovalSubjectSequence",
+                "R",
+                "1",
+                items=(
+                    _row("ReferencedSOPClassUID", "R", "1", _UIDS),
+                    _row("ReferencedSOPInstanceUID", "R", "1", _UIDS),
+                ),
+            ),
+            _row(
+                "ApprovalSequence",
+                "R",
+                "1",
+                items=(
+                    _row("AssertionCodeSequence", "R", "1", items=CODED_ENTRY),
+                    _row("AssertionUID", "-", "1"),
+                    _row(
+                        "AsserterIdentificationSequence",
+                        "R",
+                        "1",
+                        items=(
+                            _row("ObserverType", "-", "1"),
+                            _row("PersonName", "R", "1"),
+                            _row("PersonIdentificationCodeSequence", "R", "1", items=CODED_ENTRY),
+                            _row("OrganizationalRoleCodeSequence", "R", "2", items=CODED_ENTRY),
+                            _row("StationName", "-", "3"),
+                            _row("DeviceUID", "-", "3"),
+                            _row("Manufacturer", "-", "3"),
+                            _row("ManufacturerModelName", "-", "3"),
+                            _row("StationAETitle", "-", "3"),
+                            _row("InstitutionName", "R", "1"),
+                            _row("InstitutionCodeSequence", "R", "1", items=CODED_ENTRY),
+                            _row("InstitutionalDepartmentName", "U", "2"),
+                            _row(
+                                "InstitutionalDepartmentTypeCodeSequence",
+                                "U",
+                                "3",
+                                items=CODED_ENTRY,
+                            ),
+                        ),
+                    ),
+                    _row("AssertionDateTime", "R", "1", _DATE),
+                    _row("AssertionExpirationDateTime", "R", "2", _DATE),
+                    _row("AssertionComments", "-", "2"),
+                    _row(
+                        "RelatedAssertionSequence",
+                        "U",
+                        "1",
+                        items=(_row("ReferencedAssertionUID", "U", "1"),),
+                    ),
+                ),
+            ),
+        ),
+    ),
+    *_module(
+        "Enhanced General Equipment",
+        (
+            _row("Manufacturer", "-", "1"),
+            _row("ManufacturerModelName", "-", "2"),
+            _row("SoftwareVersions", "-", "2"),
+        ),
+    ),
+)
+
 #: Top-level rows by tag.
 TOP_LEVEL: Final[dict[int, KeyRow]] = {row.tag: row for row in TABLE_HH_6_1}
+
+
+@dataclass(frozen=True)
+class InformationModel:
+    """One query/retrieve model the listener serves: its SOP classes, instances and keys."""
+
+    name: str
+    find: str
+    move: str
+    get: str
+    #: The storage SOP classes of the instances it finds and retrieves.
+    storage_classes: frozenset[str]
+    table: tuple[KeyRow, ...]
+
+    @property
+    def sop_classes(self) -> tuple[str, str, str]:
+        return (self.find, self.move, self.get)
+
+
+DPP_MODEL: Final = InformationModel(
+    "Defined Procedure Protocol",
+    sop.DPP_FIND,
+    sop.DPP_MOVE,
+    sop.DPP_GET,
+    sop.DPP_STORAGE_CLASSES,
+    TABLE_HH_6_1,
+)
+APPROVAL_MODEL: Final = InformationModel(
+    "Protocol Approval",
+    sop.APPROVAL_FIND,
+    sop.APPROVAL_MOVE,
+    sop.APPROVAL_GET,
+    frozenset({sop.PROTOCOL_APPROVAL_STORAGE}),
+    TABLE_II_6_1,
+)
+MODELS: Final = (DPP_MODEL, APPROVAL_MODEL)
+
+
+def model_of(sop_class: str) -> InformationModel | None:
+    """The model a FIND, MOVE or GET SOP Class UID belongs to, if the listener serves it."""
+    return next((m for m in MODELS if sop_class in m.sop_classes), None)
+
 
 #: Pairs that Table HH.6-1 says are range-matched together as one DateTime
 #: when both are given as ranges (Instance Creation Date / Time).

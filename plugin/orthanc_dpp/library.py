@@ -34,7 +34,7 @@ from pydicom.uid import UID
 from orthanc_dpp import normalize, status
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
+from orthanc_dpp.sop import STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.library")
 
@@ -410,21 +410,24 @@ def normalize_received(data: bytes, labels: Normalization) -> bytes | None:
 
 
 class IndexedSource:
-    """What C-GET/C-MOVE retrieve (``retrieve.ProtocolSource``): DPP instances of the index.
+    """What C-GET/C-MOVE retrieve (``retrieve.ProtocolSource``): indexed instances.
 
-    Only Defined Procedure Protocol classes are retrievable through the DPP
-    information model; Protocol Approvals have their own model (PS3.4 HH).
+    Each information model retrieves its own instances only: Defined
+    Procedure Protocols through the DPP model, Protocol Approvals through
+    theirs (PS3.4 HH, II).
     """
 
     def __init__(self, index: ProtocolIndex, library: ProtocolLibrary) -> None:
         self.index = index
         self.library = library
 
-    def resolve(self, uids: Sequence[str]) -> list[tuple[str, str | None]]:
+    def resolve(
+        self, uids: Sequence[str], storage_classes: frozenset[str]
+    ) -> list[tuple[str, str | None]]:
         resolved: list[tuple[str, str | None]] = []
         for uid in uids:
             entry = self.index.get(uid)
-            if entry is not None and entry.sop_class_uid in DPP_STORAGE_CLASSES:
+            if entry is not None and entry.sop_class_uid in storage_classes:
                 resolved.append((uid, entry.orthanc_id))
             else:
                 resolved.append((uid, None))

@@ -31,7 +31,8 @@ from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import tls as tls_module
 from orthanc_dpp.config import Settings
 from orthanc_dpp.connections import ConnectionGuard, Limits
-from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
+from orthanc_dpp.keys import MODELS
+from orthanc_dpp.sop import STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.listener")
 
@@ -130,10 +131,12 @@ class DppListener:
         for sop_class in STORAGE_CLASSES:
             # scp_role lets a C-GET requester take the storage SCP role.
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
-        services = {evt.EVT_C_FIND: DPP_FIND, evt.EVT_C_GET: DPP_GET, evt.EVT_C_MOVE: DPP_MOVE}
-        for event, sop_class in services.items():
-            if event in self.handlers:
-                ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        for model in MODELS:
+            services = {evt.EVT_C_FIND: model.find, evt.EVT_C_GET: model.get}
+            services[evt.EVT_C_MOVE] = model.move
+            for event, sop_class in services.items():
+                if event in self.handlers:
+                    ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         return ae
 
     def _on_open(self, event: evt.Event) -> None:

@@ -44,7 +44,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from orthanc_dpp import keys, sop, status
+from orthanc_dpp import keys, status
 from orthanc_dpp.keys import SOP_CLASS_UID, KeyRow
 from orthanc_dpp.record import BINARY, CHARSET_TEXT, NUMBERS, Record, to_data_element
 from orthanc_dpp.status import InvalidIdentifier
@@ -756,19 +756,18 @@ def _identifier_charset(identifier: Dataset) -> tuple[str, ...]:
     return tuple(str(t).strip() for t in terms)
 
 
-def compile_query(
-    identifier: Dataset, *, sop_classes: frozenset[str] = sop.DPP_STORAGE_CLASSES
-) -> Query:
-    """Validate ``identifier`` and compile it; raises :class:`InvalidIdentifier`.
+def compile_query(identifier: Dataset, model: keys.InformationModel = keys.DPP_MODEL) -> Query:
+    """Validate ``identifier`` against ``model`` and compile it; raises :class:`InvalidIdentifier`.
 
-    ``sop_classes`` limits answers to the information model's instances
-    (Protocol Approval instances share the index but not this model).
+    The model's storage classes limit the answers: Protocol Approval
+    instances share the index with the protocols but not their model.
     """
     out = _Compiled()
-    _compile_keys(identifier, keys.TABLE_HH_6_1, out, top=True)
+    _compile_keys(identifier, model.table, out, top=True)
     if not out.returns:
         raise InvalidIdentifier(
-            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "Identifier has no keys of the DPP model"
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            f"Identifier has no keys of the {model.name} model",
         )
     matchers = _combine_date_time(out.matchers)
     for matcher in matchers:
@@ -778,5 +777,5 @@ def compile_query(
         returns=tuple(out.returns),
         unsupported=tuple(out.unsupported),
         charset=_identifier_charset(identifier),
-        sop_classes=frozenset(sop_classes),
+        sop_classes=model.storage_classes,
     )

@@ -35,7 +35,11 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 #: The pynetdicom release whose internals this module was written against.
 WRITTEN_FOR = "3.0.4"
 
-_DPP_SERVICE = service_class.DefinedProcedureProtocolQueryRetrieveServiceClass
+#: The service classes whose C-GET/C-MOVE the plugin serves with its own loop.
+_ROUTED_SERVICES = (
+    service_class.DefinedProcedureProtocolQueryRetrieveServiceClass,
+    service_class.ProtocolApprovalQueryRetrieveServiceClass,
+)
 _ROUTED = "_orthanc_dpp_routed"
 _route_lock = threading.Lock()
 
@@ -189,26 +193,28 @@ ServeRetrieve = Callable[[Any, Any, PresentationContext, Callable[..., None]], N
 
 
 def route_retrieve(serve: ServeRetrieve) -> None:
-    """Send the DPP service class's C-GET and C-MOVE requests to ``serve``.
+    """Send the C-GET and C-MOVE requests of the DPP and Protocol Approval models to ``serve``.
 
     ``serve(service, request, context, stock)`` gets pynetdicom's own
-    method as ``stock`` to fall back on. Only the Defined Procedure Protocol
-    service class changes; idempotent and thread-safe.
+    method as ``stock`` to fall back on. Only those two service classes
+    change (pynetdicom's other query/retrieve classes keep their loop);
+    idempotent and thread-safe.
     """
     with _route_lock:
-        if getattr(_DPP_SERVICE, _ROUTED, False):
-            return
-        for name in ("_get_scp", "_move_scp"):
-            stock = getattr(_DPP_SERVICE, name)
+        for cls in _ROUTED_SERVICES:
+            if getattr(cls, _ROUTED, False):
+                continue
+            for name in ("_get_scp", "_move_scp"):
+                stock = getattr(cls, name)
 
-            def routed(
-                self: Any, req: Any, context: PresentationContext, stock: Any = stock
-            ) -> None:
-                serve(self, req, context, stock.__get__(self))
+                def routed(
+                    self: Any, req: Any, context: PresentationContext, stock: Any = stock
+                ) -> None:
+                    serve(self, req, context, stock.__get__(self))
 
-            routed.__name__ = name
-            setattr(_DPP_SERVICE, name, routed)
-        setattr(_DPP_SERVICE, _ROUTED, True)
+                routed.__name__ = name
+                setattr(cls, name, routed)
+            setattr(cls, _ROUTED, True)
 
 
 # --- the start-up check ------------------------------------------------------------------
@@ -285,16 +291,14 @@ def check() -> list[str]:
     )
     expect("C_STORE_RQ.primitive_to_message", lambda: callable(C_STORE_RQ.primitive_to_message))
     expect("AssociationSocket.recv(nr_bytes) and .socket", lambda: _wraps_sockets(assoc))
-    for name in ("_get_scp", "_move_scp"):
-        expect(
-            f"DefinedProcedureProtocolQueryRetrieveServiceClass.{name}(req, context)",
-            _takes_request_and_context(name),
-        )
+    for cls in _ROUTED_SERVICES:
+        for name in ("_get_scp", "_move_scp"):
+            expect(f"{cls.__name__}.{name}(req, context)", _takes_request_and_context(cls, name))
     return problems
 
 
-def _takes_request_and_context(name: str) -> Callable[[], bool]:
-    return lambda: _parameters(getattr(_DPP_SERVICE, name))[1:3] == ["req", "context"]
+def _takes_request_and_context(cls: type, name: str) -> Callable[[], bool]:
+    return lambda: _parameters(getattr(cls, name))[1:3] == ["req", "context"]
 
 
 def require() -> None:

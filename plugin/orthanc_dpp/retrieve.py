@@ -56,9 +56,16 @@ from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from orthanc_dpp import pynetdicom_private as private
-from orthanc_dpp import sop, status
+from orthanc_dpp import status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
-from orthanc_dpp.keys import QUERY_RETRIEVE_LEVEL, SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET
+from orthanc_dpp.keys import (
+    DPP_MODEL,
+    QUERY_RETRIEVE_LEVEL,
+    SOP_INSTANCE_UID,
+    SPECIFIC_CHARACTER_SET,
+    InformationModel,
+    model_of,
+)
 from orthanc_dpp.limits import (
     DatasetLimits,
     LimitExceeded,
@@ -89,8 +96,11 @@ LOGGED_FAILURES = 10
 class ProtocolSource(Protocol):
     """Where retrieved instances come from (the adapter implements it over Orthanc)."""
 
-    def resolve(self, uids: Sequence[str]) -> list[tuple[str, str | None]]:
-        """For each SOP Instance UID, the Orthanc ID of the stored instance or None."""
+    def resolve(
+        self, uids: Sequence[str], storage_classes: frozenset[str]
+    ) -> list[tuple[str, str | None]]:
+        """For each SOP Instance UID, the Orthanc ID of the stored instance of one of
+        ``storage_classes`` (the requested model's), or None."""
         ...
 
     def load(self, orthanc_id: str) -> Dataset:
@@ -374,6 +384,8 @@ class RetrieveHandler:
         reply: _Reply,
     ) -> None:
         peer = describe_requestor(service.assoc)
+        # Routed here for the served models' GET/MOVE SOP classes only.
+        model = model_of(str(req.AffectedSOPClassUID)) or DPP_MODEL
         modalities = self.gate.modalities.current  # one snapshot for the whole request
         decision = self.gate.check(service.assoc, self.service, modalities)
         if not decision:
@@ -409,7 +421,7 @@ class RetrieveHandler:
                 reply.refuse(status.MOVE_DESTINATION_UNKNOWN, comment)
                 return
         try:
-            found = dict(self.source.resolve(uids))
+            found = dict(self.source.resolve(uids, model.storage_classes))
         except Exception as exc:
             self.log.exception(
                 "%s from %s: cannot look up %d instances", self._name, peer, len(uids)
@@ -423,7 +435,7 @@ class RetrieveHandler:
         where = f" to {destination.describe()}" if destination else ""
         self.log.info("%s from %s%s: %d instances requested", self._name, peer, where, len(uids))
         if isinstance(req, C_MOVE) and destination is not None:
-            self._move(service, req, reply, plan, tally, destination)
+            self._move(service, req, reply, plan, tally, destination, model)
         elif isinstance(req, C_GET):
             allow_conversion = decision.modality is None or decision.modality.allow_transcoding
             self._get(service, req, reply, plan, tally, allow_conversion)
@@ -539,7 +551,10 @@ class RetrieveHandler:
     # -- C-MOVE: sub-operations on a new association with the destination
 
     def _associate(
-        self, service: QueryRetrieveServiceClass, destination: Modality
+        self,
+        service: QueryRetrieveServiceClass,
+        destination: Modality,
+        storage_classes: frozenset[str],
     ) -> tuple[Association | None, str]:
         """Open the sub-association; on failure return (None, why)."""
         ae: AE = service.ae
@@ -558,7 +573,7 @@ class RetrieveHandler:
             tls_args = (self.tls_context, destination.host)
         contexts = [
             build_context(sop_class, ts)
-            for sop_class in sorted(sop.DPP_STORAGE_CLASSES)
+            for sop_class in sorted(storage_classes)
             for ts in TRANSFER_SYNTAXES  # one context each: instances go out as stored
         ]
         connected: list[bool] = []
@@ -584,7 +599,7 @@ class RetrieveHandler:
         if assoc.is_rejected:
             return None, "association rejected"
         if not assoc.accepted_contexts and assoc.rejected_contexts:
-            return None, "none of the DPP storage contexts accepted"
+            return None, "none of the storage contexts accepted"
         return None, "association aborted"
 
     def _move(
@@ -595,10 +610,11 @@ class RetrieveHandler:
         plan: list[tuple[str, str | None]],
         tally: Tally,
         destination: Modality,
+        model: InformationModel,
     ) -> None:
         store: Association | None = None
         if any(orthanc_id for _, orthanc_id in plan):
-            store, why = self._associate(service, destination)
+            store, why = self._associate(service, destination, model.storage_classes)
             if store is None:
                 reason = f"destination {destination.aet}: {why}"
                 self.log.error(

@@ -19,6 +19,7 @@ from orthanc_dpp import status
 from orthanc_dpp.access import Gatekeeper, Service, describe_requestor
 from orthanc_dpp.find import handle_find
 from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.keys import DPP_MODEL, model_of
 from orthanc_dpp.library import ProtocolLibrary, Stored, StoreError
 from orthanc_dpp.limits import (
     DatasetLimits,
@@ -166,8 +167,10 @@ def make_find_handler(
                     stopped = "time"
             return stopped is not None
 
+        # The listener accepts FIND contexts of the served models only.
+        model = model_of(str(event.request.AffectedSOPClassUID)) or DPP_MODEL
         for code, response in handle_find(
-            identifier, index, max_results=max_results, is_cancelled=is_cancelled
+            identifier, index, model=model, max_results=max_results, is_cancelled=is_cancelled
         ):
             if response is not None:
                 count += 1

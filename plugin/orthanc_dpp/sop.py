@@ -1,4 +1,4 @@
-"""SOP class UIDs served by the plugin (docs/design.md, PS3.4 HH and GG)."""
+"""SOP class UIDs served by the plugin (docs/design.md, PS3.4 HH, II and GG)."""
 
 from typing import Final
 
@@ -11,6 +11,10 @@ PROTOCOL_APPROVAL_STORAGE: Final = str(sc.ProtocolApprovalStorage)
 DPP_FIND: Final = str(sc.DefinedProcedureProtocolInformationModelFind)
 DPP_MOVE: Final = str(sc.DefinedProcedureProtocolInformationModelMove)
 DPP_GET: Final = str(sc.DefinedProcedureProtocolInformationModelGet)
+
+APPROVAL_FIND: Final = str(sc.ProtocolApprovalInformationModelFind)
+APPROVAL_MOVE: Final = str(sc.ProtocolApprovalInformationModelMove)
+APPROVAL_GET: Final = str(sc.ProtocolApprovalInformationModelGet)
 
 #: Storage SOP classes the plugin accepts over C-STORE and REST, with the
 #: label used for their series in Orthanc's patient/study/series tree.

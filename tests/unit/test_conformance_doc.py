@@ -25,7 +25,7 @@ from pynetdicom import evt
 
 from orthanc_dpp import __version__, config, keys, status
 from orthanc_dpp.config import SECTION, Settings, parse_settings
-from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, KeyRow
+from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, TABLE_II_6_1, KeyRow
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
 from orthanc_dpp.match import InvalidIdentifier, SequenceKey, compile_query
 
@@ -141,7 +141,7 @@ def _matchers(path: tuple[KeyRow, ...], element: DataElement) -> list[Any] | Non
 def observed_matching(path: tuple[KeyRow, ...], row: KeyRow) -> str:
     """The matching types compile_query gives ``row``, found by trying each one."""
     if row.vr == "SQ":
-        first = row.items[0]  # every sequence row lists its items
+        first = next(r for r in row.items if r.vr != "SQ")  # every sequence row lists items
         item = Dataset()
         item.add(key_element(first.tag, first.vr, _sample(first.vr)))
         seq = _matchers(path, key_element(row.tag, "SQ", Sequence([item])))
@@ -199,6 +199,12 @@ def expected_rows(
 def test_every_table_hh_6_1_key_is_documented_with_its_tag_types_and_matching() -> None:
     documented = only_table("##### Table HH.6-1 keys")
     expected = list(expected_rows(TABLE_HH_6_1, CODED_ENTRY, " (items: coded entry macro)", ()))
+    assert documented == expected
+
+
+def test_every_table_ii_6_1_key_is_documented_with_its_tag_types_and_matching() -> None:
+    documented = only_table("##### Table II.6-1 keys")
+    expected = list(expected_rows(TABLE_II_6_1, CODED_ENTRY, " (items: coded entry macro)", ()))
     assert documented == expected
 
 
@@ -326,7 +332,7 @@ def test_every_status_the_plugin_answers_is_documented_and_no_other() -> None:
 ECHO = "#### 2.3.1 Verification (C-ECHO)"
 STORE = "#### 2.3.2 Storage (C-STORE SCP)"
 FIND = "#### 2.3.3 Query (C-FIND SCP)"
-RETRIEVE = "#### 2.3.4 Retrieve (C-GET and C-MOVE SCP)"
+RETRIEVE = "#### 2.3.5 Retrieve (C-GET and C-MOVE SCP)"
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from pydicom.sequence import Sequence
 from pynetdicom.dsutils import decode, encode
 
 from orthanc_dpp import sop, status
-from orthanc_dpp.keys import TABLE_HH_6_1, KeyRow
+from orthanc_dpp.keys import APPROVAL_MODEL, TABLE_HH_6_1, KeyRow
 from orthanc_dpp.match import Query, compile_query
 from orthanc_dpp.record import BULK_BYTES, Record, to_record
 from orthanc_dpp.status import InvalidIdentifier
@@ -334,10 +334,13 @@ def test_matching_types(spec: dict[str, Any], expected: bool) -> None:
     assert query(spec).status == status.PENDING
 
 
-def test_only_dpp_instances_answer() -> None:
+def test_each_model_answers_with_its_own_instances() -> None:
     approval = to_record(build({**STORED_SPEC, "SOPClassUID": sop.PROTOCOL_APPROVAL_STORAGE}))
+    protocol = to_record(build(STORED_SPEC))
     assert not matches({"ProtocolName": ""}, approval)
-    assert query({"ProtocolName": ""}, sop_classes=frozenset(sop.STORAGE_CLASSES)).matches(approval)
+    assert query({"ProtocolName": ""}).matches(protocol)
+    approvals = query({"SOPInstanceUID": ""}, model=APPROVAL_MODEL)
+    assert approvals.matches(approval) and not approvals.matches(protocol)
 
 
 def test_empty_stored_values_fail_any_matching_key() -> None:

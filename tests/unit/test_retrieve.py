@@ -74,8 +74,16 @@ class MemorySource:
     def _gone(self) -> None:
         self.alive -= 1
 
-    def resolve(self, uids: list[str]) -> list[tuple[str, str | None]]:
-        return [(u, f"id-{u}" if u in self.files else None) for u in uids]
+    def resolve(
+        self, uids: list[str], storage_classes: frozenset[str]
+    ) -> list[tuple[str, str | None]]:
+        def stored(uid: str) -> bool:
+            if uid not in self.files:
+                return False
+            ds = dcmread(BytesIO(self.files[uid]), specific_tags=["SOPClassUID"])
+            return str(ds.SOPClassUID) in storage_classes
+
+        return [(u, f"id-{u}" if stored(u) else None) for u in uids]
 
     def load(self, orthanc_id: str) -> Dataset:
         uid = orthanc_id.removeprefix("id-")
