@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dpp_tools.samples import CHARSETS, TRANSFER_SYNTAXES, make_library, make_protocol, to_bytes
 from orthanc_dpp import index as index_module
 from orthanc_dpp import sop
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.match import Query, compile_query
 from orthanc_dpp.record import BULK_BYTES, BULK_TEXT, to_record
-from tests.dpp_factory import CHARSETS, TRANSFER_SYNTAXES, make_library, make_protocol, to_bytes
 from tests.unit.test_match import build, code
 
 CT, XA, APPROVAL = sop.CT_DPP_STORAGE, sop.XA_DPP_STORAGE, sop.PROTOCOL_APPROVAL_STORAGE

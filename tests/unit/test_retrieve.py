@@ -33,6 +33,7 @@ from pydicom.uid import (
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage
 
+from dpp_tools.samples import make_library, make_protocol, to_bytes
 from orthanc_dpp import retrieve, sop, status
 from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
@@ -43,7 +44,6 @@ from orthanc_dpp.retrieve import (
     parse_identifier,
 )
 from orthanc_dpp.suboperations import choose_context, conversion_loss
-from tests.dpp_factory import make_library, make_protocol, to_bytes
 from tests.peers import storescp
 
 ALL_TS = [

@@ -1,6 +1,7 @@
 """Realistic, deterministic Defined Procedure Protocol instances for tests and benchmarks.
 
-Every test and benchmark draws its DICOM data from here, so the content follows
+Every test and benchmark draws its DICOM data from here, and so does
+``python -m dpp_tools samples``, so the content follows
 the IODs of PS3.3 (CT / XA Defined Procedure Protocol, Protocol Approval)
 closely enough that matching, storage and retrieval meet what real
 protocol-management tools send:
