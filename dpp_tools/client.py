@@ -100,8 +100,8 @@ def association(
 
     def on_acse(event: evt.Event) -> None:
         primitive = event.primitive
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0):
-            seen["rejection"] = primitive
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result is not None:
+            seen["accepted" if primitive.result == 0 else "rejection"] = primitive
 
     assoc = ae.associate(
         peer.host,
@@ -119,6 +119,9 @@ def association(
             )
         if not seen["connected"]:
             raise AssociationError(f"cannot connect to {peer.host}:{peer.port}")
+        if seen.get("accepted") is not None:  # pynetdicom aborts when no context was accepted
+            names = ", ".join(dict.fromkeys(UID(a).name for a, _ in contexts))
+            raise AssociationError(f"{peer} does not accept {names}")
         raise AssociationError(f"{peer} aborted or did not answer the association request")
     try:
         accepted = {context.abstract_syntax for context in assoc.accepted_contexts}

@@ -145,7 +145,18 @@ def build_identifier(keys: FindKeys) -> Dataset:
         )
     for key in keys.extra:
         _apply(identifier, key)
+    if not all(_is_ascii(elem) for elem in identifier.iterall()):
+        # Without it the values would be sent in the default repertoire, each
+        # other character replaced by "?", which is a wild card.
+        identifier.SpecificCharacterSet = "ISO_IR 192"
     return identifier
+
+
+def _is_ascii(elem: DataElement) -> bool:
+    if elem.VR == "SQ" or elem.value is None:
+        return True
+    values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+    return all(str(value).isascii() for value in values)
 
 
 # --------------------------------------------------------------------------

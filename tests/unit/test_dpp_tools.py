@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.tag import Tag
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (
     CTDefinedProcedureProtocolStorage,
     ProtocolApprovalStorage,
@@ -141,6 +142,15 @@ def test_options_become_the_dpp_keys_of_table_hh_6_1():
     assert (code.CodeValue, code.CodingSchemeDesignator) == ("RPID16", "RADLEX")
     requested = ds[Tag(0x0018, 0x9907)].value[0]  # Potential Requested Procedure Code Sequence
     assert requested.CodeValue == "CT1234"
+
+
+def test_non_ascii_keys_are_sent_in_utf_8():
+    """Else pydicom sends "?" for each such character, a wild card matching anything."""
+    assert "SpecificCharacterSet" not in identifier("--name", "*Head*")
+    ds = identifier("--name", "*成人*", "CustodialOrganizationSequence.InstitutionName=Hôpital*")
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    sent = encode(ds, is_implicit_vr=False, is_little_endian=True)  # as pynetdicom sends it
+    assert "*成人*".encode() in sent and "Hôpital*".encode() in sent
 
 
 def test_uid_options_make_a_uid_list():
