@@ -41,7 +41,7 @@ EXIT_CODES = """\
 exit codes:
   0  success
   1  failed: the peer answered a failure or cancel status (named in the message);
-     store, load, get, move: nothing succeeded
+     store, load, get, move: nothing succeeded; a folder or file cannot be written
   2  usage error: bad option, key, UID or file; nothing was sent
   3  no association: cannot connect, association rejected or aborted, SOP class
      not accepted, association lost; load: server unreachable; receive: cannot listen
@@ -480,3 +480,6 @@ def main(
     except AssociationError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_NO_ASSOCIATION
+    except OSError as exc:  # a folder that cannot be written, a file that cannot be read
+        print(f"error: {exc}", file=err)
+        return EXIT_FAILED

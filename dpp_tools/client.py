@@ -176,12 +176,10 @@ def read_header(path: Path) -> DicomFile:
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         raise ValueError(f"{path}: not a readable DICOM file ({exc})") from exc
     meta = getattr(ds, "file_meta", Dataset())
-    missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not ds.get(k)]
-    if missing or "TransferSyntaxUID" not in meta:
-        what = ", ".join(
-            [*missing, *(["TransferSyntaxUID"] if "TransferSyntaxUID" not in meta else [])]
-        )
-        raise ValueError(f"{path}: not a DICOM Part 10 instance (no {what})")
+    missing = [key for key in ("SOPClassUID", "SOPInstanceUID") if not ds.get(key)]
+    missing += [] if meta.get("TransferSyntaxUID") else ["TransferSyntaxUID"]
+    if missing:
+        raise ValueError(f"{path}: not a DICOM Part 10 instance (no {', '.join(missing)})")
     return DicomFile(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(meta.TransferSyntaxUID))
 
 
@@ -208,7 +206,11 @@ def store(peer: Peer, files: Sequence[DicomFile]) -> list[StoreResult]:
                     f"in {UID(file.transfer_syntax).name}"
                 )
                 continue
-            status = assoc.send_c_store(file.path, msg_id=number % 65536)
+            try:
+                status = assoc.send_c_store(file.path, msg_id=number % 65536)
+            except (ValueError, AttributeError) as exc:  # pynetdicom could not read or encode it
+                result.error = f"cannot be sent: {exc}"
+                continue
             result.status = _answered(status, peer, "C-STORE")
     return results
 

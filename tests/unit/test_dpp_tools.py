@@ -6,6 +6,7 @@ here only what needs no peer, plus the failures of a peer that is not there.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -80,6 +81,17 @@ def test_help_documents_every_exit_code(capsys):
     for code in (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_NO_ASSOCIATION):
         assert f"\n  {code}  " in text
     assert f"\n  {cli.EXIT_PARTIAL}  " in text
+
+
+def test_readme_documents_every_command_and_exit_code():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## DPP client") :].split("\n## ")[0]
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name in commands.choices:
+        assert f"| `{name}" in section, f"README's DPP client section lacks {name}"
+    for code in range(5):
+        assert f"\n| {code} | " in section
 
 
 @pytest.mark.parametrize(
@@ -289,6 +301,13 @@ def test_samples_writes_ct_xa_and_approvals_deterministically(tmp_path):
     }
     again = write_library(tmp_path / "b", 12, 5)
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in files]
+
+
+def test_samples_into_a_file_says_why(tmp_path):
+    (tmp_path / "taken").write_text("")
+    code, _, err = run("samples", str(tmp_path / "taken"))
+    assert code == cli.EXIT_FAILED
+    assert err.startswith("error: ") and "taken" in err
 
 
 # -- peers that are not there ---------------------------------------------------
