@@ -93,7 +93,7 @@ def association(
     ae = _new_ae(peer)
     for abstract_syntax, transfer_syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, list(transfer_syntaxes))
-    seen: dict[str, Any] = {"connected": False, "rejection": None}
+    seen: dict[str, Any] = {"connected": False, "accepted": None, "rejection": None}
 
     def on_open(event: evt.Event) -> None:
         seen["connected"] = True
@@ -119,7 +119,7 @@ def association(
             )
         if not seen["connected"]:
             raise AssociationError(f"cannot connect to {peer.host}:{peer.port}")
-        if seen.get("accepted") is not None:  # pynetdicom aborts when no context was accepted
+        if seen["accepted"] is not None:  # pynetdicom aborts when no context was accepted
             names = ", ".join(dict.fromkeys(UID(a).name for a, _ in contexts))
             raise AssociationError(f"{peer} does not accept {names}")
         raise AssociationError(f"{peer} aborted or did not answer the association request")
