@@ -224,8 +224,8 @@ def measure_probe(folder: Path, results: Results) -> None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
     from dpp_tools.samples import make_protocol, to_bytes
+    from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
 
     # A DPP file without patient, study and series, and the copy the hook
     # stores instead: the same with them added, as the plugin's normalization does.
