@@ -36,8 +36,8 @@ integration: setup-test
 	$(VENV)/bin/python -m pytest tests/integration
 
 lint: setup-unit
-	$(VENV)/bin/ruff check plugin tests bench docker tools
-	$(VENV)/bin/ruff format --check plugin tests bench docker tools
+	$(VENV)/bin/ruff check plugin dpp_tools tests bench docker tools
+	$(VENV)/bin/ruff format --check plugin dpp_tools tests bench docker tools
 	$(VENV)/bin/mypy
 
 bench: setup-test

@@ -13,9 +13,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 
-# The test helpers (tests.orthanc_server, tests.dpp_factory) import the
-# plugin's pure package; pytest gets it from pyproject's pythonpath, we add it
-# here so that ``python -m bench`` works from the repository root alone.
+# The benchmarks and tests.orthanc_server import the plugin's pure package;
+# pytest gets it from pyproject's pythonpath, we add it here so that
+# ``python -m bench`` works from the repository root alone.
 if str(REPO / "plugin") not in sys.path:
     sys.path.insert(0, str(REPO / "plugin"))
 if str(REPO) not in sys.path:

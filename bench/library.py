@@ -1,6 +1,6 @@
 """The benchmark's protocol library: generated once, encoded once, cached on disk.
 
-``tests.dpp_factory`` generates about 1,500 instances/s but encodes only
+``dpp_tools.samples`` generates about 1,500 instances/s but encodes only
 about 140 files/s, so a 100,000-protocol library costs over ten CPU-minutes.
 It is therefore built in chunks of ``CHUNK`` instances, on every core, into
 ``bench/results/cache/<factory version>/``, and a library of N protocols is
@@ -42,7 +42,7 @@ BULKY = (
 
 def factory_version() -> str:
     """Short hash of the factory's source: the cache key for everything generated."""
-    source = (REPO / "tests" / "dpp_factory.py").read_bytes()
+    source = (REPO / "dpp_tools" / "samples.py").read_bytes()
     return hashlib.sha256(source).hexdigest()[:12]
 
 
@@ -56,7 +56,7 @@ def _chunk_dir(number: int) -> Path:
 
 def _build_chunk(number: int) -> int:
     """Generate, encode and write chunk `number` (in a worker process); return its size."""
-    from tests.dpp_factory import make_library, to_bytes
+    from dpp_tools.samples import make_library, to_bytes
 
     final = _chunk_dir(number)
     partial = final.with_name(final.name + ".partial")

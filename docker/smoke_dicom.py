@@ -1,6 +1,6 @@
 """The DICOM and REST half of ``docker/smoke.sh``: echo, store, find, retrieve.
 
-Run from a checkout (it draws its protocol from ``tests/dpp_factory.py``)
+Run from a checkout (it draws its protocol from ``dpp_tools/samples.py``)
 with an interpreter that has pydicom and pynetdicom, against containers
 started by ``smoke.sh``. The protocol is stored through the first node and
 found and retrieved through the last one, so with two nodes this checks
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "plugin")]
+sys.path.insert(0, str(REPO))  # run as a script: dpp_tools is beside docker/
 
 import pydicom  # noqa: E402
 from pydicom import Dataset  # noqa: E402
@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (  # noqa: E402
     Verification,
 )
 
-from tests.dpp_factory import make_protocol, to_bytes  # noqa: E402
+from dpp_tools.samples import make_protocol, to_bytes  # noqa: E402
 
 FOUND_WITHIN_SECONDS = 10.0
 # Our calling AE title: docker/compose.smoke.yaml declares it as a modality.

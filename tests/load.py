@@ -17,7 +17,7 @@ pytest:
 
 Peers are threads of this process, one kind of operation each:
 
-``store``  C-STORE of new, distinct protocols from :mod:`tests.dpp_factory`;
+``store``  C-STORE of new, distinct protocols from :mod:`dpp_tools.samples`;
 ``find``   C-FIND on the DPP model by a Protocol Name wildcard, which must
            return the known protocol the pattern was taken from;
 ``get``    C-GET of 3 known protocols, all 3 received on the association;
@@ -43,9 +43,9 @@ from typing import Any
 from pydicom import Dataset
 from pynetdicom import AE, Association, build_role, evt
 
+from dpp_tools.samples import make_library
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES, STORAGE_CLASSES
-from tests.dpp_factory import make_library
 from tests.orthanc_server import OrthancServer, free_port
 
 KINDS = ("store", "find", "get", "move")

@@ -224,8 +224,8 @@ def measure_probe(folder: Path, results: Results) -> None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
+    from dpp_tools.samples import make_protocol, to_bytes
     from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
-    from tests.dpp_factory import make_protocol, to_bytes
 
     # A DPP file without patient, study and series, and the copy the hook
     # stores instead: the same with them added, as the plugin's normalization does.
@@ -421,7 +421,7 @@ def measure_nagle(results: Results) -> None:
     from pydicom.uid import ExplicitVRLittleEndian
     from pynetdicom import AE, evt
 
-    from tests.dpp_factory import make_protocol
+    from dpp_tools.samples import make_protocol
 
     ds = make_protocol(1, "CT")
     sop_class = str(ds.SOPClassUID)
@@ -464,7 +464,7 @@ def measure_nagle(results: Results) -> None:
 
 def measure_storescp(folder: Path, results: Results) -> None:
     """Fact 8: DCMTK's storescp accepts the DPP classes only with a profile."""
-    from tests.dpp_factory import make_protocol, to_bytes
+    from dpp_tools.samples import make_protocol, to_bytes
     from tests.peers import STORESCP_PROFILE
 
     if not shutil.which("storescp"):

@@ -8,7 +8,7 @@ import time
 
 from pydicom import Dataset
 
-from tests.dpp_factory import make_library
+from dpp_tools.samples import make_library
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, c_find, c_get, find_identifier
 

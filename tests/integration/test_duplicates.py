@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from pydicom import Dataset
 
-from tests.dpp_factory import make_protocol, to_bytes
+from dpp_tools.samples import make_protocol, to_bytes
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import associate, c_find, c_get, find_identifier
 from tests.waiting import eventually

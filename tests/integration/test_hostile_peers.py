@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from pynetdicom.sop_class import Verification
 
-from tests.dpp_factory import make_library
+from dpp_tools.samples import make_library
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works, library_unchanged, store_protocols
 

@@ -22,9 +22,9 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
 
+from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp.pynetdicom_private import reactor_paused
 from orthanc_dpp.sop import CT_DPP_STORAGE
-from tests.dpp_factory import make_library, make_protocol
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, library_unchanged, store_protocols
 

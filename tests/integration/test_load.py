@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.dpp_factory import make_library
+from dpp_tools.samples import make_library
 from tests.load import MemoryStorageSCP, dicom_modalities, found_uids, run_load
 from tests.peers import store_protocols
 

@@ -25,9 +25,9 @@ from pynetdicom.sop_class import (
     DefinedProcedureProtocolInformationModelMove as DPP_MOVE,
 )
 
+from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
-from tests.dpp_factory import make_library, make_protocol
 from tests.orthanc_server import HttpError, OrthancServer, free_port
 from tests.peers import associate, c_find, c_get, find_identifier, store_protocols, storescp
 

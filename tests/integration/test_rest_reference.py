@@ -22,9 +22,9 @@ from urllib.parse import urlparse
 import pydicom
 import pytest
 
+from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.adapter import ROUTES
 from orthanc_dpp.rest import DppRestApi, Request
-from tests.dpp_factory import make_non_dpp, make_protocol, to_bytes
 from tests.orthanc_server import OrthancServer
 
 REPO = Path(__file__).resolve().parents[2]

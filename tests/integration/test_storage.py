@@ -18,10 +18,10 @@ from pydicom.uid import (
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from dpp_tools.samples import make_library, make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.config import KEYS
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES
-from tests.dpp_factory import make_library, make_non_dpp, make_protocol, to_bytes
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import associate, store_protocols
 from tests.waiting import eventually

@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelMove as DPP_MOVE
 
-from tests.dpp_factory import make_library
+from dpp_tools.samples import make_library
 from tests.orthanc_server import OrthancServer, free_port
 from tests.peers import STORESCP_PROFILE, echo_works, wait_for_port
 

@@ -12,8 +12,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp import adapter
-from tests.dpp_factory import make_non_dpp, make_protocol, to_bytes
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
 from tests.orthanc_server import free_port
 from tests.waiting import eventually

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from dpp_tools.samples import make_library, make_non_dpp, to_bytes
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
-from tests.dpp_factory import make_library, make_non_dpp, to_bytes
 from tests.fake_orthanc import FakeOrthancApi
 from tests.waiting import eventually
 

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
+from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp import index as index_module
 from orthanc_dpp import sop
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.match import Query, compile_query
-from tests.dpp_factory import make_library, make_protocol
 from tests.unit.test_match import build, code
 
 CT, XA, APPROVAL = sop.CT_DPP_STORAGE, sop.XA_DPP_STORAGE, sop.PROTOCOL_APPROVAL_STORAGE

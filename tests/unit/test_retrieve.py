@@ -33,6 +33,7 @@ from pydicom.uid import (
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage
 
+from dpp_tools.samples import make_library, make_protocol, to_bytes
 from orthanc_dpp import retrieve, sop, status
 from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
@@ -44,7 +45,6 @@ from orthanc_dpp.retrieve import (
 )
 from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import conversion_loss
-from tests.dpp_factory import make_library, make_protocol, to_bytes
 from tests.orthanc_server import free_port
 from tests.peers import storescp
 

@@ -10,6 +10,7 @@ import zlib
 import pytest
 from pydicom import Dataset
 
+from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp import snapshot
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import IndexFeed
@@ -17,7 +18,6 @@ from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.match import compile_query
 from orthanc_dpp.record import BULK, Record, to_record
-from tests.dpp_factory import make_library, make_protocol
 from tests.fake_orthanc import FakeOrthancApi
 
 

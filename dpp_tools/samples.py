@@ -1,6 +1,7 @@
 """Realistic, deterministic Defined Procedure Protocol instances for tests and benchmarks.
 
-Every test and benchmark draws its DICOM data from here, so the content follows
+Every test and benchmark draws its DICOM data from here, and so does
+``python -m dpp_tools samples``, so the content follows
 the IODs of PS3.3 (CT / XA Defined Procedure Protocol, Protocol Approval)
 closely enough that matching, storage and retrieval meet what real
 protocol-management tools send:
@@ -32,8 +33,11 @@ import functools
 import io
 import itertools
 import random
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, config, dcmwrite
@@ -70,6 +74,7 @@ __all__ = [
     "make_non_dpp",
     "make_protocol",
     "to_bytes",
+    "write_library",
 ]
 
 #: Kinds of instance ``make_protocol`` builds, and their storage SOP classes.
@@ -1294,6 +1299,41 @@ def to_bytes(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> byte
     # Class/Instance UIDs that differ from the dataset's.
     dcmwrite(buffer, out)
     return buffer.getvalue()
+
+
+#: The kinds ``write_library`` cycles through: three CT protocols, one XA and two
+#: approvals, each approval approving the protocol just before it (a CT, then an XA).
+SAMPLE_KINDS = ("CT", "CT", "APPROVAL", "CT", "XA", "APPROVAL")
+
+
+def _file_name(number: int, ds: Dataset) -> str:
+    """``0010-ct-adult-head-wo-iv.dcm``: sortable, telling, ASCII only."""
+    kind = next(k for k, uid in SOP_CLASS_BY_KIND.items() if uid == ds.SOPClassUID).lower()
+    title = str(ds.get("ProtocolName", "")) if kind != "approval" else ""
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    slug = "-".join(re.findall(r"[a-z0-9]+", ascii_title.lower()))[:48].rstrip("-")
+    if not slug.startswith(kind):  # the name lost to ASCII folding, or an approval
+        slug = f"{kind}-{slug}" if slug else kind
+    return f"{number:04d}-{slug}.dcm"
+
+
+def write_library(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """Write `count` CT and XA protocols and approvals as Part 10 files into `folder`.
+
+    What ``python -m dpp_tools samples`` writes: ``make_library`` with
+    ``SAMPLE_KINDS``, so the same `count` and `seed` always give the same
+    files (and UIDs), in Explicit VR Little Endian. The folder is created if
+    needed; files of the same names are replaced.
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, not {count}")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, ds in enumerate(make_library(count, seed, SAMPLE_KINDS), start=1):
+        path = folder / _file_name(number, ds)
+        path.write_bytes(to_bytes(ds))
+        written.append(path)
+    return written
 
 
 def make_non_dpp(seed: int) -> Dataset:

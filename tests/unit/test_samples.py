@@ -28,8 +28,8 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 from pynetdicom.sop_class import CTImageStorage
 
-from tests import dpp_factory
-from tests.dpp_factory import (
+from dpp_tools import samples
+from dpp_tools.samples import (
     CHARSETS,
     KINDS,
     SOP_CLASS_BY_KIND,
@@ -402,4 +402,4 @@ def test_any_seed_gives_a_valid_instance(seed: int, kind: str, charset: str | No
     ds = make_protocol(seed, kind, charset=charset)
     assert not {elem.keyword for elem in elements(ds)} & NOT_IN_DPP
     assert read(to_bytes(ds)) == ds
-    assert dpp_factory.make_protocol(seed, kind, charset=charset) == ds
+    assert samples.make_protocol(seed, kind, charset=charset) == ds
