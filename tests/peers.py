@@ -13,12 +13,11 @@ from pathlib import Path
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, Association, build_role, evt
-from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
-from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
 from pynetdicom.sop_class import Verification
 
+from orthanc_dpp.keys import DPP_MODEL, InformationModel
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
+from orthanc_dpp.sop import STORAGE_CLASSES
 from tests.orthanc_server import OrthancServer, free_port
 from tests.waiting import eventually
 
@@ -58,12 +57,15 @@ def store_protocols(
         assoc.release()
 
 
-def c_find(orthanc: OrthancServer, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
-    assoc = associate(orthanc, [DPP_FIND])
+def c_find(
+    orthanc: OrthancServer, identifier: Dataset, model: InformationModel = DPP_MODEL
+) -> list[tuple[int, Dataset | None]]:
+    """C-FIND on ``model`` (the DPP model by default): (status, identifier) per response."""
+    assoc = associate(orthanc, [model.find])
     try:
         return [
             (int(status.Status), ds)
-            for status, ds in assoc.send_c_find(identifier, DPP_FIND)
+            for status, ds in assoc.send_c_find(identifier, model.find)
             if status is not None
         ]
     finally:
@@ -186,8 +188,9 @@ def c_get(
     storage: bool = True,
     on_pending: Callable[[Association, Dataset], None] | None = None,
     ae_title: str = "GETTER",
+    model: InformationModel = DPP_MODEL,
 ) -> tuple[Dataset, list[Dataset]]:
-    """C-GET ``uids`` on the DPP model (message ID 9).
+    """C-GET ``uids`` on ``model``, the DPP model by default (message ID 9).
 
     Returns the final status (with the final identifier's Failed SOP
     Instance UID List merged in) and the datasets received. ``storage``
@@ -202,10 +205,10 @@ def c_get(
         return 0x0000
 
     ae = AE(ae_title=ae_title)
-    ae.add_requested_context(DPP_GET)
+    ae.add_requested_context(model.get)
     roles = []
     if storage:
-        for sop_class in sorted(DPP_STORAGE_CLASSES):
+        for sop_class in sorted(model.storage_classes):
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
             roles.append(build_role(sop_class, scp_role=True))
     assoc = ae.associate(
@@ -219,7 +222,7 @@ def c_get(
     identifier = Dataset()
     identifier.SOPInstanceUID = uids if len(uids) > 1 else uids[0]
     final = None
-    for status, answer in assoc.send_c_get(identifier, DPP_GET, msg_id=9):
+    for status, answer in assoc.send_c_get(identifier, model.get, msg_id=9):
         if status is None:
             continue
         if on_pending and int(status.Status) == 0xFF00:

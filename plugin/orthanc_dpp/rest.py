@@ -14,13 +14,16 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydicom import Dataset
 
+from orthanc_dpp import approvals
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, parse_part10
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_part10
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES, PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp.rest")
 
@@ -118,18 +121,42 @@ class DppRestApi:
         try:
             offset = _query_int(request, "offset", 0, 0, 2**31)
             limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
+            wanted = _query_bool(request, "approved")
         except ValueError as exc:
             return error(400, str(exc))
-        entries = self.index.page(offset, limit)
+        now = datetime.now(UTC)
+        if wanted is None:
+            total = len(self.index)
+            summaries = [self._summary(e, now) for e in self.index.page(offset, limit)]
+        else:
+            # Only protocols have an approval state: approvals themselves are left out.
+            chosen = []
+            for entry in self.index.snapshot():
+                if entry.sop_class_uid in DPP_STORAGE_CLASSES:
+                    summary = self._summary(entry, now)
+                    if summary["Approved"] == wanted:
+                        chosen.append(summary)
+            total, summaries = len(chosen), chosen[offset : offset + limit]
         return json_response(
-            200,
-            {
-                "Total": len(self.index),
-                "Offset": offset,
-                "Limit": limit,
-                "Protocols": [entry.summary() for entry in entries],
-            },
+            200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
+
+    def _summary(self, entry: Entry, now: datetime) -> dict[str, Any]:
+        """An entry's summary; for a protocol, with the approvals that name it."""
+        summary = entry.summary()
+        if entry.sop_class_uid in DPP_STORAGE_CLASSES:
+            found = [
+                approvals.summary(a.orthanc_id, a.sop_instance_uid, a.record, now)
+                for a in self.index.approvals_of(entry.sop_instance_uid)
+            ]
+            summary["Approvals"] = found
+            summary["Approved"] = approvals.approved(found)
+        elif entry.sop_class_uid == PROTOCOL_APPROVAL_STORAGE:
+            summary["ApprovalSubjects"] = approvals.subjects(entry.record)
+            summary.update(
+                approvals.summary(entry.orthanc_id, entry.sop_instance_uid, entry.record, now)
+            )
+        return summary
 
     def _upload(self, request: Request) -> Response:
         if len(request.body) > self.maximum_upload:
@@ -184,7 +211,7 @@ class DppRestApi:
         if entry is None:
             return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
         if request.method == "GET":
-            return json_response(200, entry.summary())
+            return json_response(200, self._summary(entry, datetime.now(UTC)))
         try:
             self.library.delete(entry.orthanc_id)
         except OrthancError as exc:
@@ -213,6 +240,19 @@ class DppRestApi:
             content_type="application/dicom",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
+
+
+def _query_bool(request: Request, name: str) -> bool | None:
+    """A true/false query parameter, None when absent; ValueError naming it otherwise."""
+    value = request.get.get(name)
+    if value is None or value == "":
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"query parameter '{name}' must be true or false, got {value[:32]!r}")
 
 
 def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:

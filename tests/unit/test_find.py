@@ -143,7 +143,7 @@ def test_cancel_before_the_first_match() -> None:
 def test_unexpected_errors_become_c000_and_are_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(identifier: Dataset) -> None:
+    def broken(identifier: Dataset, model: object) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(find_module, "compile_query", broken)

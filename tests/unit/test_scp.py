@@ -14,7 +14,7 @@ from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
-from orthanc_dpp import scp
+from orthanc_dpp import scp, sop
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import ModalityRegistry
@@ -31,7 +31,9 @@ def find_event(identifier: Dataset, assoc: Any = None) -> SimpleNamespace:
     assoc.requestor = SimpleNamespace(ae_title="SCU", address="127.0.0.1", port=1234)
     return SimpleNamespace(
         assoc=assoc,
-        request=SimpleNamespace(Identifier=BytesIO(encode(identifier, False, True))),
+        request=SimpleNamespace(
+            Identifier=BytesIO(encode(identifier, False, True)), AffectedSOPClassUID=sop.DPP_FIND
+        ),
         context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
         is_cancelled=False,
     )

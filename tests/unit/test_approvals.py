@@ -1,0 +1,83 @@
+"""What approvals say about protocols: assertions, expiry and the ``approved`` rule."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+
+from pydicom import Dataset
+
+from dpp_tools.samples import make_protocol
+from orthanc_dpp import approvals
+from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.record import to_record
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def approval(protocol: Dataset, seed: int, *assertions: tuple[str, str]) -> Dataset:
+    """An approval of ``protocol`` with one assertion per (code, expiration) pair."""
+    ds = make_protocol(seed, "APPROVAL")
+    ds.ApprovalSubjectSequence[0].ReferencedSOPInstanceUID = protocol.SOPInstanceUID
+    template = ds.ApprovalSequence[0]
+    items = []
+    for code, expires in assertions:
+        item = copy.deepcopy(template)
+        item.AssertionCodeSequence = [Dataset()]
+        item.AssertionCodeSequence[0].CodeValue = code
+        item.AssertionCodeSequence[0].CodingSchemeDesignator = "DCM"
+        item.AssertionCodeSequence[0].CodeMeaning = "meaning"
+        item.AssertionExpirationDateTime = expires
+        items.append(item)
+    ds.ApprovalSequence = items
+    return ds
+
+
+def summarise(ds: Dataset) -> dict:
+    return approvals.summary("id", str(ds.SOPInstanceUID), to_record(ds), NOW)
+
+
+def test_assertions_are_summarised_with_their_state() -> None:
+    protocol = make_protocol(1, "CT")
+    ds = approval(protocol, 2, ("128603", ""), ("128610", "20261130235959"))
+    first, second = summarise(ds)["Assertions"]
+    person = ds.ApprovalSequence[0].AsserterIdentificationSequence[0]
+    assert first["AssertionCode"]["CodeValue"] == "128603" and first["Asserter"] == str(
+        person.PersonName
+    )
+    assert first["Current"] and first["Approves"] and not first["Withdraws"]
+    # Expired yesterday (no offset: read as UTC), and a withdrawal.
+    assert not second["Current"] and second["Withdraws"]
+    assert approvals.subjects(to_record(ds)) == [protocol.SOPInstanceUID]
+
+
+def test_the_approved_rule() -> None:
+    protocol = make_protocol(1, "CT")
+
+    def state(*assertions: tuple[str, str]) -> bool:
+        return approvals.approved([summarise(approval(protocol, 3, *assertions))])
+
+    assert state(("128603", ""))  # approved for use at the institution
+    assert state(("128611", "20301231"))  # experimental use, not yet expired
+    assert not state(("128603", "20200101"))  # expired
+    assert not state(("128606", ""))  # "appropriate for the device" is not an approval
+    assert not state(("128603", ""), ("128609", ""))  # disapproved for any use
+    assert state(("128603", ""), ("128610", "20200101"))  # a deprecation that has expired
+    assert state(("128603", ""), ("128623", ""))  # a narrower disapproval does not decide
+    assert not approvals.approved([])
+    # An unreadable expiry counts as none: the assertion stays current.
+    assert state(("128603", "not a date"))
+
+
+def test_the_index_finds_the_approvals_of_a_protocol() -> None:
+    protocol, other = make_protocol(1, "CT"), make_protocol(2, "XA")
+    index = ProtocolIndex()
+    index.put("p", protocol)
+    index.put("o", other)
+    index.put("a1", approval(protocol, 3, ("128603", "")))
+    index.put("a2", approval(protocol, 4, ("128610", "")))
+    index.put("a3", approval(other, 5, ("128603", "")))
+    assert [e.orthanc_id for e in index.approvals_of(protocol.SOPInstanceUID)] == ["a1", "a2"]
+    index.remove("a1")
+    assert [e.orthanc_id for e in index.approvals_of(protocol.SOPInstanceUID)] == ["a2"]
+    assert index.approvals_of("1.2.3") == []
