@@ -264,7 +264,7 @@ class MetricsPublisher:
     its metrics when ``/tools/metrics-prometheus`` is read, so a thread
     publishes them. Every value is published each time, changed or not:
     Orthanc prints the time of the last publication with each value, and a
-    Prometheus server ignores a value whose time stops moving.
+    Prometheus server stops showing a value whose time no longer moves.
     """
 
     def __init__(
@@ -282,16 +282,21 @@ class MetricsPublisher:
         self._thread: threading.Thread | None = None
 
     def publish(self) -> None:
+        """Every metric into Orthanc's registry, once."""
         kinds = {m.name: getattr(self.orthanc.MetricsType, m.kind.value) for m in METRICS}
         for name, value in self.metrics.snapshot(self.protocols()).items():
             self.orthanc.SetMetricsValue(name, float(value), kinds[name])
 
     def _run(self) -> None:
+        reported = ""  # a lasting failure is logged once, not every second
         while not self._stop.is_set():
             try:
                 self.publish()
-            except Exception:
-                log.error("Publishing the DPP metrics failed: %s", traceback.format_exc())
+                reported = ""
+            except Exception as exc:
+                if repr(exc) != reported:
+                    reported = repr(exc)
+                    log.error("Publishing the DPP metrics failed: %s", traceback.format_exc())
             self._stop.wait(self.interval)
 
     def start(self) -> None:

@@ -139,19 +139,29 @@ def make_find_handler(
     def handle_counted(event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
         started = time.monotonic()
         refused: list[bool] = []
-        final: int | None = None  # None: the association ended first
-        try:
-            for code, response in handle(event, refused):
-                if response is None:
-                    final = code if isinstance(code, int) else int(code.Status)
-                yield code, response
-        finally:
-            # Also when pynetdicom drops the generator (association gone).
+
+        def count(final: Any) -> None:
             counted.find_timed(time.monotonic() - started)
             if refused:
                 counted.dimse("c_find", "refused")
+            elif final is None:  # the association ended first
+                counted.dimse("c_find", "cancel")
             else:
-                counted.dimse_status("c_find", status.CANCEL if final is None else final)
+                counted.dimse_status(
+                    "c_find", final if isinstance(final, int) else int(final.Status)
+                )
+
+        done = False
+        try:
+            for code, response in handle(event, refused):
+                if response is None and not done:
+                    # Counted now: pynetdicom stops iterating after the final status.
+                    done = True
+                    count(code)
+                yield code, response
+        finally:
+            if not done:
+                count(None)
 
     def handle(event: evt.Event, refused: list[bool]) -> Iterator[tuple[Any, Dataset | None]]:
         peer = describe_requestor(event.assoc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from pathlib import Path
@@ -276,3 +277,24 @@ def test_metrics_enabled_false_publishes_and_counts_nothing(version) -> None:  #
         assert set(plugin.metrics.snapshot(0).values()) == {0.0}
     finally:
         stop(orthanc)
+
+
+def test_a_lasting_publishing_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    orthanc = FakeOrthancModule({})
+    calls: list[str] = []
+
+    def refuse(name: str, value: float, kind: object) -> None:
+        calls.append(name)
+        raise orthanc.OrthancException("registry unavailable")
+
+    orthanc.SetMetricsValue = refuse  # type: ignore[method-assign]
+    publisher = adapter.MetricsPublisher(orthanc, Metrics(), lambda: 0, interval=0.01)
+    with caplog.at_level(logging.ERROR, logger="orthanc_dpp"):
+        publisher.start()
+        try:
+            assert eventually(lambda: len(calls) >= 5)
+        finally:
+            publisher.stop()
+    failures = [r for r in caplog.records if "Publishing the DPP metrics failed" in r.message]
+    assert len(failures) == 1
+    assert "registry unavailable" in failures[0].message
