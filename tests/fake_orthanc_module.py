@@ -130,6 +130,7 @@ class FakeOrthancModule:
         self.received_callback: Any = None
         self.routes: dict[str, Any] = {}
         self.properties: dict[int, str] = {}
+        self.metrics: dict[str, tuple[float, Any]] = {}  # name -> (value, MetricsType)
         self.OrthancException = OrthancException
         for name, item in self.recorded["surface"].items():
             if item["kind"] == "enum":
@@ -175,6 +176,10 @@ class FakeOrthancModule:
     def SetGlobalProperty(self, number: int, value: str) -> None:
         self._check("SetGlobalProperty", number, value)
         self.properties[number] = value
+
+    def SetMetricsValue(self, name: str, value: float, kind: Any) -> None:
+        self._check("SetMetricsValue", name, value, kind)
+        self.metrics[name] = (value, kind)
 
     def BufferCompression(self, data: bytes, kind: Any, uncompress: int) -> bytes:
         self._check("BufferCompression", data, kind, uncompress)

@@ -47,6 +47,7 @@ from orthanc_dpp.library import (
 )
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
+from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.rest import DppRestApi, Request, Response, error, json_response
 from orthanc_dpp.retrieve import make_retrieve_handlers
@@ -57,6 +58,10 @@ log = logging.getLogger("orthanc_dpp")
 #: Seconds between re-reads of Orthanc's modality list (besides the
 #: UPDATED_MODALITIES event, which this node's own changes raise).
 MODALITY_REFRESH = 30.0
+
+
+#: Seconds between two publications of the plugin's metrics.
+METRICS_INTERVAL = 1.0
 
 
 #: Every callable handed to Orthanc, kept alive until the interpreter ends.
@@ -252,6 +257,60 @@ class GlobalPropertySnapshots:
         self.orthanc.SetGlobalProperty(snapshot.PROPERTY, text)
 
 
+class MetricsPublisher:
+    """Copies :class:`Metrics` into Orthanc's metrics registry every ``interval`` seconds.
+
+    None of the recorded Python plugins (4.0, 5.0, 7.1) lets a plugin refresh
+    its metrics when ``/tools/metrics-prometheus`` is read, so a thread
+    publishes them. Every value is published each time, changed or not:
+    Orthanc prints the time of the last publication with each value, and a
+    Prometheus server stops showing a value whose time no longer moves.
+    """
+
+    def __init__(
+        self,
+        orthanc: ModuleType,
+        metrics: Metrics,
+        protocols: Callable[[], int],
+        interval: float = METRICS_INTERVAL,
+    ) -> None:
+        self.orthanc = orthanc
+        self.metrics = metrics
+        self.protocols = protocols
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self) -> None:
+        """Every metric into Orthanc's registry, once."""
+        kinds = {m.name: getattr(self.orthanc.MetricsType, m.kind.value) for m in METRICS}
+        for name, value in self.metrics.snapshot(self.protocols()).items():
+            self.orthanc.SetMetricsValue(name, float(value), kinds[name])
+
+    def _run(self) -> None:
+        reported = ""  # a lasting failure is logged once, not every second
+        while not self._stop.is_set():
+            try:
+                self.publish()
+                reported = ""
+            except Exception as exc:
+                if repr(exc) != reported:
+                    reported = repr(exc)
+                    log.error("Publishing the DPP metrics failed: %s", traceback.format_exc())
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dpp-metrics", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+
 class Plugin:
     """Everything the plugin runs, wired together."""
 
@@ -271,6 +330,9 @@ class Plugin:
         self.fresh = FreshInstances()  # this node's own stores, for the change feed
         self.listener: DppListener | None = None
         self.feed: IndexFeed | None = None
+        # Orthanc's MetricsEnabled (default true): when false, nothing is counted or published.
+        self.metrics = Metrics(enabled=configuration.get("MetricsEnabled", True) is not False)
+        self.publisher: MetricsPublisher | None = None
         try:
             self.settings = parse_settings(configuration, configuration_folder(orthanc))
         except ConfigError as exc:
@@ -317,8 +379,10 @@ class Plugin:
             maximum_values=settings.maximum_values_per_key,
         )
         handlers: dict[Any, Callable[..., Any]] = {
-            evt.EVT_C_ECHO: make_echo_handler(gate),
-            evt.EVT_C_STORE: make_store_handler(self.library, gate, self.on_stored, limits),
+            evt.EVT_C_ECHO: make_echo_handler(gate, self.metrics),
+            evt.EVT_C_STORE: make_store_handler(
+                self.library, gate, self.on_stored, limits, self.metrics
+            ),
             evt.EVT_C_FIND: make_find_handler(
                 self.index,
                 gate,
@@ -326,6 +390,7 @@ class Plugin:
                 is_ready=lambda: bool(self.feed and self.feed.ready),
                 limits=limits,
                 time_limit=settings.find_time_limit,
+                metrics=self.metrics,
             ),
             **make_retrieve_handlers(
                 IndexedSource(self.index, self.library),
@@ -335,9 +400,10 @@ class Plugin:
                 pending_interval=settings.pending_response_interval,
                 limits=limits,
                 tls_context=tls_client_context(settings),
+                metrics=self.metrics,
             ),
         }
-        self.listener = DppListener(settings, handlers)
+        self.listener = DppListener(settings, handlers, self.metrics)
         if not settings.enabled:
             self.listener.status.state = "disabled"
         self.rest = DppRestApi(
@@ -348,7 +414,10 @@ class Plugin:
             self.on_deleted,
             limits=limits,
             maximum_upload=settings.maximum_upload_size,
+            metrics=self.metrics,
         )
+        if self.metrics.enabled:
+            self.publisher = MetricsPublisher(orthanc, self.metrics, lambda: len(self.index))
 
     # -- events --------------------------------------------------------------
 
@@ -411,6 +480,8 @@ class Plugin:
         # hold Orthanc's callback thread.
         threading.Thread(target=start_listener, name="dpp-listener-start").start()
         self.feed.start()
+        if self.publisher is not None:
+            self.publisher.start()
 
     def stop(self) -> None:
         """Stop every thread of ours before Orthanc finalizes the Python plugin."""
@@ -418,6 +489,8 @@ class Plugin:
             self.listener.stop()
         if self.feed is not None:
             self.feed.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
         log.warning("DPP plugin stopped")
         for name in ("orthanc_dpp", "pynetdicom"):
             for handler in logging.getLogger(name).handlers:

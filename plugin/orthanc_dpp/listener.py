@@ -32,6 +32,7 @@ from orthanc_dpp import tls as tls_module
 from orthanc_dpp.config import Settings
 from orthanc_dpp.connections import ConnectionGuard, Limits
 from orthanc_dpp.keys import MODELS
+from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.sop import STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.listener")
@@ -106,9 +107,15 @@ class ListenerState:
 class DppListener:
     """Owns the pynetdicom AE; :meth:`start` never raises, it records why it failed."""
 
-    def __init__(self, settings: Settings, handlers: dict[Any, Handler]) -> None:
+    def __init__(
+        self, settings: Settings, handlers: dict[Any, Handler], metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.handlers = handlers
+        self.metrics = metrics or Metrics(enabled=False)
+        self._established: set[int] = set()  # associations counted open in the metrics
+        # Not self._lock: stop() holds that while association threads close.
+        self._established_lock = threading.Lock()
         self.status = ListenerState()
         self._server: ThreadedAssociationServer | None = None
         self._guard: ConnectionGuard | None = None
@@ -143,6 +150,18 @@ class DppListener:
         set_tcp_nodelay(event)
         self.status.associations_served += 1
 
+    def _on_established(self, event: evt.Event) -> None:
+        with self._established_lock:
+            self._established.add(id(event.assoc))
+        self.metrics.association_opened()
+
+    def _on_close(self, event: evt.Event) -> None:
+        with self._established_lock:
+            if id(event.assoc) not in self._established:
+                return  # never established: not counted
+            self._established.discard(id(event.assoc))
+        self.metrics.association_closed()
+
     def start(self) -> bool:
         """Start serving; return False (and log why) if the port cannot be bound."""
         s = self.settings
@@ -167,6 +186,8 @@ class DppListener:
             handlers: list[Any] = [
                 *guard.handlers(),
                 (evt.EVT_CONN_OPEN, self._on_open),
+                (evt.EVT_ESTABLISHED, self._on_established),
+                (evt.EVT_CONN_CLOSE, self._on_close),
                 (evt.EVT_DIMSE_SENT, count_sending_as_activity),
             ]
             handlers += list(self.handlers.items())

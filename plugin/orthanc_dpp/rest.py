@@ -23,6 +23,7 @@ from orthanc_dpp import approvals
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, parse_part10
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_part10
+from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES, PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp.rest")
@@ -94,8 +95,10 @@ class DppRestApi:
         *,
         limits: DatasetLimits | None = None,
         maximum_upload: int = 64 << 20,
+        metrics: Metrics | None = None,
     ) -> None:
         self.limits = limits or DatasetLimits()
+        self.metrics = metrics or Metrics(enabled=False)
         self.maximum_upload = maximum_upload
         self.library = library
         self.index = index
@@ -160,14 +163,16 @@ class DppRestApi:
 
     def _upload(self, request: Request) -> Response:
         if len(request.body) > self.maximum_upload:
-            return error(413, f"upload larger than MaximumUploadSize ({self.maximum_upload} bytes)")
+            return self._refused_whole(
+                413, f"upload larger than MaximumUploadSize ({self.maximum_upload} bytes)"
+            )
         content_type = request.headers.get("content-type", "application/dicom")
         try:
             files = split_upload(content_type, request.body)
         except ValueError as exc:
-            return error(400, f"cannot read the upload: {exc}")
+            return self._refused_whole(400, f"cannot read the upload: {exc}")
         if not files or all(not data for _, data in files):
-            return error(400, "the upload holds no file")
+            return self._refused_whole(400, "the upload holds no file")
         results: list[dict[str, Any]] = []
         failures: list[int] = []
         for name, data in files:
@@ -175,10 +180,12 @@ class DppRestApi:
             try:
                 stored = self._store_one(data)
             except StoreError as exc:
+                self.metrics.rest_file(stored=False)
                 failures.append(exc.http_status)
                 result.update(Stored=False, Error=exc.reason, HttpStatus=exc.http_status)
                 log.error("Upload of %s refused: %s", name, exc.reason)
             else:
+                self.metrics.rest_file(stored=True)
                 result.update(Stored=True, **stored.as_json())
             results.append(result)
         if not failures:
@@ -189,6 +196,10 @@ class DppRestApi:
             code = 400
         payload = {"Stored": len(files) - len(failures), "Failed": len(failures), "Files": results}
         return json_response(code, payload)
+
+    def _refused_whole(self, status: int, message: str) -> Response:
+        self.metrics.rest_file(stored=False)  # counted as one refused file
+        return error(status, message)
 
     def _store_one(self, data: bytes) -> Stored:
         try:

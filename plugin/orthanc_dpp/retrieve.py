@@ -73,6 +73,7 @@ from orthanc_dpp.limits import (
     decode_dimse_dataset,
 )
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
+from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.modalities import Modality, ModalityRegistry
 from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import (
@@ -261,6 +262,11 @@ class _Reply:
         self._cx_id = int(context.context_id or 0)
         self._ts = UID(context.transfer_syntax[0])
         self.finished = False
+        # For the metrics: the final status (None: none was sent), whether the
+        # caller was refused, and the request's sub-operations.
+        self.final_code: int | None = None
+        self.refused = False
+        self.tally: Tally | None = None
 
     def _send(
         self,
@@ -271,7 +277,9 @@ class _Reply:
         comment: str | None = None,
         offending: Sequence[int] = (),
     ) -> None:
-        self.finished = self.finished or code_to_category(code) != "Pending"
+        if code_to_category(code) != "Pending":
+            self.finished = True
+            self.final_code = code
         if not self._service.assoc.is_established:
             return  # the requester has gone: nobody to answer
         rsp: Any = C_MOVE() if isinstance(self._req, C_MOVE) else C_GET()
@@ -343,8 +351,10 @@ class RetrieveHandler:
         pending_interval: float = 0.0,
         tls_context: ssl.SSLContext | None = None,
         limits: DatasetLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.kind = kind
+        self.metrics = metrics or Metrics(enabled=False)
         self.limits = limits or DatasetLimits()
         self.service = Service.GET if kind == "get" else Service.MOVE
         self.source = source
@@ -375,6 +385,19 @@ class RetrieveHandler:
             self.log.exception("%s failed unexpectedly", self._name)
             if not reply.finished:
                 reply.refuse(status.UNABLE_TO_PROCESS, f"internal error: {exc}")
+        self._count(reply)
+
+    def _count(self, reply: _Reply) -> None:
+        service = "c_get" if self.kind == "get" else "c_move"
+        if reply.refused:
+            self.metrics.dimse(service, "refused")
+        else:
+            # No final status: the requester went away first.
+            code = status.CANCEL if reply.final_code is None else reply.final_code
+            self.metrics.dimse_status(service, code)
+        if reply.tally is not None:
+            tally = reply.tally
+            self.metrics.suboperations(tally.completed, tally.failed, tally.warning)
 
     def _serve(
         self,
@@ -389,6 +412,7 @@ class RetrieveHandler:
         modalities = self.gate.modalities.current  # one snapshot for the whole request
         decision = self.gate.check(service.assoc, self.service, modalities)
         if not decision:
+            reply.refused = True
             reply.refuse(status.NOT_AUTHORIZED, "Not authorised")  # details in the log only
             return
         try:
@@ -431,7 +455,7 @@ class RetrieveHandler:
         plan = [(uid, found.get(uid)) for uid in uids]
         if not self.report_missing:
             plan = [(uid, oid) for uid, oid in plan if oid is not None]
-        tally = Tally(len(plan))
+        tally = reply.tally = Tally(len(plan))
         where = f" to {destination.describe()}" if destination else ""
         self.log.info("%s from %s%s: %d instances requested", self._name, peer, where, len(uids))
         if isinstance(req, C_MOVE) and destination is not None:

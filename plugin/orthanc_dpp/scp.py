@@ -27,6 +27,7 @@ from orthanc_dpp.limits import (
     check_values_per_key,
     decode_dimse_dataset,
 )
+from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.scp")
@@ -37,16 +38,21 @@ log = logging.getLogger("orthanc_dpp.scp")
 NOT_AUTHORISED = "Not authorised"
 
 
-def make_echo_handler(gate: Gatekeeper) -> Callable[[evt.Event], Dataset]:
+def make_echo_handler(
+    gate: Gatekeeper, metrics: Metrics | None = None
+) -> Callable[[evt.Event], Dataset]:
     """C-ECHO: success, or a refusal naming why (like Orthanc's AllowEcho)."""
+    counted = metrics or Metrics(enabled=False)
 
     def handle_echo(event: evt.Event) -> Dataset:
         decision = gate.check(event.assoc, Service.ECHO)
         if not decision:
+            counted.dimse("c_echo", "refused")
             # Verification has no "not authorised" status: a failure code
             # with the reason is the clearest answer an SCU can show.
             return status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED)
         log.info("C-ECHO from %s", describe_requestor(event.assoc))
+        counted.dimse("c_echo", "success")
         return status_dataset(status.SUCCESS)
 
     return handle_echo
@@ -65,15 +71,22 @@ def make_store_handler(
     gate: Gatekeeper,
     on_stored: Callable[[Stored], None],
     limits: DatasetLimits | None = None,
+    metrics: Metrics | None = None,
 ) -> Callable[[evt.Event], Dataset]:
     """C-STORE: success only once Orthanc has stored the instance."""
     limits = limits or DatasetLimits()
+    counted = metrics or Metrics(enabled=False)
 
     def handle_store(event: evt.Event) -> Dataset:
-        peer = describe_requestor(event.assoc)
-        decision = gate.check(event.assoc, Service.STORE)
-        if not decision:
+        if not gate.check(event.assoc, Service.STORE):
+            counted.dimse("c_store", "refused")
             return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
+        answer = store(event)
+        counted.dimse_status("c_store", int(answer.Status))
+        return answer
+
+    def store(event: evt.Event) -> Dataset:
+        peer = describe_requestor(event.assoc)
         try:
             try:
                 ds = event_dataset(event, limits)
@@ -112,19 +125,50 @@ def make_find_handler(
     is_ready: Callable[[], bool],
     limits: DatasetLimits | None = None,
     time_limit: float = 600.0,
+    metrics: Metrics | None = None,
 ) -> Callable[[evt.Event], Iterator[tuple[Any, Dataset | None]]]:
     """C-FIND on the DPP information model, answered from the index.
 
     Bounded: the identifier by ``limits`` (size, nesting, values per key),
     the answer by ``time_limit`` seconds (then 0xA700, "refine the query");
-    a C-CANCEL or the association closing stops it at once.
+    a C-CANCEL or the association closing stops it at once. Each request
+    is counted in ``metrics`` by outcome and timed until its final response.
     """
     limits = limits or DatasetLimits()
+    counted = metrics or Metrics(enabled=False)
 
-    def handle(event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
+    def handle_counted(event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
+        started = time.monotonic()
+        refused: list[bool] = []
+
+        def count(final: Any) -> None:
+            counted.find_timed(time.monotonic() - started)
+            if refused:
+                counted.dimse("c_find", "refused")
+            elif final is None:  # the association ended first
+                counted.dimse("c_find", "cancel")
+            else:
+                counted.dimse_status(
+                    "c_find", final if isinstance(final, int) else int(final.Status)
+                )
+
+        done = False
+        try:
+            for code, response in handle(event, refused):
+                if response is None and not done:
+                    # Counted now: pynetdicom stops iterating after the final status.
+                    done = True
+                    count(code)
+                yield code, response
+        finally:
+            if not done:
+                count(None)
+
+    def handle(event: evt.Event, refused: list[bool]) -> Iterator[tuple[Any, Dataset | None]]:
         peer = describe_requestor(event.assoc)
         decision = gate.check(event.assoc, Service.FIND)
         if not decision:
+            refused.append(True)
             # C-FIND has no "not authorised" status (PS3.4 C.4.1.1.4).
             yield (
                 status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED),
@@ -188,4 +232,4 @@ def make_find_handler(
             log.info("C-FIND from %s: %d match(es), final status 0x%04X", peer, count, final)
             yield code, response
 
-    return handle
+    return handle_counted
