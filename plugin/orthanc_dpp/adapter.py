@@ -32,8 +32,9 @@ import pydicom
 import pynetdicom
 from pynetdicom import evt
 
-from orthanc_dpp import __version__, snapshot, tls
+from orthanc_dpp import __version__, library_page, snapshot, tls
 from orthanc_dpp.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
@@ -260,8 +261,10 @@ class Plugin:
         orthanc: ModuleType,
         configuration: dict[str, Any],
         running: RunningPlugin | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
         self.orthanc = orthanc
+        self.activity = activity or ActivityLog()  # recent log lines, for the library page
         self.running = running or RunningPlugin(orthanc, probe=False)
         self.configuration = configuration
         self.received_hook = False
@@ -348,6 +351,7 @@ class Plugin:
             self.on_deleted,
             limits=limits,
             maximum_upload=settings.maximum_upload_size,
+            activity=self.activity,
         )
 
     # -- events --------------------------------------------------------------
@@ -542,6 +546,9 @@ ROUTES = {
     "/dpp/protocols": "protocols",
     "/dpp/protocols/([^/]+)": "protocol",
     "/dpp/protocols/([^/]+)/file": "protocol_file",
+    "/dpp/protocols/([^/]+)/tree": "protocol_tree",
+    "/dpp/activity": "recent_activity",
+    "/dpp/ui/([^/]*)": "library_page",
 }
 
 
@@ -586,6 +593,14 @@ def _install_received_hook(plugin: Plugin) -> None:
     plugin.received_hook = True
 
 
+def _extend_orthanc_explorer(orthanc: ModuleType) -> None:
+    """Orthanc Explorer's home page gets a button to the protocol library page."""
+    try:
+        orthanc.ExtendOrthancExplorer(library_page.explorer_extension())
+    except Exception as exc:  # the page stays reachable at /dpp/ui/
+        log.error("Orthanc Explorer not extended with the protocol library button: %s", exc)
+
+
 def install(orthanc: ModuleType) -> Plugin:
     """Register everything with Orthanc. Called once, while Orthanc loads the script."""
     # Our log lines go to Orthanc's log; pynetdicom's only from WARNING up
@@ -598,13 +613,21 @@ def install(orthanc: ModuleType) -> Plugin:
         logger.setLevel(level)
         logger.propagate = False
 
+    # The library page's recent activity: the same log lines, kept in memory.
+    package_logger = logging.getLogger("orthanc_dpp")
+    for old in [h for h in package_logger.handlers if isinstance(h, ActivityLog)]:
+        package_logger.removeHandler(old)
+    activity = ActivityLog()
+    package_logger.addHandler(activity)
+
     configuration = json.loads(orthanc.GetConfiguration())
-    plugin = Plugin(orthanc, configuration, RunningPlugin(orthanc))
+    plugin = Plugin(orthanc, configuration, RunningPlugin(orthanc), activity)
     _register(orthanc.RegisterOnChangeCallback, plugin.on_change)
     if plugin.settings is not None:
         _install_received_hook(plugin)
     for uri, name in ROUTES.items():
         _register(orthanc.RegisterRestCallback, _route(plugin, name), uri)
+    _extend_orthanc_explorer(orthanc)
     if plugin.settings is not None:
         log.warning(
             "DPP plugin %s loaded (section %s): AE %s on %s:%d%s",
