@@ -49,7 +49,15 @@ from orthanc_dpp.library import (
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
-from orthanc_dpp.rest import DppRestApi, Request, Response, error, json_response
+from orthanc_dpp.rest import (
+    DppRestApi,
+    Request,
+    Response,
+    activity_answer,
+    error,
+    json_response,
+    library_page_file,
+)
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
 
@@ -512,7 +520,7 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
 
     def callback(output: Any, uri: str, **request: Any) -> None:
         try:
-            if plugin.settings is None:
+            if plugin.settings is None and handler_name not in ("library_page", "recent_activity"):
                 if handler_name != "status":
                     _answer(
                         plugin.running,
@@ -531,7 +539,14 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
                 body=request.get("body", b"") or b"",
             )
             groups = request.get("groups", ()) or ()
-            response = getattr(plugin.rest, handler_name)(req, *groups)
+            if plugin.settings is None:  # invalid configuration: the page shows the errors
+                response = (
+                    library_page_file(req, *groups)
+                    if handler_name == "library_page"
+                    else activity_answer(req, plugin.activity)
+                )
+            else:
+                response = getattr(plugin.rest, handler_name)(req, *groups)
         except Exception:
             # The details are for the administrator, not for the caller.
             log.error("REST %s failed: %s", uri, traceback.format_exc())

@@ -265,21 +265,34 @@ class DppRestApi:
 
     # GET /dpp/activity
     def recent_activity(self, request: Request) -> Response:
-        if request.method != "GET":
-            return method_not_allowed("GET")
-        return json_response(200, self.activity.as_json())
+        return activity_answer(request, self.activity)
 
     # GET /dpp/ui/{file}
     def library_page(self, request: Request, name: str) -> Response:
-        """The protocol library page's own files (``library_page.ASSETS``)."""
-        if request.method != "GET":
-            return method_not_allowed("GET")
-        found = library_page.asset(name)
-        if found is None:
-            known = ", ".join(sorted(n for n in library_page.ASSETS if n))
-            return error(404, f"no such file of the protocol library page: {name!r} ({known})")
-        data, content_type = found
-        return Response(200, data, content_type=content_type, headers=dict(library_page.HEADERS))
+        return library_page_file(request, name)
+
+
+# The two routes below also answer when the configuration is invalid, so that
+# the library page can show the errors: they need nothing but their arguments.
+
+
+def activity_answer(request: Request, activity: ActivityLog) -> Response:
+    """``GET /dpp/activity``: the plugin's recent log lines."""
+    if request.method != "GET":
+        return method_not_allowed("GET")
+    return json_response(200, activity.as_json())
+
+
+def library_page_file(request: Request, name: str) -> Response:
+    """``GET /dpp/ui/{name}``: the protocol library page's own files (``library_page.ASSETS``)."""
+    if request.method != "GET":
+        return method_not_allowed("GET")
+    found = library_page.asset(name)
+    if found is None:
+        known = ", ".join(sorted(n for n in library_page.ASSETS if n))
+        return error(404, f"no such file of the protocol library page: {name!r} ({known})")
+    data, content_type = found
+    return Response(200, data, content_type=content_type, headers=dict(library_page.HEADERS))
 
 
 class _BadParameter(ValueError):

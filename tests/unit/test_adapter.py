@@ -79,6 +79,10 @@ def test_bad_configuration_keeps_orthanc_up_and_is_reported(version) -> None:
     listing = orthanc.call_route("/dpp/protocols")
     assert listing.status == 503
     assert listing.json()["Error"] == "DPP plugin configuration is invalid"
+    # The library page still loads, to show the errors, with the activity that logged them.
+    assert orthanc.call_route("/dpp/ui/library.js").status == 200
+    events = orthanc.call_route("/dpp/activity").json()["Events"]
+    assert any("DefinedProcedureProtocol.Port" in e["Message"] for e in events)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
     assert plugin.listener is None
 
