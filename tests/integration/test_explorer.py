@@ -239,6 +239,9 @@ def test_upload_with_the_file_picker_gives_a_result_per_file(
     expect(results.nth(1)).to_contain_text("refused: SOP class")
     expect(row_of(page, "2.25.900005")).to_have_count(1)
     assert "2.25.900005" in listed_uids(server)
+    activity = page.locator("#activity tbody")
+    expect(activity).to_contain_text("Upload of body stored: 2.25.900005 (Success)")
+    expect(activity).to_contain_text("Upload of body refused: SOP class CT Image Storage")
 
 
 def test_upload_by_drag_and_drop(page: Any, server: OrthancServer) -> None:

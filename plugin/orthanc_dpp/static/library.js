@@ -56,7 +56,9 @@
     var options = { method: method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
     if (body !== undefined) {
       options.body = body;
-      options.headers['Content-Type'] = contentType;
+      if (contentType) {
+        options.headers['Content-Type'] = contentType;
+      }
     }
     return fetch(apiUrl(path), options).then(function (response) {
       return response.text().then(function (text) {
@@ -455,6 +457,8 @@
     var outcome = make('span', 'uploading…', { 'class': 'outcome' });
     line.appendChild(outcome);
     byId('upload-results').appendChild(line);
+    /* One DICOM body per request: Orthanc takes multipart/form-data apart itself
+       and would answer for the plugin. */
     return file.arrayBuffer().then(function (data) {
       return request('POST', 'protocols', data, 'application/dicom');
     }).then(function (answer) {
