@@ -10,7 +10,8 @@ RUN_PACKAGES := orthanc orthanc-python python3-venv
 ORTHANC_FLAGS ?=
 # Unit tests need no Orthanc and no database, only DCMTK and shellcheck as checkers.
 UNIT_PACKAGES := python3-venv dcmtk shellcheck
-TEST_PACKAGES := $(RUN_PACKAGES) $(UNIT_PACKAGES) postgresql orthanc-postgresql openssl
+# chromium: the protocol library page's browser tests (driven by Playwright, no browser download).
+TEST_PACKAGES := $(RUN_PACKAGES) $(UNIT_PACKAGES) postgresql orthanc-postgresql openssl chromium
 
 # Newer Orthanc stacks for `make test-all`: Debian roots made by tools/stacks.py.
 STACKS := trixie sid

@@ -129,6 +129,7 @@ class FakeOrthancModule:
         self.change_callback: Any = None
         self.received_callback: Any = None
         self.routes: dict[str, Any] = {}
+        self.explorer_javascript: list[str] = []
         self.properties: dict[int, str] = {}
         self.metrics: dict[str, tuple[float, Any]] = {}  # name -> (value, MetricsType)
         self.OrthancException = OrthancException
@@ -208,6 +209,10 @@ class FakeOrthancModule:
 
     def RegisterRestCallback(self, uri: str, callback: Any) -> None:
         self.routes[uri] = callback
+
+    def ExtendOrthancExplorer(self, javascript: str) -> None:
+        self._check("ExtendOrthancExplorer", javascript)
+        self.explorer_javascript.append(javascript)
 
     def _rest(self, method: str, uri: str, *args: Any) -> Any:
         try:

@@ -59,6 +59,7 @@ PROBES: list[tuple[str, list[str]]] = [
     ("SetMetricsValue", ["str", "float", "MetricsType"]),
     ("SetMetricsValue", ["str", "float"]),
     ("BufferCompression", ["bytes", "CompressionType", "int"]),
+    ("ExtendOrthancExplorer", ["str"]),
 ]
 
 #: Callables handed to Orthanc, kept alive: plugins 4.3+ drop theirs at
@@ -98,6 +99,8 @@ def _arguments(target: str, kinds: list[str], orthanc: object) -> list[object]:
         args[2] = 0  # "uncompress": false (a byte-sized flag)
     if target == "SetMetricsValue" and args:
         args[0] = "dpp_api_probe"
+    if target == "ExtendOrthancExplorer" and args:
+        args[0] = "/* dpp-probe */"  # Orthanc Explorer runs it: a comment does nothing
     return args
 
 

@@ -57,6 +57,7 @@ PACKAGES = [
     "procps",
     "shellcheck",
     "openssl",
+    "chromium",
 ]
 #: Host files a root needs for pip and apt to reach the registries.
 HOST_FILES = ["/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"]

@@ -32,8 +32,9 @@ import pydicom
 import pynetdicom
 from pynetdicom import evt
 
-from orthanc_dpp import __version__, snapshot, tls
+from orthanc_dpp import __version__, library_page, snapshot, tls
 from orthanc_dpp.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
@@ -49,7 +50,15 @@ from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
-from orthanc_dpp.rest import DppRestApi, Request, Response, error, json_response
+from orthanc_dpp.rest import (
+    DppRestApi,
+    Request,
+    Response,
+    activity_answer,
+    error,
+    json_response,
+    library_page_file,
+)
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
 
@@ -319,8 +328,10 @@ class Plugin:
         orthanc: ModuleType,
         configuration: dict[str, Any],
         running: RunningPlugin | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
         self.orthanc = orthanc
+        self.activity = activity or ActivityLog()  # recent log lines, for the library page
         self.running = running or RunningPlugin(orthanc, probe=False)
         self.configuration = configuration
         self.received_hook = False
@@ -415,6 +426,7 @@ class Plugin:
             limits=limits,
             maximum_upload=settings.maximum_upload_size,
             metrics=self.metrics,
+            activity=self.activity,
         )
         if self.metrics.enabled:
             self.publisher = MetricsPublisher(orthanc, self.metrics, lambda: len(self.index))
@@ -581,7 +593,7 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
 
     def callback(output: Any, uri: str, **request: Any) -> None:
         try:
-            if plugin.settings is None:
+            if plugin.settings is None and handler_name not in ("library_page", "recent_activity"):
                 if handler_name != "status":
                     _answer(
                         plugin.running,
@@ -600,7 +612,14 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
                 body=request.get("body", b"") or b"",
             )
             groups = request.get("groups", ()) or ()
-            response = getattr(plugin.rest, handler_name)(req, *groups)
+            if plugin.settings is None:  # invalid configuration: the page shows the errors
+                response = (
+                    library_page_file(req, *groups)
+                    if handler_name == "library_page"
+                    else activity_answer(req, plugin.activity)
+                )
+            else:
+                response = getattr(plugin.rest, handler_name)(req, *groups)
         except Exception:
             # The details are for the administrator, not for the caller.
             log.error("REST %s failed: %s", uri, traceback.format_exc())
@@ -615,6 +634,9 @@ ROUTES = {
     "/dpp/protocols": "protocols",
     "/dpp/protocols/([^/]+)": "protocol",
     "/dpp/protocols/([^/]+)/file": "protocol_file",
+    "/dpp/protocols/([^/]+)/tree": "protocol_tree",
+    "/dpp/activity": "recent_activity",
+    "/dpp/ui/([^/]*)": "library_page",
 }
 
 
@@ -659,6 +681,14 @@ def _install_received_hook(plugin: Plugin) -> None:
     plugin.received_hook = True
 
 
+def _extend_orthanc_explorer(orthanc: ModuleType) -> None:
+    """Orthanc Explorer's home page gets a button to the protocol library page."""
+    try:
+        orthanc.ExtendOrthancExplorer(library_page.explorer_extension())
+    except Exception as exc:  # the page stays reachable at /dpp/ui/
+        log.error("Orthanc Explorer not extended with the protocol library button: %s", exc)
+
+
 def install(orthanc: ModuleType) -> Plugin:
     """Register everything with Orthanc. Called once, while Orthanc loads the script."""
     # Our log lines go to Orthanc's log; pynetdicom's only from WARNING up
@@ -671,13 +701,21 @@ def install(orthanc: ModuleType) -> Plugin:
         logger.setLevel(level)
         logger.propagate = False
 
+    # The library page's recent activity: the same log lines, kept in memory.
+    package_logger = logging.getLogger("orthanc_dpp")
+    for old in [h for h in package_logger.handlers if isinstance(h, ActivityLog)]:
+        package_logger.removeHandler(old)
+    activity = ActivityLog()
+    package_logger.addHandler(activity)
+
     configuration = json.loads(orthanc.GetConfiguration())
-    plugin = Plugin(orthanc, configuration, RunningPlugin(orthanc))
+    plugin = Plugin(orthanc, configuration, RunningPlugin(orthanc), activity)
     _register(orthanc.RegisterOnChangeCallback, plugin.on_change)
     if plugin.settings is not None:
         _install_received_hook(plugin)
     for uri, name in ROUTES.items():
         _register(orthanc.RegisterRestCallback, _route(plugin, name), uri)
+    _extend_orthanc_explorer(orthanc)
     if plugin.settings is not None:
         log.warning(
             "DPP plugin %s loaded (section %s): AE %s on %s:%d%s",

@@ -12,6 +12,7 @@ import email.parser
 import email.policy
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,17 +20,22 @@ from typing import Any
 
 from pydicom import Dataset
 
-from orthanc_dpp import approvals
+from orthanc_dpp import approvals, library_page
+from orthanc_dpp.activity import ActivityLog
+from orthanc_dpp.attributes import dataset_tree
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, parse_part10
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_part10
 from orthanc_dpp.metrics import Metrics
+from orthanc_dpp.search import PARAMETERS, ProtocolSearch, SearchError, search
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES, PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp.rest")
 
 DEFAULT_PAGE = 100
 MAXIMUM_PAGE = 1000
+#: The query parameters of ``GET /dpp/protocols``: paging, then the search criteria.
+LIST_PARAMETERS = ("offset", "limit", "approved", *PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,9 @@ class DppRestApi:
         limits: DatasetLimits | None = None,
         maximum_upload: int = 64 << 20,
         metrics: Metrics | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
+        self.activity = activity or ActivityLog()
         self.limits = limits or DatasetLimits()
         self.metrics = metrics or Metrics(enabled=False)
         self.maximum_upload = maximum_upload
@@ -121,20 +129,37 @@ class DppRestApi:
         return method_not_allowed("GET,POST")
 
     def _list(self, request: Request) -> Response:
+        # Orthanc 1.10 hands plugins the query string's values still
+        # percent-encoded (measured: "a%20b" arrives as such); decoding a
+        # value that is already decoded changes it only if it holds "%xx".
+        query = {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in request.get.items()}
+        request = Request(request.method, query, request.headers, request.body)
+        unknown = sorted(set(query) - set(LIST_PARAMETERS))
+        if unknown:
+            return error(
+                400,
+                f"unknown query parameter '{unknown[0]}' (known: {', '.join(LIST_PARAMETERS)})",
+                Parameter=unknown[0],
+            )
         try:
             offset = _query_int(request, "offset", 0, 0, 2**31)
             limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
             wanted = _query_bool(request, "approved")
-        except ValueError as exc:
-            return error(400, str(exc))
+        except _BadParameter as exc:
+            return error(400, str(exc), Parameter=exc.parameter)
+        try:
+            criteria = ProtocolSearch.from_query(request.get)
+        except SearchError as exc:
+            return error(400, str(exc), Parameter=exc.parameter)
         now = datetime.now(UTC)
         if wanted is None:
-            total = len(self.index)
-            summaries = [self._summary(e, now) for e in self.index.page(offset, limit)]
+            total, entries = search(self.index, criteria, offset, limit)
+            summaries = [self._summary(entry, now) for entry in entries]
         else:
             # Only protocols have an approval state: approvals themselves are left out.
+            _, matching = search(self.index, criteria, 0, max(len(self.index), 1))
             chosen = []
-            for entry in self.index.snapshot():
+            for entry in matching:
                 if entry.sop_class_uid in DPP_STORAGE_CLASSES:
                     summary = self._summary(entry, now)
                     if summary["Approved"] == wanted:
@@ -187,6 +212,9 @@ class DppRestApi:
             else:
                 self.metrics.rest_file(stored=True)
                 result.update(Stored=True, **stored.as_json())
+                log.info(
+                    "Upload of %s stored: %s (%s)", name, stored.sop_instance_uid, stored.status
+                )
             results.append(result)
         if not failures:
             code = 200
@@ -252,9 +280,67 @@ class DppRestApi:
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
 
+    # GET /dpp/protocols/{uid}/tree
+    def protocol_tree(self, request: Request, identifier: str) -> Response:
+        """The protocol as received, every attribute named, for the library page."""
+        if request.method != "GET":
+            return method_not_allowed("GET")
+        entry = self._lookup(identifier)
+        if entry is None:
+            return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
+        try:
+            ds = self.library.original_dataset(entry.orthanc_id)
+        except OrthancError as exc:
+            return error(404, f"the file of {entry.orthanc_id} cannot be read: {exc.message}")
+        return json_response(
+            200,
+            {
+                "OrthancID": entry.orthanc_id,
+                "SOPInstanceUID": entry.sop_instance_uid,
+                "Attributes": dataset_tree(ds),
+            },
+        )
+
+    # GET /dpp/activity
+    def recent_activity(self, request: Request) -> Response:
+        return activity_answer(request, self.activity)
+
+    # GET /dpp/ui/{file}
+    def library_page(self, request: Request, name: str) -> Response:
+        return library_page_file(request, name)
+
+
+# The two routes below also answer when the configuration is invalid, so that
+# the library page can show the errors: they need nothing but their arguments.
+
+
+def activity_answer(request: Request, activity: ActivityLog) -> Response:
+    """``GET /dpp/activity``: the plugin's recent log lines."""
+    if request.method != "GET":
+        return method_not_allowed("GET")
+    return json_response(200, activity.as_json())
+
+
+def library_page_file(request: Request, name: str) -> Response:
+    """``GET /dpp/ui/{name}``: the protocol library page's own files (``library_page.ASSETS``)."""
+    if request.method != "GET":
+        return method_not_allowed("GET")
+    found = library_page.asset(name)
+    if found is None:
+        known = ", ".join(sorted(n for n in library_page.ASSETS if n))
+        return error(404, f"no such file of the protocol library page: {name!r} ({known})")
+    data, content_type = found
+    return Response(200, data, content_type=content_type, headers=dict(library_page.HEADERS))
+
+
+class _BadParameter(ValueError):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"query parameter '{parameter}' {message}")
+        self.parameter = parameter
+
 
 def _query_bool(request: Request, name: str) -> bool | None:
-    """A true/false query parameter, None when absent; ValueError naming it otherwise."""
+    """A true/false query parameter, None when absent; _BadParameter naming it otherwise."""
     value = request.get.get(name)
     if value is None or value == "":
         return None
@@ -263,7 +349,7 @@ def _query_bool(request: Request, name: str) -> bool | None:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ValueError(f"query parameter '{name}' must be true or false, got {value[:32]!r}")
+    raise _BadParameter(name, f"must be true or false, got {value[:32]!r}")
 
 
 def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -273,7 +359,7 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int) -
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"query parameter '{name}' must be a whole number, got {raw!r}") from None
+        raise _BadParameter(name, f"must be a whole number, got {raw!r}") from None
     if not low <= value <= high:
-        raise ValueError(f"query parameter '{name}' must be between {low} and {high}, got {value}")
+        raise _BadParameter(name, f"must be between {low} and {high}, got {value}")
     return value

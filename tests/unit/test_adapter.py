@@ -79,6 +79,10 @@ def test_bad_configuration_keeps_orthanc_up_and_is_reported(version) -> None:
     listing = orthanc.call_route("/dpp/protocols")
     assert listing.status == 503
     assert listing.json()["Error"] == "DPP plugin configuration is invalid"
+    # The library page still loads, to show the errors, with the activity that logged them.
+    assert orthanc.call_route("/dpp/ui/library.js").status == 200
+    events = orthanc.call_route("/dpp/activity").json()["Events"]
+    assert any("DefinedProcedureProtocol.Port" in e["Message"] for e in events)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
     assert plugin.listener is None
 
@@ -279,3 +283,25 @@ def test_peer_text_cannot_forge_log_lines(running) -> None:
     logging.getLogger("orthanc_dpp").warning("C-STORE from %s refused", "EVIL\nDPP: forged\x1b[2J")
     (line,) = [m for _, m in orthanc.logs if "EVIL" in m]
     assert line == "DPP: C-STORE from EVIL\\nDPP: forged\\x1b[2J refused"
+
+
+def test_orthanc_explorer_gets_the_library_button(version) -> None:
+    orthanc = FakeOrthancModule(configuration(), version=version)
+    if "ExtendOrthancExplorer(str)" not in recording(version)["probes"]:
+        # The fake refuses calls never probed; install() must survive that refusal.
+        adapter.install(orthanc)
+        assert "Orthanc Explorer not extended" in orthanc.log_text()
+        pytest.skip(f"ExtendOrthancExplorer not yet probed on Python plugin {version}: re-record")
+    adapter.install(orthanc)
+    (javascript,) = orthanc.explorer_javascript
+    assert "../dpp/ui/index.html" in javascript and "#lookup" in javascript
+    assert "Orthanc Explorer not extended" not in orthanc.log_text()
+    page = orthanc.call_route("/dpp/ui/index.html")
+    assert page.status == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_activity_route_shows_the_plugin_log(running) -> None:
+    orthanc, _ = running
+    events = orthanc.call_route("/dpp/activity").json()["Events"]
+    assert any(e["Message"].startswith("DPP listener DPP_UNIT listening") for e in events)

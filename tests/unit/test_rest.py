@@ -163,6 +163,196 @@ def test_methods_not_served_answer_405(rest: DppRestApi) -> None:
     assert rest.protocol_file(Request("DELETE"), "1.2").allowed == "GET"
 
 
+# -- search, tree, activity, the library page -------------------------------------------------
+
+
+@pytest.fixture
+def library(rest: DppRestApi) -> list[pydicom.Dataset]:
+    """Four protocols: CT and XA of seeds 1 to 4 (see the expectations below)."""
+    stored = [make_protocol(seed, "CT" if seed % 2 else "XA") for seed in (1, 2, 3, 4)]
+    for ds in stored:
+        assert upload(rest, to_bytes(ds)).status == 200
+    return stored
+
+
+def found(rest: DppRestApi, **query: str) -> list[str]:
+    response = rest.protocols(Request("GET", get=query))
+    assert response.status == 200, response.body
+    answer = body(response)
+    assert answer["Total"] == len(answer["Protocols"]) or "limit" in query
+    return [p["ProtocolName"] for p in answer["Protocols"]]
+
+
+def test_search_parameters_match_parts_of_values_in_any_case(
+    rest: DppRestApi, library: list[pydicom.Dataset]
+) -> None:
+    assert found(rest, name="chest") == ["CT Adult Chest w IV"]
+    assert found(rest, modality="xa") == [
+        "XA Adulte Angio Thorax v3",
+        "XA Adult Angio Abdomen Follow-up",
+    ]
+    assert found(rest, modality="X") == []  # a modality is a code: equal, not a part
+    assert found(rest, manufacturer="uih") == ["CT Erwachsene Hals mit KM Low Dose"]
+    # Models of the Model Specification Sequence count, not only the creator's.
+    assert found(rest, model="NAEOTOM") == ["CT Adult Chest w IV"]
+    assert found(rest, code="rpid39") == ["CT Erwachsene Hals mit KM Low Dose"]
+    assert found(rest, code="Visceral Arteries") == ["XA Adult Angio Abdomen Follow-up"]
+    assert found(rest, date="20170417") == ["CT Adult Chest w IV"]
+    assert found(rest, date="20180101-20211231") == [
+        "CT Erwachsene Hals mit KM Low Dose",
+        "XA Adult Angio Abdomen Follow-up",
+    ]
+    assert found(rest, date="-20171231") == ["CT Adult Chest w IV"]
+    assert found(rest, date="20230101-") == ["XA Adulte Angio Thorax v3"]
+    assert found(rest, modality="CT", manufacturer="siemens") == ["CT Adult Chest w IV"]
+    assert found(rest, name="") == [ds.ProtocolName for ds in library]
+
+
+def test_search_pages_count_the_matches(rest: DppRestApi, library: list[pydicom.Dataset]) -> None:
+    answer = body(rest.protocols(Request("GET", get={"manufacturer": "SIEMENS", "limit": "1"})))
+    assert answer["Total"] == 3 and len(answer["Protocols"]) == 1
+    second = body(
+        rest.protocols(Request("GET", get={"manufacturer": "SIEMENS", "offset": "1", "limit": "1"}))
+    )
+    assert second["Total"] == 3
+    assert second["Protocols"][0]["ProtocolName"] != answer["Protocols"][0]["ProtocolName"]
+
+
+def test_search_values_are_percent_decoded(
+    rest: DppRestApi, library: list[pydicom.Dataset]
+) -> None:
+    # As Orthanc 1.10 hands them to plugins: still percent-encoded.
+    assert found(rest, name="Angio%20Thorax") == ["XA Adulte Angio Thorax v3"]
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter", "message"),
+    [
+        ({"colour": "red"}, "colour", "unknown query parameter 'colour'"),
+        ({"date": "2017"}, "date", "query parameter 'date' must be a date YYYYMMDD"),
+        ({"date": "20171332"}, "date", "query parameter 'date' must be a date YYYYMMDD"),
+        ({"date": "-"}, "date", "query parameter 'date' must name at least one end"),
+        ({"date": "20200101-20190101"}, "date", "range that ends before it starts"),
+        ({"name": "x" * 257}, "name", "query parameter 'name' is longer than 256 characters"),
+        ({"offset": "-1"}, "offset", "query parameter 'offset' must be between 0"),
+    ],
+)
+def test_bad_search_parameters_answer_400_naming_them(
+    rest: DppRestApi, query: dict[str, str], parameter: str, message: str
+) -> None:
+    response = rest.protocols(Request("GET", get=query))
+    assert response.status == 400
+    answer = body(response)
+    assert answer["Parameter"] == parameter
+    assert message in answer["Error"]
+    assert answer["HttpStatus"] == 400
+
+
+def test_tree_names_every_attribute_of_the_protocol_as_received(rest: DppRestApi) -> None:
+    ds = make_protocol(1, "CT")
+    upload(rest, to_bytes(ds))
+    answer = body(rest.protocol_tree(Request("GET"), ds.SOPInstanceUID))
+    assert answer["SOPInstanceUID"] == ds.SOPInstanceUID
+    nodes = {node["Keyword"]: node for node in answer["Attributes"]}
+    # Normalization added a patient to the stored copy; the tree shows the protocol as sent.
+    assert "PatientID" not in nodes
+    assert [node["Keyword"] for node in answer["Attributes"]] == [e.keyword for e in ds]
+    assert nodes["ProtocolName"] == {
+        "Tag": "0018,1030",
+        "Keyword": "ProtocolName",
+        "Name": "Protocol Name",
+        "VR": "LO",
+        "Value": "CT Adult Chest w IV",
+    }
+    elements = nodes["AcquisitionProtocolElementSpecificationSequence"]["Items"]
+    assert len(elements) == len(ds.AcquisitionProtocolElementSpecificationSequence)
+    constraints = {n["Keyword"]: n for n in elements[0]}["ParametersSpecificationSequence"]
+    first = {n["Keyword"]: n for n in constraints["Items"][0]}
+    assert first["SelectorAttribute"]["Value"] == "ProtocolElementName (0018,9922)"
+    value = {n["Keyword"]: n for n in first["ConstraintValueSequence"]["Items"][0]}
+    assert value["SelectorLOValue"]["Value"] == "Topogram AP"
+    missing = rest.protocol_tree(Request("GET"), "1.2.3")
+    assert missing.status == 404 and "1.2.3" in body(missing)["Error"]
+    assert rest.protocol_tree(Request("DELETE"), ds.SOPInstanceUID).allowed == "GET"
+
+
+def test_tree_describes_binary_values_and_cuts_long_texts() -> None:
+    from orthanc_dpp.attributes import MAXIMUM_TEXT, dataset_tree
+
+    ds = pydicom.Dataset()
+    ds.add_new(0x00091010, "OB", b"\x00" * 10)  # private, binary
+    ds.PatientComments = "x" * (MAXIMUM_TEXT + 10)
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    nodes = {node["Tag"]: node for node in dataset_tree(ds)}
+    assert nodes["0009,1010"]["Length"] == 10 and "Value" not in nodes["0009,1010"]
+    assert nodes["0010,4000"]["Truncated"] is True
+    assert len(nodes["0010,4000"]["Value"]) == MAXIMUM_TEXT
+    assert nodes["0008,0008"]["Value"] == "ORIGINAL\\PRIMARY"
+
+
+def test_activity_keeps_the_recent_log_lines_newest_first() -> None:
+    import logging
+
+    from orthanc_dpp.activity import MAXIMUM_MESSAGE, ActivityLog
+
+    activity = ActivityLog(capacity=3)
+    logger = logging.getLogger("orthanc_dpp.test_activity")
+    logger.addHandler(activity)
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.debug("not kept: below INFO")
+        for number in range(4):
+            logger.info("event %d", number)
+        logger.error("first line\nTraceback (most recent call last): secret")
+        logger.warning("y" * (MAXIMUM_MESSAGE + 50))
+    finally:
+        logger.removeHandler(activity)
+    events = activity.as_json()["Events"]
+    assert activity.as_json()["Capacity"] == 3
+    assert [e["Message"][:10] for e in events] == ["y" * 10, "first line", "event 3"]
+    assert events[1]["Message"] == "first line" and events[1]["Level"] == "ERROR"
+    assert len(events[0]["Message"]) == MAXIMUM_MESSAGE
+    assert events[2]["Source"] == "orthanc_dpp.test_activity"
+    assert events[2]["Time"].endswith("Z")
+
+
+def test_activity_route_and_uploads_are_recorded(rest: DppRestApi) -> None:
+    import logging
+
+    logger = logging.getLogger("orthanc_dpp")
+    logger.addHandler(rest.activity)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        ds = make_protocol(9, "XA")
+        upload(rest, to_bytes(ds))
+        upload(rest, to_bytes(make_non_dpp(1)))
+    finally:
+        logger.removeHandler(rest.activity)
+        logger.setLevel(level)
+    events = body(rest.recent_activity(Request("GET")))["Events"]
+    assert events[0]["Level"] == "ERROR" and "refused" in events[0]["Message"]
+    assert events[1]["Message"] == f"Upload of body stored: {ds.SOPInstanceUID} (Success)"
+    assert rest.recent_activity(Request("POST")).allowed == "GET"
+
+
+def test_library_page_files_with_types_and_security_headers(rest: DppRestApi) -> None:
+    page = rest.library_page(Request("GET"), "")
+    assert page.status == 200 and page.content_type == "text/html; charset=utf-8"
+    assert page.body == rest.library_page(Request("GET"), "index.html").body
+    assert b'<script src="library.js"' in page.body
+    script = rest.library_page(Request("GET"), "library.js")
+    assert script.content_type.startswith("text/javascript")
+    assert b"innerHTML" not in script.body  # DICOM strings go in as text only
+    assert rest.library_page(Request("GET"), "library.css").content_type.startswith("text/css")
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    for name in ("../rest.py", "rest.py", "explorer-extension.js", "INDEX.HTML"):
+        missing = rest.library_page(Request("GET"), name)
+        assert missing.status == 404, name
+    assert rest.library_page(Request("POST"), "").allowed == "GET"
+
+
 def test_status_route(rest: DppRestApi) -> None:
     assert body(rest.status(Request("GET"))) == {"Listener": {"State": "running"}}
 

@@ -1,0 +1,555 @@
+/* The protocol library page of the Orthanc DPP plugin.
+ *
+ * Every value read from a protocol is put into the page with textContent
+ * (or as an attribute value set through the DOM), never parsed as HTML:
+ * DICOM strings come from whoever sent the protocol. */
+(function () {
+  'use strict';
+
+  var API = new URL('../', document.baseURI).href; // the /dpp/ routes
+  var PAGE_SIZE = 50;
+  var ACTIVITY_ROWS = 50;
+  var SOP_CLASSES = {
+    '1.2.840.10008.5.1.4.1.1.200.1': 'CT protocol',
+    '1.2.840.10008.5.1.4.1.1.200.3': 'Protocol approval',
+    '1.2.840.10008.5.1.4.1.1.200.7': 'XA protocol'
+  };
+  var LISTENER_STATES = ['running', 'failed', 'stopped', 'disabled'];
+  /* Sequences shown open: the protocol's elements, and each element's constraints. */
+  var OPEN_SEQUENCES = [
+    'ParametersSpecificationSequence',
+    'AcquisitionProtocolElementSpecificationSequence',
+    'ReconstructionProtocolElementSpecificationSequence',
+    'StorageProtocolElementSpecificationSequence'
+  ];
+
+  var state = { offset: 0, total: 0, criteria: {} };
+
+  function byId(id) {
+    return document.getElementById(id);
+  }
+
+  /* An element with text content and DOM-set attributes. */
+  function make(tag, text, attributes) {
+    var node = document.createElement(tag);
+    if (text !== undefined && text !== null) {
+      node.textContent = String(text);
+    }
+    Object.keys(attributes || {}).forEach(function (name) {
+      node.setAttribute(name, attributes[name]);
+    });
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) {
+      node.removeChild(node.firstChild);
+    }
+  }
+
+  function apiUrl(path) {
+    return API + path;
+  }
+
+  /* A JSON answer, or an Error carrying the plugin's "Error" message. */
+  function request(method, path, body, contentType) {
+    var options = { method: method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+    if (body !== undefined) {
+      options.body = body;
+      if (contentType) {
+        options.headers['Content-Type'] = contentType;
+      }
+    }
+    return fetch(apiUrl(path), options).then(function (response) {
+      return response.text().then(function (text) {
+        var payload = null;
+        try {
+          payload = text ? JSON.parse(text) : null;
+        } catch (ignored) {
+          payload = null;
+        }
+        if (!response.ok && !(payload && payload.Files)) {
+          var message = payload && payload.Error ? payload.Error : 'HTTP ' + response.status;
+          throw new Error(message);
+        }
+        return payload;
+      });
+    });
+  }
+
+  function protocolPath(uid) {
+    return 'protocols/' + encodeURIComponent(uid);
+  }
+
+  /* -- listener state and activity ------------------------------------------------ */
+
+  function fact(list, term, value) {
+    list.appendChild(make('dt', term));
+    var dd = make('dd', value === null || value === undefined || value === '' ? '—' : value);
+    list.appendChild(dd);
+    return dd;
+  }
+
+  function showStatus(status) {
+    var list = byId('listener-state');
+    clear(list);
+    var listener = status.Listener || {};
+    var known = LISTENER_STATES.indexOf(listener.State) >= 0 ? listener.State : 'unknown';
+    var stateNode = fact(list, 'State', listener.State);
+    stateNode.id = 'listener-state-value';
+    stateNode.className = 'state state-' + known;
+    fact(list, 'AE title', listener.AETitle);
+    fact(list, 'Address', listener.BindAddress ? listener.BindAddress + ':' + listener.Port : listener.Port);
+    fact(list, 'Associations served', listener.AssociationsServed);
+    if (listener.Error) {
+      fact(list, 'Error', listener.Error).className = 'error';
+    }
+    var index = status.Index || {};
+    fact(list, 'Index', index.Ready ? 'ready' : 'loading');
+    fact(list, 'Protocols stored', (status.Protocols || {}).Total);
+    var configuration = status.Configuration || {};
+    if (configuration.Valid === false) {
+      fact(list, 'Configuration', (configuration.Errors || []).join('; ')).className = 'error';
+    }
+    fact(list, 'Plugin version', status.Version);
+  }
+
+  function loadStatus() {
+    return request('GET', 'status').then(showStatus, function (error) {
+      var list = byId('listener-state');
+      clear(list);
+      fact(list, 'State', 'unknown: ' + error.message).className = 'error';
+    });
+  }
+
+  function loadActivity() {
+    return request('GET', 'activity').then(function (answer) {
+      var body = byId('activity').tBodies[0];
+      clear(body);
+      var events = (answer.Events || []).slice(0, ACTIVITY_ROWS);
+      if (!events.length) {
+        var row = body.insertRow();
+        row.appendChild(make('td', 'No activity yet.', { colspan: '3' }));
+      }
+      events.forEach(function (event) {
+        var row = body.insertRow();
+        row.appendChild(make('td', String(event.Time || '').replace('T', ' ').replace('Z', '')));
+        var level = make('td', event.Level);
+        level.className = event.Level === 'ERROR' ? 'error' : event.Level === 'WARNING' ? 'warning' : '';
+        row.appendChild(level);
+        row.appendChild(make('td', event.Message));
+      });
+    }, function () { /* shown again on the next refresh */ });
+  }
+
+  /* -- the list --------------------------------------------------------------------- */
+
+  function isoToDicom(value) {
+    return value ? value.replace(/-/g, '') : '';
+  }
+
+  function dicomDate(value) {
+    var text = String(value || '');
+    return /^\d{8}$/.test(text) ? text.slice(0, 4) + '-' + text.slice(4, 6) + '-' + text.slice(6) : text;
+  }
+
+  function readCriteria() {
+    var form = byId('search-form');
+    var criteria = {};
+    ['name', 'modality', 'manufacturer', 'model', 'code'].forEach(function (name) {
+      var value = form.elements[name].value.trim();
+      if (value) {
+        criteria[name] = value;
+      }
+    });
+    var from = isoToDicom(form.elements['date-from'].value);
+    var to = isoToDicom(form.elements['date-to'].value);
+    if (from || to) {
+      criteria.date = from === to ? from : from + '-' + to;
+    }
+    return criteria;
+  }
+
+  /* Spaces as %20, not "+": the plugin decodes percent-escapes only. */
+  function listQuery() {
+    var query = { offset: String(state.offset), limit: String(PAGE_SIZE) };
+    Object.keys(state.criteria).forEach(function (name) {
+      query[name] = state.criteria[name];
+    });
+    return 'protocols?' + Object.keys(query).map(function (name) {
+      return encodeURIComponent(name) + '=' + encodeURIComponent(query[name]);
+    }).join('&');
+  }
+
+  function codesText(codes) {
+    return (codes || []).map(function (code) {
+      var label = [code.CodingSchemeDesignator, code.CodeValue].filter(Boolean).join(' ');
+      return code.CodeMeaning ? label + ' — ' + code.CodeMeaning : label;
+    });
+  }
+
+  function listCell(lines) {
+    var cell = make('td');
+    lines.filter(Boolean).forEach(function (line) {
+      cell.appendChild(make('div', line));
+    });
+    return cell;
+  }
+
+  function actionButton(text, className, handler) {
+    var button = make('button', text, { type: 'button' });
+    button.className = className;
+    button.addEventListener('click', handler);
+    return button;
+  }
+
+  function protocolRow(protocol) {
+    var row = make('tr');
+    row.dataset.uid = protocol.SOPInstanceUID;
+    var name = make('td');
+    name.className = 'name';
+    name.appendChild(make('div', protocol.ProtocolName || '(no name)'));
+    name.appendChild(make('div', protocol.SOPInstanceUID, { 'class': 'uid' }));
+    row.appendChild(name);
+    row.appendChild(make('td', protocol.EquipmentModality || ''));
+    var makers = [protocol.Manufacturer].concat(protocol.Manufacturers || []);
+    var models = [protocol.ManufacturerModelName].concat(protocol.ManufacturerModelNames || []);
+    var unique = function (values) {
+      return values.filter(function (value, i) { return value && values.indexOf(value) === i; });
+    };
+    row.appendChild(listCell([unique(makers).join(', '), unique(models).join(', ')]));
+    row.appendChild(listCell(codesText(protocol.ScheduledProtocolCodes)));
+    row.appendChild(make('td', dicomDate(protocol.InstanceCreationDate), { 'class': 'date' }));
+    row.appendChild(make('td', SOP_CLASSES[protocol.SOPClassUID] || protocol.SOPClassUID));
+    var actions = make('td');
+    actions.className = 'actions';
+    actions.appendChild(actionButton('Open', 'open', function () {
+      openProtocol(protocol.SOPInstanceUID);
+    }));
+    var download = make('a', 'Download', {
+      href: apiUrl(protocolPath(protocol.SOPInstanceUID) + '/file'),
+      download: protocol.SOPInstanceUID + '.dcm'
+    });
+    download.className = 'button download';
+    actions.appendChild(download);
+    actions.appendChild(actionButton('Delete', 'delete', function () {
+      deleteProtocol(protocol);
+    }));
+    row.appendChild(actions);
+    return row;
+  }
+
+  function loadList() {
+    var message = byId('list-message');
+    return request('GET', listQuery()).then(function (answer) {
+      state.total = answer.Total;
+      var body = byId('protocols').tBodies[0];
+      clear(body);
+      answer.Protocols.forEach(function (protocol) {
+        body.appendChild(protocolRow(protocol));
+      });
+      var searching = Object.keys(state.criteria).length > 0;
+      byId('result-count').textContent = '(' + answer.Total + (searching ? ' found' : '') + ')';
+      message.textContent = answer.Total ? '' : searching ? 'No protocol matches the search.' : 'The library is empty.';
+      message.className = 'message';
+      var last = Math.min(state.offset + answer.Protocols.length, answer.Total);
+      byId('page-info').textContent = answer.Total ? (state.offset + 1) + '–' + last + ' of ' + answer.Total : '';
+      byId('previous-page').disabled = state.offset === 0;
+      byId('next-page').disabled = last >= answer.Total;
+    }, function (error) {
+      message.textContent = 'The list cannot be read: ' + error.message;
+      message.className = 'message error';
+    });
+  }
+
+  function refreshAll() {
+    return Promise.all([loadList(), loadStatus(), loadActivity()]);
+  }
+
+  /* -- one protocol ----------------------------------------------------------------- */
+
+  function nodeValue(nodes, keyword) {
+    for (var i = 0; i < nodes.length; i += 1) {
+      if (nodes[i].Keyword === keyword) {
+        return nodes[i].Value;
+      }
+    }
+    return undefined;
+  }
+
+  function findNode(nodes, keyword) {
+    for (var i = 0; i < nodes.length; i += 1) {
+      if (nodes[i].Keyword === keyword) {
+        return nodes[i];
+      }
+    }
+    return null;
+  }
+
+  /* The constraint's values (Selector XX Value of Constraint Value Sequence). */
+  function constraintValues(nodes) {
+    var values = findNode(nodes, 'ConstraintValueSequence');
+    var found = [];
+    (values && values.Items ? values.Items : []).forEach(function (item) {
+      item.forEach(function (node) {
+        if (/^Selector\w*Value$/.test(node.Keyword) && node.Value !== undefined) {
+          found.push(node.Value);
+        }
+      });
+    });
+    return found;
+  }
+
+  function selectorKeyword(nodes) {
+    var selector = nodeValue(nodes, 'SelectorAttribute');
+    return selector ? selector.replace(/ \(.*\)$/, '') : '';
+  }
+
+  /* A protocol element's name: the value its constraints give to Protocol Element Name. */
+  function elementName(nodes) {
+    var parameters = findNode(nodes, 'ParametersSpecificationSequence');
+    var items = parameters && parameters.Items ? parameters.Items : [];
+    for (var i = 0; i < items.length; i += 1) {
+      if (selectorKeyword(items[i]) === 'ProtocolElementName') {
+        return constraintValues(items[i]).join(', ');
+      }
+    }
+    return nodeValue(nodes, 'ProtocolElementName') || '';
+  }
+
+  /* A short label for a sequence item: what it is about, when it says. */
+  function itemLabel(nodes) {
+    var number = nodeValue(nodes, 'ProtocolElementNumber');
+    var name = elementName(nodes);
+    if (number || name) {
+      return [number ? 'Element ' + number : '', name].filter(Boolean).join(': ');
+    }
+    var selector = selectorKeyword(nodes);
+    if (selector) {
+      return [selector, nodeValue(nodes, 'ConstraintType') || '', constraintValues(nodes).join(', ')]
+        .filter(Boolean).join(' ');
+    }
+    return nodeValue(nodes, 'CodeMeaning') || nodeValue(nodes, 'Manufacturer') ||
+      nodeValue(nodes, 'InstitutionName') || '';
+  }
+
+  function leaf(node) {
+    var item = make('li');
+    item.className = 'leaf';
+    item.appendChild(make('span', node.Name || node.Tag, { 'class': 'attribute', title: node.Keyword || '' }));
+    item.appendChild(make('span', '(' + node.Tag + ') ' + node.VR, { 'class': 'tag' }));
+    var value;
+    if (node.Length !== undefined) {
+      value = node.Length + ' bytes';
+    } else {
+      value = node.Value + (node.Truncated ? ' …' : '');
+    }
+    item.appendChild(make('span', value, { 'class': 'value' }));
+    return item;
+  }
+
+  function sequence(node) {
+    var item = make('li');
+    item.className = 'sequence';
+    var details = make('details');
+    details.dataset.keyword = node.Keyword || '';
+    if (OPEN_SEQUENCES.indexOf(node.Keyword) >= 0) {
+      details.open = true;
+    }
+    var summary = make('summary');
+    summary.appendChild(make('span', node.Name || node.Tag, { 'class': 'attribute' }));
+    summary.appendChild(make('span', '(' + node.Tag + ') SQ', { 'class': 'tag' }));
+    var count = node.Items.length;
+    summary.appendChild(make('span', count + (count === 1 ? ' item' : ' items'), { 'class': 'value' }));
+    details.appendChild(summary);
+    var list = make('ol');
+    node.Items.forEach(function (nodes, i) {
+      var entry = make('li');
+      var itemDetails = make('details');
+      itemDetails.className = 'item';
+      var label = itemLabel(nodes);
+      var itemSummary = make('summary', 'Item ' + (i + 1) + (label ? ' · ' + label : ''));
+      itemDetails.appendChild(itemSummary);
+      itemDetails.appendChild(tree(nodes));
+      entry.appendChild(itemDetails);
+      list.appendChild(entry);
+    });
+    details.appendChild(list);
+    item.appendChild(details);
+    return item;
+  }
+
+  function tree(nodes) {
+    var list = make('ul');
+    nodes.forEach(function (node) {
+      list.appendChild(node.Items ? sequence(node) : leaf(node));
+    });
+    return list;
+  }
+
+  function openProtocol(uid) {
+    var section = byId('protocol-section');
+    var summary = byId('protocol-summary');
+    var target = byId('protocol-tree');
+    section.hidden = false;
+    clear(summary);
+    clear(target);
+    byId('protocol-title').textContent = 'Loading…';
+    return Promise.all([
+      request('GET', protocolPath(uid)),
+      request('GET', protocolPath(uid) + '/tree')
+    ]).then(function (answers) {
+      var protocol = answers[0];
+      section.dataset.uid = protocol.SOPInstanceUID;
+      byId('protocol-title').textContent = protocol.ProtocolName || '(no name)';
+      fact(summary, 'Type', SOP_CLASSES[protocol.SOPClassUID] || protocol.SOPClassUID);
+      fact(summary, 'Modality', protocol.EquipmentModality);
+      fact(summary, 'Created by', [protocol.Manufacturer, protocol.ManufacturerModelName].filter(Boolean).join(' '));
+      fact(summary, 'For manufacturers', (protocol.Manufacturers || []).join(', '));
+      fact(summary, 'For models', (protocol.ManufacturerModelNames || []).join(', '));
+      fact(summary, 'Institution', protocol.InstitutionName);
+      fact(summary, 'Codes', codesText(protocol.ScheduledProtocolCodes).join('; '));
+      fact(summary, 'Created', dicomDate(protocol.InstanceCreationDate));
+      fact(summary, 'SOP Instance UID', protocol.SOPInstanceUID);
+      fact(summary, 'Orthanc ID', protocol.OrthancID);
+      target.appendChild(tree(answers[1].Attributes));
+      section.scrollIntoView({ block: 'start' });
+    }, function (error) {
+      byId('protocol-title').textContent = 'The protocol cannot be shown: ' + error.message;
+    });
+  }
+
+  function closeProtocol() {
+    var section = byId('protocol-section');
+    section.hidden = true;
+    delete section.dataset.uid;
+  }
+
+  function deleteProtocol(protocol) {
+    var name = protocol.ProtocolName || protocol.SOPInstanceUID;
+    if (!window.confirm('Delete the protocol "' + name + '" from Orthanc?')) {
+      return Promise.resolve();
+    }
+    var message = byId('list-message');
+    return request('DELETE', protocolPath(protocol.SOPInstanceUID)).then(function () {
+      message.textContent = 'Deleted: ' + name;
+      message.className = 'message';
+      if (byId('protocol-section').dataset.uid === protocol.SOPInstanceUID) {
+        closeProtocol();
+      }
+      if (state.offset > 0 && state.offset >= state.total - 1) {
+        state.offset = Math.max(0, state.offset - PAGE_SIZE);
+      }
+      return Promise.all([loadList(), loadStatus(), loadActivity()]).then(function () {
+        message.textContent = 'Deleted: ' + name;
+      });
+    }, function (error) {
+      message.textContent = 'Not deleted: ' + error.message;
+      message.className = 'message error';
+    });
+  }
+
+  /* -- uploads ---------------------------------------------------------------------- */
+
+  function uploadOne(file) {
+    var line = make('li');
+    line.appendChild(make('span', file.name, { 'class': 'file' }));
+    var outcome = make('span', 'uploading…', { 'class': 'outcome' });
+    line.appendChild(outcome);
+    byId('upload-results').appendChild(line);
+    /* One DICOM body per request: Orthanc takes multipart/form-data apart itself
+       and would answer for the plugin. */
+    return file.arrayBuffer().then(function (data) {
+      return request('POST', 'protocols', data, 'application/dicom');
+    }).then(function (answer) {
+      var result = answer.Files[0];
+      if (result.Stored) {
+        line.className = 'stored';
+        outcome.textContent = (result.Status === 'AlreadyStored' ? 'already stored' : 'stored') +
+          ' · ' + result.SOPInstanceUID;
+      } else {
+        line.className = 'failed';
+        outcome.textContent = 'refused: ' + result.Error;
+      }
+    }, function (error) {
+      line.className = 'failed';
+      outcome.textContent = 'refused: ' + error.message;
+    });
+  }
+
+  function uploadFiles(files) {
+    var list = Array.prototype.slice.call(files || []);
+    if (!list.length) {
+      return Promise.resolve();
+    }
+    clear(byId('upload-results'));
+    /* One at a time: each file gets its own answer, and Orthanc is not flooded. */
+    return list.reduce(function (previous, file) {
+      return previous.then(function () { return uploadOne(file); });
+    }, Promise.resolve()).then(refreshAll);
+  }
+
+  function setUpDropZone() {
+    var zone = byId('drop-zone');
+    ['dragenter', 'dragover'].forEach(function (name) {
+      zone.addEventListener(name, function (event) {
+        event.preventDefault();
+        zone.classList.add('dragging');
+      });
+    });
+    zone.addEventListener('dragleave', function () {
+      zone.classList.remove('dragging');
+    });
+    zone.addEventListener('drop', function (event) {
+      event.preventDefault();
+      zone.classList.remove('dragging');
+      uploadFiles(event.dataTransfer ? event.dataTransfer.files : []);
+    });
+    var input = byId('file-input');
+    input.addEventListener('change', function () {
+      uploadFiles(input.files).then(function () {
+        input.value = '';
+      });
+    });
+  }
+
+  /* -- start ------------------------------------------------------------------------ */
+
+  function start() {
+    byId('search-form').addEventListener('submit', function (event) {
+      event.preventDefault();
+      state.criteria = readCriteria();
+      state.offset = 0;
+      loadList();
+    });
+    byId('search-form').addEventListener('reset', function () {
+      state.criteria = {};
+      state.offset = 0;
+      window.setTimeout(loadList, 0); /* after the fields are cleared */
+    });
+    byId('previous-page').addEventListener('click', function () {
+      state.offset = Math.max(0, state.offset - PAGE_SIZE);
+      loadList();
+    });
+    byId('next-page').addEventListener('click', function () {
+      state.offset += PAGE_SIZE;
+      loadList();
+    });
+    byId('close-protocol').addEventListener('click', closeProtocol);
+    byId('refresh-activity').addEventListener('click', function () {
+      loadStatus();
+      loadActivity();
+    });
+    setUpDropZone();
+    refreshAll();
+    /* The listener's state and the activity change without this page. */
+    window.setInterval(function () {
+      if (!document.hidden) {
+        loadStatus();
+        loadActivity();
+      }
+    }, 10000);
+  }
+
+  start();
+}());
