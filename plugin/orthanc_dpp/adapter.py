@@ -37,6 +37,7 @@ from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.jobs import Jobs
 from orthanc_dpp.library import (
     IndexedSource,
     OrthancError,
@@ -48,6 +49,8 @@ from orthanc_dpp.library import (
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
+from orthanc_dpp.remote import Caller
+from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.rest import DppRestApi, Request, Response, error, json_response
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
@@ -271,6 +274,7 @@ class Plugin:
         self.fresh = FreshInstances()  # this node's own stores, for the change feed
         self.listener: DppListener | None = None
         self.feed: IndexFeed | None = None
+        self.jobs = Jobs()  # background retrieves from other archives
         try:
             self.settings = parse_settings(configuration, configuration_folder(orthanc))
         except ConfigError as exc:
@@ -316,6 +320,7 @@ class Plugin:
             maximum_depth=settings.maximum_nesting_depth,
             maximum_values=settings.maximum_values_per_key,
         )
+        client_tls = tls_client_context(settings)
         handlers: dict[Any, Callable[..., Any]] = {
             evt.EVT_C_ECHO: make_echo_handler(gate),
             evt.EVT_C_STORE: make_store_handler(self.library, gate, self.on_stored, limits),
@@ -334,7 +339,7 @@ class Plugin:
                 report_missing=settings.report_missing_instances,
                 pending_interval=settings.pending_response_interval,
                 limits=limits,
-                tls_context=tls_client_context(settings),
+                tls_context=client_tls,
             ),
         }
         self.listener = DppListener(settings, handlers)
@@ -348,6 +353,23 @@ class Plugin:
             self.on_deleted,
             limits=limits,
             maximum_upload=settings.maximum_upload_size,
+        )
+        # This plugin as the SCU of other DPP archives (Orthanc's modalities).
+        self.remote = RemoteArchives(
+            Caller(
+                settings.ae_title,
+                acse_timeout=settings.acse_timeout,
+                dimse_timeout=settings.dimse_timeout,
+                network_timeout=settings.network_timeout,
+                maximum_pdu_size=settings.maximum_pdu_size,
+                tls_context=client_tls,
+                limits=limits,
+            ),
+            self.modalities,
+            self.store_retrieved,
+            lambda uid: self.index.get(uid) is not None,
+            self.jobs,
+            refresh=lambda: self.refresh_modalities(force=True),
         )
 
     # -- events --------------------------------------------------------------
@@ -363,6 +385,10 @@ class Plugin:
         self.fresh.indexed(stored.orthanc_id)
         if other is not None:  # stored through another node meanwhile
             report_duplicate(stored.sop_instance_uid, other, stored.orthanc_id, self.index)
+
+    def store_retrieved(self, ds: pydicom.Dataset, sop_class: str) -> None:
+        """A protocol received by C-GET from another archive: stored as a C-STORE would be."""
+        self.on_stored(self.library.store(ds, context_sop_class=sop_class))
 
     def on_deleted(self, orthanc_id: str) -> None:
         self.index.remove(orthanc_id)
@@ -414,6 +440,7 @@ class Plugin:
 
     def stop(self) -> None:
         """Stop every thread of ours before Orthanc finalizes the Python plugin."""
+        self.jobs.stop()
         if self.listener is not None:
             self.listener.stop()
         if self.feed is not None:
@@ -503,8 +530,8 @@ def _answer(running: RunningPlugin, output: Any, response: Response) -> None:
         running.send_http_status(output, response.status, response.body)
 
 
-def _route(plugin: Plugin, handler_name: str) -> Any:
-    """An Orthanc REST callback that calls ``plugin.rest.<handler_name>``."""
+def _route(plugin: Plugin, handler_name: str, target: str = "rest") -> Any:
+    """An Orthanc REST callback that calls ``plugin.<target>.<handler_name>``."""
 
     def callback(output: Any, uri: str, **request: Any) -> None:
         try:
@@ -527,7 +554,7 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
                 body=request.get("body", b"") or b"",
             )
             groups = request.get("groups", ()) or ()
-            response = getattr(plugin.rest, handler_name)(req, *groups)
+            response = getattr(getattr(plugin, target), handler_name)(req, *groups)
         except Exception:
             # The details are for the administrator, not for the caller.
             log.error("REST %s failed: %s", uri, traceback.format_exc())
@@ -542,6 +569,15 @@ ROUTES = {
     "/dpp/protocols": "protocols",
     "/dpp/protocols/([^/]+)": "protocol",
     "/dpp/protocols/([^/]+)/file": "protocol_file",
+}
+
+#: Routes to other DPP archives and the background jobs (``remote_rest.RemoteArchives``).
+REMOTE_ROUTES = {
+    "/dpp/modalities/([^/]+)/find": "find",
+    "/dpp/modalities/([^/]+)/retrieve": "retrieve",
+    "/dpp/jobs": "jobs_list",
+    "/dpp/jobs/([^/]+)": "job",
+    "/dpp/jobs/([^/]+)/cancel": "job_cancel",
 }
 
 
@@ -605,6 +641,8 @@ def install(orthanc: ModuleType) -> Plugin:
         _install_received_hook(plugin)
     for uri, name in ROUTES.items():
         _register(orthanc.RegisterRestCallback, _route(plugin, name), uri)
+    for uri, name in REMOTE_ROUTES.items():
+        _register(orthanc.RegisterRestCallback, _route(plugin, name, "remote"), uri)
     if plugin.settings is not None:
         log.warning(
             "DPP plugin %s loaded (section %s): AE %s on %s:%d%s",
