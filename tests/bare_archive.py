@@ -52,7 +52,9 @@ class BareArchive:
         for sop_class in (DPP_FIND, DPP_GET, DPP_MOVE):
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         for sop_class in sorted(DPP_STORAGE_CLASSES):
-            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=False, scp_role=True)
+            self.ae.add_supported_context(
+                sop_class, TRANSFER_SYNTAXES, scu_role=False, scp_role=True
+            )
             self.ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)  # C-MOVE destinations
         self.server: Any = None
 

@@ -40,7 +40,6 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import (
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -82,7 +81,7 @@ _PENDING = (status.PENDING, status.PENDING_OPTIONAL_KEYS_UNSUPPORTED)
 #: Final statuses of a retrieve the remote served (maybe in part); others refuse it.
 _FINAL_SERVED = (status.SUCCESS, status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES, status.CANCEL)
 _TAG_HEX = re.compile(r"^([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})$")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 class BadKey(ValueError):
@@ -138,13 +137,13 @@ def status_name(code: int, service: str) -> str:
     for table in (tables.get(service, {}), *tables.values(), dimse_status.GENERAL_STATUS):
         if code in table:
             category, meaning = table[code]
-            return f"{category}: {meaning}"
+            return f"{category}: {meaning}" if meaning else category
     return f"{dimse_status.code_to_category(code)}: 0x{code:04X}"
 
 
 def is_uid(text: str) -> bool:
-    """A valid UID (PS3.5 9.1): digits and dots, at most 64 characters."""
-    return UID(text).is_valid
+    """A valid UID (PS3.5 9.1): numbers without leading zeros and dots, at most 64 characters."""
+    return len(text) <= 64 and bool(_UID.match(text))
 
 
 def is_ae_title(text: str) -> bool:
@@ -239,7 +238,7 @@ def _plain(key: str, vr: str, value: Any) -> Any:
         return str(value)
     if not isinstance(value, str):
         raise BadKey(key, f"VR {vr} takes strings, got {value!r}")
-    if vr == "UI" and value and "*" not in value and "?" not in value and not _UID.match(value):
+    if vr == "UI" and value and not is_uid(value):
         raise BadKey(key, f"not a UID: {value!r}")
     return value
 
@@ -495,14 +494,24 @@ class Control:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._assoc: Association | None = None
+        self._model: str | None = None
+        self._cancel_sent = False
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
-        """Ask the remote to stop (C-CANCEL at its next response)."""
+        """Ask the remote to stop: a C-CANCEL now (pynetdicom queues it for the DUL thread)."""
         self._cancelled.set()
+        with self._lock:
+            if self._assoc is not None and self._model is not None:
+                self._send_cancel(self._assoc, self._model)
+
+    def _send_cancel(self, assoc: Association, model: str) -> None:
+        if not self._cancel_sent and assoc.is_established:
+            self._cancel_sent = True
+            assoc.send_c_cancel(_MESSAGE_ID, query_model=model)
 
     def abort(self) -> None:
         """Stop now: cancel and abort the association (the plugin is stopping)."""
@@ -512,11 +521,13 @@ class Control:
         if assoc is not None and assoc.is_established:
             assoc.abort()
 
-    def attach(self, assoc: Association | None) -> None:
+    def attach(self, assoc: Association | None, model: str | None = None) -> None:
+        """Follow ``assoc``; ``model`` once the remote answered the request (a C-CANCEL
+        before that would name no request). None: the retrieve is over."""
         with self._lock:
-            self._assoc = assoc
-        if assoc is not None and self.cancelled:
-            assoc.abort()
+            self._assoc, self._model = assoc, model
+            if assoc is not None and model is not None and self.cancelled:
+                self._send_cancel(assoc, model)
 
 
 @dataclass(frozen=True)
@@ -634,16 +645,13 @@ def _retrieve(
     control.attach(assoc)
     model = DPP_GET if method == "C-GET" else DPP_MOVE
     service = "get" if method == "C-GET" else "move"
-    cancel_sent = False
     abort = True
     try:
         for response, identifier in _responses(responses):
             code = _code(response, modality, method, progress)
             progress.update(response)
             if code == status.PENDING:
-                if control.cancelled and not cancel_sent:
-                    assoc.send_c_cancel(_MESSAGE_ID, query_model=model)
-                    cancel_sent = True
+                control.attach(assoc, model)  # sends the C-CANCEL if one was asked for
                 continue
             failed = _failed_uids(identifier)
             if code in _FINAL_SERVED:

@@ -275,7 +275,9 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
 
         def run() -> None:
             try:
-                remote.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
+                remote.get(
+                    CALLER, modality_of(archive), list(archive.held), lambda *a: None, control
+                )
             except RemoteError as exc:
                 errors.append(exc)
 
