@@ -8,6 +8,7 @@ and Error Comment. Everything it received is kept for assertions.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -32,6 +33,7 @@ class BareArchive:
         ae_title: str = "BARE_DPP",
         destinations: dict[str, tuple[str, int]] | None = None,
         pending_gate: threading.Event | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.held = {str(ds.SOPInstanceUID): ds for ds in datasets}
@@ -57,11 +59,13 @@ class BareArchive:
             )
             self.ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)  # C-MOVE destinations
         self.server: Any = None
+        self.ssl_context = ssl_context  # DICOM TLS, when given
 
     def __enter__(self) -> BareArchive:
         self.server = self.ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
+            ssl_context=self.ssl_context,
             evt_handlers=[
                 (evt.EVT_C_FIND, self._find),
                 (evt.EVT_C_GET, self._get),

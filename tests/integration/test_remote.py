@@ -16,6 +16,7 @@ import io
 import json
 import re
 import shlex
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from tests.integration.test_rest_reference import (
     XA_UID,
     write_samples,
 )
+from tests.integration.test_tls import make_ca, make_leaf
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import store_protocols
 from tests.waiting import eventually
@@ -187,6 +189,40 @@ def test_asynchronous_retrieve_shows_progress_and_completion(sites, bare: BareAr
     for uid in uids:
         assert pydicom.dcmread(io.BytesIO(a_file(a, uid))) == bare.held[uid]
     assert path.rsplit("/", 1)[1] in {j["ID"] for j in a.get_json("/dpp/jobs")}
+
+
+def test_a_tls_modality_is_queried_over_tls(make_server, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki, "ca")
+    for name in ("site-a", "bare"):
+        make_leaf(pki, name, "ca")
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(pki / "bare.pem", pki / "bare.key")
+    server_side.load_verify_locations(pki / "ca.pem")
+    server_side.verify_mode = ssl.CERT_REQUIRED  # site A must present its certificate
+    held = [make_protocol(70, "CT", charset="")]
+    with BareArchive(held, ae_title="TLS_DPP", ssl_context=server_side) as archive:
+        a = make_server(
+            config={
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(pki / "site-a.pem"),
+                "DicomTlsPrivateKey": str(pki / "site-a.key"),
+                "DicomTlsTrustedCertificates": str(pki / "ca.pem"),
+                "DicomModalities": {"tls-site": archive.modality(UseDicomTls=True)},
+            }
+        )
+        a.start()
+        code, answer = call(a, "/dpp/modalities/tls-site/find", {"ProtocolName": ""})
+        assert code == 200, answer
+        assert answer["Answers"][0]["00181030"]["Value"] == [str(held[0].ProtocolName)]
+        uid = str(held[0].SOPInstanceUID)
+        code, answer = call(a, "/dpp/modalities/tls-site/retrieve", {"SOPInstanceUIDs": [uid]})
+        assert code == 200 and answer["StoredHere"] == 1, answer
+        # Without TLS the same archive does not answer.
+        a.request("PUT", "/modalities/plain-site", json.dumps(archive.modality()).encode())
+        code, answer = call(a, "/dpp/modalities/plain-site/find", {})
+        assert code == 502, answer
 
 
 # -- README's examples ---------------------------------------------------------------------

@@ -289,3 +289,24 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
         gate.set()
     assert not worker.is_alive()
     assert errors and "aborted" in str(errors[0])
+
+
+# -- CONFORMANCE.md, section 2.4 -------------------------------------------------------------
+
+
+def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
+    from orthanc_dpp.listener import TRANSFER_SYNTAXES as LISTENER_SYNTAXES
+    from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE
+    from tests.unit.test_conformance_doc import section, tables
+
+    text = section("### 2.4 AE specification: the DPP SCU")
+    (rows,) = tables(text)
+    assert {row[1] for row in rows} == {DPP_FIND, DPP_GET, DPP_MOVE, *DPP_STORAGE_CLASSES}
+    roles = {row[1]: row[2] for row in rows}
+    assert all(roles[uid] == "SCU" for uid in (DPP_FIND, DPP_GET, DPP_MOVE))
+    assert all(roles[uid].startswith("SCP") for uid in DPP_STORAGE_CLASSES)
+    # "the four transfer syntaxes of 2.2.3": the listener's, in its order.
+    assert remote.TRANSFER_SYNTAXES == LISTENER_SYNTAXES
+    words = " ".join(text.split())
+    assert f"at most {remote.MAXIMUM_UIDS})" in words and f"(at most {remote.MAXIMUM_LIMIT})" in words
+    assert f"or {remote.FIND_TIME_LIMIT:.0f} s" in words
