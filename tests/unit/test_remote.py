@@ -308,5 +308,6 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     # "the four transfer syntaxes of 2.2.3": the listener's, in its order.
     assert remote.TRANSFER_SYNTAXES == LISTENER_SYNTAXES
     words = " ".join(text.split())
-    assert f"at most {remote.MAXIMUM_UIDS})" in words and f"(at most {remote.MAXIMUM_LIMIT})" in words
+    assert f"at most {remote.MAXIMUM_UIDS})" in words
+    assert f"(at most {remote.MAXIMUM_LIMIT})" in words
     assert f"or {remote.FIND_TIME_LIMIT:.0f} s" in words
