@@ -496,6 +496,7 @@ class Control:
         self._assoc: Association | None = None
         self._model: str | None = None
         self._cancel_sent = False
+        self._aborted = False
 
     @property
     def cancelled(self) -> bool:
@@ -517,6 +518,7 @@ class Control:
         """Stop now: cancel and abort the association (the plugin is stopping)."""
         self._cancelled.set()
         with self._lock:
+            self._aborted = True
             assoc = self._assoc
         if assoc is not None and assoc.is_established:
             assoc.abort()
@@ -526,7 +528,9 @@ class Control:
         before that would name no request). None: the retrieve is over."""
         with self._lock:
             self._assoc, self._model = assoc, model
-            if assoc is not None and model is not None and self.cancelled:
+            if assoc is not None and self._aborted:
+                assoc.abort()  # stopped while the association was being opened
+            elif assoc is not None and model is not None and self.cancelled:
                 self._send_cancel(assoc, model)
 
 
@@ -611,8 +615,8 @@ def get(
     )
     identifier = retrieve_identifier(uids)
     return _retrieve(
-        "C-GET", assoc, assoc.send_c_get(identifier, DPP_GET, _MESSAGE_ID), modality, uids,
-        control, refused,
+        "C-GET", assoc, lambda: assoc.send_c_get(identifier, DPP_GET, _MESSAGE_ID), modality,
+        uids, control, refused,
     )  # fmt: skip
 
 
@@ -627,14 +631,16 @@ def move(
     control = control or Control()
     assoc = open_association(caller, modality, DPP_MOVE)
     identifier = retrieve_identifier(uids)
-    responses = assoc.send_c_move(identifier, destination, DPP_MOVE, _MESSAGE_ID)
-    return _retrieve("C-MOVE", assoc, responses, modality, uids, control, {})
+    return _retrieve(
+        "C-MOVE", assoc, lambda: assoc.send_c_move(identifier, destination, DPP_MOVE, _MESSAGE_ID),
+        modality, uids, control, {},
+    )  # fmt: skip
 
 
 def _retrieve(
     method: str,
     assoc: Association,
-    responses: Iterator[tuple[Dataset, Dataset | None]],
+    send: Callable[[], Iterator[tuple[Dataset, Dataset | None]]],
     modality: Modality,
     uids: Sequence[str],
     control: Control,
@@ -642,12 +648,14 @@ def _retrieve(
 ) -> RetrieveResult:
     progress = control.progress
     progress.requested = len(uids)
-    control.attach(assoc)
     model = DPP_GET if method == "C-GET" else DPP_MOVE
     service = "get" if method == "C-GET" else "move"
     abort = True
     try:
-        for response, identifier in _responses(responses):
+        control.attach(assoc)
+        if not assoc.is_established:
+            raise RemoteError(f"{modality.describe()}: {method} stopped before it was sent")
+        for response, identifier in _responses(send()):
             code = _code(response, modality, method, progress)
             progress.update(response)
             if code == status.PENDING:

@@ -311,3 +311,11 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     assert f"at most {remote.MAXIMUM_UIDS})" in words
     assert f"(at most {remote.MAXIMUM_LIMIT})" in words
     assert f"or {remote.FIND_TIME_LIMIT:.0f} s" in words
+
+
+def test_a_retrieve_stopped_before_its_request_is_not_sent(archive: BareArchive) -> None:
+    control = Control()
+    control.abort()  # the plugin stops while the job is still connecting
+    with pytest.raises(RemoteError, match="C-GET stopped before it was sent"):
+        remote.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
+    assert archive.identifiers == []
