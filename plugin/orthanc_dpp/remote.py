@@ -398,8 +398,8 @@ def find(
     """C-FIND on the DPP information model of ``modality``; DICOM JSON answers.
 
     SOP Instance UID is always a return key. Raises :class:`RemoteError`
-    (with the answers so far in ``partial``) when
-    the remote cannot be reached, answers a failure status, or goes silent.
+    (with the answers so far in ``partial``) when the remote cannot be
+    reached, answers a failure status, or goes silent.
     """
     if "SOPInstanceUID" not in identifier:
         identifier = copy.copy(identifier)
@@ -410,7 +410,8 @@ def find(
     abort = True
     deadline = time.monotonic() + time_limit
     try:
-        for response, found in _responses(assoc.send_c_find(identifier, DPP_FIND, _MESSAGE_ID)):
+        responses = assoc.send_c_find(identifier, DPP_FIND, _MESSAGE_ID)
+        for response, found in _responses(responses, limit, modality):
             code = _code(response, modality, "C-FIND", answers)
             if code in _PENDING:
                 if cancelled:
@@ -431,12 +432,12 @@ def find(
 
 
 def _responses(
-    responses: Iterator[tuple[Dataset, Dataset | None]],
+    responses: Iterator[tuple[Dataset, Dataset | None]], expected: int, modality: Modality
 ) -> Iterator[tuple[Dataset, Dataset | None]]:
-    """The responses, at most :data:`AFTER_CANCEL` beyond what anyone keeps."""
+    """The responses, at most :data:`AFTER_CANCEL` more than ``expected``; then RemoteError."""
     for count, response in enumerate(responses):
-        if count > MAXIMUM_LIMIT + AFTER_CANCEL:
-            raise RemoteError("the remote goes on answering after C-CANCEL")
+        if count > expected + AFTER_CANCEL:
+            raise RemoteError(f"{modality.describe()}: goes on answering (C-CANCEL ignored?)")
         yield response
 
 
@@ -655,7 +656,7 @@ def _retrieve(
         control.attach(assoc)
         if not assoc.is_established:
             raise RemoteError(f"{modality.describe()}: {method} stopped before it was sent")
-        for response, identifier in _responses(send()):
+        for response, identifier in _responses(send(), len(uids), modality):
             code = _code(response, modality, method, progress)
             progress.update(response)
             if code == status.PENDING:

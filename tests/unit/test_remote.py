@@ -319,3 +319,18 @@ def test_a_retrieve_stopped_before_its_request_is_not_sent(archive: BareArchive)
     with pytest.raises(RemoteError, match="C-GET stopped before it was sent"):
         remote.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
     assert archive.identifiers == []
+
+
+def test_a_remote_that_never_stops_answering_is_cut_off() -> None:
+    def endless() -> Iterator[tuple[Dataset, Dataset | None]]:
+        while True:
+            pending = Dataset()
+            pending.Status = 0xFF00
+            yield pending, None
+
+    modality = Modality("chatty", "CHATTY", "127.0.0.1", 104)
+    received = 0
+    with pytest.raises(RemoteError, match="goes on answering"):
+        for _ in remote._responses(endless(), 10, modality):
+            received += 1
+    assert received == 10 + remote.AFTER_CANCEL + 1
