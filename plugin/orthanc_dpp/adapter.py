@@ -38,6 +38,7 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.jobs import Jobs
 from orthanc_dpp.library import (
     IndexedSource,
     OrthancError,
@@ -50,6 +51,8 @@ from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
+from orthanc_dpp.remote import Caller
+from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.rest import (
     DppRestApi,
     Request,
@@ -344,6 +347,7 @@ class Plugin:
         # Orthanc's MetricsEnabled (default true): when false, nothing is counted or published.
         self.metrics = Metrics(enabled=configuration.get("MetricsEnabled", True) is not False)
         self.publisher: MetricsPublisher | None = None
+        self.jobs = Jobs()  # background retrieves from other archives
         try:
             self.settings = parse_settings(configuration, configuration_folder(orthanc))
         except ConfigError as exc:
@@ -389,6 +393,7 @@ class Plugin:
             maximum_depth=settings.maximum_nesting_depth,
             maximum_values=settings.maximum_values_per_key,
         )
+        client_tls = tls_client_context(settings)
         handlers: dict[Any, Callable[..., Any]] = {
             evt.EVT_C_ECHO: make_echo_handler(gate, self.metrics),
             evt.EVT_C_STORE: make_store_handler(
@@ -410,7 +415,7 @@ class Plugin:
                 report_missing=settings.report_missing_instances,
                 pending_interval=settings.pending_response_interval,
                 limits=limits,
-                tls_context=tls_client_context(settings),
+                tls_context=client_tls,
                 metrics=self.metrics,
             ),
         }
@@ -430,6 +435,23 @@ class Plugin:
         )
         if self.metrics.enabled:
             self.publisher = MetricsPublisher(orthanc, self.metrics, lambda: len(self.index))
+        # This plugin as the SCU of other DPP archives (Orthanc's modalities).
+        self.remote = RemoteArchives(
+            Caller(
+                settings.ae_title,
+                acse_timeout=settings.acse_timeout,
+                dimse_timeout=settings.dimse_timeout,
+                network_timeout=settings.network_timeout,
+                maximum_pdu_size=settings.maximum_pdu_size,
+                tls_context=client_tls,
+                limits=limits,
+            ),
+            self.modalities,
+            self.store_retrieved,
+            lambda uid: self.index.get(uid) is not None,
+            self.jobs,
+            refresh=lambda: self.refresh_modalities(force=True),
+        )
 
     # -- events --------------------------------------------------------------
 
@@ -444,6 +466,10 @@ class Plugin:
         self.fresh.indexed(stored.orthanc_id)
         if other is not None:  # stored through another node meanwhile
             report_duplicate(stored.sop_instance_uid, other, stored.orthanc_id, self.index)
+
+    def store_retrieved(self, ds: pydicom.Dataset, sop_class: str) -> None:
+        """A protocol received by C-GET from another archive: stored as a C-STORE would be."""
+        self.on_stored(self.library.store(ds, context_sop_class=sop_class))
 
     def on_deleted(self, orthanc_id: str) -> None:
         self.index.remove(orthanc_id)
@@ -497,6 +523,7 @@ class Plugin:
 
     def stop(self) -> None:
         """Stop every thread of ours before Orthanc finalizes the Python plugin."""
+        self.jobs.stop()
         if self.listener is not None:
             self.listener.stop()
         if self.feed is not None:
@@ -588,8 +615,8 @@ def _answer(running: RunningPlugin, output: Any, response: Response) -> None:
         running.send_http_status(output, response.status, response.body)
 
 
-def _route(plugin: Plugin, handler_name: str) -> Any:
-    """An Orthanc REST callback that calls ``plugin.rest.<handler_name>``."""
+def _route(plugin: Plugin, handler_name: str, target: str = "rest") -> Any:
+    """An Orthanc REST callback that calls ``plugin.<target>.<handler_name>``."""
 
     def callback(output: Any, uri: str, **request: Any) -> None:
         try:
@@ -619,7 +646,7 @@ def _route(plugin: Plugin, handler_name: str) -> Any:
                     else activity_answer(req, plugin.activity)
                 )
             else:
-                response = getattr(plugin.rest, handler_name)(req, *groups)
+                response = getattr(getattr(plugin, target), handler_name)(req, *groups)
         except Exception:
             # The details are for the administrator, not for the caller.
             log.error("REST %s failed: %s", uri, traceback.format_exc())
@@ -637,6 +664,15 @@ ROUTES = {
     "/dpp/protocols/([^/]+)/tree": "protocol_tree",
     "/dpp/activity": "recent_activity",
     "/dpp/ui/([^/]*)": "library_page",
+}
+
+#: Routes to other DPP archives and the background jobs (``remote_rest.RemoteArchives``).
+REMOTE_ROUTES = {
+    "/dpp/modalities/([^/]+)/find": "find",
+    "/dpp/modalities/([^/]+)/retrieve": "retrieve",
+    "/dpp/jobs": "jobs_list",
+    "/dpp/jobs/([^/]+)": "job",
+    "/dpp/jobs/([^/]+)/cancel": "job_cancel",
 }
 
 
@@ -715,6 +751,8 @@ def install(orthanc: ModuleType) -> Plugin:
         _install_received_hook(plugin)
     for uri, name in ROUTES.items():
         _register(orthanc.RegisterRestCallback, _route(plugin, name), uri)
+    for uri, name in REMOTE_ROUTES.items():
+        _register(orthanc.RegisterRestCallback, _route(plugin, name, "remote"), uri)
     _extend_orthanc_explorer(orthanc)
     if plugin.settings is not None:
         log.warning(

@@ -1,0 +1,305 @@
+"""One Orthanc with the plugin finds and pulls protocols from another DPP archive.
+
+Site A and site B are two real Orthancs with the plugin, each declaring the
+other in ``DicomModalities``. Through A's REST API: a C-FIND on B (answers
+checked against B's protocols), retrieves by C-GET and by C-MOVE into A,
+after which A lists the protocols and serves byte for byte what B serves.
+A bare pynetdicom archive plays a failing remote (C-FIND answered 0xC000
+with an Error Comment) and a slow one (an asynchronous retrieve whose
+progress is seen before it completes). README's *Querying other DPP
+archives* examples run here with curl.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom import Dataset
+
+from dpp_tools.samples import make_protocol
+from tests.bare_archive import BareArchive
+from tests.integration.test_rest_reference import (
+    CT_UID,
+    MAKE_RUN_URL,
+    README,
+    XA_UID,
+    write_samples,
+)
+from tests.integration.test_tls import make_ca, make_leaf
+from tests.orthanc_server import HttpError, OrthancServer
+from tests.peers import store_protocols
+from tests.waiting import eventually
+
+SITE_A, SITE_B = "ORTHANC_DPP", "SITE_B_DPP"
+
+
+def site_pair(
+    folder: Path, *extra_modalities: tuple[str, dict[str, Any]]
+) -> tuple[OrthancServer, OrthancServer]:
+    """A and B, each declared in the other's modality list (not started)."""
+    a = OrthancServer(folder / "site-a", aet=SITE_A)
+    b = OrthancServer(folder / "site-b", aet=SITE_B)
+    a.config["DicomModalities"]["site-b"] = {"AET": SITE_B, "Host": "127.0.0.1", "Port": b.dpp_port}
+    b.config["DicomModalities"]["site-a"] = {"AET": SITE_A, "Host": "127.0.0.1", "Port": a.dpp_port}
+    for name, entry in extra_modalities:
+        a.config["DicomModalities"][name] = entry
+    return a, b
+
+
+def call(server: OrthancServer, path: str, body: Any) -> tuple[int, Any]:
+    """POST JSON, answer (status, JSON) whatever the status."""
+    try:
+        _, _, answer = server.request("POST", path, json.dumps(body).encode())
+        return 200, json.loads(answer)
+    except HttpError as exc:
+        return exc.status, exc.json()
+
+
+@pytest.fixture(scope="module")
+def held() -> list[Dataset]:
+    """B's protocols: CT and XA, default repertoire and Latin-1."""
+    return [make_protocol(seed, "CT" if seed % 2 else "XA") for seed in range(40, 48)]
+
+
+@pytest.fixture(scope="module")
+def bare() -> Iterator[BareArchive]:
+    archive = BareArchive(
+        [make_protocol(seed, "CT", charset="") for seed in range(60, 63)],
+        ae_title="BARE_DPP",
+        pending_gate=threading.Event(),
+    )
+    with archive:
+        yield archive
+
+
+@pytest.fixture(scope="module")
+def sites(
+    tmp_path_factory: pytest.TempPathFactory, held: list[Dataset], bare: BareArchive
+) -> Iterator[tuple[OrthancServer, OrthancServer]]:
+    a, b = site_pair(tmp_path_factory.mktemp("remote"), ("bare", bare.modality()))
+    with b, a:
+        store_protocols(b, held)
+        yield a, b
+
+
+def a_file(a: OrthancServer, uid: str) -> bytes:
+    return a.get(f"/dpp/protocols/{uid}/file")
+
+
+def test_a_finds_bs_protocols(sites, held: list[Dataset]) -> None:
+    a, _ = sites
+    code, answer = call(a, "/dpp/modalities/site-b/find", {"ProtocolName": "", "Limit": 100})
+    assert code == 200, answer
+    assert answer["Complete"] is True and answer["Count"] == len(held)
+    found = {
+        item["00080018"]["Value"][0]: item["00181030"]["Value"][0] for item in answer["Answers"]
+    }
+    assert found == {str(ds.SOPInstanceUID): str(ds.ProtocolName) for ds in held}
+    xa = [ds for ds in held if "XA" in str(ds.ProtocolName)]
+    code, answer = call(a, "/dpp/modalities/site-b/find", {"ProtocolName": "XA*"})
+    assert code == 200
+    assert sorted(i["00080018"]["Value"][0] for i in answer["Answers"]) == sorted(
+        str(ds.SOPInstanceUID) for ds in xa
+    )
+
+
+@pytest.mark.parametrize("method", ["C-GET", "C-MOVE"])
+def test_a_pulls_protocols_from_b_with_nothing_lost(sites, held, method: str) -> None:
+    a, b = sites
+    chosen = held[:4] if method == "C-GET" else held[4:]
+    uids = [str(ds.SOPInstanceUID) for ds in chosen]
+    code, answer = call(
+        a, "/dpp/modalities/site-b/retrieve", {"SOPInstanceUIDs": uids, "Method": method}
+    )
+    assert code == 200, answer
+    assert (answer["Method"], answer["DimseStatusName"]) == (method, "Success")
+    assert (answer["Completed"], answer["Failed"]) == (len(uids), 0)
+    assert (answer["StoredHere"], answer["MissingHere"]) == (len(uids), [])
+    listed = {p["SOPInstanceUID"] for p in a.get_json("/dpp/protocols?limit=1000")["Protocols"]}
+    assert set(uids) <= listed
+    for ds in chosen:
+        uid = str(ds.SOPInstanceUID)
+        assert a_file(a, uid) == b.get(f"/dpp/protocols/{uid}/file")  # the same bytes
+        assert pydicom.dcmread(io.BytesIO(a_file(a, uid))) == ds  # normalization undone
+
+
+def test_a_failing_remote_is_502_naming_the_status(sites, bare: BareArchive) -> None:
+    a, _ = sites
+    bare.find_failure = (0xC000, "Protocol index offline")
+    try:
+        code, answer = call(a, "/dpp/modalities/bare/find", {"ProtocolName": "*"})
+    finally:
+        bare.find_failure = None
+    assert code == 502
+    assert answer["DimseStatus"] == "0xC000"
+    assert answer["DimseStatusName"] == "Failure: Unable to Process"
+    assert answer["ErrorComment"] == "Protocol index offline"
+    assert "BARE_DPP@127.0.0.1" in answer["Error"]
+    assert "DPP C-FIND on bare (BARE_DPP@127.0.0.1" in a.log()
+
+
+def test_an_unreachable_remote_is_502(sites) -> None:
+    a, _ = sites
+    a.request(
+        "PUT",
+        "/modalities/down",
+        json.dumps({"AET": "DOWN", "Host": "127.0.0.1", "Port": 1}).encode(),
+    )
+    code, answer = call(a, "/dpp/modalities/down/find", {})  # added a moment ago: found
+    assert code == 502
+    assert "cannot connect" in answer["Error"]
+
+
+def test_asynchronous_retrieve_shows_progress_and_completion(sites, bare: BareArchive) -> None:
+    a, _ = sites
+    gate = bare.pending_gate
+    assert gate is not None
+    uids = list(bare.held)
+    code, answer = call(
+        a, "/dpp/modalities/bare/retrieve", {"SOPInstanceUIDs": uids, "Asynchronous": True}
+    )
+    assert code == 200, answer
+    path = answer["Path"]
+
+    def job() -> dict[str, Any]:
+        return a.get_json(path)
+
+    try:
+        # The archive holds back the second protocol until the gate opens.
+        assert eventually(lambda: job()["Completed"] == 1, 20), job()
+        running = job()
+        assert (running["State"], running["Progress"], running["Requested"]) == ("Running", 33, 3)
+    finally:
+        gate.set()
+    assert eventually(lambda: job()["State"] == "Success", 20), job()
+    done = job()
+    assert done["Progress"] == 100 and done["Completed"] == 3
+    assert done["Result"]["StoredHere"] == 3
+    for uid in uids:
+        assert pydicom.dcmread(io.BytesIO(a_file(a, uid))) == bare.held[uid]
+    assert path.rsplit("/", 1)[1] in {j["ID"] for j in a.get_json("/dpp/jobs")}
+
+
+def test_a_tls_modality_is_queried_over_tls(make_server, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki, "ca")
+    for name in ("site-a", "bare"):
+        make_leaf(pki, name, "ca")
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(pki / "bare.pem", pki / "bare.key")
+    server_side.load_verify_locations(pki / "ca.pem")
+    server_side.verify_mode = ssl.CERT_REQUIRED  # site A must present its certificate
+    held = [make_protocol(70, "CT", charset="")]
+    with BareArchive(held, ae_title="TLS_DPP", ssl_context=server_side) as archive:
+        a = make_server(
+            config={
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(pki / "site-a.pem"),
+                "DicomTlsPrivateKey": str(pki / "site-a.key"),
+                "DicomTlsTrustedCertificates": str(pki / "ca.pem"),
+                "DicomModalities": {"tls-site": archive.modality(UseDicomTls=True)},
+            }
+        )
+        a.start()
+        code, answer = call(a, "/dpp/modalities/tls-site/find", {"ProtocolName": ""})
+        assert code == 200, answer
+        assert answer["Answers"][0]["00181030"]["Value"] == [str(held[0].ProtocolName)]
+        uid = str(held[0].SOPInstanceUID)
+        code, answer = call(a, "/dpp/modalities/tls-site/retrieve", {"SOPInstanceUIDs": [uid]})
+        assert code == 200 and answer["StoredHere"] == 1, answer
+        # Without TLS the same archive does not answer.
+        a.request("PUT", "/modalities/plain-site", json.dumps(archive.modality()).encode())
+        code, answer = call(a, "/dpp/modalities/plain-site/find", {})
+        assert code == 502, answer
+
+
+# -- README's examples ---------------------------------------------------------------------
+
+#: Fields whose values change from run to run.
+VARIES = {"ID", "Path", "CreationTime", "CompletionTime"}
+
+
+def readme_examples() -> list[tuple[str, int, Any]]:
+    start = README.index("## Querying other DPP archives\n")
+    text = README[start : README.index("\n## ", start + 1)]
+    fences = list(re.finditer(r"```(\w*)\n(.*?)```", text, re.S))
+    found = []
+    for number, fence in enumerate(fences):
+        if fence.group(1) != "sh":
+            continue
+        following = fences[number + 1] if number + 1 < len(fences) else None
+        prose = text[fence.end() : following.start() if following else len(text)]
+        status = re.search(r"Answer: HTTP (\d{3})", prose)
+        assert status, fence.group(2)
+        shown = None
+        if following is not None and following.group(1) == "json":
+            shown = json.loads(following.group(2))
+        found.append((fence.group(2).strip(), int(status.group(1)), shown))
+    return found
+
+
+def differences(shown: Any, actual: Any, where: str = "answer") -> list[str]:
+    if isinstance(shown, dict):
+        if not isinstance(actual, dict):
+            return [f"{where}: expected an object, got {actual!r}"]
+        found = []
+        for key, value in shown.items():
+            if key not in actual:
+                found.append(f"{where}.{key}: missing")
+            elif key not in VARIES:
+                found += differences(value, actual[key], f"{where}.{key}")
+        return found
+    if isinstance(shown, list):
+        if not isinstance(actual, list) or len(actual) != len(shown):
+            return [f"{where}: expected {len(shown)} items, got {actual!r}"]
+        return [
+            problem
+            for number, (item, real) in enumerate(zip(shown, actual, strict=True))
+            for problem in differences(item, real, f"{where}[{number}]")
+        ]
+    return [] if shown == actual else [f"{where}: README shows {shown!r}, got {actual!r}"]
+
+
+def test_readme_examples_answer_as_shown(tmp_path: Path) -> None:
+    write_samples(tmp_path)
+    a, b = site_pair(tmp_path / "sites")
+    problems: list[str] = []
+    with b, a:
+        for name in ("ct-protocol.dcm", "xa-protocol.dcm"):
+            store_protocols(b, [pydicom.dcmread(tmp_path / name)])
+        for command, status, shown in readme_examples():
+            if command.endswith("/dpp/jobs"):  # the jobs as they end
+                assert eventually(
+                    lambda: all(
+                        j["State"] not in ("Pending", "Running") for j in a.get_json("/dpp/jobs")
+                    ),
+                    20,
+                )
+            args = [arg.replace(MAKE_RUN_URL, a.url) for arg in shlex.split(command)]
+            result = subprocess.run(
+                [*args, "--max-time", "60", "-w", "\n%{http_code}"],
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+            body, _, code = result.stdout.rpartition("\n")
+            if int(code) != status:
+                problems.append(f"{command}\n    HTTP {code}, README shows {status}: {body[:300]}")
+            elif shown is not None:
+                problems += [f"{command}\n    {p}" for p in differences(shown, json.loads(body))]
+        for uid in (CT_UID, XA_UID):  # both came over, as sent
+            sent = b.get(f"/dpp/protocols/{uid}/file")
+            assert a.get(f"/dpp/protocols/{uid}/file") == sent
+    assert not problems, "\n".join(problems)

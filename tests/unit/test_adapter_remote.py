@@ -1,0 +1,85 @@
+"""The routes to other DPP archives through the adapter, on fakes of each recorded plugin.
+
+A protocol retrieved by C-GET must take the plugin's own store path
+(normalization, the index) and come back from ``/dpp/protocols/{uid}/file``
+exactly as the remote archive sent it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pydicom
+import pytest
+
+from dpp_tools.samples import make_protocol, to_bytes
+from orthanc_dpp import adapter
+from orthanc_dpp.modalities import parse_modalities
+from tests.bare_archive import BareArchive
+from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule
+from tests.unit.test_adapter import configuration
+from tests.waiting import eventually
+
+
+@pytest.fixture(autouse=True)
+def restore_loggers():
+    """install() sends our loggers to Orthanc only; give them back to pytest after."""
+    import logging
+
+    saved = {}
+    for name in ("orthanc_dpp", "pynetdicom"):
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.level = propagate, level
+
+
+@pytest.fixture(params=VERSIONS)
+def running(request):
+    orthanc = FakeOrthancModule(configuration(), version=request.param)
+    plugin = adapter.install(orthanc)
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
+    assert eventually(lambda: plugin.listener.status.state == "running")
+    yield orthanc, plugin
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
+
+
+def test_find_and_c_get_from_another_archive_store_like_a_c_store(running) -> None:
+    orthanc, plugin = running
+    held = [make_protocol(seed, "CT", charset="") for seed in (21, 22)]
+    with BareArchive(held) as archive:
+        plugin.modalities.replace(parse_modalities({"site-b": archive.modality()}))
+        found = orthanc.call_route(
+            "/dpp/modalities/site-b/find", "POST", body=json.dumps({"ProtocolName": ""}).encode()
+        )
+        assert found.status == 200, found.body
+        uids = [answer["00080018"]["Value"][0] for answer in found.json()["Answers"]]
+        assert sorted(uids) == sorted(str(ds.SOPInstanceUID) for ds in held)
+        assert archive.callers == ["DPP_UNIT"]  # the plugin's own AE title
+        body = json.dumps({"SOPInstanceUIDs": uids}).encode()
+        got = orthanc.call_route("/dpp/modalities/site-b/retrieve", "POST", body=body)
+    assert got.status == 200, got.body
+    assert got.json()["StoredHere"] == 2
+    for ds in held:
+        entry = plugin.index.get(ds.SOPInstanceUID)
+        assert entry is not None
+        kept = pydicom.dcmread(io.BytesIO(orthanc.api.files[entry.orthanc_id]))
+        assert kept.PatientID == "DPP-PROTOCOL-LIBRARY"  # normalized as a C-STORE would be
+        back = orthanc.call_route(f"/dpp/protocols/{ds.SOPInstanceUID}/file")
+        assert back.status == 200
+        assert pydicom.dcmread(io.BytesIO(back.body)) == pydicom.dcmread(io.BytesIO(to_bytes(ds)))
+
+
+def test_errors_of_the_remote_routes_are_json(running) -> None:
+    orthanc, _ = running
+    unknown = orthanc.call_route("/dpp/modalities/nowhere/find", "POST", body=b"{}")
+    assert unknown.status == 404
+    assert unknown.headers["Content-Type"] == "application/json"
+    assert unknown.json()["Error"] == "no modality 'nowhere' in Orthanc's modality list"
+    assert orthanc.call_route("/dpp/jobs/x").status == 404
+    assert orthanc.call_route("/dpp/jobs").json() == []
+    assert orthanc.call_route("/dpp/modalities/x/retrieve", "GET").allowed == "POST"

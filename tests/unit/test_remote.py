@@ -1,0 +1,336 @@
+"""The DPP SCU (orthanc_dpp.remote) against a bare pynetdicom DPP archive on loopback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from pydicom import Dataset
+from pynetdicom import AE, evt
+
+from dpp_tools.samples import make_protocol
+from orthanc_dpp import remote, status
+from orthanc_dpp.library import StoreError
+from orthanc_dpp.modalities import Modality
+from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, build_identifier
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES
+from tests.bare_archive import BareArchive
+from tests.orthanc_server import free_port
+from tests.waiting import eventually
+
+CALLER = Caller("DPP_SCU_UNIT", acse_timeout=5, dimse_timeout=5, network_timeout=5)
+
+
+def protocols(count: int) -> list[Dataset]:
+    return [make_protocol(seed, "CT" if seed % 2 else "XA", charset="") for seed in range(count)]
+
+
+def modality_of(archive: BareArchive, **options: object) -> Modality:
+    return Modality("bare", archive.ae_title, "127.0.0.1", archive.port, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def archive() -> Iterator[BareArchive]:
+    with BareArchive(protocols(4)) as bare:
+        yield bare
+
+
+# -- identifiers from JSON ---------------------------------------------------------------
+
+
+def test_keywords_tags_and_dicom_json_give_the_same_identifier() -> None:
+    by_keyword = build_identifier({"ProtocolName": "*Head*", "SOPInstanceUID": ""})
+    by_tag = build_identifier({"00181030": "*Head*", "0008,0018": ""})
+    by_json = build_identifier(
+        {"00181030": {"vr": "LO", "Value": ["*Head*"]}, "00080018": {"vr": "UI"}}
+    )
+    for ds in (by_keyword, by_tag, by_json):
+        assert ds.ProtocolName == "*Head*"
+        assert ds["SOPInstanceUID"].is_empty
+    assert by_keyword == by_tag == by_json
+
+
+def test_values_take_the_vr_of_the_dictionary() -> None:
+    ds = build_identifier(
+        {
+            "ModalitiesInStudy": ["CT", "MR"],
+            "NumberOfFrames": 3,
+            "RecommendedDisplayFrameRate": 25,
+            "PotentialScheduledProtocolCodeSequence": {"CodeValue": "X1", "CodeMeaning": ""},
+            "AnatomicRegionSequence": [],
+        }
+    )
+    assert list(ds.ModalitiesInStudy) == ["CT", "MR"]
+    assert ds.NumberOfFrames == 3
+    assert ds.RecommendedDisplayFrameRate == 25
+    (item,) = ds.PotentialScheduledProtocolCodeSequence
+    assert item.CodeValue == "X1" and item["CodeMeaning"].is_empty
+    assert ds["AnatomicRegionSequence"].VR == "SQ"
+    assert len(ds.AnatomicRegionSequence) == 0
+
+
+def test_non_ascii_values_get_utf8_unless_a_character_set_is_given() -> None:
+    assert build_identifier({"ProtocolName": "Schädel*"}).SpecificCharacterSet == "ISO_IR 192"
+    assert "SpecificCharacterSet" not in build_identifier({"ProtocolName": "Head*"})
+    given = build_identifier({"SpecificCharacterSet": "ISO_IR 100", "ProtocolName": "Schädel*"})
+    assert given.SpecificCharacterSet == "ISO_IR 100"
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "reason"),
+    [
+        ({"ProtocolNam": "x"}, "ProtocolNam", "not a DICOM keyword or tag"),
+        ({"NumberOfFrames": "three"}, "NumberOfFrames", "not a whole number"),
+        ({"Rows": "512"}, "Rows", "VR US takes whole numbers"),
+        ({"ProtocolName": {"a": 1}}, "ProtocolName", "not an object"),
+        ({"ProtocolName": True}, "ProtocolName", "true or false"),
+        ({"SOPInstanceUID": "1.2.abc"}, "SOPInstanceUID", "not a UID"),
+        ({"00091010": "x"}, "00091010", "DICOM JSON"),
+        ({"00181030": {"vr": "LO", "Value": "not a list"}}, "00181030", "DICOM JSON"),
+        (
+            {"PotentialScheduledProtocolCodeSequence": "x"},
+            "PotentialScheduledProtocolCodeSequence",
+            "list of objects",
+        ),
+        (
+            {"PotentialScheduledProtocolCodeSequence": [{"CodeValu": "x"}]},
+            "PotentialScheduledProtocolCodeSequence.CodeValu",
+            "not a DICOM keyword",
+        ),
+    ],
+)
+def test_bad_keys_are_named(keys: dict, key: str, reason: str) -> None:
+    with pytest.raises(BadKey) as caught:
+        build_identifier(keys)
+    assert caught.value.key == key
+    assert reason in caught.value.reason
+
+
+def test_status_names() -> None:
+    assert remote.status_name(0xC000, "find") == "Failure: Unable to Process"
+    assert remote.status_name(0xA801, "move") == "Failure: Move destination unknown"
+    assert remote.status_name(0x0124, "") == "Failure: Refused: Not Authorised"
+    assert remote.status_name(0xC123, "get") == "Failure: Unable to Process"  # Cxxx
+
+
+# -- C-FIND --------------------------------------------------------------------------------
+
+
+def test_find_answers_dicom_json_from_the_remote(archive: BareArchive) -> None:
+    identifier = build_identifier({"ProtocolName": "", "SOPInstanceUID": ""})
+    result = remote.find(CALLER, modality_of(archive), identifier)
+    assert result.complete
+    held = {uid: str(ds.ProtocolName) for uid, ds in archive.held.items()}
+    got = {a["00080018"]["Value"][0]: a["00181030"]["Value"][0] for a in result.answers}
+    assert got == held
+    assert archive.callers == ["DPP_SCU_UNIT"]
+    assert archive.identifiers[0] == identifier
+
+
+def test_find_uses_the_modalitys_local_aet(archive: BareArchive) -> None:
+    remote.find(CALLER, modality_of(archive, local_aet="SITE_A"), build_identifier({}))
+    assert archive.callers == ["SITE_A"]
+
+
+def test_find_stops_at_the_limit_with_a_cancel(archive: BareArchive) -> None:
+    archive.await_cancel_after = 2
+    result = remote.find(CALLER, modality_of(archive), build_identifier({}), limit=2)
+    assert len(result.answers) == 2
+    assert result.complete is False
+    # Without the C-CANCEL the archive would make all 4 answers after a 10 s wait.
+    assert archive.find_answers == 2
+
+
+def test_a_refusing_remote_is_reported_with_its_status_and_comment(archive: BareArchive) -> None:
+    archive.find_failure = (0xC000, "Protocol index offline")
+    with pytest.raises(RemoteError) as caught:
+        remote.find(CALLER, modality_of(archive), build_identifier({}))
+    error = caught.value
+    assert error.code == 0xC000
+    assert error.comment == "Protocol index offline"
+    assert "0xC000 (Failure: Unable to Process): Protocol index offline" in error.reason
+    assert error.as_json()["DimseStatusName"] == "Failure: Unable to Process"
+
+
+def test_an_unreachable_remote_is_reported() -> None:
+    nowhere = Modality("gone", "GONE", "127.0.0.1", free_port())
+    with pytest.raises(RemoteError, match="cannot connect"):
+        remote.find(CALLER, nowhere, build_identifier({}))
+
+
+def test_a_rejecting_remote_is_reported(archive: BareArchive) -> None:
+    archive.ae.require_calling_aet = ["SOMEONE_ELSE"]
+    with pytest.raises(RemoteError, match="association rejected"):
+        remote.find(CALLER, modality_of(archive), build_identifier({}))
+
+
+def test_tls_modality_without_tls_setup_is_refused_before_connecting(
+    archive: BareArchive,
+) -> None:
+    with pytest.raises(RemoteError, match="UseDicomTls is set"):
+        remote.find(CALLER, modality_of(archive, use_dicom_tls=True), build_identifier({}))
+    assert archive.identifiers == []
+
+
+# -- C-GET ---------------------------------------------------------------------------------
+
+
+def test_get_hands_every_protocol_to_the_store(archive: BareArchive) -> None:
+    stored: dict[str, Dataset] = {}
+
+    def store(ds: Dataset, sop_class: str) -> None:
+        assert sop_class == ds.SOPClassUID and sop_class in DPP_STORAGE_CLASSES
+        stored[str(ds.SOPInstanceUID)] = ds
+
+    uids = list(archive.held)[:3]
+    result = remote.get(CALLER, modality_of(archive), uids, store)
+    assert result.code == status.SUCCESS
+    assert (result.progress.completed, result.progress.failed) == (3, 0)
+    assert sorted(stored) == sorted(uids)
+    for uid in uids:
+        assert stored[uid] == archive.held[uid]  # every element as the remote sent it
+
+
+def test_a_protocol_not_stored_here_is_a_failed_sub_operation(archive: BareArchive) -> None:
+    uids = list(archive.held)
+    refused_uid = uids[1]
+
+    def store(ds: Dataset, sop_class: str) -> None:
+        if ds.SOPInstanceUID == refused_uid:
+            raise StoreError(status.DUPLICATE_SOP_INSTANCE, 409, "stored with other content")
+
+    result = remote.get(CALLER, modality_of(archive), uids, store)
+    assert result.code == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    assert (result.progress.completed, result.progress.failed) == (len(uids) - 1, 1)
+    assert result.failed_uids == [refused_uid]
+    assert result.refused == {refused_uid: "stored with other content"}
+    assert result.as_json()["DimseStatusName"].startswith("Warning")
+
+
+def test_get_can_be_cancelled_between_sub_operations() -> None:
+    gate = threading.Event()
+    with BareArchive(protocols(4), pending_gate=gate) as archive:
+        control = Control()
+        results: list[remote.RetrieveResult] = []
+
+        def store(ds: Dataset, sop_class: str) -> None:
+            control.cancel()  # after the first protocol
+            gate.set()
+
+        worker = threading.Thread(
+            target=lambda: results.append(
+                remote.get(CALLER, modality_of(archive), list(archive.held), store, control)
+            )
+        )
+        worker.start()
+        worker.join(30)
+    assert results and results[0].code == status.CANCEL
+    assert results[0].progress.completed < 4
+
+
+# -- C-MOVE --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def destination() -> Iterator[tuple[int, list[Dataset]]]:
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="DEST")
+    for sop_class in sorted(DPP_STORAGE_CLASSES):
+        ae.add_supported_context(sop_class, remote.TRANSFER_SYNTAXES)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    yield port, received
+    server.shutdown()
+
+
+def test_move_sends_the_protocols_to_the_destination(destination) -> None:
+    port, received = destination
+    with BareArchive(protocols(3), destinations={"DEST": ("127.0.0.1", port)}) as archive:
+        uids = list(archive.held)
+        result = remote.move(CALLER, modality_of(archive), uids, "DEST")
+    assert result.code == status.SUCCESS and result.progress.completed == 3
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(uids)
+
+
+def test_unknown_move_destination_is_reported_by_name(archive: BareArchive) -> None:
+    with pytest.raises(RemoteError) as caught:
+        remote.move(CALLER, modality_of(archive), list(archive.held), "NOBODY")
+    assert caught.value.code == status.MOVE_DESTINATION_UNKNOWN
+    assert "Move destination unknown" in caught.value.reason
+
+
+def test_control_abort_ends_a_retrieve_at_once() -> None:
+    gate = threading.Event()  # never set: the archive waits before the 2nd protocol
+    with BareArchive(protocols(3), pending_gate=gate) as archive:
+        control = Control()
+        errors: list[Exception] = []
+
+        def run() -> None:
+            try:
+                remote.get(
+                    CALLER, modality_of(archive), list(archive.held), lambda *a: None, control
+                )
+            except RemoteError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        assert eventually(lambda: control.progress.completed == 1, 10)
+        control.abort()
+        worker.join(10)
+        gate.set()
+    assert not worker.is_alive()
+    assert errors and "aborted" in str(errors[0])
+
+
+# -- CONFORMANCE.md, section 2.4 -------------------------------------------------------------
+
+
+def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
+    from orthanc_dpp.listener import TRANSFER_SYNTAXES as LISTENER_SYNTAXES
+    from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE
+    from tests.unit.test_conformance_doc import section, tables
+
+    text = section("### 2.4 AE specification: the DPP SCU")
+    (rows,) = tables(text)
+    assert {row[1] for row in rows} == {DPP_FIND, DPP_GET, DPP_MOVE, *DPP_STORAGE_CLASSES}
+    roles = {row[1]: row[2] for row in rows}
+    assert all(roles[uid] == "SCU" for uid in (DPP_FIND, DPP_GET, DPP_MOVE))
+    assert all(roles[uid].startswith("SCP") for uid in DPP_STORAGE_CLASSES)
+    # "the four transfer syntaxes of 2.2.3": the listener's, in its order.
+    assert remote.TRANSFER_SYNTAXES == LISTENER_SYNTAXES
+    words = " ".join(text.split())
+    assert f"at most {remote.MAXIMUM_UIDS})" in words
+    assert f"(at most {remote.MAXIMUM_LIMIT})" in words
+    assert f"or {remote.FIND_TIME_LIMIT:.0f} s" in words
+
+
+def test_a_retrieve_stopped_before_its_request_is_not_sent(archive: BareArchive) -> None:
+    control = Control()
+    control.abort()  # the plugin stops while the job is still connecting
+    with pytest.raises(RemoteError, match="C-GET stopped before it was sent"):
+        remote.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
+    assert archive.identifiers == []
+
+
+def test_a_remote_that_never_stops_answering_is_cut_off() -> None:
+    def endless() -> Iterator[tuple[Dataset, Dataset | None]]:
+        while True:
+            pending = Dataset()
+            pending.Status = 0xFF00
+            yield pending, None
+
+    modality = Modality("chatty", "CHATTY", "127.0.0.1", 104)
+    received = 0
+    with pytest.raises(RemoteError, match="goes on answering"):
+        for _ in remote._responses(endless(), 10, modality):
+            received += 1
+    assert received == 10 + remote.AFTER_CANCEL + 1
