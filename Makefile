@@ -11,7 +11,7 @@ ORTHANC_FLAGS ?=
 # Unit tests need no Orthanc and no database, only DCMTK and shellcheck as checkers.
 UNIT_PACKAGES := python3-venv dcmtk shellcheck
 # chromium: the protocol library page's browser tests (driven by Playwright, no browser download).
-TEST_PACKAGES := $(RUN_PACKAGES) $(UNIT_PACKAGES) postgresql orthanc-postgresql openssl chromium
+TEST_PACKAGES := $(RUN_PACKAGES) $(UNIT_PACKAGES) postgresql orthanc-postgresql openssl curl chromium
 
 # Newer Orthanc stacks for `make test-all`: Debian roots made by tools/stacks.py.
 STACKS := trixie sid

@@ -58,6 +58,7 @@ PACKAGES = [
     "shellcheck",
     "openssl",
     "chromium",
+    "curl",
 ]
 #: Host files a root needs for pip and apt to reach the registries.
 HOST_FILES = ["/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"]

@@ -323,6 +323,35 @@ class MetricsPublisher:
             self._thread = None
 
 
+def _wait_for_python_threads(grace: float) -> None:
+    """Wait (boundedly) until every thread Python started has ended.
+
+    Orthanc finalizes the Python interpreter right after ORTHANC_STOPPED; a
+    thread still running Python code then (an association thread finishing
+    its last response, say) can corrupt the interpreter's memory as it is
+    torn down. Threads Orthanc started (Python sees them as dummy threads)
+    are not ours to wait for.
+    """
+    deadline = time.monotonic() + grace
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is current or thread is threading.main_thread():
+            continue
+        if isinstance(thread, threading._DummyThread):  # started by Orthanc, not by Python
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [
+        t.name
+        for t in threading.enumerate()
+        if t.is_alive()
+        and t is not current
+        and t is not threading.main_thread()
+        and not isinstance(t, threading._DummyThread)
+    ]
+    if left:
+        log.warning("Python threads still running as Orthanc stops: %s", ", ".join(left))
+
+
 class Plugin:
     """Everything the plugin runs, wired together."""
 
@@ -530,6 +559,7 @@ class Plugin:
             self.feed.stop()
         if self.publisher is not None:
             self.publisher.stop()
+        _wait_for_python_threads(grace=5.0)
         log.warning("DPP plugin stopped")
         for name in ("orthanc_dpp", "pynetdicom"):
             for handler in logging.getLogger(name).handlers:
