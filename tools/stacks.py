@@ -57,9 +57,11 @@ PACKAGES = [
     "procps",
     "shellcheck",
     "openssl",
-    "chromium",
     "curl",
 ]
+#: Installed with apt once the root exists: debootstrap's own installer
+#: leaves chromium's desktop dependencies (dconf, GTK) unconfigured and fails.
+LATER_PACKAGES = ["chromium"]
 #: Host files a root needs for pip and apt to reach the registries.
 HOST_FILES = ["/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"]
 #: Folders of the checkout never copied into a root.
@@ -218,7 +220,7 @@ class Root:
 
     def ensure_packages(self) -> None:
         """Install what ``PACKAGES`` gained since the root was made."""
-        listed = " ".join(PACKAGES)
+        listed = " ".join(PACKAGES + LATER_PACKAGES)
         self.chroot(
             f"missing=''; for p in {listed}; do "
             "dpkg-query -W -f='${db:Status-Abbrev}' $p 2>/dev/null | grep -q '^ii' "
