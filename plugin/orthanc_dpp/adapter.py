@@ -53,6 +53,7 @@ from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
+from orthanc_dpp.responses import ResponseCache
 from orthanc_dpp.rest import (
     DppRestApi,
     Request,
@@ -436,6 +437,7 @@ class Plugin:
                 limits=limits,
                 time_limit=settings.find_time_limit,
                 metrics=self.metrics,
+                cache=ResponseCache(settings.find_response_cache_size << 20),
             ),
             **make_retrieve_handlers(
                 IndexedSource(self.index, self.library),

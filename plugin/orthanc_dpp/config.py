@@ -71,6 +71,7 @@ class Settings:
     maximum_nesting_depth: int = 8
     maximum_values_per_key: int = 10_000
     find_time_limit: float = 600.0
+    find_response_cache_size: int = 64  # MiB of encoded C-FIND responses kept
     change_poll_interval: float = 1.0
     reconcile_interval: float = 60.0
     snapshot_interval: float = 60.0
@@ -186,6 +187,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MaximumNestingDepth": ("maximum_nesting_depth", _int_range(1, 64)),
     "MaximumValuesPerKey": ("maximum_values_per_key", _int_range(1, 10**6)),
     "FindTimeLimit": ("find_time_limit", _seconds(1, 86400)),
+    "FindResponseCacheSize": ("find_response_cache_size", _int_range(0, 1 << 20)),
     "ChangePollInterval": ("change_poll_interval", _seconds(0.1, 3600)),
     "ReconcileInterval": ("reconcile_interval", _seconds(1, 86400)),
     "SnapshotInterval": ("snapshot_interval", _seconds(1, 86400)),

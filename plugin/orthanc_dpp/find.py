@@ -20,14 +20,23 @@ from collections.abc import Callable, Iterator
 from pydicom.dataset import Dataset
 
 from orthanc_dpp import status
-from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.keys import DPP_MODEL, InformationModel
-from orthanc_dpp.match import compile_query
+from orthanc_dpp.match import Query, compile_query
 from orthanc_dpp.status import InvalidIdentifier
 
 log = logging.getLogger("orthanc_dpp.find")
 
-Response = tuple[int | Dataset, Dataset | None]
+Response = tuple[int | Dataset, Dataset | bytes | None]
+
+#: Makes the pending response for a matching entry: (status, identifier as a
+#: dataset, or already encoded for the request's transfer syntax).
+Respond = Callable[[Query, Entry], tuple[int, Dataset | bytes]]
+
+
+def respond_with_dataset(query: Query, entry: Entry) -> tuple[int, Dataset | bytes]:
+    """The plain response: the record projected on the requested keys."""
+    return query.respond(entry.record)
 
 
 def handle_find(
@@ -37,12 +46,15 @@ def handle_find(
     model: InformationModel = DPP_MODEL,
     max_results: int,
     is_cancelled: Callable[[], bool],
+    respond: Respond = respond_with_dataset,
 ) -> Iterator[Response]:
     """Answer one C-FIND: pending responses, then Success, or one final failure.
 
     ``max_results`` (0 = unlimited) bounds the pending responses; one match
     beyond it ends the C-FIND with 0xA700 (Out of resources), so the SCU
-    knows its answer is incomplete and can refine the query.
+    knows its answer is incomplete and can refine the query. ``respond``
+    builds each pending response (the C-FIND fast path passes one that
+    returns cached encoded bytes).
     """
     try:
         query = compile_query(identifier, model)
@@ -65,7 +77,7 @@ def handle_find(
                 comment = f"More than {max_results} matches; refine the query"
                 yield status.status_dataset(status.FIND_OUT_OF_RESOURCES, comment), None
                 return
-            code, response = query.respond(entry.record)
+            code, response = respond(query, entry)
             yield code, response
             sent += 1
         if is_cancelled():

@@ -3,9 +3,10 @@
 The listener needs a few things pynetdicom 3.0.4 has no public API for:
 restarting the network timer when it sends, sending pre-encoded C-STORE
 requests without a round trip through its reactor, routing the DPP C-GET
-and C-MOVE to the plugin's own sub-operation loop, reading and shutting
-the raw socket. Each is done here and nowhere else, so a pynetdicom upgrade
-has one module to review, and :func:`check` finds a missing or reshaped
+and C-MOVE to the plugin's own sub-operation loop and its C-FIND to the
+plugin's own response loop, reading, writing and shutting the raw socket.
+Each is done here and nowhere else, so a pynetdicom upgrade has one module
+to review, and :func:`check` finds a missing or reshaped
 internal once, at start-up, on real pynetdicom objects: the listener then
 refuses to start and says why (``/dpp/status``, Orthanc's log) instead of
 failing per request (every C-MOVE answering 0xC000) or silently (the
@@ -147,6 +148,20 @@ def sending_done(assoc: Association) -> bool:
     return dul.to_provider_queue.empty() and dul.event_queue.empty()
 
 
+def wait_until_sent(assoc: Association, timeout: float) -> bool:
+    """Wait (at most ``timeout`` s) until the DUL thread has sent everything queued.
+
+    Whoever writes to the socket directly calls this first, so that its
+    bytes cannot overtake a message pynetdicom still holds.
+    """
+    deadline = time.monotonic() + timeout
+    while not sending_done(assoc):
+        if time.monotonic() > deadline or not assoc.is_alive():
+            return False
+        time.sleep(0.0005)
+    return True
+
+
 def next_response(assoc: Association, timeout: float) -> Any:
     """The next DIMSE message the association received, or ``queue.Empty`` after ``timeout``."""
     return assoc.dimse.msg_queue.get(timeout=timeout)
@@ -215,6 +230,32 @@ def route_retrieve(serve: ServeRetrieve) -> None:
                 routed.__name__ = name
                 setattr(cls, name, routed)
             setattr(cls, _ROUTED, True)
+
+
+# --- routing DPP C-FIND -----------------------------------------------------------------
+
+_FIND_ROUTED = "_orthanc_dpp_find_routed"
+
+
+def route_find(serve: ServeRetrieve) -> None:
+    """Send the C-FIND requests of the DPP and Protocol Approval models to ``serve``.
+
+    ``serve(service, request, context, stock)`` as for :func:`route_retrieve`;
+    the other query/retrieve classes keep pynetdicom's loop. Idempotent and
+    thread-safe.
+    """
+    with _route_lock:
+        for cls in _ROUTED_SERVICES:
+            if getattr(cls, _FIND_ROUTED, False):
+                continue
+            stock = cls._c_find_scp
+
+            def find(self: Any, req: Any, context: PresentationContext, stock: Any = stock) -> None:
+                serve(self, req, context, stock.__get__(self))
+
+            find.__name__ = "_c_find_scp"
+            cls._c_find_scp = find  # type: ignore[method-assign]
+            setattr(cls, _FIND_ROUTED, True)
 
 
 # --- the start-up check ------------------------------------------------------------------
@@ -292,8 +333,15 @@ def check() -> list[str]:
     expect("C_STORE_RQ.primitive_to_message", lambda: callable(C_STORE_RQ.primitive_to_message))
     expect("AssociationSocket.recv(nr_bytes) and .socket", lambda: _wraps_sockets(assoc))
     for cls in _ROUTED_SERVICES:
-        for name in ("_get_scp", "_move_scp"):
+        for name in ("_get_scp", "_move_scp", "_c_find_scp"):
             expect(f"{cls.__name__}.{name}(req, context)", _takes_request_and_context(cls, name))
+    expect(
+        "ServiceClass.validate_status(status, rsp) and .is_cancelled(msg_id)",
+        lambda: (
+            _parameters(service_class.ServiceClass.validate_status)[1:3] == ["status", "rsp"]
+            and _parameters(service_class.ServiceClass.is_cancelled)[1:2] == ["msg_id"]
+        ),
+    )
     return problems
 
 

@@ -8,17 +8,22 @@ Orthanc's own meaning of the modality list (:mod:`orthanc_dpp.access`).
 from __future__ import annotations
 
 import logging
+import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from pydicom import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
+from pynetdicom.presentation import PresentationContext
 
+from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
 from orthanc_dpp.access import Gatekeeper, Service, describe_requestor
-from orthanc_dpp.find import handle_find
-from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.find import Respond, handle_find
+from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.keys import DPP_MODEL, model_of
 from orthanc_dpp.library import ProtocolLibrary, Stored, StoreError
 from orthanc_dpp.limits import (
@@ -27,7 +32,9 @@ from orthanc_dpp.limits import (
     check_values_per_key,
     decode_dimse_dataset,
 )
+from orthanc_dpp.match import Query
 from orthanc_dpp.metrics import Metrics
+from orthanc_dpp.responses import Batch, PendingEncoder, ResponseCache
 from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.scp")
@@ -117,44 +124,134 @@ def make_store_handler(
     return handle_store
 
 
-def make_find_handler(
-    index: ProtocolIndex,
-    gate: Gatekeeper,
-    *,
-    max_results: int,
-    is_ready: Callable[[], bool],
-    limits: DatasetLimits | None = None,
-    time_limit: float = 600.0,
-    metrics: Metrics | None = None,
-) -> Callable[[evt.Event], Iterator[tuple[Any, Dataset | None]]]:
-    """C-FIND on the DPP information model, answered from the index.
+class FindHandler:
+    """C-FIND on the DPP and Protocol Approval models, answered from the index.
 
     Bounded: the identifier by ``limits`` (size, nesting, values per key),
     the answer by ``time_limit`` seconds (then 0xA700, "refine the query");
     a C-CANCEL or the association closing stops it at once. Each request
     is counted in ``metrics`` by outcome and timed until its final response.
-    """
-    limits = limits or DatasetLimits()
-    counted = metrics or Metrics(enabled=False)
 
-    def handle_counted(event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
+    Called with an event, it is an ordinary ``evt.EVT_C_FIND`` handler
+    yielding datasets. The listener routes its C-FIND requests to
+    :meth:`serve` instead (:func:`install`), which sends the same answers
+    with encoded responses reused from ``cache`` and batched writes
+    (:mod:`orthanc_dpp.responses`).
+    """
+
+    def __init__(
+        self,
+        index: ProtocolIndex,
+        gate: Gatekeeper,
+        *,
+        max_results: int,
+        is_ready: Callable[[], bool],
+        limits: DatasetLimits | None = None,
+        time_limit: float = 600.0,
+        metrics: Metrics | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.index = index
+        self.gate = gate
+        self.max_results = max_results
+        self.is_ready = is_ready
+        self.limits = limits or DatasetLimits()
+        self.time_limit = time_limit
+        self.metrics = metrics or Metrics(enabled=False)
+        self.cache = cache if cache is not None else ResponseCache(0)
+
+    def __call__(self, event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
+        return self._counted(event, None)  # type: ignore[return-value]
+
+    # -- the fast path -------------------------------------------------------------
+
+    def serve(self, service: Any, req: Any, context: PresentationContext) -> None:
+        """Answer one C-FIND request on ``service``'s association (see the class docstring)."""
+        assoc = service.assoc
+        syntax = context.transfer_syntax[0]
+        event = evt.Event(
+            assoc,
+            evt.EVT_C_FIND,
+            {"request": req, "context": context.as_tuple, "_is_cancelled": service.is_cancelled},
+        )
+        request = (str(req.AffectedSOPClassUID), str(syntax), req.Identifier.getvalue())
+        encoding = (syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        answers = self._counted(event, (request, encoding))
+        encoder = PendingEncoder(
+            int(req.MessageID),
+            str(req.AffectedSOPClassUID),
+            int(context.context_id or 0),
+            int(service.dimse.maximum_pdu_size or 0),
+        )
+        sender = _PendingSender(assoc, encoder)
+        rsp = C_FIND()
+        rsp.MessageIDBeingRespondedTo = req.MessageID
+        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+        try:
+            for code, identifier in answers:
+                if not assoc.is_established:
+                    return
+                if isinstance(identifier, Dataset):  # not from the cache: encode it here
+                    identifier = encode(identifier, *encoding) or None
+                    if identifier is None:
+                        log.error("C-FIND: a response identifier could not be encoded")
+                        code = status_dataset(
+                            status.UNABLE_TO_PROCESS, "Response identifier could not be encoded"
+                        )
+                if identifier is not None:
+                    sender.send(int(code), identifier)
+                    continue
+                sender.flush()
+                rsp = service.validate_status(code, rsp)
+                service.dimse.send_msg(rsp, context.context_id)
+                return  # a final status (handle_find yields pending ones with an identifier)
+            sender.flush()
+        except OSError as exc:
+            peer = describe_requestor(assoc)
+            log.warning("C-FIND to %s: sending failed (%s); aborting", peer, exc)
+            assoc.abort()
+        finally:
+            answers.close()
+
+    def _encoded(self, request: Any, encoding: tuple[bool, bool, bool]) -> Respond:
+        cache = self.cache
+
+        def respond(query: Query, entry: Entry) -> tuple[int, bytes | Dataset]:
+            hit = cache.get(entry.record, request)
+            if hit is not None:
+                return hit
+            code, ds = query.respond(entry.record)
+            data = encode(ds, *encoding)
+            if data is None:  # pydicom could not encode it: the stock path reports it
+                return code, ds
+            cache.put(entry.record, request, code, data)
+            return code, data
+
+        return respond
+
+    # -- the answer, shared by both paths -----------------------------------------
+
+    def _counted(
+        self, event: evt.Event, encoded: tuple[Any, tuple[bool, bool, bool]] | None
+    ) -> Generator[tuple[Any, Dataset | bytes | None], None, None]:
         started = time.monotonic()
         refused: list[bool] = []
 
         def count(final: Any) -> None:
-            counted.find_timed(time.monotonic() - started)
+            self.metrics.find_timed(time.monotonic() - started)
             if refused:
-                counted.dimse("c_find", "refused")
+                self.metrics.dimse("c_find", "refused")
             elif final is None:  # the association ended first
-                counted.dimse("c_find", "cancel")
+                self.metrics.dimse("c_find", "cancel")
             else:
-                counted.dimse_status(
+                self.metrics.dimse_status(
                     "c_find", final if isinstance(final, int) else int(final.Status)
                 )
 
+        respond = self._encoded(*encoded) if encoded is not None else None
         done = False
         try:
-            for code, response in handle(event, refused):
+            for code, response in self._answer(event, refused, respond):
                 if response is None and not done:
                     # Counted now: pynetdicom stops iterating after the final status.
                     done = True
@@ -164,18 +261,17 @@ def make_find_handler(
             if not done:
                 count(None)
 
-    def handle(event: evt.Event, refused: list[bool]) -> Iterator[tuple[Any, Dataset | None]]:
+    def _answer(
+        self, event: evt.Event, refused: list[bool], respond: Respond | None
+    ) -> Iterator[tuple[Any, Dataset | bytes | None]]:
         peer = describe_requestor(event.assoc)
-        decision = gate.check(event.assoc, Service.FIND)
+        decision = self.gate.check(event.assoc, Service.FIND)
         if not decision:
             refused.append(True)
             # C-FIND has no "not authorised" status (PS3.4 C.4.1.1.4).
-            yield (
-                status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED),
-                None,
-            )
+            yield status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED), None
             return
-        if not is_ready():
+        if not self.is_ready():
             log.warning("C-FIND from %s while the protocol index is still loading", peer)
             yield (
                 status_dataset(
@@ -185,8 +281,8 @@ def make_find_handler(
             )
             return
         try:
-            identifier = event_dataset(event, limits)
-            check_values_per_key(identifier, limits.maximum_values)
+            identifier = event_dataset(event, self.limits)
+            check_values_per_key(identifier, self.limits.maximum_values)
         except LimitExceeded as exc:
             log.warning("C-FIND from %s refused (0x%04X): %s", peer, exc.status, exc.comment)
             yield status_dataset(exc.status, exc.comment), None
@@ -196,7 +292,7 @@ def make_find_handler(
             yield status_dataset(status.UNABLE_TO_PROCESS, "Identifier could not be read"), None
             return
         count = 0
-        deadline = time.monotonic() + time_limit
+        deadline = time.monotonic() + self.time_limit
         stopped: str | None = None
 
         def is_cancelled() -> bool:
@@ -213,8 +309,14 @@ def make_find_handler(
 
         # The listener accepts FIND contexts of the served models only.
         model = model_of(str(event.request.AffectedSOPClassUID)) or DPP_MODEL
+        options: dict[str, Any] = {} if respond is None else {"respond": respond}
         for code, response in handle_find(
-            identifier, index, model=model, max_results=max_results, is_cancelled=is_cancelled
+            identifier,
+            self.index,
+            model=model,
+            max_results=self.max_results,
+            is_cancelled=is_cancelled,
+            **options,
         ):
             if response is not None:
                 count += 1
@@ -222,7 +324,7 @@ def make_find_handler(
                 continue
             final = code if isinstance(code, int) else int(code.Status)
             if stopped == "time" and final == status.CANCEL:
-                comment = f"Query ran longer than FindTimeLimit ({time_limit:g} s); refine it"
+                comment = f"Query ran longer than FindTimeLimit ({self.time_limit:g} s); refine it"
                 log.warning("C-FIND from %s stopped after %d match(es): %s", peer, count, comment)
                 yield status_dataset(status.FIND_OUT_OF_RESOURCES, comment), None
                 return
@@ -232,4 +334,71 @@ def make_find_handler(
             log.info("C-FIND from %s: %d match(es), final status 0x%04X", peer, count, final)
             yield code, response
 
-    return handle_counted
+
+class _PendingSender:
+    """Pending responses of one C-FIND onto the wire, past pynetdicom's per-message path.
+
+    On a plain TCP connection the PDUs are written in batches straight to
+    the socket, once pynetdicom's own send queue is empty (so nothing it
+    queued earlier can come after them); final responses still go through
+    pynetdicom after a :meth:`flush`. Over TLS an SSL connection must not be
+    written by this thread while pynetdicom's thread may read it, so each
+    response is handed to pynetdicom's queue as one P-DATA instead.
+    """
+
+    def __init__(self, assoc: Any, encoder: PendingEncoder) -> None:
+        self.assoc = assoc
+        self.encoder = encoder
+        sock = private.raw_socket(assoc)
+        direct = sock is not None and not isinstance(sock, ssl.SSLSocket)
+        self._socket = sock if direct else None
+        self._batch: Batch | None = None
+        if self._socket is not None:
+            self._batch = Batch(self._write)
+        self._drained = False
+
+    def send(self, code: int, identifier: bytes) -> None:
+        if self._batch is None:
+            private.send_fragments(self.assoc, self.encoder.primitives(code, identifier))
+            private.restart_network_timer(self.assoc)
+            return
+        self._batch.add(self.encoder.encode(code, identifier))
+
+    def flush(self) -> None:
+        if self._batch is not None:
+            self._batch.flush()
+
+    def _write(self, data: bytes) -> None:
+        assert self._socket is not None
+        if not self._drained:
+            private.wait_until_sent(self.assoc, timeout=self.assoc.network_timeout or 60.0)
+            self._drained = True
+        self._socket.sendall(data)
+        private.restart_network_timer(self.assoc)
+
+
+def install() -> None:
+    """Route the listener's C-FIND requests to bound :class:`FindHandler` objects.
+
+    Only pynetdicom's Defined Procedure Protocol and Protocol Approval
+    query/retrieve classes change, and any other C-FIND handler keeps
+    pynetdicom's own loop. Idempotent.
+    """
+    private.route_find(_serve_routed)
+
+
+def _serve_routed(
+    service: Any, req: Any, context: PresentationContext, stock: Callable[..., None]
+) -> None:
+    bound = service.assoc.get_handlers(evt.EVT_C_FIND)
+    handler = bound[0] if isinstance(bound, tuple) else None
+    if isinstance(handler, FindHandler):
+        handler.serve(service, req, context)
+    else:
+        stock(req, context)
+
+
+def make_find_handler(index: ProtocolIndex, gate: Gatekeeper, **options: Any) -> FindHandler:
+    """The ``evt.EVT_C_FIND`` handler (see :class:`FindHandler` for ``options``)."""
+    install()
+    return FindHandler(index, gate, **options)

@@ -289,7 +289,9 @@ def status_codes_used(module: Path, function: str | None = None) -> set[int]:
     tree: ast.AST = ast.parse(module.read_text())
     if function is not None:
         tree = next(
-            n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == function
         )
     # A code only compared with (``if code == status.X``) is not an answer.
     compared = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Compare) for n in ast.walk(c)}
@@ -341,7 +343,7 @@ RETRIEVE = "#### 2.3.5 Retrieve (C-GET and C-MOVE SCP)"
         (("scp.py", "make_echo_handler"), ECHO),
         (("scp.py", "make_store_handler"), STORE),
         (("library.py", None), STORE),
-        (("scp.py", "make_find_handler"), FIND),
+        (("scp.py", "FindHandler"), FIND),
         (("find.py", None), FIND),
         (("match.py", None), FIND),
         (("retrieve.py", None), RETRIEVE),
