@@ -371,6 +371,7 @@ class Plugin:
         self.config_errors: list[str] = []
         self.settings: Settings | None = None
         self.index = ProtocolIndex()
+        self.find_cache = ResponseCache(0)  # sized from the settings at start
         self.fresh = FreshInstances()  # this node's own stores, for the change feed
         self.listener: DppListener | None = None
         self.feed: IndexFeed | None = None
@@ -424,6 +425,7 @@ class Plugin:
             maximum_values=settings.maximum_values_per_key,
         )
         client_tls = tls_client_context(settings)
+        self.find_cache.max_bytes = settings.find_response_cache_size << 20
         handlers: dict[Any, Callable[..., Any]] = {
             evt.EVT_C_ECHO: make_echo_handler(gate, self.metrics),
             evt.EVT_C_STORE: make_store_handler(
@@ -437,7 +439,7 @@ class Plugin:
                 limits=limits,
                 time_limit=settings.find_time_limit,
                 metrics=self.metrics,
-                cache=ResponseCache(settings.find_response_cache_size << 20),
+                cache=self.find_cache,
             ),
             **make_retrieve_handlers(
                 IndexedSource(self.index, self.library),
@@ -608,6 +610,13 @@ class Plugin:
                 "LastChange": feed.last_seq if feed else 0,
                 "LoadSeconds": feed.load_seconds if feed else None,
                 "LastError": feed.last_error if feed else None,
+            },
+            "FindResponseCache": {
+                "Entries": len(self.find_cache),
+                "Bytes": self.find_cache.bytes,
+                "MaximumBytes": self.find_cache.max_bytes,
+                "Hits": self.find_cache.hits,
+                "Misses": self.find_cache.misses,
             },
             "Protocols": {
                 "Total": len(self.index),

@@ -137,6 +137,31 @@ def test_store_then_find_then_delete_then_find(qr) -> None:
     assert [code for code, _ in c_find(qr, by_uid)] == [0x0000]
 
 
+def test_a_repeated_query_is_answered_from_the_cache_and_follows_changes(qr) -> None:
+    ds = make_protocol(777_003, "CT")
+    ds.ProtocolName = "Cache check before"
+    store_protocols(qr, [ds])
+    everything = find_identifier(ProtocolName="Cache check*")
+
+    def names() -> list[str]:
+        *pending, (final, _) = c_find(qr, everything)
+        assert final == 0x0000
+        return [str(answer.ProtocolName) for _, answer in pending]
+
+    assert names() == ["Cache check before"]
+    hits = qr.get_json("/dpp/status")["FindResponseCache"]["Hits"]
+    assert names() == ["Cache check before"]
+    cache = qr.get_json("/dpp/status")["FindResponseCache"]
+    assert cache["Hits"] == hits + 1
+    assert 0 < cache["Bytes"] <= cache["MaximumBytes"]
+    # A new version (deleted, then stored changed) is answered as it is now.
+    qr.delete(f"/dpp/protocols/{ds.SOPInstanceUID}")
+    assert names() == []
+    ds.ProtocolName = "Cache check after"
+    store_protocols(qr, [ds])
+    assert names() == ["Cache check after"]
+
+
 def test_delete_through_orthanc_itself_reaches_c_find(qr) -> None:
     ds = make_protocol(777_002, "XA")
     store_protocols(qr, [ds])
