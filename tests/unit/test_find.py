@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import struct
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode
+from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES as DEFAULT
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 
 from orthanc_dpp import find as find_module
@@ -253,13 +255,20 @@ def scp() -> Iterator[tuple[int, dict[str, Any]]]:
             is_cancelled=lambda: event.is_cancelled,
         )
 
+    with find_scp(on_find) as port:
+        yield port, options
+
+
+@contextlib.contextmanager
+def find_scp(handler: Any, syntaxes: list[str] | None = None) -> Iterator[int]:
+    """A pynetdicom DPP C-FIND SCP "DPPTEST" on a loopback port with ``handler`` bound."""
     ae = AE(ae_title="DPPTEST")
-    ae.add_supported_context(DefinedProcedureProtocolInformationModelFind)
+    ae.add_supported_context(DefinedProcedureProtocolInformationModelFind, syntaxes or DEFAULT)
     server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, handler)]
     )
     try:
-        yield server.server_address[1], options
+        yield server.server_address[1]
     finally:
         server.shutdown()
 

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, Association, evt
+from pynetdicom import AE, Association
 from pynetdicom.dimse_messages import C_FIND_RSP, DIMSEMessage
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
@@ -23,6 +23,7 @@ from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.match import compile_query
 from orthanc_dpp.responses import ENTRY_OVERHEAD, Batch, PendingEncoder, ResponseCache
 from orthanc_dpp.scp import FindHandler, make_find_handler
+from tests.unit.test_find import find_scp
 from tests.unit.test_match import build
 from tests.unit.test_scp import gate
 
@@ -217,15 +218,8 @@ def listener() -> Iterator[tuple[int, FindHandler]]:
     handler = make_find_handler(
         library(300), gate(), max_results=0, is_ready=lambda: True, cache=ResponseCache(1 << 20)
     )
-    ae = AE(ae_title="DPPTEST")
-    ae.add_supported_context(DPP_FIND, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, handler)]
-    )
-    try:
-        yield server.server_address[1], handler
-    finally:
-        server.shutdown()
+    with find_scp(handler, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) as port:
+        yield port, handler
 
 
 def associate(port: int, syntax: str, max_pdu: int) -> Association:
