@@ -157,26 +157,32 @@ class DppRestApi:
             summaries = [self._summary(entry, now) for entry in entries]
         else:
             # Only protocols have an approval state: approvals themselves are left out.
+            # The state is worked out for every match, a summary only for the page.
             _, matching = search(self.index, criteria, 0, max(len(self.index), 1))
-            chosen = []
-            for entry in matching:
-                if entry.sop_class_uid in DPP_STORAGE_CLASSES:
-                    summary = self._summary(entry, now)
-                    if summary["Approved"] == wanted:
-                        chosen.append(summary)
-            total, summaries = len(chosen), chosen[offset : offset + limit]
+            chosen = [
+                entry
+                for entry in matching
+                if entry.sop_class_uid in DPP_STORAGE_CLASSES
+                and approvals.approved(self._approvals(entry, now)) == wanted
+            ]
+            total = len(chosen)
+            summaries = [self._summary(entry, now) for entry in chosen[offset : offset + limit]]
         return json_response(
             200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
+
+    def _approvals(self, entry: Entry, now: datetime) -> list[dict[str, Any]]:
+        """Summaries of the Protocol Approvals that name the protocol ``entry``."""
+        return [
+            approvals.summary(a.orthanc_id, a.sop_instance_uid, a.record, now)
+            for a in self.index.approvals_of(entry.sop_instance_uid)
+        ]
 
     def _summary(self, entry: Entry, now: datetime) -> dict[str, Any]:
         """An entry's summary; for a protocol, with the approvals that name it."""
         summary = entry.summary()
         if entry.sop_class_uid in DPP_STORAGE_CLASSES:
-            found = [
-                approvals.summary(a.orthanc_id, a.sop_instance_uid, a.record, now)
-                for a in self.index.approvals_of(entry.sop_instance_uid)
-            ]
+            found = self._approvals(entry, now)
             summary["Approvals"] = found
             summary["Approved"] = approvals.approved(found)
         elif entry.sop_class_uid == PROTOCOL_APPROVAL_STORAGE:
