@@ -406,6 +406,7 @@ class Plugin:
             snapshots=GlobalPropertySnapshots(orthanc),
             snapshot_interval=settings.snapshot_interval,
             fresh=fresh,
+            fast_load=settings.fast_index_load,
         )
         # Peers and move destinations: Orthanc's own modality list, re-read
         # on UPDATED_MODALITIES and every MODALITY_REFRESH seconds.
@@ -605,6 +606,7 @@ class Plugin:
                 "Ready": bool(feed and feed.ready),
                 "LastChange": feed.last_seq if feed else 0,
                 "LoadSeconds": feed.load_seconds if feed else None,
+                "LoadProgress": feed.load_progress() if feed else None,
                 "LastError": feed.last_error if feed else None,
             },
             "Protocols": {

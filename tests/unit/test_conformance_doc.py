@@ -364,6 +364,7 @@ NOT_DICOM = {
     "MaximumUploadSize",
     "ReconcileInterval",
     "SnapshotInterval",
+    "FastIndexLoad",
     "PythonPath",
     "ReceivedInstanceHook",
 }
