@@ -31,6 +31,7 @@ import sys
 import threading
 import weakref
 from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Final, NamedTuple
 
@@ -403,7 +404,11 @@ _SEQUENCE_CACHE_SIZE: Final = 4096
 SEQUENCE_CACHE_BYTES: Final = 8 << 20
 _CACHED_BYTES: Final = 512  # only sequences at least this long are remembered
 _LARGEST_CACHED: Final = 256 << 10  # a larger one is read, not remembered
-_sequence_cache: dict[tuple[bytes, bool, tuple[str, ...] | None], tuple[Record, ...]] = {}
+# Oldest first; an OrderedDict drops its oldest entry in constant time (a dict
+# scans over the holes its earlier deletions left at the front).
+_sequence_cache: OrderedDict[tuple[bytes, bool, tuple[str, ...] | None], tuple[Record, ...]] = (
+    OrderedDict()
+)
 _cache_lock = threading.Lock()
 _cache_bytes = 0
 _ITEM: Final = 0xFFFEE000
@@ -474,8 +479,7 @@ def _trim(adding: int | None, entries: int, size: int) -> None:
     while _sequence_cache and (
         len(_sequence_cache) + new_entries > entries or _cache_bytes + new_bytes > size
     ):
-        oldest = next(iter(_sequence_cache))  # dicts keep insertion order
-        del _sequence_cache[oldest]
+        oldest, _ = _sequence_cache.popitem(last=False)
         _cache_bytes -= len(oldest[0])
 
 
@@ -535,6 +539,7 @@ def _read_item(
     """
     codec = _fast_codec(charset)
     found: list[tuple[int, str, Any]] = []
+    ordered, previous = True, -1  # tags ascending so far (as they should be)
     limit = len(data) if end is None else end
     while pos < limit:
         if implicit:
@@ -561,6 +566,7 @@ def _read_item(
                 raise _Unsupported(f"undefined length for {known}")
             nested, pos = _read_items(data, pos, None, implicit or known == "UN", charset)
             if keep:
+                ordered, previous = ordered and tag > previous, tag
                 found.append((tag, "SQ", nested))
             continue
         value = data[pos : pos + length]
@@ -572,16 +578,23 @@ def _read_item(
         if tag == SPECIFIC_CHARACTER_SET:
             charset = tuple(t.strip() for t in value.decode("latin_1").split("\\"))
             codec = _fast_codec(charset)
+        if vr in TEXT and (codec is not None or vr in PLAIN_TEXT):
+            # Text of a known VR, most elements: what _decode does, without its calls.
+            ordered, previous = ordered and tag > previous, tag
+            found.append((tag, sys.intern(vr), _from_bytes(vr, value, codec)))
+            continue
         converted = _decode(tag, vr, value, implicit, charset, codec)
         if converted is not None:
+            ordered, previous = ordered and tag > previous, tag
             found.append((tag, converted[0], converted[1]))
-    if any(found[i][0] >= found[i + 1][0] for i in range(len(found) - 1)):
+    if not ordered:
         found.sort(key=lambda t: t[0])
         if top is not None and any(found[i][0] == found[i + 1][0] for i in range(len(found) - 1)):
             raise _Unsupported("an attribute given twice")
-    tags = tuple(_tag(t) for t, _, _ in found)
-    vrs = tuple(v for _, v, _ in found)
-    record = Record(_layout(tags, vrs), tuple(v for _, _, v in found))
+    shared_tag = _tags.setdefault
+    tags = tuple([shared_tag(t, t) for t, _, _ in found])
+    vrs = tuple([v for _, v, _ in found])
+    record = Record(_layout(tags, vrs), tuple([v for _, _, v in found]))
     return (record if top is not None else _shared(record)), pos
 
 
@@ -634,8 +647,8 @@ def _from_bytes(vr: str, raw: bytes | None, codec: str | None) -> Any:
         if len(raw) > BULK_TEXT:
             return BULK
         text = raw.decode(codec or "latin_1", errors="replace")
-        if vr in SINGLE_VALUED_TEXT:
-            return _pack([_text(text)])
+        if vr in SINGLE_VALUED_TEXT or "\\" not in text:  # one value: the usual case
+            return _text(text)
         return _pack([_text(v) for v in text.split("\\")])
     if vr in NUMBERS:
         code = NUMBERS[vr]

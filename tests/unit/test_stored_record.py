@@ -9,6 +9,8 @@ the usual files (or the start-up would silently be as slow as before).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -126,7 +128,7 @@ def test_non_dpp_instance_reads_the_same() -> None:
 
 
 def test_bulk_reading_remembers_small_sequences_then_trims_back(monkeypatch) -> None:
-    monkeypatch.setattr(record, "_sequence_cache", {})
+    monkeypatch.setattr(record, "_sequence_cache", OrderedDict())
     monkeypatch.setattr(record, "_cache_bytes", 0)
     monkeypatch.setattr(record, "SEQUENCE_CACHE_BYTES", 4 << 10)
     files = [stored(ds) for ds in make_library(20, seed=900)]
