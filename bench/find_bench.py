@@ -20,6 +20,7 @@ sees what was compared.
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -148,6 +149,8 @@ def _middle_uid(size: int) -> str:
 
 #: The issue's target: a start without a snapshot at least this many times faster than before.
 START_TARGET = 3.0
+#: Starts without a snapshot per loader (alternating; the fastest of each is compared).
+COLD_STARTS = 2
 
 
 def _drop_snapshot(size: int) -> bool:
@@ -190,12 +193,12 @@ def _cold_start(size: int, **dpp: Any) -> dict[str, Any]:
 def _startup(size: int) -> tuple[dict[str, Any], Any]:
     """Orthanc's start-up without the plugin's index, then with it; returns the server.
 
-    With the index: two starts without a snapshot (deleted before each), the
-    first with the previous loader (``FastIndexLoad: false``: pydicom for
-    every file and a SOP class query per instance), the second with the
-    current one, so their ratio compares the two on the same files in the
-    same run; then a restart on the snapshot the second one saved, what an
-    administrator sees after the first start.
+    With the index: starts without a snapshot (deleted before each),
+    alternating the previous loader (``FastIndexLoad: false``: pydicom for
+    every file and a SOP class query per instance) and the current one,
+    ``COLD_STARTS`` each, so their ratio compares the two on the same files
+    in the same run; then a restart on the snapshot the last one saved, what
+    an administrator sees after the first start.
     """
     figures: dict[str, Any] = {}
     plain = orthanc_setup.server(size, Enabled=False)
@@ -206,8 +209,17 @@ def _startup(size: int) -> tuple[dict[str, Any], Any]:
     figures["rss_without_index_kib"] = rss_kib(plain.process.pid) if plain.process else None
     plain.stop()
 
-    figures["previous_loader"] = _cold_start(size, FastIndexLoad=False)
-    figures["first_start"] = _cold_start(size)
+    # Alternated, each kept at its best: other work on the machine slows
+    # whichever start it happens to overlap, not one loader in particular.
+    runs: dict[str, list[dict[str, Any]]] = {"previous_loader": [], "first_start": []}
+    for _ in range(COLD_STARTS):
+        runs["previous_loader"].append(_cold_start(size, FastIndexLoad=False))
+        runs["first_start"].append(_cold_start(size))
+    for label, starts in runs.items():
+        figures[label] = {
+            **min(starts, key=lambda f: f["load_seconds"] or math.inf),
+            "load_seconds_each": [f["load_seconds"] for f in starts],
+        }
     figures["restart"], orthanc = _indexed_start(size)
     return figures, orthanc
 
@@ -402,7 +414,7 @@ def tables(results: list[dict[str, Any]]) -> str:
         )
     out += table(
         "Start without snapshot: index ready, current loader against the previous one "
-        "(FastIndexLoad false), same files, same run",
+        f"(FastIndexLoad false), same files, same run, best of {COLD_STARTS} each",
         [
             "library",
             "previous LoadSeconds",
