@@ -131,11 +131,14 @@ class IndexFeed:
         snapshot_interval: float = 60.0,
         fresh: FreshInstances | None = None,
         fast_load: bool = True,
+        read_file: Callable[[str], bytes] | None = None,
     ) -> None:
         self.library = library
         #: The start-up reads stored files directly (:meth:`_load_changes`);
         #: false: as every later change is read (pydicom, one metadata call each).
         self.fast_load = fast_load
+        #: How the start-up reads a stored file (default: the library's REST read).
+        self.read_file = read_file or library.stored_bytes
         self.index = index
         self.poll_interval = poll_interval
         self.reconcile_interval = reconcile_interval
@@ -213,7 +216,7 @@ class IndexFeed:
         if not in_library and self._sop_class(orthanc_id) not in STORAGE_CLASSES:
             return False
         try:
-            data = self.library.stored_bytes(orthanc_id)
+            data = self.read_file(orthanc_id)
         except OrthancError:
             return False  # deleted between the change and now
         try:
