@@ -37,6 +37,10 @@ class FakeOrthancApi:
         self.calls.append(("GET", uri))
         path, _, query = uri.partition("?")
         parts = path.strip("/").split("/")
+        if parts[0] == "changes" and query == "last":
+            with self._lock:
+                newest = self.changes[-1:]
+                return json.dumps({"Changes": newest, "Done": True, "Last": self.seq}).encode()
         if parts[0] == "changes":
             params = dict(p.split("=") for p in query.split("&") if p)
             since, limit = int(params.get("since", 0)), int(params.get("limit", 100))

@@ -246,6 +246,20 @@ class OrthancRestApi:
     def get(self, uri: str) -> bytes:
         return self._call("GET", uri)
 
+    def stored_file(self, orthanc_id: str) -> bytes:
+        """An instance's stored file, as ``GET /instances/{id}/file`` answers it.
+
+        Through ``GetDicomForInstance`` where the plugin has it (the index's
+        start-up reads every file: this skips Orthanc's HTTP layer).
+        """
+        read = getattr(self.orthanc, "GetDicomForInstance", None)
+        if read is None:
+            return self.get(f"/instances/{orthanc_id}/file")
+        try:
+            return bytes(read(orthanc_id))
+        except self.orthanc.OrthancException as exc:
+            raise OrthancError("GET", f"/instances/{orthanc_id}/file", str(exc)) from exc
+
     def post(self, uri: str, body: bytes) -> bytes:
         return self._call("POST", uri, body)
 
@@ -392,8 +406,9 @@ class Plugin:
         overwrite = configuration.get("OverwriteInstances") is True
         self.index.newest_wins = overwrite
         fresh = self.fresh
+        api = OrthancRestApi(orthanc)
         self.library = ProtocolLibrary(
-            OrthancRestApi(orthanc),
+            api,
             settings.normalization,
             stored_as=self._stored_as,
             overwrite=overwrite,
@@ -408,6 +423,8 @@ class Plugin:
             snapshots=GlobalPropertySnapshots(orthanc),
             snapshot_interval=settings.snapshot_interval,
             fresh=fresh,
+            fast_load=settings.fast_index_load,
+            read_file=api.stored_file,
         )
         # Peers and move destinations: Orthanc's own modality list, re-read
         # on UPDATED_MODALITIES and every MODALITY_REFRESH seconds.
@@ -609,6 +626,7 @@ class Plugin:
                 "Ready": bool(feed and feed.ready),
                 "LastChange": feed.last_seq if feed else 0,
                 "LoadSeconds": feed.load_seconds if feed else None,
+                "LoadProgress": feed.load_progress() if feed else None,
                 "LastError": feed.last_error if feed else None,
             },
             "FindResponseCache": {

@@ -75,6 +75,7 @@ class Settings:
     change_poll_interval: float = 1.0
     reconcile_interval: float = 60.0
     snapshot_interval: float = 60.0
+    fast_index_load: bool = True
     python_path: tuple[str, ...] = ()
     unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
     unknown_callers_may_store: bool = False
@@ -191,6 +192,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ChangePollInterval": ("change_poll_interval", _seconds(0.1, 3600)),
     "ReconcileInterval": ("reconcile_interval", _seconds(1, 86400)),
     "SnapshotInterval": ("snapshot_interval", _seconds(1, 86400)),
+    "FastIndexLoad": ("fast_index_load", _bool),
     "PythonPath": ("python_path", _path_list),
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
     "UnknownCallersMayStore": ("unknown_callers_may_store", _bool),

@@ -305,3 +305,38 @@ def test_activity_route_shows_the_plugin_log(running) -> None:
     orthanc, _ = running
     events = orthanc.call_route("/dpp/activity").json()["Events"]
     assert any(e["Message"].startswith("DPP listener DPP_UNIT listening") for e in events)
+
+
+class _FileReader:
+    """An ``orthanc`` module with ``GetDicomForInstance`` (every recorded plugin has it)."""
+
+    class OrthancException(Exception):
+        pass
+
+    def __init__(self, files: dict[str, bytes], direct: bool) -> None:
+        self.files = files
+        self.rest: list[str] = []
+        if direct:
+            self.GetDicomForInstance = self._direct
+
+    def _direct(self, orthanc_id: str) -> bytes:
+        if orthanc_id not in self.files:
+            raise self.OrthancException("Unknown resource")
+        return self.files[orthanc_id]
+
+    def RestApiGet(self, uri: str) -> bytes:
+        self.rest.append(uri)
+        return self._direct(uri.split("/")[2])
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_stored_files_are_read_without_rest_where_possible(direct: bool) -> None:
+    from orthanc_dpp.library import OrthancError
+
+    module = _FileReader({"id1": b"file one"}, direct)
+    api = adapter.OrthancRestApi(module)  # type: ignore[arg-type]
+    assert api.stored_file("id1") == b"file one"
+    assert module.rest == ([] if direct else ["/instances/id1/file"])
+    with pytest.raises(OrthancError):
+        api.stored_file("gone")  # deleted meanwhile: the feed skips it
+    assert all("GetDicomForInstance" in recording(v)["surface"] for v in VERSIONS)

@@ -366,6 +366,7 @@ NOT_DICOM = {
     "MaximumUploadSize",
     "ReconcileInterval",
     "SnapshotInterval",
+    "FastIndexLoad",
     "PythonPath",
     "ReceivedInstanceHook",
 }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dpp_tools.samples import make_library, make_non_dpp, to_bytes
+from dpp_tools.samples import make_library, make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from tests.fake_orthanc import FakeOrthancApi
+from tests.unit.test_snapshot import MemorySnapshots
 from tests.waiting import eventually
 
 
@@ -117,3 +118,75 @@ def test_a_store_read_from_the_log_before_it_is_indexed_holds_the_snapshot_back(
     fresh.mark("c")
     fresh.unmark("c")  # nothing was created
     assert not fresh.take("c", 11)
+
+
+def loaded_entries(api: FakeOrthancApi, *, fast_load: bool) -> list[tuple[str, object]]:
+    index = ProtocolIndex()
+    feed = make_feed(api, index)
+    feed.fast_load = fast_load
+    feed.load()
+    assert feed.ready
+    return [(e.orthanc_id, e.record) for e in index.snapshot()]
+
+
+def test_fast_start_up_builds_the_same_index_as_the_previous_loader() -> None:
+    """Same entries, same records, same order: C-FIND cannot tell the loaders apart."""
+    api = FakeOrthancApi()
+    store_elsewhere(api, 12, seed=40)  # normalized: in the library's series
+    api.post("/instances", to_bytes(make_non_dpp(3)))  # not a protocol: not indexed
+    # Outside the library's series: stored with its own patient/study/series,
+    # once as a protocol of its own and once with the UID of a normalized one
+    # (a duplicate: the first stays indexed).
+    for seed in (90, 41):
+        own = make_protocol(seed, "XA")
+        own.PatientID, own.StudyInstanceUID, own.SeriesInstanceUID = "P1", "1.2.4", f"1.2.4.{seed}"
+        api.post("/instances", to_bytes(own))
+    approvals = ProtocolLibrary(api, Normalization())
+    for ds in make_library(4, seed=100, kinds=("CT", "APPROVAL")):
+        approvals.store(ds)
+    fast = loaded_entries(api, fast_load=True)
+    assert len(fast) == 12 + 1 + 4
+    assert fast == loaded_entries(api, fast_load=False)
+
+
+def test_load_progress_counts_change_log_entries_until_ready() -> None:
+    api = FakeOrthancApi()
+    store_elsewhere(api, 6, seed=50)
+    index = ProtocolIndex()
+    feed = make_feed(api, index)
+    seen: list[dict[str, int] | None] = []
+    read_file = api.get
+
+    def get(uri: str) -> bytes:
+        if uri.endswith("/file"):
+            seen.append(feed.load_progress())
+        return read_file(uri)
+
+    api.get = get  # type: ignore[method-assign]
+    assert feed.load_progress() is None  # not started
+    feed.load()
+    assert [p["ChangesRead"] for p in seen if p] == [0, 1, 2, 3, 4, 5]
+    assert {p["ChangesToRead"] for p in seen if p} == {api.seq}
+    assert feed.ready and feed.load_progress() is None
+
+
+def test_a_stop_during_the_load_leaves_the_index_not_ready() -> None:
+    api = FakeOrthancApi()
+    store_elsewhere(api, 5, seed=60)
+    index, store = ProtocolIndex(), MemorySnapshots()
+    feed = make_feed(api, index)
+    feed.snapshots = store
+    read_file = api.get
+    files: list[str] = []
+
+    def get(uri: str) -> bytes:
+        if uri.endswith("/file"):
+            files.append(uri)
+            if len(files) == 2:
+                feed._stop.set()  # Orthanc stops while the index loads
+        return read_file(uri)
+
+    api.get = get  # type: ignore[method-assign]
+    feed.load()
+    assert not feed.ready and len(files) == 2 and len(index) == 2
+    assert not feed.save_snapshot(force=True) and store.writes == 0  # never a partial index

@@ -1,0 +1,142 @@
+"""Index records straight from the Part 10 files Orthanc stores.
+
+A start without an index snapshot reads every stored protocol. The general
+way (``dcmread``, :func:`normalize.reverse`, :func:`record.to_record`) spent
+about half of its time in pydicom building Dataset objects that are thrown
+away at once. :func:`original_record` reads the file's bytes directly
+(:func:`record.read_dataset`) and undoes the normalization on the record,
+giving the same record; anything that reader does not handle exactly as
+pydicom would (another transfer syntax, ISO 2022 character sets, damaged
+files...) goes the general way, so the answer never depends on the path.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Final
+
+import pydicom
+
+from orthanc_dpp import normalize
+from orthanc_dpp.normalize import RECORD_CREATOR, RECORD_GROUP
+from orthanc_dpp.record import TEXT, Record, UnreadableBytes, read_dataset, to_record
+
+IMPLICIT_LITTLE: Final = "1.2.840.10008.1.2"
+EXPLICIT_LITTLE: Final = "1.2.840.10008.1.2.1"
+TRANSFER_SYNTAX_UID: Final = 0x00020010
+_LONG_HEADER: Final = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UR", b"UT", b"UN"}
+)
+_META_HEADER = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<I")
+_ADDED: Final = 0x01  # element of the normalization record (normalize.py) listing added tags
+_FILLED: Final = 0x02  # ... and filled ones
+
+
+def original_record(data: bytes) -> Record:
+    """The record of the protocol as received, from the file Orthanc stores.
+
+    Raises what ``dcmread`` raises for a file neither reader can read.
+    """
+    try:
+        return fast_record(data)
+    except UnreadableBytes:
+        return full_record(data)
+
+
+def full_record(data: bytes) -> Record:
+    """The general way: pydicom's Dataset, normalization undone, then its record."""
+    return to_record(normalize.reverse(pydicom.dcmread(io.BytesIO(data))))
+
+
+def fast_record(data: bytes) -> Record:
+    """:func:`full_record` without pydicom; :class:`UnreadableBytes` when it cannot."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise UnreadableBytes("no DICM prefix")
+    pos, syntax = _file_meta(data)
+    if syntax == EXPLICIT_LITTLE:
+        implicit = False
+    elif syntax == IMPLICIT_LITTLE:
+        implicit = True
+    else:
+        raise UnreadableBytes(f"transfer syntax {syntax}")
+    if pos + 6 <= len(data) and _looks_explicit(data[pos + 4 : pos + 6]) == implicit:
+        raise UnreadableBytes("dataset encoded otherwise than its transfer syntax says")
+    record, private = read_dataset(data, pos, implicit)
+    return _undo_normalization(record, private)
+
+
+def _looks_explicit(vr: bytes) -> bool:
+    return len(vr) == 2 and all(0x41 <= b <= 0x5A for b in vr)  # two capital letters
+
+
+def _file_meta(data: bytes) -> tuple[int, str]:
+    """Where the dataset starts, and the Transfer Syntax UID of the file meta."""
+    pos, syntax = 132, ""
+    try:
+        while pos + 8 <= len(data):
+            group, element, vr, length = _META_HEADER.unpack_from(data, pos)
+            if group != 0x0002:
+                break
+            if not _looks_explicit(vr):
+                raise UnreadableBytes("file meta not in Explicit VR")
+            if vr in _LONG_HEADER:
+                length = _LONG_LENGTH.unpack_from(data, pos + 8)[0]
+                pos += 12
+            else:
+                pos += 8
+            if length == 0xFFFFFFFF:
+                raise UnreadableBytes("undefined length in the file meta")
+            if (group << 16) | element == TRANSFER_SYNTAX_UID:
+                syntax = data[pos : pos + length].decode("ascii").strip(" \x00")
+            pos += length
+    except (struct.error, UnicodeError) as exc:
+        raise UnreadableBytes(f"file meta: {exc}") from exc
+    return pos, syntax
+
+
+def _undo_normalization(record: Record, private: list[tuple[int, bytes]]) -> Record:
+    """``record`` without what ``normalize.normalize`` added (as ``normalize.reverse`` does)."""
+    values = dict(private)
+    offset = next(
+        (
+            element
+            for element in range(0x10, 0x100)
+            if _text(values.get((RECORD_GROUP << 16) | element)) == RECORD_CREATOR
+        ),
+        None,
+    )
+    if offset is None:
+        return record
+    base = (RECORD_GROUP << 16) | (offset << 8)
+    try:
+        added = _tags(values.get(base | _ADDED))
+        filled = _tags(values.get(base | _FILLED))
+    except ValueError as exc:
+        raise UnreadableBytes(f"normalization record: {exc}") from exc
+    tags, vrs, kept = [], [], []
+    for tag, vr, value in zip(record.tags, record.vrs, record.raw_values, strict=True):
+        if tag in added:
+            continue
+        if tag in filled:
+            if vr not in TEXT:
+                raise UnreadableBytes(f"filled attribute {tag:08X} of VR {vr}")
+            value = ()
+        tags.append(tag)
+        vrs.append(vr)
+        kept.append(value)
+    if not filled <= set(tags):
+        raise UnreadableBytes("a filled attribute the record does not hold")
+    return Record.from_parts(tuple(tags), tuple(vrs), tuple(kept))
+
+
+def _text(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode("latin_1").rstrip("\x00 ").strip()
+
+
+def _tags(value: bytes | None) -> set[int]:
+    text = _text(value) or ""
+    return {int(part, 16) for part in text.split("\\") if part.strip()}
