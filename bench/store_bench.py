@@ -63,14 +63,25 @@ REST_THREADS = (1, 2)
 BARE_AET = "BENCH_STORE"
 #: Longest a measurement may take before the run fails (bounded loops only).
 MEASURE_TIMEOUT = 900.0
+#: Longest wait for one C-STORE response. Seen once with 8 senders to the
+#: bare SCP: both ends idle, every sender waiting for a response that never
+#: came; the measurement then reports the failures instead of hanging.
+STALL_TIMEOUT = 60.0
 
 
 # -- the processes: bare SCP and sender -------------------------------------------
 
 
 def bare_scp(port: int, aet: str) -> None:
-    """A pynetdicom storage SCP that decodes every dataset and keeps it in a list."""
+    """A pynetdicom storage SCP that decodes every dataset and keeps it in a list.
+
+    Tuned like the plugin's listener: pynetdicom's per-message log handlers off.
+    """
     from pynetdicom import AE, evt
+    from pynetdicom import _config as pynetdicom_config
+
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 
     from bench.dimse import TRANSFER_SYNTAXES, set_nodelay
     from orthanc_dpp.sop import STORAGE_CLASSES
@@ -115,7 +126,9 @@ def sender(port: int, aet: str, senders: int, list_file: str) -> None:
     assocs = []
     try:
         for _ in range(senders):
-            assocs.append(connect(port, aet, sorted(STORAGE_CLASSES)))
+            assoc = connect(port, aet, sorted(STORAGE_CLASSES))
+            assoc.dimse_timeout = STALL_TIMEOUT
+            assocs.append(assoc)
     except DimseError as exc:
         for assoc in assocs:
             assoc.release()
