@@ -7,10 +7,10 @@ pynetdicom storage SCP that decodes each dataset and keeps it in memory
 of this stack), then to the plugin's listener in an Orthanc started on a
 fresh temporary data folder for each measurement (all protocols go into one
 Orthanc series, whose size changes Orthanc's own cost per store). The
-sender is a pynetdicom SCU with TCP_NODELAY in a child process
-(``python -m bench.store_bench send ...``), one thread per association,
-files sent as stored (pynetdicom does not decode a file it sends). Every
-plugin measurement is checked afterwards: Orthanc must hold exactly the
+senders are pynetdicom SCUs with TCP_NODELAY, one child process per
+association (``python -m bench.store_bench send ...``), files sent as
+stored (pynetdicom does not decode a file it sends). Every plugin
+measurement is checked afterwards: Orthanc must hold exactly the
 instances that were acknowledged (the speed may not come from answering
 early).
 
@@ -63,9 +63,8 @@ REST_THREADS = (1, 2)
 BARE_AET = "BENCH_STORE"
 #: Longest a measurement may take before the run fails (bounded loops only).
 MEASURE_TIMEOUT = 900.0
-#: Longest wait for one C-STORE response. Seen once with 8 senders to the
-#: bare SCP: both ends idle, every sender waiting for a response that never
-#: came; the measurement then reports the failures instead of hanging.
+#: Longest wait for one C-STORE response: a lost response (see :func:`sender`)
+#: is reported as a failure instead of hanging the run.
 STALL_TIMEOUT = 60.0
 
 
@@ -111,65 +110,47 @@ def bare_scp(port: int, aet: str) -> None:
         server.shutdown()
 
 
-def sender(port: int, aet: str, senders: int, list_file: str) -> None:
-    """Send the files listed in `list_file` over `senders` associations; print the timing.
+def sender(port: int, aet: str, list_file: str, start_at: float) -> None:
+    """Send the files listed in `list_file` over one association from `start_at` (wall clock).
 
-    All associations are opened first; the clock runs from the first C-STORE
-    to the last response. Files are dealt round-robin to the associations.
+    One process per association: several pynetdicom associations in one
+    process occasionally lost a C-STORE response under load (both ends idle,
+    the sender waiting), and they shared one interpreter lock. Prints the
+    wall-clock times of the first C-STORE and of the last response.
     """
     from bench.dimse import DimseError, connect
     from orthanc_dpp.sop import STORAGE_CLASSES
 
-    paths = Path(list_file).read_text().split("\n")
-    paths = [p for p in paths if p]
-    shares = [paths[i::senders] for i in range(senders)]
-    assocs = []
+    paths = [p for p in Path(list_file).read_text().split("\n") if p]
     try:
-        for _ in range(senders):
-            assoc = connect(port, aet, sorted(STORAGE_CLASSES))
-            assoc.dimse_timeout = STALL_TIMEOUT
-            assocs.append(assoc)
+        assoc = connect(port, aet, sorted(STORAGE_CLASSES))
     except DimseError as exc:
-        for assoc in assocs:
-            assoc.release()
         print(json.dumps({"event": "done", "error": str(exc)}), flush=True)
         return
-    done = [0] * senders
-    failed = [0] * senders
-    errors: list[str] = []
-    start = threading.Barrier(senders + 1)
-
-    def work(number: int) -> None:
-        assoc = assocs[number]
-        start.wait()
-        for path in shares[number]:
-            answer = assoc.send_c_store(path)
-            if answer and int(answer.Status) == 0:
-                done[number] += 1
-                continue
-            failed[number] += 1
-            if not errors:
-                errors.append(f"{path}: {answer!r}"[:300])
-            if not assoc.is_established:
-                break
-
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(senders)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    for assoc in assocs:
-        with contextlib.suppress(Exception):
-            assoc.release()
+    assoc.dimse_timeout = STALL_TIMEOUT
+    time.sleep(max(0.0, start_at - time.time()))
+    stored = failed = 0
+    error = None
+    started = time.time()
+    for path in paths:
+        answer = assoc.send_c_store(path)
+        if answer and int(answer.Status) == 0:
+            stored += 1
+            continue
+        failed += 1
+        error = error or f"{path}: {answer!r}"[:300]
+        if not assoc.is_established:
+            break
+    ended = time.time()
+    with contextlib.suppress(Exception):
+        assoc.release()
     line = {
         "event": "done",
-        "stored": sum(done),
-        "failed": sum(failed),
-        "seconds": seconds,
-        "error": errors[0] if errors else None,
+        "stored": stored,
+        "failed": failed,
+        "started": started,
+        "ended": ended,
+        "error": error,
     }
     print(json.dumps(line), flush=True)
 
@@ -178,16 +159,36 @@ def sender(port: int, aet: str, senders: int, list_file: str) -> None:
 
 
 def _send(port: int, aet: str, senders: int, paths: Sequence[Path], work: Path) -> dict[str, Any]:
-    """One measurement: the sender child over `senders` associations; its figures."""
-    list_file = work / f"send-{uuid.uuid4().hex}.txt"
-    list_file.write_text("\n".join(str(p) for p in paths))
-    with Child("bench.store_bench", "send", str(port), aet, str(senders), str(list_file)) as child:
-        line = child.wait_event("done", MEASURE_TIMEOUT)
-    list_file.unlink()
-    seconds = line.get("seconds")
-    stored = line.get("stored", 0)
-    line["per_s"] = stored / seconds if seconds else None
-    return line
+    """One measurement: `senders` sender processes, one association each; the figures.
+
+    Files are dealt round-robin; every sender starts at the same wall-clock
+    time once all have had time to connect, and the figure is the instances
+    acknowledged from the first C-STORE to the last response.
+    """
+    start_at = time.time() + 3.0 + senders
+    children = []
+    try:
+        for number in range(senders):
+            list_file = work / f"send-{uuid.uuid4().hex}.txt"
+            list_file.write_text("\n".join(str(p) for p in paths[number::senders]))
+            args = (str(port), aet, str(list_file), repr(start_at))
+            children.append(Child("bench.store_bench", "send", *args))
+        lines = [child.wait_event("done", MEASURE_TIMEOUT) for child in children]
+    finally:
+        for child in children:
+            child.stop()
+    started = [line["started"] for line in lines if "started" in line]
+    ended = [line["ended"] for line in lines if "ended" in line]
+    seconds = max(ended) - min(started) if started else None
+    stored = sum(line.get("stored", 0) for line in lines)
+    errors = [line["error"] for line in lines if line.get("error")]
+    return {
+        "stored": stored,
+        "failed": sum(line.get("failed", 0) for line in lines),
+        "seconds": seconds,
+        "per_s": stored / seconds if seconds else None,
+        "error": errors[0] if errors else None,
+    }
 
 
 def _rest_post(
@@ -501,6 +502,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "scp":
         bare_scp(int(sys.argv[2]), sys.argv[3])
     elif sys.argv[1] == "send":
-        sender(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        sender(int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]))
     else:
         raise SystemExit(f"unknown mode {sys.argv[1]!r}")
