@@ -1,7 +1,8 @@
-"""``python -m bench [all|find|retrieve] [options]``: run the benchmarks, print tables, save JSON.
+"""``python -m bench [all|find|retrieve|store] [options]``: run benchmarks, print tables, save JSON.
 
 ``make bench`` runs ``all`` with the defaults: C-FIND over 1,000, 10,000 and
-100,000 protocols, then C-GET/C-MOVE of 1,000. The first run generates the
+100,000 protocols, then C-GET/C-MOVE of 1,000, then C-STORE and REST upload
+(2,000 protocols a measurement). The first run generates the
 library and loads Orthanc data folders (long, see bench/README.md); later
 runs reuse them from ``bench/results/``.
 """
@@ -13,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from bench import find_bench, orthanc_setup, report, retrieve_bench
+from bench import find_bench, orthanc_setup, report, retrieve_bench, store_bench
 
 
 def _sizes(text: str) -> list[int]:
@@ -28,7 +29,9 @@ def _sizes(text: str) -> list[int]:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "find", "retrieve"])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["all", "find", "retrieve", "store"]
+    )
     parser.add_argument(
         "--sizes",
         type=_sizes,
@@ -66,6 +69,35 @@ def parse(argv: list[str]) -> argparse.Namespace:
         " 0 sends a pending response after every sub-operation, as Orthanc does)",
     )
     parser.add_argument(
+        "--store-count",
+        type=int,
+        default=2000,
+        help="protocols per C-STORE / REST upload measurement (default 2000)",
+    )
+    parser.add_argument(
+        "--senders",
+        type=_sizes,
+        default=list(store_bench.SENDERS),
+        help="concurrent C-STORE associations, comma-separated (default 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--rest-threads",
+        type=_sizes,
+        default=list(store_bench.REST_THREADS),
+        help="REST upload client threads, comma-separated (default 1,2)",
+    )
+    parser.add_argument(
+        "--rest-batch",
+        type=int,
+        default=20,
+        help="files per multipart POST /dpp/protocols (default 20)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample Orthanc with py-spy during the one-sender C-STORE and print the summary",
+    )
+    parser.add_argument(
         "--load-method",
         choices=orthanc_setup.LOAD_METHODS,
         default="normalized",
@@ -91,6 +123,12 @@ def main(argv: list[str]) -> int:
             )
             results["retrieve"] = retrieved
             printed.append(retrieve_bench.tables(retrieved))
+        if args.which in ("all", "store"):
+            stored = store_bench.run(
+                args.store_count, args.senders, args.rest_threads, args.rest_batch, args.profile
+            )
+            results["store"] = stored
+            printed.append(store_bench.tables(stored))
     finally:
         results["elapsed_s"] = time.monotonic() - started
         path = report.save(results)

@@ -34,6 +34,11 @@ from orthanc_dpp.sop import STORAGE_CLASSES
 log = logging.getLogger("orthanc_dpp.feed")
 
 CHANGES_PAGE = 1000
+#: Shortest time between two reads of ``/changes``. Every stored instance
+#: wakes the worker (NEW_INSTANCE); during a burst of stores one read per
+#: interval catches up with all of them, instead of one read per instance
+#: competing with the stores for Orthanc and the interpreter lock.
+CATCH_UP_SPACING = 0.1
 #: Seconds a "stored and indexed here" mark stays valid.
 FRESH_SECONDS = 60.0
 
@@ -434,7 +439,12 @@ class IndexFeed:
 
     def _run(self) -> None:
         next_reconcile = time.monotonic() + self.reconcile_interval
+        last_pass = 0.0
         while not self._stop.is_set():
+            self._stop.wait(max(0.0, last_pass + CATCH_UP_SPACING - time.monotonic()))
+            if self._stop.is_set():
+                break
+            last_pass = time.monotonic()
             try:
                 if not self.ready:
                     self.load()

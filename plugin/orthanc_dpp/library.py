@@ -28,10 +28,13 @@ from typing import Protocol
 import pydicom
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
-from orthanc_dpp import normalize, status
+from orthanc_dpp import encoded, normalize, status
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.sop import STORAGE_CLASSES
@@ -145,6 +148,33 @@ def parse_part10(data: bytes) -> Dataset:
     return ds
 
 
+def read_part10(data: bytes, maximum_depth: int) -> tuple[Dataset, encoded.Elements | None]:
+    """A Part 10 file as :func:`parse_part10` reads it, and its walked elements if it could.
+
+    A little endian file whose every element :func:`encoded.scan` vouches for
+    (lengths within their containers at every level, at most
+    ``maximum_depth`` levels of sequences) is read lazily, its values decoded
+    when used, and its elements are returned for :meth:`ProtocolLibrary.store`
+    to splice into. Anything else goes through :func:`parse_part10`, which
+    decodes every value and says what is wrong (elements: None).
+    """
+    offset = encoded.dataset_offset(data)
+    if offset is not None:
+        try:
+            meta = read_dataset(io.BytesIO(data[132:offset]), False, True)
+            implicit = encoded.WALKED.get(str(meta.get("TransferSyntaxUID", "")).strip("\x00 "))
+            if implicit is not None:
+                elements = encoded.scan(data[offset:], implicit, maximum_depth)
+                if elements.tags:
+                    ds = read_dataset(io.BytesIO(elements.data), implicit, True)
+                    ds.set_original_encoding(implicit, True)
+                    ds.file_meta = FileMetaDataset(meta)
+                    return ds, elements
+        except (encoded.Unreadable, encoded.TooDeep, ValueError, KeyError, EOFError, OSError):
+            pass  # parse_part10 decides, and says why
+    return parse_part10(data), None
+
+
 def _check_complete(ds: Dataset) -> None:
     """Raise ValueError if a top-level value is shorter than its declared length."""
     # keys(): iterating the Dataset itself would decode the raw elements.
@@ -163,6 +193,35 @@ def encode_part10(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def spliced_part10(
+    ds: Dataset, elements: encoded.Elements, result: normalize.Normalized
+) -> bytes | None:
+    """``ds`` as a Part 10 file: the received ``elements`` plus what normalization added.
+
+    Only the added elements are encoded (see :mod:`orthanc_dpp.encoded`).
+    None when that cannot be done faithfully (the file meta names another
+    transfer syntax; a group length in a touched group; an added text that
+    is not ASCII, whose bytes would depend on the character set), and the
+    caller encodes the whole dataset instead.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if not isinstance(meta, FileMetaDataset):
+        return None
+    if encoded.WALKED.get(str(meta.get("TransferSyntaxUID", ""))) is not elements.implicit:
+        return None
+    touched = result.touched
+    if not touched:
+        return encoded.part10(meta, elements.data)
+    if elements.has_group_length(tag.group for tag in touched):
+        return None
+    for tag in touched:
+        value = ds[tag].value
+        if not isinstance(value, str | PersonName) or not str(value).isascii():
+            return None
+    added = encoded.encode_elements(ds, touched, elements.implicit)
+    return encoded.part10(meta, encoded.splice(elements, added))
 
 
 def check_storable(ds: Dataset, context_sop_class: str | None = None) -> tuple[str, str]:
@@ -253,15 +312,19 @@ class ProtocolLibrary:
     def store(
         self,
         ds: Dataset,
-        encoded: bytes | None = None,
+        part10: bytes | None = None,
         *,
         context_sop_class: str | None = None,
+        elements: encoded.Elements | None = None,
     ) -> Stored:
         """Normalize ``ds`` if needed and store it; return what Orthanc said.
 
-        ``encoded`` is ``ds`` as a Part 10 file when the caller has it; it is
-        sent as is when no normalization is needed. ``ds`` is modified in
-        place by normalization; the returned ``dataset`` is the original.
+        ``part10`` is ``ds`` as a Part 10 file when the caller has it; it is
+        sent as is when no normalization is needed. ``elements`` are the
+        encoded elements ``ds`` was read from (:func:`encoded.scan`): the
+        stored file is then spliced from them instead of encoded again.
+        ``ds`` is modified in place by normalization; the returned
+        ``dataset`` is the original.
         """
         sop_class, sop_instance = check_storable(ds, context_sop_class)
         try:
@@ -272,7 +335,11 @@ class ProtocolLibrary:
             target = orthanc_resource_id(
                 str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop_instance
             )
-            body = encode_part10(ds) if result.changed or encoded is None else encoded
+            body = part10 if part10 is not None and not result.changed else None
+            if body is None and elements is not None:
+                body = spliced_part10(ds, elements, result)
+            if body is None:
+                body = encode_part10(ds)
         except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(
                 status.STORE_CANNOT_UNDERSTAND, 400, f"cannot encode the dataset: {exc}"

@@ -54,10 +54,21 @@ class Normalized:
     dataset: Dataset
     added: tuple[BaseTag, ...]
     filled: tuple[BaseTag, ...]
+    #: The private creator and the elements of the normalization record.
+    record: tuple[BaseTag, ...] = ()
 
     @property
     def changed(self) -> bool:
         return bool(self.added or self.filled)
+
+    @property
+    def touched(self) -> tuple[BaseTag, ...]:
+        """Every top-level element normalization added or changed, ascending.
+
+        What a stored file holds beyond the dataset as received: the store
+        path encodes only these and splices them into the received bytes.
+        """
+        return tuple(sorted({*self.added, *self.filled, *self.record}))
 
 
 def library_uids(labels: Normalization, sop_class_uid: str) -> tuple[str, str]:
@@ -142,9 +153,11 @@ def normalize(ds: Dataset, labels: Normalization) -> Normalized:
             filled.append(ds[keyword].tag)
     block = ds.private_block(RECORD_GROUP, RECORD_CREATOR, create=True)
     block.add_new(_ADDED, "LT", _format_tags(added))
+    record = [Tag(RECORD_GROUP, block.block_start >> 8), block.get_tag(_ADDED)]
     if filled:
         block.add_new(_FILLED, "LT", _format_tags(filled))
-    return Normalized(ds, tuple(added), tuple(filled))
+        record.append(block.get_tag(_FILLED))
+    return Normalized(ds, tuple(added), tuple(filled), tuple(record))
 
 
 def reverse(ds: Dataset) -> Dataset:

@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydicom import Dataset
-
 from orthanc_dpp import approvals, library_page
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.attributes import dataset_tree
 from orthanc_dpp.index import Entry, ProtocolIndex
-from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, parse_part10
+from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, read_part10
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_part10
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.search import PARAMETERS, ProtocolSearch, SearchError, search
@@ -240,8 +238,8 @@ class DppRestApi:
             check_part10(data, self.limits)
         except LimitExceeded as exc:
             raise StoreError(exc.status, exc.http_status, exc.comment) from exc
-        ds: Dataset = parse_part10(data)
-        stored = self.library.store(ds, data)
+        ds, elements = read_part10(data, self.limits.maximum_depth)
+        stored = self.library.store(ds, data, elements=elements)
         self._on_stored(stored)
         return stored
 

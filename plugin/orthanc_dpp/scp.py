@@ -11,16 +11,18 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Generator, Iterator
+from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.filereader import read_dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
+from orthanc_dpp import encoded, status
 from orthanc_dpp import pynetdicom_private as private
-from orthanc_dpp import status
 from orthanc_dpp.access import Gatekeeper, Service, describe_requestor
 from orthanc_dpp.find import Respond, handle_find
 from orthanc_dpp.index import Entry, ProtocolIndex
@@ -31,6 +33,7 @@ from orthanc_dpp.limits import (
     LimitExceeded,
     check_values_per_key,
     decode_dimse_dataset,
+    too_deep,
 )
 from orthanc_dpp.match import Query
 from orthanc_dpp.metrics import Metrics
@@ -73,6 +76,33 @@ def event_dataset(event: evt.Event, limits: DatasetLimits) -> Dataset:
     return decode_dimse_dataset(data, str(event.context.transfer_syntax), limits)
 
 
+def store_dataset(
+    event: evt.Event, limits: DatasetLimits
+) -> tuple[Dataset, encoded.Elements | None]:
+    """A C-STORE's dataset within ``limits``, and its walked elements when it could be walked.
+
+    Little endian datasets are walked once by :func:`encoded.scan` (lengths
+    and nesting depth checked at every level) and read lazily: values are
+    decoded when used, and the store splices into the received bytes. Other
+    encodings, and bytes the walk does not vouch for, are decoded in full
+    by :func:`event_dataset` as before (which reports what is wrong).
+    """
+    stream = getattr(event.request, "DataSet", None)
+    raw = stream.getvalue() if stream is not None else b""
+    implicit = encoded.WALKED.get(str(event.context.transfer_syntax))
+    if implicit is None or not raw or len(raw) > limits.maximum_size:
+        return event_dataset(event, limits), None
+    try:
+        elements = encoded.scan(raw, implicit, limits.maximum_depth)
+    except encoded.TooDeep:
+        raise too_deep(limits.maximum_depth) from None
+    except encoded.Unreadable:
+        return event_dataset(event, limits), None
+    ds = read_dataset(BytesIO(raw), implicit, True)
+    ds.set_original_encoding(implicit, True)
+    return ds, elements
+
+
 def make_store_handler(
     library: ProtocolLibrary,
     gate: Gatekeeper,
@@ -96,7 +126,7 @@ def make_store_handler(
         peer = describe_requestor(event.assoc)
         try:
             try:
-                ds = event_dataset(event, limits)
+                ds, elements = store_dataset(event, limits)
                 ds.file_meta = event.file_meta
             except LimitExceeded as exc:
                 raise StoreError(exc.status, exc.http_status, exc.comment) from exc
@@ -104,7 +134,9 @@ def make_store_handler(
                 raise StoreError(
                     status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
                 ) from exc
-            stored = library.store(ds, context_sop_class=str(event.context.abstract_syntax))
+            stored = library.store(
+                ds, context_sop_class=str(event.context.abstract_syntax), elements=elements
+            )
         except StoreError as exc:
             log.error("C-STORE from %s refused (0x%04X): %s", peer, exc.dimse_status, exc.reason)
             return status_dataset(exc.dimse_status, exc.reason)
