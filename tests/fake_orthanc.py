@@ -9,6 +9,7 @@ the ``SopClassUid`` metadata of a deleted instance is a 404.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -62,6 +63,8 @@ class FakeOrthancApi:
                 return self.files[instance]
             if parts[2:] == ["metadata", "SopClassUid"]:
                 return self.sop_classes[instance].encode()
+            if parts[2:] == ["attachments", "dicom", "md5"]:
+                return hashlib.md5(self.files[instance]).hexdigest().encode()
         raise OrthancError("GET", uri, "Unknown URI")
 
     def post(self, uri: str, body: bytes) -> bytes:

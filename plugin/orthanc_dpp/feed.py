@@ -48,7 +48,11 @@ class FreshInstances:
 
     The mark is set *before* the instance is sent to Orthanc (so the change
     can never be read before it) and removed when the store creates nothing
-    (it failed, or Orthanc kept an existing copy). The change may be read
+    (it failed, or Orthanc kept an existing copy). It carries the MD5 of the
+    file sent: Orthanc drops an instance's changes when it is overwritten
+    (``OverwriteInstances``), so the change the feed finds may be that of a
+    copy stored around the plugin before the feed read ours; it is skipped
+    only if Orthanc still holds our file. The change may be read
     before the store handler has indexed the instance: until it has
     (:meth:`indexed`), the skipped change's position holds the snapshot's
     change-log position back (:meth:`low_water`), so a crash in between
@@ -57,16 +61,17 @@ class FreshInstances:
     """
 
     def __init__(self) -> None:
-        self._marks: dict[str, tuple[float, bool]] = {}  # id -> (when, indexed already)
+        # id -> (when, indexed already, MD5 of the file sent or None)
+        self._marks: dict[str, tuple[float, bool, str | None]] = {}
         self._skipped: dict[str, tuple[int, float]] = {}  # id -> (change seq, when)
         self._lock = threading.Lock()
 
-    def mark(self, orthanc_id: str) -> None:
+    def mark(self, orthanc_id: str, md5: str | None = None) -> None:
         with self._lock:
             now = time.monotonic()
             if len(self._marks) > 10_000:
                 self._marks = {k: v for k, v in self._marks.items() if now - v[0] < FRESH_SECONDS}
-            self._marks[orthanc_id] = (now, False)
+            self._marks[orthanc_id] = (now, False, md5)
 
     def unmark(self, orthanc_id: str) -> None:
         with self._lock:
@@ -77,19 +82,32 @@ class FreshInstances:
         """The store handler has put the instance in the index."""
         with self._lock:
             if orthanc_id in self._marks:
-                self._marks[orthanc_id] = (self._marks[orthanc_id][0], True)
+                when, _, md5 = self._marks[orthanc_id]
+                self._marks[orthanc_id] = (when, True, md5)
             self._skipped.pop(orthanc_id, None)
 
-    def take(self, orthanc_id: str, seq: int) -> bool:
-        """True (once) if the change ``seq`` of ``orthanc_id`` needs no reading."""
+    def take(
+        self, orthanc_id: str, seq: int, stored_md5: Callable[[str], str | None] | None = None
+    ) -> bool:
+        """True (once) if the change ``seq`` of ``orthanc_id`` needs no reading.
+
+        ``stored_md5`` tells the MD5 of the file Orthanc holds now (None if
+        it cannot say): a marked change whose file is not the one sent is
+        read after all.
+        """
         with self._lock:
             mark = self._marks.pop(orthanc_id, None)
-            now = time.monotonic()
-            if mark is None or now - mark[0] >= FRESH_SECONDS:
-                return False
-            if not mark[1]:
+        now = time.monotonic()
+        if mark is None or now - mark[0] >= FRESH_SECONDS:
+            return False
+        _, indexed, md5 = mark
+        if md5 is not None and stored_md5 is not None and stored_md5(orthanc_id) != md5:
+            log.info("Instance %s was replaced after this node stored it: reading it", orthanc_id)
+            return False
+        if not indexed:
+            with self._lock:
                 self._skipped[orthanc_id] = (seq, now)
-            return True
+        return True
 
     def low_water(self) -> int | None:
         """The earliest skipped change whose instance is not indexed yet, if any."""
@@ -187,6 +205,13 @@ class IndexFeed:
                 return
             since = last
 
+    def _stored_md5(self, orthanc_id: str) -> str | None:
+        """The MD5 Orthanc keeps of the instance's file; None if gone or not kept."""
+        try:
+            return self.library.api.get(f"/instances/{orthanc_id}/attachments/dicom/md5").decode()
+        except OrthancError:
+            return None
+
     def _sop_class(self, orthanc_id: str) -> str | None:
         """The instance's SOP Class UID from Orthanc's metadata; None if gone."""
         try:
@@ -254,7 +279,7 @@ class IndexFeed:
                 orthanc_id = change["ID"]
                 if (
                     change.get("ChangeType") == "NewInstance"
-                    and not self.fresh.take(orthanc_id, seq)
+                    and not self.fresh.take(orthanc_id, seq, self._stored_md5)
                     and self._load_instance(orthanc_id, orthanc_id in library)
                 ):
                     added += 1
@@ -285,7 +310,7 @@ class IndexFeed:
             for seq, change in self._changes(self.last_seq):
                 if (
                     change.get("ChangeType") == "NewInstance"
-                    and not self.fresh.take(change["ID"], seq)
+                    and not self.fresh.take(change["ID"], seq, self._stored_md5)
                     and self._index_instance(change["ID"])
                 ):
                     added += 1

@@ -65,7 +65,7 @@ class OrthancApi(Protocol):
 class FreshMarks(Protocol):
     """What the library tells the change feed (``feed.FreshInstances``)."""
 
-    def mark(self, orthanc_id: str) -> None: ...
+    def mark(self, orthanc_id: str, md5: str | None = None) -> None: ...
 
     def unmark(self, orthanc_id: str) -> None: ...
 
@@ -357,7 +357,7 @@ class ProtocolLibrary:
                     "(or set OverwriteInstances)",
                 )
             if self.fresh is not None:
-                self.fresh.mark(target)
+                self.fresh.mark(target, hashlib.md5(body).hexdigest())
             try:
                 stored = self._post(ds, body, sop_class, sop_instance, result)
             except StoreError:

@@ -120,6 +120,18 @@ def test_a_store_read_from_the_log_before_it_is_indexed_holds_the_snapshot_back(
     assert not fresh.take("c", 11)
 
 
+def test_a_change_of_ours_whose_file_was_replaced_meanwhile_is_read() -> None:
+    """Overwriting drops the old copy's changes: the one left may be the other copy's."""
+    from orthanc_dpp.feed import FreshInstances
+
+    fresh = FreshInstances()
+    fresh.mark("d", "md5-of-ours")
+    assert not fresh.take("d", 12, lambda orthanc_id: "md5-of-another-copy")
+    assert fresh.low_water() is None  # read, not skipped: nothing held back
+    fresh.mark("e", "md5-of-ours")
+    assert fresh.take("e", 13, lambda orthanc_id: "md5-of-ours")
+
+
 def loaded_entries(api: FakeOrthancApi, *, fast_load: bool) -> list[tuple[str, object]]:
     index = ProtocolIndex()
     feed = make_feed(api, index)
