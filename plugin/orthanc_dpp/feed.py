@@ -464,18 +464,20 @@ class IndexFeed:
 
     def _run(self) -> None:
         next_reconcile = time.monotonic() + self.reconcile_interval
-        last_pass = 0.0
+        last_catch_up = 0.0
         while not self._stop.is_set():
-            self._stop.wait(max(0.0, last_pass + CATCH_UP_SPACING - time.monotonic()))
-            if self._stop.is_set():
-                break
-            last_pass = time.monotonic()
+            # Deletions at once (C-FIND must stop answering a deleted protocol);
+            # new instances at most every CATCH_UP_SPACING (see there).
+            due = last_catch_up + CATCH_UP_SPACING - time.monotonic()
             try:
                 if not self.ready:
                     self.load()
+                    last_catch_up = time.monotonic()
                 else:
                     self.apply_deletions()
-                    self.catch_up()
+                    if due <= 0:
+                        self.catch_up()
+                        last_catch_up = time.monotonic()
                 if self.on_tick is not None:
                     self.on_tick()
                 if time.monotonic() >= next_reconcile:
@@ -486,5 +488,5 @@ class IndexFeed:
             except Exception as exc:  # keep following; report in /dpp/status
                 self.last_error = str(exc)
                 log.error("Protocol index update failed: %s", exc)
-            self._wake.wait(self.poll_interval)
+            self._wake.wait(self.poll_interval if due <= 0 else min(due, self.poll_interval))
             self._wake.clear()
