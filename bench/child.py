@@ -82,6 +82,16 @@ class Child:
         self.stop()
 
 
+def serve_until_stopped(ae: Any, port: int, handlers: list[Any]) -> None:
+    """In a child process: serve ``ae`` on 127.0.0.1:``port``, say "ready", run until killed."""
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    print(json.dumps({"event": "ready", "port": port}), flush=True)
+    try:
+        threading.Event().wait()
+    finally:
+        server.shutdown()
+
+
 def rss_kib(pid: int) -> int | None:
     """Resident memory of a process (VmRSS in /proc/PID/status), in KiB."""
     try:

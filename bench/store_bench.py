@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import library, orthanc_setup
-from bench.child import Child
+from bench.child import Child, serve_until_stopped
 from bench.report import ratio, table
 from tests.orthanc_server import OrthancServer, free_port
 
@@ -102,12 +102,7 @@ def bare_scp(port: int, aet: str) -> None:
     for sop_class in STORAGE_CLASSES:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, on_store)]
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
-    print(json.dumps({"event": "ready", "port": port}), flush=True)
-    try:
-        threading.Event().wait()
-    finally:
-        server.shutdown()
+    serve_until_stopped(ae, port, handlers)
 
 
 def sender(port: int, aet: str, list_file: str, start_at: float) -> None:

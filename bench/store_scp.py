@@ -16,6 +16,7 @@ import threading
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import RawDataStorage
 
+from bench.child import serve_until_stopped
 from bench.dimse import TRANSFER_SYNTAXES, set_nodelay
 from orthanc_dpp.sop import STORAGE_CLASSES
 
@@ -49,12 +50,7 @@ def main(port: int, aet: str) -> None:
         (evt.EVT_RELEASED, on_end),
         (evt.EVT_ABORTED, on_end),
     ]
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
-    print(json.dumps({"event": "ready", "port": port}), flush=True)
-    try:
-        threading.Event().wait()
-    finally:
-        server.shutdown()
+    serve_until_stopped(ae, port, handlers)
 
 
 if __name__ == "__main__":
