@@ -23,6 +23,7 @@ from orthanc_dpp.library import (
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, nesting_depth
 from orthanc_dpp.sop import CT_DPP_STORAGE
 from tests.fake_orthanc import FakeOrthancApi
+from tests.unit.test_limits import nested
 
 
 def protocol(**attributes: object) -> Dataset:
@@ -55,18 +56,6 @@ def dataset_bytes(ds: Dataset, implicit: bool) -> bytes:
     out.is_implicit_VR = implicit
     write_dataset(out, ds)
     return out.getvalue()
-
-
-def nested(depth: int) -> Dataset:
-    ds = Dataset()
-    ds.SOPInstanceUID = "1.2.3"
-    inner = ds
-    for _ in range(depth):
-        item = Dataset()
-        inner.ContentSequence = Sequence([item])
-        inner = item
-    inner.CodeValue = "X"
-    return ds
 
 
 @pytest.mark.parametrize("implicit", [False, True])
