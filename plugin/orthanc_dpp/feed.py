@@ -425,6 +425,7 @@ class IndexFeed:
         """Initial load: the snapshot if any, then what ``/changes`` adds, then deletions."""
         started = time.monotonic()
         restored = self._restore()
+        restored_at = self.last_seq
         self._load_span = (self.last_seq, max(self._last_change(), self.last_seq))
         if self.fast_load:
             loaded = self._load_changes()
@@ -434,6 +435,9 @@ class IndexFeed:
         else:
             count = self.catch_up()
         removed = self.reconcile() if restored else 0
+        if restored and not count and not removed and self.last_seq == restored_at:
+            # The index is what the snapshot holds: no need to save it again.
+            self._saved_version, self._saved_at = self.index.version, time.monotonic()
         self.load_seconds = time.monotonic() - started
         self.ready = True
         log.warning(

@@ -169,6 +169,15 @@ def _layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
     return layout
 
 
+def shared_layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
+    """The one :class:`Layout` of these tags and VRs, its tag numbers shared.
+
+    For layouts read back from elsewhere (the index snapshot), whose tag
+    numbers are fresh objects: a layout of every record read keeps them.
+    """
+    return _layout(tuple([_tags.setdefault(t, t) for t in tags]), vrs)
+
+
 class Record:
     """The attributes of one dataset (or sequence item), immutable."""
 
@@ -236,6 +245,11 @@ class Record:
     @property
     def vrs(self) -> tuple[str, ...]:
         return self._layout.vrs
+
+    @property
+    def layout(self) -> Layout:
+        """The shared tags and VRs (one object for every record of that shape)."""
+        return self._layout
 
     @property
     def raw_values(self) -> tuple[Any, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import pickle
 import pickletools
 import zlib
@@ -61,18 +62,32 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
-def packed(value: object) -> str:
-    return base64.b64encode(zlib.compress(pickle.dumps(value))).decode()
+def packed(*pickles: object) -> str:
+    """Consecutive pickles in one compressed stream, as dump writes them."""
+    return base64.b64encode(zlib.compress(b"".join(pickle.dumps(p) for p in pickles))).decode()
 
 
 GOOD_LAYOUT = [((0x00080018, 0x00181030), ("UI", "LO"))]
+SEQUENCE_LAYOUT = [((0x00080018, 0x00404041), ("UI", "SQ"))]
 
 
-def snap(layouts: object = (), records: object = (), entries: object = (), **header) -> str:
-    """A format-2 snapshot of the given parts (lists, as dump writes them)."""
-    seq = header.get("seq", 0)
-    version = header.get("version", snapshot.FORMAT)
-    return packed((snapshot.MAGIC, version, seq, list(layouts), list(records), list(entries)))
+def snap(layouts: object = (), records: object = (), entries: object = (), **header: object) -> str:
+    """A format-3 snapshot of the given parts (records in one chunk, unless ``chunks``)."""
+    records = list(records)  # type: ignore[call-overload]
+    entries = list(entries)  # type: ignore[call-overload]
+    head = (
+        snapshot.MAGIC,
+        header.get("version", snapshot.FORMAT),
+        header.get("seq", 0),
+        list(layouts),  # type: ignore[call-overload]
+        header.get("record_count", len(records)),
+        header.get("entry_count", len(entries)),
+    )
+    chunks = header.get("chunks", [records] if records else [])
+    return packed(head, *chunks, entries, *header.get("after", ()))
+
+
+FORMAT_2 = packed((snapshot.MAGIC, 2, 0, GOOD_LAYOUT, [(0, ("1.2", "x"))], [("a", 0)]))
 
 
 @pytest.mark.parametrize(
@@ -82,32 +97,57 @@ def snap(layouts: object = (), records: object = (), entries: object = (), **hea
         ("not base64!", "snapshot unreadable"),
         (packed((1, 0, [("a", Evil())])), r"snapshot refers to posix\.system: .*data only"),
         (packed((1, 0, [])), "not a snapshot of this plugin"),
-        (snap(version=99), "snapshot format 99, this plugin reads format 2"),
+        (FORMAT_2, "snapshot format 2, this plugin reads format 3"),
+        (snap(version=99), "snapshot format 99, this plugin reads format 3"),
         (snap(seq=-1), "snapshot header is malformed"),
         (snap([((0x20, 0x10), ("UI", "LO"))]), "layout 0 has tags out of order"),
+        (snap([((0x10, 0x10), ("UI", "LO"))]), "layout 0 has tags out of order"),
+        (snap([((-1,), ("UI",))]), "layout 0 has a tag that is not a tag"),
         (snap([((0x10,), ("ui",))]), "layout 0 has a VR"),
         (snap(GOOD_LAYOUT, [(0, ("1.2",))]), "record 0: its values do not fit its layout"),
         (snap(GOOD_LAYOUT, [(3, ("1.2", "x"))]), "names layout 3, which does not exist"),
         (snap(GOOD_LAYOUT, [(0, ("1.2", {1: 2}))]), "a value is a dict"),
         (snap(GOOD_LAYOUT, [(0, ("1.2", None))]), "a value is a NoneType"),
-        (snap(GOOD_LAYOUT, [(0, ("1.2", ([0],)))]), "a value is a list"),  # itself: a cycle
+        (snap(GOOD_LAYOUT, [(0, ("1.2", [0]))]), "a value is a list"),
+        (snap(GOOD_LAYOUT, [(0, ("1.2", ("a", [0])))]), "holds something that is not a value"),
+        (snap(SEQUENCE_LAYOUT, [(0, ("1.2", (0,)))]), "not a tuple of earlier record numbers"),
+        (snap(SEQUENCE_LAYOUT, [(0, ("1.2", 5))]), "not a tuple of earlier record numbers"),
+        (snap(SEQUENCE_LAYOUT, [(0, ("1.2", ("x",)))]), "not a tuple of earlier record numbers"),
         (snap(GOOD_LAYOUT, [(0, ("1.2", "x"))], [("a", 1)]), "snapshot entry 0 is malformed"),
+        (snap(GOOD_LAYOUT, [(0, ("1.2", "x"))], record_count=2), "ends after 1 of 2 records"),
+        (
+            snap(GOOD_LAYOUT, [(0, ("1.2", "x"))] * 3, record_count=2),
+            "more records than the 2 announced",
+        ),
+        (snap(GOOD_LAYOUT, [(0, ("1.2", "x"))], [("a", 0)], entry_count=2), "its 2 entries"),
+        (snap(GOOD_LAYOUT, [(0, ("1.2", "x"))], [("a", 0)], after=[[]]), "data after its entries"),
     ],
     ids=[
         "empty",
         "garbage",
         "code",
         "format 1 pickle",
+        "format 2",
         "other format",
         "bad position",
         "tag order",
+        "tag twice",
+        "negative tag",
         "bad VR",
         "short record",
         "no such layout",
         "odd value",
         "None",
+        "list",
+        "list in values",
         "cycle",
+        "sequence not a tuple",
+        "sequence of text",
         "no such record",
+        "truncated",
+        "too many records",
+        "missing entries",
+        "trailing data",
     ],
 )
 def test_bad_snapshots_are_refused_with_a_reason(text: str, reason: str) -> None:
@@ -115,10 +155,39 @@ def test_bad_snapshots_are_refused_with_a_reason(text: str, reason: str) -> None
         snapshot.load(text)
 
 
+def test_records_are_read_one_chunk_at_a_time_and_share_their_text(monkeypatch) -> None:
+    monkeypatch.setattr(snapshot, "CHUNK", 2)
+    records = [to_record(ds) for ds in make_library(7, seed=3)]
+    text = snapshot.dump([(f"id{i}", r) for i, r in enumerate(records)], 9)
+    payload = zlib.decompress(base64.b64decode(text))
+    stream = io.BytesIO(payload)
+    header = pickle.load(stream)
+    chunks = []
+    while len(chunks) < -(-header[4] // 2):
+        chunks.append(pickle.load(stream))
+    assert len(chunks) > 2 and all(len(chunk) <= 2 for chunk in chunks)
+    assert len(pickle.load(stream)) == 7 and stream.tell() == len(payload)  # the entries
+    entries, seq = snapshot.load(text)
+    assert seq == 9 and [r for _, r in entries] == records
+    # Text equal across chunks is one object again, as in the index built from files.
+    objects: dict[str, set[int]] = {}
+    for _, restored in entries:
+        for _, element in restored:
+            for value in element.values or ():
+                if isinstance(value, str) and len(value) <= 64:
+                    objects.setdefault(value, set()).add(id(value))
+    repeated = [text for text in objects if sum(text in str(r.raw_values) for r in records) > 2]
+    assert repeated  # e.g. the character set, the modality: in more than one chunk
+    assert all(len(ids) == 1 for ids in objects.values())
+
+
 def test_a_snapshot_holds_no_class_or_function() -> None:
     records = [(f"id{i}", to_record(make_protocol(i, "CT"))) for i in range(3)]
-    payload = zlib.decompress(base64.b64decode(snapshot.dump(records, 5)))
-    opcodes = {op.name for op, _, _ in pickletools.genops(payload)}
+    payload = io.BytesIO(zlib.decompress(base64.b64decode(snapshot.dump(records, 5))))
+    opcodes: set[str] = set()
+    while payload.tell() < len(payload.getbuffer()):  # each pickle of the stream
+        opcodes.update(op.name for op, _, _ in pickletools.genops(payload))
+    assert "STOP" in opcodes
     assert not opcodes & {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "BUILD"}
 
 
@@ -168,6 +237,23 @@ def test_snapshot_is_saved_only_when_the_index_changed() -> None:
     assert not feed.save_snapshot()  # changed, but the interval has not passed
     assert feed.save_snapshot(force=True)
     assert store.writes == 2
+
+
+def test_a_restart_on_an_unchanged_snapshot_does_not_save_it_again() -> None:
+    api, store = FakeOrthancApi(), MemorySnapshots()
+    library = ProtocolLibrary(api, Normalization())
+    for ds in make_library(3, seed=4):
+        library.store(ds)
+    feed, _ = make_feed(api, store)
+    feed.load()
+    assert feed.save_snapshot(force=True) and store.writes == 1
+    feed, index = make_feed(api, store)
+    feed.load()
+    assert feed.restored == 3
+    assert not feed.save_snapshot(force=True)  # what Orthanc's stop does
+    assert store.writes == 1
+    index.put("x", make_protocol(5))
+    assert feed.save_snapshot(force=True) and store.writes == 2
 
 
 def test_unusable_snapshot_means_a_full_rebuild(caplog) -> None:
