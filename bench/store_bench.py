@@ -32,10 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
+import math
 import multiprocessing
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -253,6 +256,51 @@ def _instances(orthanc: OrthancServer) -> int:
     return int(orthanc.get_json("/statistics")["CountInstances"])
 
 
+#: The plugin's C-STORE timing metrics (README, Monitoring), as Orthanc prints them.
+_STORE_METRIC = re.compile(
+    r"^orthanc_dpp_(c_store_seconds_count|c_store_(?:orthanc_)?seconds_sum) (\S+)"
+)
+
+
+def _store_times(orthanc: OrthancServer) -> dict[str, float]:
+    """Mean milliseconds per stored C-STORE in the handler, and of them in Orthanc's own store.
+
+    From the plugin's metrics, published once a second: waits for the count
+    to stop moving.
+    """
+    values: dict[str, float] = {}
+    for _ in range(10):
+        time.sleep(1.2)
+        previous = values
+        text = orthanc.get("/tools/metrics-prometheus").decode()
+        values = {m[1]: float(m[2]) for m in map(_STORE_METRIC.match, text.splitlines()) if m}
+        if values and values == previous:
+            break
+    count = values.get("c_store_seconds_count", 0.0)
+    if not count:
+        return {}
+    return {
+        "handler_ms": values["c_store_seconds_sum"] / count * 1000,
+        "orthanc_store_ms": values["c_store_orthanc_seconds_sum"] / count * 1000,
+    }
+
+
+def _decode_ms(paths: Sequence[Path]) -> float:
+    """Mean milliseconds to read one file as the bare SCP's handler reads its dataset.
+
+    Timed here, on the same files: ``dcmread`` of the whole file, a little
+    more than pynetdicom's ``event.dataset`` (the dataset alone), so the
+    ceiling computed with it is, if anything, too high.
+    """
+    import pydicom
+
+    datas = [path.read_bytes() for path in paths]
+    started = time.perf_counter()
+    for data in datas:
+        pydicom.dcmread(io.BytesIO(data))
+    return (time.perf_counter() - started) / len(datas) * 1000 if datas else math.nan
+
+
 class Profiler:
     """py-spy sampling Orthanc (the embedded interpreter) until :meth:`stop`."""
 
@@ -373,10 +421,12 @@ def run(
                 if spy is not None:
                     result["profile_c_store"] = spy.stop("handle_store")
                 _check_held(ours, _instances(plugin))
+                ours.update(_store_times(plugin))
             print(f"  C-STORE {n} sender(s) {PLUGIN:<8} {_line(ours)}", flush=True)
             result["c_store"][str(n)] = {BARE: bare, PLUGIN: ours}
     finally:
         scp.stop()
+    result["bare_decode_ms"] = _decode_ms(slices[0][:500])
     try:
         rest_slices = slices[len(senders) :]
         for threads, part in zip(rest_threads, rest_slices, strict=True):
@@ -437,6 +487,34 @@ def _line(figures: dict[str, Any]) -> str:
     return text
 
 
+def _ceiling(result: dict[str, Any]) -> str:
+    """Where one association's time goes, and the most it could do without answering early.
+
+    The plugin may answer a C-STORE only once Orthanc has stored it, so on
+    one association (one request at a time) each instance costs at least
+    the bare SCP's whole cycle, minus the decoding the plugin does not need
+    to do as the bare SCP does, plus Orthanc's own store.
+    """
+    sides = result.get("c_store", {}).get("1", {})
+    bare, ours = sides.get(BARE, {}), sides.get(PLUGIN, {})
+    decode = result.get("bare_decode_ms")
+    if bare.get("error") or ours.get("error"):
+        return ""  # a stalled or failed measurement says nothing about the floor
+    if not (bare.get("per_s") and ours.get("per_s") and "orthanc_store_ms" in ours and decode):
+        return ""
+    bare_ms, ours_ms = 1000 / bare["per_s"], 1000 / ours["per_s"]
+    floor_ms = bare_ms - decode + ours["orthanc_store_ms"]
+    return (
+        f"\nOne association, per instance: plugin {ours_ms:.1f} ms (its handler "
+        f"{ours['handler_ms']:.1f} ms, of which Orthanc's own store {ours['orthanc_store_ms']:.1f} "
+        f"ms); bare SCP {bare_ms:.1f} ms (its decode {decode:.1f} ms).\n"
+        f"Answering only after Orthanc has stored, one association needs at least "
+        f"{bare_ms:.1f} - {decode:.1f} + {ours['orthanc_store_ms']:.1f} = {floor_ms:.1f} ms "
+        f"per instance: at most {1000 / floor_ms:.0f}/s, "
+        f"{ratio(1000 / floor_ms, bare['per_s']):.2f}x the bare SCP (target 0.8x).\n"
+    )
+
+
 def tables(result: dict[str, Any]) -> str:
     rows = []
     for n, sides in result.get("c_store", {}).items():
@@ -457,6 +535,7 @@ def tables(result: dict[str, Any]) -> str:
         ["senders", f"{BARE} /s", f"{PLUGIN} /s", "x bare", "Orthanc holds", "error"],
         rows,
     )
+    out += _ceiling(result)
     rows = []
     for threads, sides in result.get("rest", {}).items():
         native, ours = sides.get(NATIVE, {}), sides.get(REST, {})

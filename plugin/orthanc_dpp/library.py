@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Stored:
     status: str  # "Success" or "AlreadyStored"
     added: list[str] = field(default_factory=list)
     dataset: Dataset | None = field(default=None, compare=False, repr=False)
+    #: Seconds Orthanc took to store it (its ``POST /instances``), for the metrics.
+    orthanc_seconds: float = field(default=0.0, compare=False, repr=False)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -388,6 +391,7 @@ class ProtocolLibrary:
         result: normalize.Normalized,
     ) -> Stored:
         """POST the encoded instance; an AlreadyStored answer reports the stored copy."""
+        started = time.perf_counter()
         try:
             answer = json.loads(self.api.post("/instances", body))
         except OrthancError as exc:
@@ -408,6 +412,7 @@ class ProtocolLibrary:
             status=str(answer.get("Status", "Success")),
             added=normalize.describe(result.added + result.filled),
             dataset=ds,
+            orthanc_seconds=time.perf_counter() - started,
         )
         if stored.status != "AlreadyStored":
             return stored

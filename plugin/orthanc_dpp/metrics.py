@@ -93,6 +93,17 @@ def _build() -> tuple[Metric, ...]:
             Kind.TIMER,
             "Seconds of the longest C-FIND of about the last 10 seconds (0 if none)",
         ),
+        Metric(
+            "c_store_seconds_count",
+            Kind.DEFAULT,
+            "C-STORE requests Orthanc stored, timed from the received request to its response",
+        ),
+        Metric("c_store_seconds_sum", Kind.DEFAULT, "Seconds the timed C-STORE requests took"),
+        Metric(
+            "c_store_orthanc_seconds_sum",
+            Kind.DEFAULT,
+            "Of those seconds, the time Orthanc itself took to store the instances",
+        ),
         Metric("rest_files_stored_total", Kind.DEFAULT, "Files stored by `POST /dpp/protocols`"),
         Metric(
             "rest_files_refused_total",
@@ -167,6 +178,20 @@ class Metrics:
             key = PREFIX + "c_find_seconds_max"
             values[key] = max(values[key], seconds)
             self._recent_find_max = max(self._recent_find_max, seconds)
+
+    def store_timed(self, seconds: float, orthanc_seconds: float) -> None:
+        """One C-STORE stored: ``seconds`` in all, ``orthanc_seconds`` of them Orthanc's own.
+
+        Together they tell an administrator whether ingest waits for the
+        plugin or for Orthanc's storage (its disk and database).
+        """
+        if not self.enabled:
+            return
+        with self._lock:
+            values = self._values
+            values[PREFIX + "c_store_seconds_count"] += 1
+            values[PREFIX + "c_store_seconds_sum"] += seconds
+            values[PREFIX + "c_store_orthanc_seconds_sum"] += orthanc_seconds
 
     def suboperations(self, completed: int, failed: int, warning: int) -> None:
         if self.enabled:

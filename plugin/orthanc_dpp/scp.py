@@ -118,11 +118,11 @@ def make_store_handler(
         if not gate.check(event.assoc, Service.STORE):
             counted.dimse("c_store", "refused")
             return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
-        answer = store(event)
+        answer = store(event, time.perf_counter())
         counted.dimse_status("c_store", int(answer.Status))
         return answer
 
-    def store(event: evt.Event) -> Dataset:
+    def store(event: evt.Event, started: float) -> Dataset:
         peer = describe_requestor(event.assoc)
         try:
             try:
@@ -144,6 +144,7 @@ def make_store_handler(
             log.exception("C-STORE from %s failed unexpectedly", peer)
             return status_dataset(status.STORE_CANNOT_UNDERSTAND, f"internal error: {exc}")
         on_stored(stored)
+        counted.store_timed(time.perf_counter() - started, stored.orthanc_seconds)
         log.info(
             "C-STORE from %s: %s stored as %s (%s)",
             peer,

@@ -105,7 +105,10 @@ def test_echo_and_stores_move_their_counters(orthanc) -> None:
         associations_served_total=1,
         c_store_success_total=1,
         c_store_failure_total=1,
+        c_store_seconds_count=1,  # the one stored
     )
+    assert before[PREFIX + "c_store_orthanc_seconds_sum"] > 0
+    assert before[PREFIX + "c_store_orthanc_seconds_sum"] < before[PREFIX + "c_store_seconds_sum"]
 
     stranger = AE(ae_title="STRANGER")
     for sop_class in STORAGE_CLASSES:

@@ -89,6 +89,17 @@ def test_find_times_count_sum_maximum_and_a_recent_maximum_that_restarts() -> No
     assert second[PREFIX + "c_find_seconds_max"] == 2.0
 
 
+def test_store_times_add_up_with_orthancs_share() -> None:
+    metrics = Metrics()
+    metrics.store_timed(0.010, 0.004)
+    metrics.store_timed(0.020, 0.005)
+    values = metrics.snapshot(0)
+    assert values[PREFIX + "c_store_seconds_count"] == 2
+    assert values[PREFIX + "c_store_seconds_sum"] == pytest.approx(0.030)
+    assert values[PREFIX + "c_store_orthanc_seconds_sum"] == pytest.approx(0.009)
+    Metrics(enabled=False).store_timed(1.0, 1.0)  # off: nothing counted, no error
+
+
 def test_associations_open_and_served() -> None:
     metrics = Metrics()
     metrics.association_opened()
