@@ -340,6 +340,9 @@ def _shared(record: Record) -> Record:
 
 def _shareable(record: Record) -> bool:
     """False when a value is NaN or -0.0: they would compare equal to other values."""
+    vrs = record._layout.vrs
+    if "FD" not in vrs and "FL" not in vrs:
+        return True  # floats are only ever read for these VRs (most items have neither)
     for value in record._values:
         if isinstance(value, float) and (value != value or math.copysign(1.0, value) < 0):
             return False
@@ -611,22 +614,35 @@ def _read_item(
     read differently (group 0000/0002/FFFE, duplicates, item delimiters)
     make the read fail rather than guess; ``top`` receives the raw private
     elements of defined length (for the normalization record).
+
+    The start-up runs this loop for every element of every protocol, so the
+    usual elements (text, numbers, sequences of defined length, in Explicit
+    VR) are decoded here as :func:`_decode` would, without its calls, and
+    what the loop looks up is bound to locals.
     """
-    codec = _fast_codec(charset)
-    found: list[tuple[int, str, Any]] = []
+    codec = _codec(charset)
+    text_codec = codec or "latin_1"
+    tags: list[int] = []
+    vrs: list[str] = []
+    values: list[Any] = []
     ordered, previous = True, -1  # tags ascending so far (as they should be)
     limit = len(data) if end is None else end
+    unpack_header, unpack_short = _HEADER.unpack_from, _SHORT.unpack_from
+    vr_names, long_vrs, intern = _VR_NAMES, _LONG_VRS, sys.intern
+    text_vrs, plain_text, single_valued = TEXT, PLAIN_TEXT, SINGLE_VALUED_TEXT
     while pos < limit:
         if implicit:
-            group, element, length = _HEADER.unpack_from(data, pos)
+            group, element, length = unpack_header(data, pos)
             pos += 8
             vr: str | None = None
         else:
-            group, element, raw_vr, length = _SHORT.unpack_from(data, pos)
-            vr = raw_vr.decode("ascii")
+            group, element, raw_vr, length = unpack_short(data, pos)
+            vr = vr_names.get(raw_vr)
+            if vr is None:
+                vr = raw_vr.decode("ascii")
             pos += 8
-            if vr in _LONG_HEADER:
-                length = _HEADER.unpack_from(data, pos - 4)[2]
+            if raw_vr in long_vrs:
+                length = unpack_header(data, pos - 4)[2]
                 pos += 4
         tag = (group << 16) | element
         if top is not None and group in (0x0000, 0x0002, 0xFFFE):
@@ -642,7 +658,9 @@ def _read_item(
             nested, pos = _read_items(data, pos, None, implicit or known == "UN", charset)
             if keep:
                 ordered, previous = ordered and tag > previous, tag
-                found.append((tag, "SQ", nested))
+                tags.append(tag)
+                vrs.append("SQ")
+                values.append(nested)
             continue
         value = data[pos : pos + length]
         pos += length
@@ -652,25 +670,77 @@ def _read_item(
             continue
         if tag == SPECIFIC_CHARACTER_SET:
             charset = tuple(t.strip() for t in value.decode("latin_1").split("\\"))
-            codec = _fast_codec(charset)
-        if vr in TEXT and (codec is not None or vr in PLAIN_TEXT):
-            # Text of a known VR, most elements: what _decode does, without its calls.
-            ordered, previous = ordered and tag > previous, tag
-            found.append((tag, sys.intern(vr), _from_bytes(vr, value, codec)))
-            continue
-        converted = _decode(tag, vr, value, implicit, charset, codec)
-        if converted is not None:
-            ordered, previous = ordered and tag > previous, tag
-            found.append((tag, converted[0], converted[1]))
+            codec = _codec(charset)
+            text_codec = codec or "latin_1"
+        stored: Any
+        if vr in text_vrs and (codec is not None or vr in plain_text):
+            # Text of a known VR, most elements: what _from_bytes does.
+            if not value:
+                stored = ()
+            elif len(value) > BULK_TEXT:
+                stored = BULK
+            else:
+                text = value.decode(text_codec, errors="replace")
+                if vr in single_valued or "\\" not in text:
+                    text = text.rstrip(" \x00")
+                    stored = intern(text) if len(text) <= 64 else text
+                else:
+                    stored = _pack([_text(v) for v in text.split("\\")])
+        elif vr in _READ_AS_IS:  # numbers, tags, binary (explicit VR): no charset, no dictionary
+            stored = _from_bytes(vr, value, codec)
+        elif vr == "SQ":
+            stored = _cached_sequence(value, implicit, charset)
+            if stored is None:
+                raise _Unsupported("sequence")
+        else:
+            converted = _decode(tag, vr, value, implicit, charset, codec)
+            if converted is None:
+                continue
+            vr, stored = converted
+        ordered, previous = ordered and tag > previous, tag
+        tags.append(tag)
+        vrs.append(vr)
+        values.append(stored)
     if not ordered:
-        found.sort(key=lambda t: t[0])
-        if top is not None and any(found[i][0] == found[i + 1][0] for i in range(len(found) - 1)):
+        order = sorted(range(len(tags)), key=tags.__getitem__)  # stable, as found.sort was
+        tags = [tags[i] for i in order]
+        vrs = [vrs[i] for i in order]
+        values = [values[i] for i in order]
+        if top is not None and any(tags[i] == tags[i + 1] for i in range(len(tags) - 1)):
             raise _Unsupported("an attribute given twice")
-    shared_tag = _tags.setdefault
-    tags = tuple([shared_tag(t, t) for t, _, _ in found])
-    vrs = tuple([v for _, v, _ in found])
-    record = Record(_layout(tags, vrs), tuple([v for _, _, v in found]))
+    record = Record(_read_layout(tuple(tags), tuple(vrs)), tuple(values))
     return (record if top is not None else _shared(record)), pos
+
+
+def _read_layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
+    """:func:`_layout`, whose new layouts hold the shared int of each tag (see :data:`_tags`)."""
+    layout = _layouts.get((tags, vrs))
+    if layout is None:
+        shared_tag = _tags.setdefault
+        layout = _layout(tuple([shared_tag(t, t) for t in tags]), vrs)
+    return layout
+
+
+#: The VRs of the standard, as bytes in an encoded element, to their (interned) names.
+_VR_NAMES: Final = {
+    vr.encode("ascii"): sys.intern(vr) for vr in (*TEXT, *NUMBERS, *BINARY, "AT", "SQ")
+}
+_LONG_VRS: Final = frozenset(vr.encode("ascii") for vr in _LONG_HEADER)
+#: Explicit VRs whose values :func:`_decode` hands to :func:`_from_bytes` unchanged.
+_READ_AS_IS: Final = frozenset({*NUMBERS, "AT", *(BINARY - {"UN"})})
+_codecs: dict[tuple[str, ...] | None, str | None] = {}  # _fast_codec's answers
+_CODECS_KEPT: Final = 256
+
+
+def _codec(charset: tuple[str, ...] | None) -> str | None:
+    """:func:`_fast_codec`, remembered: every item of a protocol asks it again."""
+    try:
+        return _codecs[charset]
+    except KeyError:
+        codec = _fast_codec(charset)
+        if len(_codecs) < _CODECS_KEPT:  # character sets come from the files: bounded
+            _codecs[charset] = codec
+        return codec
 
 
 class UnreadableBytes(Exception):

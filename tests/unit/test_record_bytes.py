@@ -97,7 +97,7 @@ def test_identical_items_are_one_object_except_nan_and_negative_zero() -> None:
     others), so remembering them by their bytes would change what records compare equal."""
     code = item(element(0x00080100, b"SH", b"CODE"))
     nan = item(element(0x00720074, b"FD", struct.pack("<d", float("nan"))))
-    minus_zero = item(element(0x00720074, b"FD", struct.pack("<d", -0.0)))
+    minus_zero = item(element(0x00720076, b"FL", struct.pack("<f", -0.0)))  # Selector FL Value
     first, second = dataset(code, nan, minus_zero), dataset(nan, minus_zero, code, item(b""))
     outside = (read(first), read(second))
     with record.bulk_reading():
@@ -106,7 +106,7 @@ def test_identical_items_are_one_object_except_nan_and_negative_zero() -> None:
         items_a, items_b = a.values(CODE_SEQUENCE) or (), b.values(CODE_SEQUENCE) or ()
         assert items_a[0] is items_b[2]
         assert items_a[1] is not items_b[0] and items_a[2] is not items_b[1]
-        assert str(items_a[2].first(0x00720074)) == "-0.0"
+        assert str(items_a[2].first(0x00720076)) == "-0.0"
     assert (outside[0] == outside[1]) == (inside[0] == inside[1])
 
 
@@ -132,3 +132,26 @@ def test_an_item_whose_value_runs_past_its_end_reads_as_without_bulk_reading() -
     assert expected[1].values(CODE_SEQUENCE)[0].first(0x00080100) == "CODEQRST"
     with record.bulk_reading():
         assert [outcome(lambda data=data: read(data)) for data in (first, second)] == expected
+
+
+def test_the_same_item_bytes_decode_with_each_inherited_character_set() -> None:
+    name = item(element(0x00080104, b"LO", "Kopf über".encode()))  # Code Meaning, UTF-8 bytes
+    utf8, latin1 = (
+        element(0x00080005, b"CS", term) + dataset(name) for term in (b"ISO_IR 192", b"ISO_IR 100")
+    )
+    outside = [read(data).values(CODE_SEQUENCE)[0].first(0x00080104) for data in (utf8, latin1)]
+    assert outside == ["Kopf über", "Kopf Ã¼ber"]
+    with record.bulk_reading():
+        inside = [read(data).values(CODE_SEQUENCE)[0].first(0x00080104) for data in (utf8, latin1)]
+    assert inside == outside
+
+
+def test_unknown_and_unreadable_value_representations() -> None:
+    """A VR the standard lacks is kept as too large to keep (its value cannot be read);
+    VR bytes that are not ASCII make the file unreadable here (pydicom then reads it)."""
+    unknown = element(0x00081030, b"XX", b"abcd") + element(0x00181030, b"LO", b"P")
+    got = read(unknown)
+    assert got.get(0x00081030) == record.Element("XX", None)
+    assert got.values(0x00181030) == ("P",)
+    with pytest.raises(record.UnreadableBytes):
+        read(element(0x00081030, b"\xc3\xa9", b"abcd"))
