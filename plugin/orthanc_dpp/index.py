@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 
 from orthanc_dpp.keys import SOP_CLASS_UID, SOP_INSTANCE_UID, tag
 from orthanc_dpp.match import Leaf, Query, SequenceKey, normalizer
-from orthanc_dpp.record import Record, to_record
+from orthanc_dpp.record import BULK, Record, to_record
 
 CODE_VALUE: Final = tag("CodeValue")
 CODE_SEQUENCES: Final = (
@@ -162,29 +162,48 @@ def _ids(value: IdSet | None) -> Iterable[int]:
 
 
 def _index_keys(record: Record) -> set[tuple[Path, Any]]:
-    """(path, normalized value) pairs under which ``record`` is indexed."""
+    """(path, normalized value) pairs under which ``record`` is indexed.
+
+    One pass over the record's attributes (a start-up indexes every stored
+    protocol: a lookup per indexed path cost more than the pass).
+    """
     found: set[tuple[Path, Any]] = set()
-    for attribute in INDEXED:
-        norm = _NORMS[attribute]
-        for value in record.values(attribute) or ():
-            key = norm(value)
-            if key is not None:
-                found.add((attribute, key))
-    for seq, attribute in INDEXED_ITEMS:
-        norm = _NORMS[attribute]
-        for item in record.values(seq) or ():
-            if isinstance(item, Record):
-                for value in item.values(attribute) or ():
-                    key = norm(value)
-                    if key is not None:
-                        found.add(((seq, attribute), key))
+    add = found.add
+    for attribute, value in zip(record.tags, record.raw_values, strict=True):
+        if attribute in _TOP_LEVEL:
+            norm = _NORMS[attribute]
+            for one in _listed(value):
+                key = norm(one)
+                if key is not None:
+                    add((attribute, key))
+        in_items = _IN_ITEMS.get(attribute)
+        if in_items is not None:
+            for item in _listed(value):
+                if isinstance(item, Record):
+                    for path, item_attribute, norm in in_items:
+                        for one in item.values(item_attribute) or ():
+                            key = norm(one)
+                            if key is not None:
+                                add((path, key))
     return found
+
+
+def _listed(value: Any) -> tuple[Any, ...]:
+    """A stored value as :meth:`Record.values` gives it, () for a bulk one."""
+    if isinstance(value, tuple):
+        return value
+    return () if value is BULK else (value,)
 
 
 _NORMS: Final[dict[int, Callable[[Any], Any]]] = {
     attribute: normalizer(dictionary_VR(attribute))
     for attribute in {*INDEXED, *(t for _, t in INDEXED_ITEMS)}
 }
+_TOP_LEVEL: Final = frozenset(INDEXED)
+#: Sequence -> (path, item attribute, normalizer) of each indexed attribute of its items.
+_IN_ITEMS: Final[dict[int, list[tuple[Path, int, Callable[[Any], Any]]]]] = {}
+for _seq, _attribute in INDEXED_ITEMS:
+    _IN_ITEMS.setdefault(_seq, []).append(((_seq, _attribute), _attribute, _NORMS[_attribute]))
 
 
 class ProtocolIndex:

@@ -17,6 +17,7 @@ from orthanc_dpp import index as index_module
 from orthanc_dpp import sop
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.match import Query, compile_query
+from orthanc_dpp.record import BULK_TEXT, Record, to_record
 from tests.unit.test_match import build, code
 
 CT, XA, APPROVAL = sop.CT_DPP_STORAGE, sop.XA_DPP_STORAGE, sop.PROTOCOL_APPROVAL_STORAGE
@@ -152,6 +153,34 @@ def test_factory_library_find_equals_brute_force() -> None:
         assert found == brute_force(index, query)
         assert found and all(e.sop_class_uid != APPROVAL for e in found)
     assert len(list(index.find(compile_query(build({"SOPInstanceUID": ""})), never))) == len(dpp)
+
+
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_index_keys_are_those_of_each_indexed_path() -> None:
+    """The keys read in one pass over a record equal those read path by path."""
+
+    def path_by_path(record: Any) -> set[tuple[Any, Any]]:
+        found = set()
+        for attribute in index_module.INDEXED:
+            for value in record.values(attribute) or ():
+                if (key := index_module._NORMS[attribute](value)) is not None:
+                    found.add((attribute, key))
+        for seq, attribute in index_module.INDEXED_ITEMS:
+            for item in record.values(seq) or ():
+                if isinstance(item, Record):
+                    for value in item.values(attribute) or ():
+                        if (key := index_module._NORMS[attribute](value)) is not None:
+                            found.add(((seq, attribute), key))
+        return found
+
+    odd = build({"ProtocolName": "P", "InstitutionName": "I"})
+    odd.add_new(0x00080070, "LO", ["Maker A", "Maker B", ""])  # Manufacturer, multi-valued
+    odd.add_new(0x00080080, "LO", "x" * (BULK_TEXT + 1))  # Institution Name, too long to keep
+    odd.add_new(0x00189912, "LO", "not a sequence")  # Model Specification Sequence, wrong VR
+    records = [to_record(ds) for ds in [*POOL, odd, *make_library(10, seed=8)]]
+    assert any(index_module._index_keys(r) for r in records)
+    for record in records:
+        assert index_module._index_keys(record) == path_by_path(record)
 
 
 # -- the interface the adapter and REST routes use --------------------------------
