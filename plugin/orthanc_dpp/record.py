@@ -601,19 +601,27 @@ def _bulk_item(
 
 
 def _read_item(
+    data: bytes, pos: int, end: int | None, implicit: bool, charset: tuple[str, ...] | None
+) -> tuple[Record, int]:
+    """One sequence item from its bytes, shared (:func:`_shared`)."""
+    tags, vrs, values, pos = _read_elements(data, pos, end, implicit, charset, None)
+    return _shared(Record(_read_layout(tuple(tags), tuple(vrs)), tuple(values))), pos
+
+
+def _read_elements(
     data: bytes,
     pos: int,
     end: int | None,
     implicit: bool,
     charset: tuple[str, ...] | None,
-    top: list[tuple[int, bytes]] | None = None,
-) -> tuple[Record, int]:
-    """One item (or, with ``top``, a whole top-level dataset) from its bytes.
+    top: list[tuple[int, bytes]] | None,
+) -> tuple[list[int], list[str], list[Any], int]:
+    """The tags (ascending), VRs and values of an item or, with ``top``, a whole dataset.
 
-    At the top level the record is not shared, and elements pydicom would
-    read differently (group 0000/0002/FFFE, duplicates, item delimiters)
-    make the read fail rather than guess; ``top`` receives the raw private
-    elements of defined length (for the normalization record).
+    At the top level, elements pydicom would read differently (group
+    0000/0002/FFFE, duplicates, item delimiters) make the read fail rather
+    than guess; ``top`` receives the raw private elements of defined length
+    (for the normalization record).
 
     The start-up runs this loop for every element of every protocol, so the
     usual elements (text, numbers, sequences of defined length, in Explicit
@@ -708,8 +716,7 @@ def _read_item(
         values = [values[i] for i in order]
         if top is not None and any(tags[i] == tags[i + 1] for i in range(len(tags) - 1)):
             raise _Unsupported("an attribute given twice")
-    record = Record(_read_layout(tuple(tags), tuple(vrs)), tuple(values))
-    return (record if top is not None else _shared(record)), pos
+    return tags, vrs, values, pos
 
 
 def _read_layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
@@ -717,8 +724,14 @@ def _read_layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
     layout = _layouts.get((tags, vrs))
     if layout is None:
         shared_tag = _tags.setdefault
-        layout = _layout(tuple([shared_tag(t, t) for t in tags]), vrs)
+        layout = Layout(tuple([shared_tag(t, t) for t in tags]), vrs)
+        _layouts[(layout.tags, vrs)] = layout  # the key holds no other ints
     return layout
+
+
+def read_record(tags: tuple[int, ...], vrs: tuple[str, ...], values: tuple[Any, ...]) -> Record:
+    """A top-level record of parts given by :func:`read_parts` (its layout shared)."""
+    return Record(_read_layout(tags, vrs), values)
 
 
 #: The VRs of the standard, as bytes in an encoded element, to their (interned) names.
@@ -758,14 +771,26 @@ def read_dataset(data: bytes, pos: int, implicit: bool) -> tuple[Record, list[tu
     pydicom would (ambiguous VRs, ISO 2022 character sets, undefined lengths
     outside sequences, duplicates, truncation).
     """
+    tags, vrs, values, private = read_parts(data, pos, implicit)
+    return read_record(tags, vrs, values), private
+
+
+def read_parts(
+    data: bytes, pos: int, implicit: bool
+) -> tuple[tuple[int, ...], tuple[str, ...], tuple[Any, ...], list[tuple[int, bytes]]]:
+    """:func:`read_dataset` before its record is made: tags (ascending), VRs, values, private.
+
+    For a caller that changes the record first (``stored_record`` undoing
+    the normalization): one layout is then looked up instead of two.
+    """
     captured: list[tuple[int, bytes]] = []
     try:
-        record, end = _read_item(data, pos, len(data), implicit, None, captured)
+        tags, vrs, values, end = _read_elements(data, pos, len(data), implicit, None, captured)
     except (_Unsupported, struct.error, UnicodeError, ValueError, KeyError) as exc:
         raise UnreadableBytes(str(exc) or type(exc).__name__) from exc
     if end != len(data):
         raise UnreadableBytes("truncated")
-    return record, captured
+    return tuple(tags), tuple(vrs), tuple(values), captured
 
 
 def _dictionary_vr(tag: int) -> str | None:

@@ -4,7 +4,7 @@ A start without an index snapshot reads every stored protocol. The general
 way (``dcmread``, :func:`normalize.reverse`, :func:`record.to_record`) spent
 about half of its time in pydicom building Dataset objects that are thrown
 away at once. :func:`original_record` reads the file's bytes directly
-(:func:`record.read_dataset`) and undoes the normalization on the record,
+(:func:`record.read_parts`) and undoes the normalization on the record,
 giving the same record; anything that reader does not handle exactly as
 pydicom would (another transfer syntax, ISO 2022 character sets, damaged
 files...) goes the general way, so the answer never depends on the path.
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Final
+from bisect import bisect_left
+from typing import Any, Final
 
 import pydicom
 
 from orthanc_dpp import normalize
 from orthanc_dpp.normalize import RECORD_CREATOR, RECORD_GROUP
-from orthanc_dpp.record import TEXT, Record, UnreadableBytes, read_dataset, to_record
+from orthanc_dpp.record import TEXT, Record, UnreadableBytes, read_parts, read_record, to_record
 
 IMPLICIT_LITTLE: Final = "1.2.840.10008.1.2"
 EXPLICIT_LITTLE: Final = "1.2.840.10008.1.2.1"
@@ -63,8 +64,7 @@ def fast_record(data: bytes) -> Record:
         raise UnreadableBytes(f"transfer syntax {syntax}")
     if pos + 6 <= len(data) and _looks_explicit(data[pos + 4 : pos + 6]) == implicit:
         raise UnreadableBytes("dataset encoded otherwise than its transfer syntax says")
-    record, private = read_dataset(data, pos, implicit)
-    return _undo_normalization(record, private)
+    return _undo_normalization(*read_parts(data, pos, implicit))
 
 
 def _looks_explicit(vr: bytes) -> bool:
@@ -96,39 +96,51 @@ def _file_meta(data: bytes) -> tuple[int, str]:
     return pos, syntax
 
 
-def _undo_normalization(record: Record, private: list[tuple[int, bytes]]) -> Record:
-    """``record`` without what ``normalize.normalize`` added (as ``normalize.reverse`` does)."""
-    values = dict(private)
+def _undo_normalization(
+    tags: tuple[int, ...],
+    vrs: tuple[str, ...],
+    values: tuple[Any, ...],
+    private: list[tuple[int, bytes]],
+) -> Record:
+    """The record without what ``normalize.normalize`` added (as ``normalize.reverse`` does).
+
+    ``tags`` ascend without duplicates (:func:`record.read_parts`), so the
+    few added and filled attributes are found by binary search.
+    """
+    found = dict(private)
     offset = next(
         (
             element
             for element in range(0x10, 0x100)
-            if _text(values.get((RECORD_GROUP << 16) | element)) == RECORD_CREATOR
+            if _text(found.get((RECORD_GROUP << 16) | element)) == RECORD_CREATOR
         ),
         None,
     )
     if offset is None:
-        return record
+        return read_record(tags, vrs, values)
     base = (RECORD_GROUP << 16) | (offset << 8)
     try:
-        added = _tags(values.get(base | _ADDED))
-        filled = _tags(values.get(base | _FILLED))
+        added = _tags(found.get(base | _ADDED))
+        filled = _tags(found.get(base | _FILLED))
     except ValueError as exc:
         raise UnreadableBytes(f"normalization record: {exc}") from exc
-    tags, vrs, kept = [], [], []
-    for tag, vr, value in zip(record.tags, record.vrs, record.raw_values, strict=True):
-        if tag in added:
-            continue
-        if tag in filled:
-            if vr not in TEXT:
-                raise UnreadableBytes(f"filled attribute {tag:08X} of VR {vr}")
-            value = ()
-        tags.append(tag)
-        vrs.append(vr)
-        kept.append(value)
-    if not filled <= set(tags):
-        raise UnreadableBytes("a filled attribute the record does not hold")
-    return Record.from_parts(tuple(tags), tuple(vrs), tuple(kept))
+    kept = list(values)
+    for tag in filled:
+        i = bisect_left(tags, tag)
+        if i == len(tags) or tags[i] != tag or tag in added:
+            raise UnreadableBytes("a filled attribute the record does not hold")
+        if vrs[i] not in TEXT:
+            raise UnreadableBytes(f"filled attribute {tag:08X} of VR {vrs[i]}")
+        kept[i] = ()
+    dropped = sorted(
+        i for tag in added if (i := bisect_left(tags, tag)) < len(tags) and tags[i] == tag
+    )
+    if not dropped:
+        return read_record(tags, vrs, tuple(kept))
+    kept_tags, kept_vrs = list(tags), list(vrs)
+    for i in reversed(dropped):
+        del kept_tags[i], kept_vrs[i], kept[i]
+    return read_record(tuple(kept_tags), tuple(kept_vrs), tuple(kept))
 
 
 def _text(value: bytes | None) -> str | None:

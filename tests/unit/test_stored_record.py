@@ -26,6 +26,7 @@ from dpp_tools.samples import (
 from orthanc_dpp import normalize, record
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.keys import tag
+from orthanc_dpp.normalize import RECORD_CREATOR
 from orthanc_dpp.record import BULK_BYTES, BULK_TEXT, UnreadableBytes
 from orthanc_dpp.stored_record import fast_record, full_record, original_record
 
@@ -75,6 +76,42 @@ def test_normalization_is_undone_added_removed_and_filled_emptied() -> None:
     assert got.values(tag("StudyInstanceUID")) == ("1.2.3.4",)
     assert tag("SeriesInstanceUID") not in got and tag("PatientName") not in got
     assert normalize.has_record(normalize.normalize(make_protocol(3, "CT"), LABELS).dataset)
+
+
+@pytest.mark.parametrize(
+    "filled",
+    [
+        "00100020",  # Patient ID, filled and also added: not in the record once added ones go
+        "00181030",  # Protocol Name, absent
+        "00080081",  # Institution Address, absent (before Referring Physician's Name, text)
+        "00280106",  # Smallest Image Pixel Value: US, not text
+        "00080090",  # Referring Physician's Name: text, present
+    ],
+)
+@pytest.mark.filterwarnings("ignore:A value of type 'str' cannot be assigned")
+def test_a_normalization_record_naming_other_attributes_reads_the_same(filled: str) -> None:
+    """Whatever the Filled list names, both readers agree; the fast one gives up unless it
+    names present text attributes (which it empties as normalize.reverse does)."""
+    ds = make_protocol(9, "CT")
+    del ds.ProtocolName
+    ds.ReferringPhysicianName = "Who^Ever"
+    assert 0x00080081 not in ds
+    ds.add_new(0x00280106, "US", 7)
+    result = normalize.normalize(ds, LABELS)
+    creator = next(e.tag for e in ds if e.tag.group == 0x0099 and e.value == RECORD_CREATOR)
+    ds.add_new((creator & 0xFFFF0000) | ((creator & 0xFF) << 8) | 0x02, "LT", filled)
+    data = to_bytes(ds)
+    assert tag("PatientID") in result.added
+    readable = filled == "00080090"
+    if not readable:
+        assert isinstance(full_record(data), record.Record)
+        with pytest.raises(UnreadableBytes):
+            fast_record(data)
+    same_record(data, fast=readable)
+    if readable:
+        got = fast_record(data)
+        assert got.get(tag("ReferringPhysicianName")) == record.Element("PN", ())
+        assert tag("PatientID") not in got and got.values(0x00280106) == (7,)
 
 
 def test_files_stored_untouched_and_other_vendors_private_blocks() -> None:
