@@ -172,10 +172,17 @@ def _layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
 def shared_layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
     """The one :class:`Layout` of these tags and VRs, its tag numbers shared.
 
-    For layouts read back from elsewhere (the index snapshot), whose tag
-    numbers are fresh objects: a layout of every record read keeps them.
+    For layouts read back from elsewhere (the index snapshot) or from
+    encoded bytes, whose tag numbers are fresh objects: a layout of every
+    record read keeps them. The tags are replaced only for a new layout
+    (most records read have a layout seen before).
     """
-    return _layout(tuple([_tags.setdefault(t, t) for t in tags]), vrs)
+    layout = _layouts.get((tags, vrs))
+    if layout is None:
+        shared_tag = _tags.setdefault
+        layout = Layout(tuple([shared_tag(t, t) for t in tags]), vrs)
+        _layouts[(layout.tags, vrs)] = layout  # the key holds no other ints
+    return layout
 
 
 class Record:
@@ -605,7 +612,7 @@ def _read_item(
 ) -> tuple[Record, int]:
     """One sequence item from its bytes, shared (:func:`_shared`)."""
     tags, vrs, values, pos = _read_elements(data, pos, end, implicit, charset, None)
-    return _shared(Record(_read_layout(tuple(tags), tuple(vrs)), tuple(values))), pos
+    return _shared(Record(shared_layout(tuple(tags), tuple(vrs)), tuple(values))), pos
 
 
 def _read_elements(
@@ -719,19 +726,9 @@ def _read_elements(
     return tags, vrs, values, pos
 
 
-def _read_layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
-    """:func:`_layout`, whose new layouts hold the shared int of each tag (see :data:`_tags`)."""
-    layout = _layouts.get((tags, vrs))
-    if layout is None:
-        shared_tag = _tags.setdefault
-        layout = Layout(tuple([shared_tag(t, t) for t in tags]), vrs)
-        _layouts[(layout.tags, vrs)] = layout  # the key holds no other ints
-    return layout
-
-
 def read_record(tags: tuple[int, ...], vrs: tuple[str, ...], values: tuple[Any, ...]) -> Record:
     """A top-level record of parts given by :func:`read_parts` (its layout shared)."""
-    return Record(_read_layout(tags, vrs), values)
+    return Record(shared_layout(tags, vrs), values)
 
 
 #: The VRs of the standard, as bytes in an encoded element, to their (interned) names.
