@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 
 from orthanc_dpp.keys import SOP_CLASS_UID, SOP_INSTANCE_UID, tag
 from orthanc_dpp.match import Leaf, Query, SequenceKey, normalizer
-from orthanc_dpp.record import BULK, Record, to_record
+from orthanc_dpp.record import Record, stored_values, to_record
 
 CODE_VALUE: Final = tag("CodeValue")
 CODE_SEQUENCES: Final = (
@@ -172,13 +172,13 @@ def _index_keys(record: Record) -> set[tuple[Path, Any]]:
     for attribute, value in zip(record.tags, record.raw_values, strict=True):
         if attribute in _TOP_LEVEL:
             norm = _NORMS[attribute]
-            for one in _listed(value):
+            for one in stored_values(value) or ():
                 key = norm(one)
                 if key is not None:
                     add((attribute, key))
         in_items = _IN_ITEMS.get(attribute)
         if in_items is not None:
-            for item in _listed(value):
+            for item in stored_values(value) or ():
                 if isinstance(item, Record):
                     for path, item_attribute, norm in in_items:
                         for one in item.values(item_attribute) or ():
@@ -186,13 +186,6 @@ def _index_keys(record: Record) -> set[tuple[Path, Any]]:
                             if key is not None:
                                 add((path, key))
     return found
-
-
-def _listed(value: Any) -> tuple[Any, ...]:
-    """A stored value as :meth:`Record.values` gives it, () for a bulk one."""
-    if isinstance(value, tuple):
-        return value
-    return () if value is BULK else (value,)
 
 
 _NORMS: Final[dict[int, Callable[[Any], Any]]] = {

@@ -51,6 +51,8 @@ log = logging.getLogger("orthanc_dpp.record")
 BULK_BYTES: Final = 256
 #: Text values longer than this (characters) are not kept.
 BULK_TEXT: Final = 4096
+#: Text values up to this length (characters) are interned: one object for equal values.
+SHARED_TEXT: Final = 64
 
 
 class _Bulk:
@@ -142,7 +144,7 @@ class Layout:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Unpickled layouts are shared again: records compare layouts by identity.
-        return (_layout, (self.tags, self.vrs))
+        return (shared_layout, (self.tags, self.vrs))
 
 
 _layouts: weakref.WeakValueDictionary[tuple[tuple[int, ...], tuple[str, ...]], Layout] = (
@@ -156,26 +158,13 @@ _items: weakref.WeakValueDictionary[tuple[Layout, tuple[Any, ...]], Record] = (
 _tags: dict[int, int] = {}  # one int object per tag, shared by every layout
 
 
-def _tag(tag: int) -> int:
-    return _tags.setdefault(tag, tag)
-
-
-def _layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
-    key = (tags, vrs)
-    layout = _layouts.get(key)
-    if layout is None:
-        layout = Layout(tags, vrs)
-        _layouts[key] = layout
-    return layout
-
-
 def shared_layout(tags: tuple[int, ...], vrs: tuple[str, ...]) -> Layout:
     """The one :class:`Layout` of these tags and VRs, its tag numbers shared.
 
-    For layouts read back from elsewhere (the index snapshot) or from
-    encoded bytes, whose tag numbers are fresh objects: a layout of every
-    record read keeps them. The tags are replaced only for a new layout
-    (most records read have a layout seen before).
+    Tags come as fresh int objects (decoded from bytes or a snapshot, or
+    from pydicom), and a layout of every record read keeps them: they are
+    replaced by the shared ones only for a new layout (most records read
+    have a layout seen before).
     """
     layout = _layouts.get((tags, vrs))
     if layout is None:
@@ -202,14 +191,14 @@ class Record:
         i = self._layout.position(tag)
         if i is None:
             return None
-        return Element(self._layout.vrs[i], _as_tuple(self._values[i]))
+        return Element(self._layout.vrs[i], stored_values(self._values[i]))
 
     def values(self, tag: int) -> tuple[Any, ...] | None:
         """The values of ``tag``: () if absent or empty, None if bulk (not kept)."""
         i = self._layout.position(tag)
         if i is None:
             return ()
-        return _as_tuple(self._values[i])
+        return stored_values(self._values[i])
 
     def first(self, tag: int) -> Any:
         """The first value of ``tag`` or None: for single-valued attributes."""
@@ -226,7 +215,7 @@ class Record:
     def __iter__(self) -> Iterator[tuple[int, Element]]:
         layout = self._layout
         for tag, vr, value in zip(layout.tags, layout.vrs, self._values, strict=True):
-            yield tag, Element(vr, _as_tuple(value))
+            yield tag, Element(vr, stored_values(value))
 
     def __len__(self) -> int:
         return len(self._values)
@@ -267,8 +256,8 @@ class Record:
     def from_parts(
         cls, tags: tuple[int, ...], vrs: tuple[str, ...], values: tuple[Any, ...]
     ) -> Record:
-        """A record from :attr:`tags`, :attr:`vrs` and :attr:`raw_values` (the snapshot)."""
-        return cls(_layout(tags, vrs), values)
+        """A record from :attr:`tags`, :attr:`vrs` and :attr:`raw_values` (its layout shared)."""
+        return cls(shared_layout(tags, vrs), values)
 
     def to_dataset(self) -> Dataset:
         """The record as a pydicom Dataset (tests, REST summaries, debugging)."""
@@ -279,7 +268,8 @@ class Record:
         return ds
 
 
-def _as_tuple(value: Any) -> tuple[Any, ...] | None:
+def stored_values(value: Any) -> tuple[Any, ...] | None:
+    """A stored value as :meth:`Record.values` gives it: a tuple, None for a bulk one."""
     if value is BULK:
         return None
     if isinstance(value, tuple):
@@ -326,10 +316,10 @@ def _record(ds: Dataset, charset: tuple[str, ...] | None, *, nested: bool) -> Re
             continue
         if converted is None:
             continue
-        tags.append(_tag(tag))
+        tags.append(tag)
         vrs.append(converted[0])
         values.append(converted[1])
-    record = Record(_layout(tuple(tags), tuple(vrs)), tuple(values))
+    record = Record.from_parts(tuple(tags), tuple(vrs), tuple(values))
     return _shared(record) if nested else record
 
 
@@ -612,7 +602,7 @@ def _read_item(
 ) -> tuple[Record, int]:
     """One sequence item from its bytes, shared (:func:`_shared`)."""
     tags, vrs, values, pos = _read_elements(data, pos, end, implicit, charset, None)
-    return _shared(Record(shared_layout(tuple(tags), tuple(vrs)), tuple(values))), pos
+    return _shared(Record.from_parts(tuple(tags), tuple(vrs), tuple(values))), pos
 
 
 def _read_elements(
@@ -698,7 +688,7 @@ def _read_elements(
                 text = value.decode(text_codec, errors="replace")
                 if vr in single_valued or "\\" not in text:
                     text = text.rstrip(" \x00")
-                    stored = intern(text) if len(text) <= 64 else text
+                    stored = intern(text) if len(text) <= SHARED_TEXT else text
                 else:
                     stored = _pack([_text(v) for v in text.split("\\")])
         elif vr in _READ_AS_IS:  # numbers, tags, binary (explicit VR): no charset, no dictionary
@@ -724,11 +714,6 @@ def _read_elements(
         if top is not None and any(tags[i] == tags[i + 1] for i in range(len(tags) - 1)):
             raise _Unsupported("an attribute given twice")
     return tags, vrs, values, pos
-
-
-def read_record(tags: tuple[int, ...], vrs: tuple[str, ...], values: tuple[Any, ...]) -> Record:
-    """A top-level record of parts given by :func:`read_parts` (its layout shared)."""
-    return Record(shared_layout(tags, vrs), values)
 
 
 #: The VRs of the standard, as bytes in an encoded element, to their (interned) names.
@@ -769,7 +754,7 @@ def read_dataset(data: bytes, pos: int, implicit: bool) -> tuple[Record, list[tu
     outside sequences, duplicates, truncation).
     """
     tags, vrs, values, private = read_parts(data, pos, implicit)
-    return read_record(tags, vrs, values), private
+    return Record.from_parts(tags, vrs, values), private
 
 
 def read_parts(
@@ -804,7 +789,7 @@ def _pack(values: list[Any]) -> Any:
 
 def _text(value: str) -> str:
     value = value.rstrip(" \x00")
-    return sys.intern(value) if len(value) <= 64 else value
+    return sys.intern(value) if len(value) <= SHARED_TEXT else value
 
 
 def _from_bytes(vr: str, raw: bytes | None, codec: str | None) -> Any:

@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn, Protocol
 
-from orthanc_dpp.record import BULK, Layout, Record, shared_layout
+from orthanc_dpp.record import BULK, SHARED_TEXT, Layout, Record, shared_layout
 
 #: Orthanc global property holding the snapshot (plugins use numbers >= 1024).
 PROPERTY = 20511
@@ -46,8 +46,6 @@ MAGIC = "orthanc-dpp-index"
 FORMAT = 3
 #: Records per pickle: what a restart holds undecoded at a time.
 CHUNK = 8192
-#: Strings up to this length are shared between records when read (as record.py does).
-_SHARED_TEXT = 64
 
 _VR = re.compile(r"^[A-Z]{2}$")
 _SCALARS = frozenset({str, int, float, bytes})
@@ -191,7 +189,7 @@ class _RecordReader:
         if type(values) is not tuple or len(values) != len(layout.tags):
             _bad(f"record {number}: its values do not fit its layout")
         sequences = self._sequences[layout_number]
-        value, items, intern, shared = self._value, self._items, sys.intern, _SHARED_TEXT
+        value, items, intern, shared = self._value, self._items, sys.intern, SHARED_TEXT
         try:
             if sequences:
                 checked = [items(v) if i in sequences else value(v) for i, v in enumerate(values)]
@@ -219,14 +217,14 @@ class _RecordReader:
     def _value(item: Any) -> Any:
         kind = type(item)
         if kind is str:
-            return sys.intern(item) if len(item) <= _SHARED_TEXT else item
+            return sys.intern(item) if len(item) <= SHARED_TEXT else item
         if kind in _SCALARS:
             return item
         if kind is tuple:
             if not set(map(type, item)) <= _SCALARS:
                 _bad("a value holds something that is not a value")
             return tuple(
-                [sys.intern(v) if type(v) is str and len(v) <= _SHARED_TEXT else v for v in item]
+                [sys.intern(v) if type(v) is str and len(v) <= SHARED_TEXT else v for v in item]
             )
         if kind is dict and not item:
             return BULK

@@ -21,7 +21,7 @@ import pydicom
 
 from orthanc_dpp import normalize
 from orthanc_dpp.normalize import RECORD_CREATOR, RECORD_GROUP
-from orthanc_dpp.record import TEXT, Record, UnreadableBytes, read_parts, read_record, to_record
+from orthanc_dpp.record import TEXT, Record, UnreadableBytes, read_parts, to_record
 
 IMPLICIT_LITTLE: Final = "1.2.840.10008.1.2"
 EXPLICIT_LITTLE: Final = "1.2.840.10008.1.2.1"
@@ -117,7 +117,7 @@ def _undo_normalization(
         None,
     )
     if offset is None:
-        return read_record(tags, vrs, values)
+        return Record.from_parts(tags, vrs, values)
     base = (RECORD_GROUP << 16) | (offset << 8)
     try:
         added = _tags(found.get(base | _ADDED))
@@ -136,11 +136,11 @@ def _undo_normalization(
         i for tag in added if (i := bisect_left(tags, tag)) < len(tags) and tags[i] == tag
     )
     if not dropped:
-        return read_record(tags, vrs, tuple(kept))
+        return Record.from_parts(tags, vrs, tuple(kept))
     kept_tags, kept_vrs = list(tags), list(vrs)
     for i in reversed(dropped):
         del kept_tags[i], kept_vrs[i], kept[i]
-    return read_record(tuple(kept_tags), tuple(kept_vrs), tuple(kept))
+    return Record.from_parts(tuple(kept_tags), tuple(kept_vrs), tuple(kept))
 
 
 def _text(value: bytes | None) -> str | None:
