@@ -128,6 +128,8 @@ class FakeOrthancModule:
         self.logs: list[tuple[str, str]] = []
         self.change_callback: Any = None
         self.received_callback: Any = None
+        #: What the hook answered for each POST /instances that reached it.
+        self.received_actions: list[Any] = []
         self.routes: dict[str, Any] = {}
         self.explorer_javascript: list[str] = []
         self.properties: dict[int, str] = {}
@@ -230,6 +232,12 @@ class FakeOrthancModule:
 
     def RestApiPost(self, uri: str, body: bytes) -> bytes:
         self._check("RestApiPost", uri, body)
+        if uri == "/instances" and self.received_callback is not None:
+            # Orthanc runs the received-instance hook on the storing thread.
+            action, replaced = self.received_callback(body, None)
+            self.received_actions.append(action)
+            if action == self.ReceivedInstanceAction.MODIFY:
+                body = replaced
         return self._rest("post", uri, body)
 
     def RestApiDelete(self, uri: str) -> None:

@@ -46,6 +46,7 @@ from orthanc_dpp.library import (
     Stored,
     StoreError,
     normalize_received,
+    storing_here,
 )
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
@@ -590,8 +591,8 @@ class Plugin:
     def on_received(self, data: bytes, origin: Any) -> tuple[Any, bytes | None]:
         """Orthanc's received-instance hook: normalize DPP files from any path."""
         actions = self.orthanc.ReceivedInstanceAction
-        if self.settings is None:
-            return actions.KEEP_AS_IS, None
+        if self.settings is None or storing_here():
+            return actions.KEEP_AS_IS, None  # our own stores are normalized already
         try:
             normalized = normalize_received(data, self.settings.normalization)
         except StoreError as exc:

@@ -104,6 +104,20 @@ class Stored:
         }
 
 
+#: Set on a thread while it stores through :meth:`ProtocolLibrary.store`.
+_storing = threading.local()
+
+
+def storing_here() -> bool:
+    """True while this thread is inside the library's own ``POST /instances``.
+
+    Orthanc runs its received-instance hook on the thread that stores, so
+    the hook can tell a file the library has just normalized (nothing to
+    do, no need to read it again) from one arriving by Orthanc's routes.
+    """
+    return getattr(_storing, "active", False)
+
+
 # Orthanc error texts that mean "no room", mapped to Out of Resources.
 _RESOURCE_ERRORS = ("full", "cannot write", "disk", "space", "memory")
 
@@ -392,6 +406,7 @@ class ProtocolLibrary:
     ) -> Stored:
         """POST the encoded instance; an AlreadyStored answer reports the stored copy."""
         started = time.perf_counter()
+        _storing.active = True
         try:
             answer = json.loads(self.api.post("/instances", body))
         except OrthancError as exc:
@@ -405,6 +420,8 @@ class ProtocolLibrary:
             raise StoreError(
                 code, http, f"Orthanc did not store the instance: {exc.message}"
             ) from exc
+        finally:
+            _storing.active = False
         stored = Stored(
             sop_instance_uid=sop_instance,
             sop_class_uid=sop_class,

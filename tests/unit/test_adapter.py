@@ -130,6 +130,30 @@ def test_received_instance_hook_normalizes_only_dpp(running) -> None:
     assert orthanc.received_callback(to_bytes(make_non_dpp(1)), None) == (actions.KEEP_AS_IS, None)
 
 
+def test_received_instance_hook_leaves_the_plugins_own_stores_unread(running, monkeypatch) -> None:
+    orthanc, _ = running
+    actions = orthanc.ReceivedInstanceAction
+    read: list[bytes] = []
+    real = adapter.normalize_received
+    monkeypatch.setattr(
+        adapter, "normalize_received", lambda data, labels: read.append(data) or real(data, labels)
+    )
+    ours = orthanc.call_route(
+        "/dpp/protocols",
+        "POST",
+        headers={"Content-Type": "application/dicom"},
+        body=to_bytes(make_protocol(12, "CT")),
+    )
+    assert ours.status == 200
+    assert orthanc.received_actions == [actions.KEEP_AS_IS]
+    assert read == []  # normalized by the upload already: the hook does not read it again
+    # A file stored by Orthanc's own route (another thread, not the library) is read.
+    theirs = to_bytes(make_protocol(13, "CT"))
+    orthanc.RestApiPost("/instances", theirs)
+    assert read == [theirs]
+    assert orthanc.received_actions[-1] == actions.MODIFY
+
+
 def test_uploads_and_deletions_reach_the_index(running) -> None:
     orthanc, plugin = running
     ds = make_protocol(11, "XA")
