@@ -86,7 +86,16 @@ DPP_SETTINGS: dict[str, Any] = {
 
 
 def folder_for(size: int, twins: bool = False) -> Path:
+    """The prepared data folder of a library size.
+
+    One per stack (``DPP_STACK``, set inside ``tools/stacks.py`` roots): an
+    Orthanc of another version must not open, and perhaps upgrade, the
+    host's database.
+    """
     suffix = "-with-twins" if twins else ""
+    stack = os.environ.get("DPP_STACK")
+    if stack:
+        suffix += f"-{stack}"
     return RESULTS / "orthanc" / f"{library.factory_version()}-{size}{suffix}"
 
 

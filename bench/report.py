@@ -67,18 +67,25 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 
 def save(results: dict[str, Any]) -> Path:
-    """Write the raw numbers to a timestamped JSON file (and ``latest.json``) under results/."""
+    """Write the raw numbers to a timestamped JSON file (and ``latest.json``) under results/.
+
+    Inside a stack root (``tools/stacks.py bench``, which sets ``DPP_STACK``)
+    the names carry the stack, so that its run does not replace the host's
+    ``latest.json``.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stack = os.environ.get("DPP_STACK")
     payload = {
         "time": stamp,
-        "machine": {"cpus": _cpus(), "python": platform.python_version()},
+        "machine": {"cpus": _cpus(), "python": platform.python_version(), "stack": stack or "host"},
         **results,
     }
-    path = RESULTS / f"bench-{stamp}.json"
+    suffix = f"-{stack}" if stack else ""
+    path = RESULTS / f"bench-{stamp}{suffix}.json"
     text = json.dumps(_clean(payload), indent=2, default=str)
     path.write_text(text)
-    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / f"latest{suffix}.json").write_text(text)
     return path
 
 

@@ -256,6 +256,36 @@ def _instances(orthanc: OrthancServer) -> int:
     return int(orthanc.get_json("/statistics")["CountInstances"])
 
 
+def _platform(orthanc: OrthancServer) -> dict[str, Any]:
+    """What the figures depend on: Orthanc, its Python plugin, and whether calls release the lock.
+
+    Scaling with concurrent associations hangs on the last: a plugin that
+    keeps Python's interpreter lock while Orthanc stores lets no other
+    association's Python run meanwhile.
+    """
+    platform = orthanc.get_json("/dpp/status").get("Platform", {})
+    return {
+        "stack": os.environ.get("DPP_STACK", "host"),
+        "orthanc": platform.get("Orthanc"),
+        "python_plugin": platform.get("PythonPlugin"),
+        "python": platform.get("Python"),
+        "lock_released_in_calls": platform.get("InterpreterLockReleasedInCalls"),
+    }
+
+
+def describe_platform(platform: dict[str, Any] | None) -> str:
+    """One line naming the stack a store measurement ran on (empty if unknown)."""
+    if not platform:
+        return ""
+    released = platform.get("lock_released_in_calls")
+    lock = {True: "released", False: "held"}.get(released, "unknown")
+    return (
+        f"Orthanc {platform.get('orthanc')}, Python plugin {platform.get('python_plugin')}, "
+        f"Python {platform.get('python')} ({platform.get('stack')}); interpreter lock during "
+        f"calls into Orthanc: {lock}"
+    )
+
+
 #: The plugin's C-STORE timing metrics (README, Monitoring), as Orthanc prints them.
 _STORE_METRIC = re.compile(
     r"^orthanc_dpp_(c_store_seconds_count|c_store_(?:orthanc_)?seconds_sum) (\S+)"
@@ -422,6 +452,7 @@ def run(
                     result["profile_c_store"] = spy.stop("handle_store")
                 _check_held(ours, _instances(plugin))
                 ours.update(_store_times(plugin))
+                result.setdefault("platform", _platform(plugin))
             print(f"  C-STORE {n} sender(s) {PLUGIN:<8} {_line(ours)}", flush=True)
             result["c_store"][str(n)] = {BARE: bare, PLUGIN: ours}
     finally:
@@ -528,7 +559,10 @@ def _ceiling(result: dict[str, Any]) -> str:
 
 def tables(result: dict[str, Any]) -> str:
     rows = []
-    for n, sides in result.get("c_store", {}).items():
+    stores = result.get("c_store", {})
+    alone = stores.get("1", {}).get(PLUGIN, {})
+    single = None if alone.get("error") else alone.get("per_s")
+    for n, sides in stores.items():
         bare, ours = sides.get(BARE, {}), sides.get(PLUGIN, {})
         rows.append(
             [
@@ -536,14 +570,18 @@ def tables(result: dict[str, Any]) -> str:
                 bare.get("per_s"),
                 ours.get("per_s"),
                 ratio(ours.get("per_s"), bare.get("per_s")),
+                None if ours.get("error") else ratio(ours.get("per_s"), single),
                 ours.get("orthanc_holds"),
                 ours.get("error") or bare.get("error") or "",
             ]
         )
-    out = table(
+    on = describe_platform(result.get("platform"))
+    out = f"\nStore measurements on {on}\n" if on else ""
+    out += table(
         f"C-STORE, {result['count']:,} protocols per measurement "
-        f"(mean {result['mean_size_kib']:.1f} KiB); target plugin >= 0.8x bare SCP (1 sender)",
-        ["senders", f"{BARE} /s", f"{PLUGIN} /s", "x bare", "Orthanc holds", "error"],
+        f"(mean {result['mean_size_kib']:.1f} KiB); target plugin >= 0.8x bare SCP (1 sender), "
+        "and growing with senders (x 1 sender)",
+        ["senders", f"{BARE} /s", f"{PLUGIN} /s", "x bare", "x 1 sender", "Orthanc holds", "error"],
         rows,
     )
     rows = []

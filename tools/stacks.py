@@ -15,6 +15,7 @@ Usage (as root, which debootstrap, mount and chroot need)::
     tools/stacks.py test trixie sid [-- PYTEST ARGS]   # make/refresh roots, run the suite
     tools/stacks.py versions trixie                    # what a stack holds
     tools/stacks.py shell sid                          # a shell inside a root
+    tools/stacks.py bench trixie sid [-- BENCH ARGS]   # python -m bench inside, results here
     tools/stacks.py run sid -- COMMAND                 # one command in the project, inside
     tools/stacks.py remove trixie                      # unmount and delete a root
 
@@ -29,6 +30,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,6 +178,24 @@ class Root:
         finally:
             self.unmount()
 
+    @contextlib.contextmanager
+    def shared_results(self) -> Iterator[None]:
+        """The checkout's ``bench/results`` inside the root (inside :meth:`mounted`).
+
+        The benchmarks there reuse the host's generated library and leave
+        their figures beside the host's (named after the stack).
+        """
+        source = REPO / "bench" / "results"
+        source.mkdir(parents=True, exist_ok=True)
+        target = self.path / PROJECT.lstrip("/") / "bench" / "results"
+        target.mkdir(parents=True, exist_ok=True)
+        run(["mount", "--bind", str(source), str(target)])
+        try:
+            yield
+        finally:
+            if subprocess.run(["umount", str(target)], check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(target)], check=False)
+
     def chroot(self, command: str, *, check: bool = True) -> int:
         """Run a shell command inside the root, with a plain environment."""
         env = {
@@ -199,6 +219,11 @@ class Root:
 
     def sync_project(self) -> None:
         """Copy the checkout's files (tracked and new, as in the work tree); keep the venv."""
+        # A mount left by a killed run (bench/results is the host's own) must
+        # not be emptied through.
+        self.unmount()
+        if self._mounted():
+            raise SystemExit(f"stacks: {self.path} still has mounts; not replacing the project")
         target = self.path / PROJECT.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         for child in target.iterdir():
@@ -293,11 +318,39 @@ def test(suites: list[str], pytest_args: list[str]) -> int:
     return 0
 
 
+def bench(suites: list[str], bench_args: list[str]) -> int:
+    """``python -m bench BENCH_ARGS`` inside each root, on the host's bench/results."""
+    failed = []
+    for suite in suites:
+        root = Root(suite)
+        with locked(suite):
+            root.ensure()
+            root.sync_project()
+            with root.mounted(), root.shared_results():
+                root.ensure_packages()
+                root.ensure_venv()
+                say(f"=== {suite}: benchmark ({SUITES[suite]}) ===")
+                root.versions()
+                args = " ".join(shlex.quote(a) for a in bench_args)
+                code = root.chroot(f"cd {PROJECT} && .venv/bin/python -m bench {args}", check=False)
+        if code != 0:
+            say(f"=== {suite}: the benchmark exited with {code} ===")
+            failed.append(suite)
+    if failed:
+        say(f"FAILED on: {', '.join(failed)}")
+        return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["test", "run", "versions", "shell", "remove", "make"])
+    parser.add_argument(
+        "action", choices=["test", "bench", "run", "versions", "shell", "remove", "make"]
+    )
     parser.add_argument("suites", nargs="+", metavar="SUITE", help=", ".join(SUITES))
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --")
+    parser.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="after --: pytest's, bench's or the command"
+    )
     if "--" in argv:
         at = argv.index("--")
         args = parser.parse_args(argv[:at])
@@ -308,6 +361,8 @@ def main(argv: list[str]) -> int:
         raise SystemExit("stacks: debootstrap, mount and chroot need root")
     if args.action == "test":
         return test(args.suites, args.pytest_args)
+    if args.action == "bench":
+        return bench(args.suites, args.pytest_args)
     for suite in args.suites:
         root = Root(suite)
         with locked(suite):
