@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -293,48 +294,28 @@ def locked(suite: str) -> Iterator[None]:
         yield
 
 
-def test(suites: list[str], pytest_args: list[str]) -> int:
+def in_roots(suites: list[str], module: str, args: list[str], *, share_results: bool) -> int:
+    """``python -m MODULE ARGS`` in the project inside each root; 1 if any run failed.
+
+    ``share_results`` mounts the host's ``bench/results`` inside (benchmarks).
+    """
     failed = []
     for suite in suites:
         root = Root(suite)
         with locked(suite):
             root.ensure()
             root.sync_project()
-            with root.mounted():
+            with root.mounted(), root.shared_results() if share_results else nullcontext():
                 root.ensure_packages()
                 root.ensure_venv()
                 say(f"=== {suite}: {SUITES[suite]} ===")
                 root.versions()
-                args = " ".join(f"'{a}'" for a in pytest_args)
+                quoted = " ".join(shlex.quote(a) for a in args)
                 code = root.chroot(
-                    f"cd {PROJECT} && .venv/bin/python -m pytest {args}", check=False
+                    f"cd {PROJECT} && .venv/bin/python -m {module} {quoted}", check=False
                 )
-        say(f"=== {suite}: pytest exited with {code} ===")
+        say(f"=== {suite}: {module} exited with {code} ===")
         if code != 0:
-            failed.append(suite)
-    if failed:
-        say(f"FAILED on: {', '.join(failed)}")
-        return 1
-    return 0
-
-
-def bench(suites: list[str], bench_args: list[str]) -> int:
-    """``python -m bench BENCH_ARGS`` inside each root, on the host's bench/results."""
-    failed = []
-    for suite in suites:
-        root = Root(suite)
-        with locked(suite):
-            root.ensure()
-            root.sync_project()
-            with root.mounted(), root.shared_results():
-                root.ensure_packages()
-                root.ensure_venv()
-                say(f"=== {suite}: benchmark ({SUITES[suite]}) ===")
-                root.versions()
-                args = " ".join(shlex.quote(a) for a in bench_args)
-                code = root.chroot(f"cd {PROJECT} && .venv/bin/python -m bench {args}", check=False)
-        if code != 0:
-            say(f"=== {suite}: the benchmark exited with {code} ===")
             failed.append(suite)
     if failed:
         say(f"FAILED on: {', '.join(failed)}")
@@ -359,10 +340,9 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("stacks: debootstrap, mount and chroot need root")
-    if args.action == "test":
-        return test(args.suites, args.pytest_args)
-    if args.action == "bench":
-        return bench(args.suites, args.pytest_args)
+    if args.action in ("test", "bench"):
+        module = "pytest" if args.action == "test" else "bench"
+        return in_roots(args.suites, module, args.pytest_args, share_results=module == "bench")
     for suite in args.suites:
         root = Root(suite)
         with locked(suite):
