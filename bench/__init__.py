@@ -7,11 +7,14 @@ Orthanc data folders are cached under ``bench/results/`` (git-ignored) so that
 repeated runs skip the slow preparation.
 """
 
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+#: The Debian root a run is in (``tools/stacks.py bench`` sets ``DPP_STACK``), None on the host.
+STACK = os.environ.get("DPP_STACK") or None
 
 # The benchmarks and tests.orthanc_server import the plugin's pure package;
 # pytest gets it from pyproject's pythonpath, we add it here so that

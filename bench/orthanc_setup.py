@@ -37,7 +37,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import RawDataStorage
 
-from bench import RESULTS, library
+from bench import RESULTS, STACK, library
 from bench.dimse import SCU_AET, TRANSFER_SYNTAXES, set_nodelay
 from orthanc_dpp import normalize
 from orthanc_dpp.config import Normalization
@@ -93,9 +93,8 @@ def folder_for(size: int, twins: bool = False) -> Path:
     host's database.
     """
     suffix = "-with-twins" if twins else ""
-    stack = os.environ.get("DPP_STACK")
-    if stack:
-        suffix += f"-{stack}"
+    if STACK:
+        suffix += f"-{STACK}"
     return RESULTS / "orthanc" / f"{library.factory_version()}-{size}{suffix}"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS
+from bench import RESULTS, STACK
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -75,13 +75,12 @@ def save(results: dict[str, Any]) -> Path:
     """
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    stack = os.environ.get("DPP_STACK")
     payload = {
         "time": stamp,
-        "machine": {"cpus": _cpus(), "python": platform.python_version(), "stack": stack or "host"},
+        "machine": {"cpus": _cpus(), "python": platform.python_version(), "stack": STACK or "host"},
         **results,
     }
-    suffix = f"-{stack}" if stack else ""
+    suffix = f"-{STACK}" if STACK else ""
     path = RESULTS / f"bench-{stamp}{suffix}.json"
     text = json.dumps(_clean(payload), indent=2, default=str)
     path.write_text(text)

@@ -52,7 +52,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import library, orthanc_setup
+from bench import STACK, library, orthanc_setup
 from bench.child import Child, serve_until_stopped
 from bench.report import ratio, table
 from tests.orthanc_server import OrthancServer, free_port
@@ -265,7 +265,7 @@ def _platform(orthanc: OrthancServer) -> dict[str, Any]:
     """
     platform = orthanc.get_json("/dpp/status").get("Platform", {})
     return {
-        "stack": os.environ.get("DPP_STACK", "host"),
+        "stack": STACK or "host",
         "orthanc": platform.get("Orthanc"),
         "python_plugin": platform.get("PythonPlugin"),
         "python": platform.get("Python"),
@@ -273,7 +273,7 @@ def _platform(orthanc: OrthancServer) -> dict[str, Any]:
     }
 
 
-def describe_platform(platform: dict[str, Any] | None) -> str:
+def _describe_platform(platform: dict[str, Any] | None) -> str:
     """One line naming the stack a store measurement ran on (empty if unknown)."""
     if not platform:
         return ""
@@ -575,7 +575,7 @@ def tables(result: dict[str, Any]) -> str:
                 ours.get("error") or bare.get("error") or "",
             ]
         )
-    on = describe_platform(result.get("platform"))
+    on = _describe_platform(result.get("platform"))
     out = f"\nStore measurements on {on}\n" if on else ""
     out += table(
         f"C-STORE, {result['count']:,} protocols per measurement "

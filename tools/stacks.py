@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,9 +135,7 @@ class Root:
         say(f"{self.suite} root made in {time.monotonic() - started:.0f} s")
 
     def remove(self) -> None:
-        self.unmount()
-        if self._mounted():  # never delete through a bind mount of the host's /dev
-            raise SystemExit(f"stacks: {self.path} still has mounts; not deleting it")
+        self.unmount_or_stop("deleting it")
         if self.path.exists():
             shutil.rmtree(self.path)
         self.ready.unlink(missing_ok=True)
@@ -158,6 +155,16 @@ class Root:
         for point in self._mounted():
             if subprocess.run(["umount", point], check=False).returncode != 0:
                 subprocess.run(["umount", "-l", point], check=False)
+
+    def unmount_or_stop(self, before: str) -> None:
+        """Unmount everything inside; stop if anything stays mounted.
+
+        Deleting or replacing files through a bind mount of the host's
+        ``/dev`` or ``bench/results`` would delete the host's own.
+        """
+        self.unmount()
+        if self._mounted():
+            raise SystemExit(f"stacks: {self.path} still has mounts; not {before}")
 
     @contextlib.contextmanager
     def mounted(self) -> Iterator[None]:
@@ -179,23 +186,18 @@ class Root:
         finally:
             self.unmount()
 
-    @contextlib.contextmanager
-    def shared_results(self) -> Iterator[None]:
-        """The checkout's ``bench/results`` inside the root (inside :meth:`mounted`).
+    def share_results(self) -> None:
+        """Bind-mount the checkout's ``bench/results`` in the root (inside :meth:`mounted`).
 
         The benchmarks there reuse the host's generated library and leave
-        their figures beside the host's (named after the stack).
+        their figures beside the host's (named after the stack);
+        :meth:`mounted` unmounts it with the rest.
         """
         source = REPO / "bench" / "results"
         source.mkdir(parents=True, exist_ok=True)
         target = self.path / PROJECT.lstrip("/") / "bench" / "results"
         target.mkdir(parents=True, exist_ok=True)
         run(["mount", "--bind", str(source), str(target)])
-        try:
-            yield
-        finally:
-            if subprocess.run(["umount", str(target)], check=False).returncode != 0:
-                subprocess.run(["umount", "-l", str(target)], check=False)
 
     def chroot(self, command: str, *, check: bool = True) -> int:
         """Run a shell command inside the root, with a plain environment."""
@@ -220,11 +222,7 @@ class Root:
 
     def sync_project(self) -> None:
         """Copy the checkout's files (tracked and new, as in the work tree); keep the venv."""
-        # A mount left by a killed run (bench/results is the host's own) must
-        # not be emptied through.
-        self.unmount()
-        if self._mounted():
-            raise SystemExit(f"stacks: {self.path} still has mounts; not replacing the project")
+        self.unmount_or_stop("replacing the project")  # a killed run may have left mounts
         target = self.path / PROJECT.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         for child in target.iterdir():
@@ -305,7 +303,9 @@ def in_roots(suites: list[str], module: str, args: list[str], *, share_results: 
         with locked(suite):
             root.ensure()
             root.sync_project()
-            with root.mounted(), root.shared_results() if share_results else nullcontext():
+            with root.mounted():
+                if share_results:
+                    root.share_results()
                 root.ensure_packages()
                 root.ensure_venv()
                 say(f"=== {suite}: {SUITES[suite]} ===")
