@@ -32,6 +32,7 @@ import collections
 import contextlib
 import copy
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -44,6 +45,7 @@ from pydicom import Dataset
 from pynetdicom import AE, Association, build_role, evt
 
 from dpp_tools.samples import make_library
+from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES, STORAGE_CLASSES
 from tests.orthanc_server import OrthancServer, free_port
@@ -64,9 +66,22 @@ class OperationError(Exception):
     """One operation did not do what it must; the message says what happened instead."""
 
 
+class Unanswered(OperationError):
+    """A request that got no response at all (DIMSE timeout or lost connection)."""
+
+
 def peer_aet(kind: str, index: int) -> str:
     """A calling AE title per peer, so that Orthanc's log tells the peers apart."""
     return f"LOAD_{kind.upper()}{index:02d}"
+
+
+def peer_address(kind: str, index: int) -> str:
+    """A loopback address of its own per peer, as every modality has on a real network.
+
+    Per-address limits (``MaximumConnectionsPerAddress``) then apply as in a
+    hospital, and the declared ``Host`` of each modality is its own.
+    """
+    return f"127.0.{10 + KINDS.index(kind)}.{10 + index}"
 
 
 def dicom_modalities(
@@ -80,7 +95,8 @@ def dicom_modalities(
     modalities: dict[str, list[Any]] = {"load-check": [CHECK_AET, "127.0.0.1", 104]}
     for kind, count in peers.items():
         for index in range(count):
-            modalities[f"load-{kind}{index:02d}"] = [peer_aet(kind, index), "127.0.0.1", 104]
+            address = peer_address(kind, index)
+            modalities[f"load-{kind}{index:02d}"] = [peer_aet(kind, index), address, 104]
     if destination is not None:
         modalities["load-destination"] = [destination.aet, "127.0.0.1", destination.port]
     return modalities
@@ -155,6 +171,7 @@ def associate(
     scp_role_for: Sequence[str] = (),
     handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
     timeout: float = NETWORK_TIMEOUT,
+    source: str = "127.0.0.1",
 ) -> Association:
     """An established association with the DPP listener, or :class:`OperationError`.
 
@@ -177,7 +194,14 @@ def associate(
         server.dpp_port,
         ae_title=server.aet,
         ext_neg=roles or None,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay), *handlers],
+        bind_address=(source, 0),
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            # pynetdicom's own pause can lose a response under load (see
+            # tests/unit/test_pynetdicom_private.py): the requester's race, not the listener's.
+            (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
+            *handlers,
+        ],
     )
     if not assoc.is_established:
         how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
@@ -187,7 +211,7 @@ def associate(
 
 def _status_code(status: Dataset, what: str) -> int:
     if "Status" not in status:  # pynetdicom's empty status: timeout, abort or bad response
-        raise OperationError(f"{what}: no valid response (DIMSE timeout or connection lost)")
+        raise Unanswered(f"{what}: no valid response (DIMSE timeout or connection lost)")
     return int(status.Status)
 
 
@@ -217,7 +241,7 @@ def c_find_uids(assoc: Association, identifier: Dataset) -> set[str]:
         else:
             final = (code, status)
     if final is None:
-        raise OperationError("C-FIND: no final response")
+        raise Unanswered("C-FIND: no final response")
     if final[0] != 0x0000:
         raise OperationError(f"C-FIND: final {_describe(*final)} after {len(found)} matches")
     return found
@@ -235,7 +259,7 @@ def _retrieve(
             if answer is not None:  # Failed SOP Instance UID List travels in the identifier
                 final.update(answer)
     if final is None:
-        raise OperationError(f"{what}: no final response")
+        raise Unanswered(f"{what}: no final response")
     return final
 
 
@@ -286,10 +310,12 @@ class KindStats:
     failed: int = 0
     ok_seconds: float = 0.0
     worst_seconds: float = 0.0
+    unanswered: int = 0  # failed requests that got no response at all
     failures: list[str] = field(default_factory=list)
 
-    def record(self, seconds: float, error: str | None) -> None:
+    def record(self, seconds: float, error: str | None, *, unanswered: bool = False) -> None:
         self.worst_seconds = max(self.worst_seconds, seconds)
+        self.unanswered += unanswered
         if error is None:
             self.ok += 1
             self.ok_seconds += seconds
@@ -302,6 +328,7 @@ class KindStats:
         self.peers += other.peers
         self.ok += other.ok
         self.failed += other.failed
+        self.unanswered += other.unanswered
         self.ok_seconds += other.ok_seconds
         self.worst_seconds = max(self.worst_seconds, other.worst_seconds)
         room = KEPT_FAILURES - len(self.failures)
@@ -338,6 +365,8 @@ class LoadResult:
     rss_start_kb: int | None
     rss_end_kb: int | None
     associations_at_start: int | None = None
+    #: Responses the peers' own pynetdicom reactors took off the queue (its race).
+    stolen_responses: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -355,6 +384,9 @@ class LoadResult:
     def problems(self) -> list[str]:
         """Everything that went wrong, one line each (empty: a clean run)."""
         found = []
+        unanswered = sum(k.unanswered for k in self.kinds.values())
+        if unanswered:
+            found.append(f"{unanswered} requests got no response at all")
         for kind, stats in self.kinds.items():
             if stats.failed:
                 found.append(f"{stats.failed} {kind} operations failed, first: {stats.failures}")
@@ -376,6 +408,11 @@ class LoadResult:
                 f"C-MOVE destination received {self.moved_received} instances, "
                 f"final responses reported {self.moved_completed} completed"
             )
+        if self.stolen_responses:
+            found.append(
+                f"{len(self.stolen_responses)} responses taken by a peer's own reactor: "
+                f"{self.stolen_responses[:3]}"
+            )
         if len(set(self.stored_uids)) != len(self.stored_uids):
             found.append("a SOP Instance UID was stored twice by the peers")
         return found
@@ -387,17 +424,21 @@ class LoadResult:
         lines = [
             f"DPP load: {sum(self.plan.values())} peers ({plan}), asked {self.duration:g} s, "
             f"ran {self.ran_seconds:.1f} s, driver returned after {self.waited_seconds:.1f} s",
-            f"{'kind':<6} {'peers':>5} {'ok':>7} {'failed':>6} {'ok/s':>7} "
+            f"{'kind':<6} {'peers':>5} {'ok':>7} {'failed':>6} {'no rsp':>6} {'ok/s':>7} "
             f"{'mean ms':>8} {'worst ms':>9}",
         ]
         for kind, k in self.kinds.items():
             mean = 1000 * k.ok_seconds / k.ok if k.ok else 0.0
             lines.append(
-                f"{kind:<6} {k.peers:>5} {k.ok:>7} {k.failed:>6} {k.ok / ran:>7.1f} "
-                f"{mean:>8.1f} {1000 * k.worst_seconds:>9.1f}"
+                f"{kind:<6} {k.peers:>5} {k.ok:>7} {k.failed:>6} {k.unanswered:>6} "
+                f"{k.ok / ran:>7.1f} {mean:>8.1f} {1000 * k.worst_seconds:>9.1f}"
             )
         peers = sum(self.plan.values())
-        lines.append(f"{'all':<6} {peers:>5} {self.ok:>7} {self.failed:>6} {self.ok / ran:>7.1f}")
+        unanswered = sum(k.unanswered for k in self.kinds.values())
+        lines.append(
+            f"{'all':<6} {peers:>5} {self.ok:>7} {self.failed:>6} {unanswered:>6} "
+            f"{self.ok / ran:>7.1f}"
+        )
         lines.append(f"new protocols stored: {len(self.stored_uids)}")
         if self.moved_received is not None:
             lines.append(
@@ -578,6 +619,7 @@ class _Peer(threading.Thread):
         self.kind = kind
         self.index = index
         self.aet = aet
+        self.source = peer_address(kind, index)
         self.server = server
         self.shared = shared
         self.known_uids = [str(ds.SOPInstanceUID) for ds in known]
@@ -643,9 +685,17 @@ class _Peer(threading.Thread):
 
     def _open(self) -> Association:
         if self.kind == "store":
-            return associate(self.server, self.aet, list(STORAGE_CLASSES), timeout=self.timeout)
+            return associate(
+                self.server,
+                self.aet,
+                list(STORAGE_CLASSES),
+                timeout=self.timeout,
+                source=self.source,
+            )
         if self.kind == "find":
-            return associate(self.server, self.aet, [DPP_FIND], timeout=self.timeout)
+            return associate(
+                self.server, self.aet, [DPP_FIND], timeout=self.timeout, source=self.source
+            )
         if self.kind == "get":
             return associate(
                 self.server,
@@ -654,13 +704,16 @@ class _Peer(threading.Thread):
                 scp_role_for=sorted(DPP_STORAGE_CLASSES),
                 handlers=[(evt.EVT_C_STORE, self._on_get_store)],
                 timeout=self.timeout,
+                source=self.source,
             )
-        return associate(self.server, self.aet, [DPP_MOVE], timeout=self.timeout)
+        return associate(
+            self.server, self.aet, [DPP_MOVE], timeout=self.timeout, source=self.source
+        )
 
     # -- the loop -------------------------------------------------------------------
 
-    def _record(self, began: float, error: str | None) -> None:
-        self.stats.record(time.monotonic() - began, error)
+    def _record(self, began: float, error: str | None, *, unanswered: bool = False) -> None:
+        self.stats.record(time.monotonic() - began, error, unanswered=unanswered)
         self.current = None
         if error is None:
             self.shared.succeeded()
@@ -691,7 +744,11 @@ class _Peer(threading.Thread):
                     try:
                         operation(assoc, n)
                     except Exception as exc:  # counted and reported, never raised
-                        self._record(began, f"{self.aet} op {n}: {exc}")
+                        self._record(
+                            began,
+                            f"{self.aet} op {n}: {exc}",
+                            unanswered=isinstance(exc, Unanswered),
+                        )
                         healthy = False
                         break
                     self._record(began, None)
@@ -726,6 +783,24 @@ def _find_patterns(known: Sequence[Dataset]) -> list[tuple[str, str]]:
         if len(fragment) >= 4 and fragment.isascii() and not set(fragment) & set("*?\\"):
             patterns.append((f"*{fragment}*", str(ds.SOPInstanceUID)))
     return patterns
+
+
+class _StolenResponses(logging.Handler):
+    """Counts pynetdicom's "Received unexpected C-... service message" warnings here.
+
+    A requester's reactor that takes a response off the queue instead of the
+    waiting request logs that: the response did reach the peer, the listener
+    is not the one that lost it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Received unexpected") and message.endswith("service message"):
+            self.seen.append(f"{record.threadName}: {message}")
 
 
 def run_load(
@@ -788,6 +863,8 @@ def run_load(
         for kind, count in peers.items()
         for index in range(count)
     ]
+    stolen = _StolenResponses()
+    logging.getLogger("pynetdicom").addHandler(stolen)
     started = time.monotonic()
     watchdog.started = started
     shared.last_success = started
@@ -820,6 +897,7 @@ def run_load(
     stuck = [worker.describe(now) for worker in workers if worker.is_alive()]
     rest = watchdog.stop(2.0)
     rss_end = rss_kb(pid)
+    logging.getLogger("pynetdicom").removeHandler(stolen)
 
     kinds: dict[str, KindStats] = {}
     for kind in peers:
@@ -843,4 +921,5 @@ def run_load(
         rss_start_kb=rss_start,
         rss_end_kb=rss_end,
         associations_at_start=associations_at_start,
+        stolen_responses=list(stolen.seen),
     )

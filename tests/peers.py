@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, Association, build_role, evt
 from pynetdicom.sop_class import Verification
 
+from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp.keys import DPP_MODEL, InformationModel
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.sop import STORAGE_CLASSES
@@ -36,7 +37,10 @@ def associate(
         "127.0.0.1",
         orthanc.dpp_port,
         ae_title=orthanc.aet,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
+        ],
     )
     assert assoc.is_established, "association with the DPP listener was not accepted"
     return assoc

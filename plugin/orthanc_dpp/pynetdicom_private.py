@@ -183,6 +183,60 @@ def dul_polling(assoc: Association, delay: float) -> Iterator[None]:
         dul._run_loop_delay = before
 
 
+class _ReactorCheckpoint(threading.Event):
+    """pynetdicom's reactor checkpoint, with a pause that the reactor cannot overtake.
+
+    pynetdicom's reactor loop sets ``_is_paused``, waits on this event, then
+    clears ``_is_paused`` and takes the next message off the DIMSE queue. A
+    thread pausing it clears the event and waits for ``_is_paused``; if the
+    reactor had just passed the event (flag still set), the pause is
+    believed while the reactor goes on to take whatever arrives next off the
+    queue: the response the pausing thread is about to wait for. Under load
+    (many threads, one interpreter lock) that window is hit a few times in a
+    thousand, and the requester waits out its whole DIMSE timeout for a
+    response that did arrive. Here :meth:`clear` returns only once the
+    reactor has entered :meth:`wait` after the clear (so it blocks there),
+    has ended, or :data:`REACTOR_PAUSE_LIMIT` has passed.
+    """
+
+    def __init__(self, reactor: threading.Thread) -> None:
+        super().__init__()
+        self.set()
+        self._reactor = reactor
+        self._entries = 0
+        self._entered = threading.Condition()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self._reactor:
+            with self._entered:
+                self._entries += 1
+                self._entered.notify_all()
+        return super().wait(timeout)
+
+    def clear(self) -> None:
+        super().clear()
+        if threading.current_thread() is self._reactor:
+            return  # the reactor pausing itself (a handler sending): nothing to wait for
+        deadline = time.monotonic() + REACTOR_PAUSE_LIMIT
+        with self._entered:
+            seen = self._entries
+            while self._entries == seen and self._reactor.is_alive() and not self.is_set():
+                if time.monotonic() > deadline:
+                    return
+                self._entered.wait(0.01)
+
+
+def steady_reactor_pause(event: Any) -> None:
+    """``EVT_CONN_OPEN`` handler for associations this side requests (:class:`_ReactorCheckpoint`).
+
+    Bound before the association's thread reaches its reactor loop, so the
+    checkpoint is replaced while nobody waits on it.
+    """
+    assoc = event.assoc
+    if not isinstance(assoc._reactor_checkpoint, _ReactorCheckpoint):
+        assoc._reactor_checkpoint = _ReactorCheckpoint(assoc)
+
+
 @contextlib.contextmanager
 def reactor_paused(assoc: Association) -> Iterator[bool]:
     """Keep the reactor of an association this side requested from reading responses.

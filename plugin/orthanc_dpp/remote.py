@@ -48,6 +48,7 @@ from pydicom.uid import (
 from pynetdicom import AE, Association, build_context, build_role, evt
 from pynetdicom import status as dimse_status
 
+from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
 from orthanc_dpp.library import StoreError
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, decode_dimse_dataset
@@ -345,6 +346,7 @@ def open_association(
             tls_args=tls_args,
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
+                (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
                 *handlers,
             ],
         )

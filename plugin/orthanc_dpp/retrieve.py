@@ -603,6 +603,7 @@ class RetrieveHandler:
         connected: list[bool] = []
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
             (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
         ]
         try:

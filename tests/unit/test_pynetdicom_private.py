@@ -8,15 +8,17 @@ expects; the start-up check must then name it.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, service_class
+from pynetdicom import AE, evt, service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
 from orthanc_dpp import pynetdicom_private as private
@@ -168,3 +170,114 @@ def test_route_retrieve_is_idempotent() -> None:
     routed = cls._move_scp
     retrieve.install()
     assert cls._move_scp is routed and routed.__name__ == "_move_scp"
+
+
+# -- pausing the reactor of a requested association --------------------------------------
+
+
+class _Window:
+    """Holds a reactor just after it passed its checkpoint, as a busy interpreter may.
+
+    pynetdicom's reactor sets ``_is_paused``, waits on its checkpoint, clears
+    the flag and reads the DIMSE queue without blocking. A thread switch right
+    after the wait leaves the flag set while the reactor is about to read;
+    if the requester, which blocks on the same queue, is slow to be scheduled
+    when the response lands, the reactor takes it. This widens both instants
+    (``hold`` for the reactor, ``lag`` for the requester), once, so the race
+    happens on every run.
+    """
+
+    def __init__(self, hold: float = 0.2, lag: float = 0.5) -> None:
+        self.hold = hold
+        self.lag = lag
+        self.armed = False
+        self.inside = threading.Event()
+
+    def after_wait(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            time.sleep(self.hold)
+
+
+def _echo_through_the_window(checkpoint_class: type) -> Any:
+    """C-ECHO sent while the requester's reactor is held in the window; its status."""
+    window = _Window()
+    steady = checkpoint_class is private._ReactorCheckpoint
+
+    class Held(checkpoint_class):  # type: ignore[misc, valid-type]
+        reactor: Any = None
+
+        def wait(self, timeout: float | None = None) -> bool:
+            passed = bool(super().wait(timeout))
+            if threading.current_thread() is self.reactor:
+                window.after_wait()
+            return passed
+
+    def install(event: evt.Event) -> None:
+        assoc = event.assoc
+        checkpoint = Held(assoc) if steady else Held()
+        checkpoint.set()
+        checkpoint.reactor = assoc
+        assoc._reactor_checkpoint = checkpoint
+        read = assoc.dimse.get_msg
+
+        def lagging(block: bool = False) -> Any:
+            if block:  # the requester, not the reactor
+                time.sleep(window.lag)
+            return read(block)
+
+        assoc.dimse.get_msg = lagging
+
+    scp = AE(ae_title="SCP")
+    scp.add_supported_context(Verification)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False)
+    scu = AE(ae_title="SCU")
+    scu.dimse_timeout = 3
+    scu.add_requested_context(Verification)
+    assoc = scu.associate(
+        "127.0.0.1", port, ae_title="SCP", evt_handlers=[(evt.EVT_CONN_OPEN, install)]
+    )
+    try:
+        assert assoc.is_established
+        window.armed = True
+        assert window.inside.wait(5), "the reactor never passed its checkpoint"
+        return assoc.send_c_echo()
+    finally:
+        assoc.abort()
+        server.shutdown()
+
+
+def test_pynetdicoms_own_pause_loses_a_response_that_arrives_in_the_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The requester-side race behind unanswered C-STOREs under load: pynetdicom's, not Orthanc's.
+
+    The reactor takes the C-ECHO response off the queue ("Received unexpected
+    C-ECHO service message") and the requester waits out its DIMSE
+    timeout for it. If this starts failing, pynetdicom has fixed its pause.
+    """
+    with caplog.at_level("WARNING", logger="pynetdicom"):
+        status = _echo_through_the_window(threading.Event)
+    assert "Status" not in status  # pynetdicom's empty status: no response seen
+    assert "Received unexpected C-ECHO service message" in caplog.text
+
+
+def test_the_steady_checkpoint_keeps_the_response_for_the_requester() -> None:
+    status = _echo_through_the_window(private._ReactorCheckpoint)
+    assert status.Status == 0x0000
+
+
+def test_steady_reactor_pause_replaces_the_checkpoint_once(established: Association) -> None:
+    class Event:
+        assoc = established
+
+    private.steady_reactor_pause(Event)
+    checkpoint = established._reactor_checkpoint
+    assert isinstance(checkpoint, private._ReactorCheckpoint) and checkpoint.is_set()
+    private.steady_reactor_pause(Event)
+    assert established._reactor_checkpoint is checkpoint
+    with private.reactor_paused(established) as paused:
+        assert paused and established._is_paused
+    assert established.send_c_store  # still usable below
