@@ -14,7 +14,9 @@ pending responses that ignore the C-CANCEL (bounded, so a test always ends).
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -212,3 +214,37 @@ class BareArchive:
         yield address
         yield len(uids)
         yield from self._send(event, uids)
+
+
+class StallingPeer:
+    """A TCP server (an archive, a C-MOVE destination) that reads the A-ASSOCIATE-RQ
+    and answers only a PDU header.
+
+    The header announces ``length`` bytes that never come: pynetdicom's
+    requester, whose socket has no timeout once connected, would wait for
+    them forever.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.done = threading.Event()
+
+    def _serve(self) -> None:
+        client, _ = self.server.accept()
+        with client:
+            client.settimeout(30)
+            client.recv(65536)
+            client.sendall(struct.pack(">BBL", 0x02, 0, self.length))
+            self.done.wait(60)  # silent, connection open
+
+    def __enter__(self) -> StallingPeer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.server.close()
+        self.thread.join(5)

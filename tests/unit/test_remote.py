@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import struct
 import threading
 import zlib
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality
 from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, build_identifier
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
-from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore
+from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore, StallingPeer
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
 
@@ -464,39 +462,6 @@ def test_queries_do_not_propose_deflate_whose_answers_pynetdicom_would_inflate()
     assert DeflatedExplicitVRLittleEndian in remote.TRANSFER_SYNTAXES  # storage: bounded
 
 
-class StallingArchive:
-    """A TCP server that reads the A-ASSOCIATE-RQ and answers only a PDU header.
-
-    The header announces ``length`` bytes that never come: pynetdicom's
-    requester, whose socket has no timeout once connected, would wait for
-    them forever.
-    """
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.done = threading.Event()
-
-    def _serve(self) -> None:
-        client, _ = self.server.accept()
-        with client:
-            client.settimeout(30)
-            client.recv(65536)
-            client.sendall(struct.pack(">BBL", 0x02, 0, self.length))
-            self.done.wait(60)  # silent, connection open
-
-    def __enter__(self) -> StallingArchive:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.server.close()
-        self.thread.join(5)
-
-
 def find_in_thread(modality: Modality) -> list[BaseException]:
     errors: list[BaseException] = []
 
@@ -514,13 +479,13 @@ def find_in_thread(modality: Modality) -> list[BaseException]:
 
 
 def test_an_archive_stalling_in_the_middle_of_a_pdu_is_dropped() -> None:
-    with StallingArchive(200) as stalling:
+    with StallingPeer(200) as stalling:
         errors = find_in_thread(Modality("stall", "STALL", "127.0.0.1", stalling.port))
     assert len(errors) == 1 and isinstance(errors[0], RemoteError)
 
 
 def test_an_archive_announcing_a_huge_pdu_is_aborted_before_it_is_read() -> None:
-    with StallingArchive(1 << 30) as huge:
+    with StallingPeer(1 << 30) as huge:
         errors = find_in_thread(Modality("huge", "HUGE", "127.0.0.1", huge.port))
     assert len(errors) == 1 and isinstance(errors[0], RemoteError)
     assert "MaximumPduSize" in errors[0].reason
