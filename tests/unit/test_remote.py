@@ -314,6 +314,10 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     assert f"at most {remote.MAXIMUM_UIDS})" in words
     assert f"(at most {remote.MAXIMUM_LIMIT})" in words
     assert f"or {remote.FIND_TIME_LIMIT:.0f} s" in words
+    assert f"over {remote.FIND_ANSWER_DATASETS} × `MaximumDatasetSize`" in words
+    assert f"goes on answering {remote.AFTER_CANCEL} responses" in words
+    assert f"After {remote.UNREQUESTED_LIMIT} refused sub-operations" in words
+    assert "except Deflated Explicit VR Little Endian" in words
 
 
 def test_a_retrieve_stopped_before_its_request_is_not_sent(archive: BareArchive) -> None:
