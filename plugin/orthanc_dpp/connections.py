@@ -27,6 +27,12 @@ modality out and kept Orthanc from stopping.
   collect a dataset of any size in memory);
 - :meth:`ConnectionGuard.close_all` shuts every socket so that the listener
   stops within seconds whatever the peers do.
+
+The associations the plugin requests itself (queries and retrieves of
+another archive, C-MOVE destinations) get the same socket timeouts and PDU
+and dataset limits from a guard of their own (:func:`requester_guard`):
+pynetdicom clears a requester's socket timeout once connected, so a peer
+stalling mid-PDU would otherwise hold the calling thread forever.
 """
 
 from __future__ import annotations
@@ -140,6 +146,8 @@ class ConnectionGuard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Why the guard last aborted an association (for a requester's error message).
+        self.refusal: str | None = None
 
     # -- pynetdicom event handlers -------------------------------------------------
 
@@ -248,12 +256,11 @@ class ConnectionGuard:
         return recv
 
     def _refuse_dataset(self, assoc: Any, size: int) -> None:
-        log.warning(
-            "Aborted the association with %s: a dataset of more than %d bytes "
-            "(MaximumDatasetSize) was being sent",
-            self._mark_dropped(assoc),
-            self.limits.maximum_dataset_size,
+        self.refusal = (
+            f"a dataset of more than {self.limits.maximum_dataset_size} bytes "
+            "(MaximumDatasetSize) was being sent"
         )
+        log.warning("Aborted the association with %s: %s", self._mark_dropped(assoc), self.refusal)
         self._abort(assoc)
         raise PduTooLarge(f"dataset over {size} bytes refused")
 
@@ -275,14 +282,11 @@ class ConnectionGuard:
         _shut(sock)
 
     def _refuse_pdu(self, assoc: Any, pdu_type: int, length: int, allowed: int) -> None:
-        log.warning(
-            "Aborted the association with %s: PDU of type 0x%02X announces %d bytes, more "
-            "than the %d accepted (MaximumPduSize)",
-            self._mark_dropped(assoc),
-            pdu_type,
-            length,
-            allowed,
+        self.refusal = (
+            f"PDU of type 0x{pdu_type:02X} announces {length} bytes, more than the "
+            f"{allowed} accepted (MaximumPduSize)"
         )
+        log.warning("Aborted the association with %s: %s", self._mark_dropped(assoc), self.refusal)
         self._abort(assoc)
         raise PduTooLarge(f"PDU of {length} bytes refused")
 
@@ -357,3 +361,27 @@ class ConnectionGuard:
             _shut(private.raw_socket(connection.assoc))
         if self._thread is not None:
             self._thread.join(5)
+
+
+def requester_guard(
+    acse_timeout: float, network_timeout: float, maximum_pdu_size: int, maximum_dataset_size: int
+) -> ConnectionGuard:
+    """A guard for one association the plugin requests: bind ``handlers()`` to it.
+
+    The listener's limits apply as they do to accepted connections: socket
+    timeouts (``acse_timeout`` until established, ``network_timeout``
+    after), the PDU size announced as our maximum, and the size of each
+    DIMSE message's data. No watchdog runs (pynetdicom bounds the
+    requester's wait for an A-ASSOCIATE-AC with its own ACSE timer) and no
+    admission counts apply.
+    """
+    return ConnectionGuard(
+        Limits(
+            acse_timeout=acse_timeout,
+            network_timeout=network_timeout,
+            maximum_pdu_size=maximum_pdu_size,
+            per_address=1,
+            total=1,
+            maximum_dataset_size=maximum_dataset_size,
+        )
+    )

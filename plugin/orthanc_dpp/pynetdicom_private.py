@@ -167,6 +167,16 @@ def next_response(assoc: Association, timeout: float) -> Any:
     return assoc.dimse.msg_queue.get(timeout=timeout)
 
 
+def stop_waiting(assoc: Association) -> None:
+    """Wake a ``send_c_get``/``send_c_find`` loop waiting for the next message, now.
+
+    After an abort, pynetdicom's response loops would wait out DimseTimeout
+    for a message that cannot come; an empty entry makes them end as on a
+    timeout (no status).
+    """
+    assoc.dimse.msg_queue.put((None, None))
+
+
 @contextlib.contextmanager
 def dul_polling(assoc: Association, delay: float) -> Iterator[None]:
     """Let ``assoc``'s DUL thread sleep ``delay`` s between polls, then restore it.

@@ -13,9 +13,21 @@ Query/Retrieve SOP classes (PS3.4 Annex HH) the way Orthanc's own
 - :func:`get` retrieves protocols with C-GET, every received C-STORE going
   through ``store`` (the plugin's normal store path): a sub-operation is
   answered Success only once the protocol is stored here, so nothing the
-  remote counts as delivered can be missing;
+  remote counts as delivered can be missing. Only what was asked for is
+  stored: each requested SOP Instance UID once, and only when the dataset's
+  own SOP Instance UID is the one the C-STORE request announces; anything
+  else is refused (see :func:`get`);
 - :func:`move` asks the remote to C-MOVE protocols to an AE title, by
   default this plugin's own listener, which stores them as any C-STORE.
+
+The other archive is treated like any peer of the listener: every
+association gets the listener's socket timeouts and PDU and dataset limits
+(:func:`orthanc_dpp.connections.requester_guard`), received datasets and
+identifiers are decoded within ``MaximumDatasetSize`` and
+``MaximumNestingDepth``, and the query/retrieve contexts do not propose the
+Deflated transfer syntax, since pynetdicom inflates C-FIND and C-GET/C-MOVE
+responses itself without a bound (received protocols are inflated here,
+bounded, so their contexts keep it).
 
 Nothing here knows Orthanc: the adapter hands in the modality, the calling
 parameters (:class:`Caller`) and the store function.
@@ -24,6 +36,7 @@ parameters (:class:`Caller`) and the store function.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import ssl
@@ -50,20 +63,26 @@ from pynetdicom import status as dimse_status
 
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
+from orthanc_dpp.connections import ConnectionGuard, requester_guard
 from orthanc_dpp.library import StoreError
-from orthanc_dpp.limits import DatasetLimits, LimitExceeded, decode_dimse_dataset
+from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_nesting, decode_dimse_dataset
 from orthanc_dpp.modalities import Modality
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES
 from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.remote")
 
-#: Transfer syntaxes proposed for the query and for received protocols.
+#: Transfer syntaxes proposed for received protocols (C-GET sub-operations).
 TRANSFER_SYNTAXES: list[str] = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+]
+#: ... and for the C-FIND, C-GET and C-MOVE requests: not Deflated, whose
+#: responses pynetdicom would inflate in one call, without a bound.
+QUERY_TRANSFER_SYNTAXES: list[str] = [
+    ts for ts in TRANSFER_SYNTAXES if ts != DeflatedExplicitVRLittleEndian
 ]
 
 #: Answers kept from one C-FIND when the request names no ``Limit``, and the most it may name.
@@ -75,6 +94,11 @@ MAXIMUM_UIDS = 1000
 FIND_TIME_LIMIT = 600.0
 #: Responses still read after a C-CANCEL before the association is aborted.
 AFTER_CANCEL = 1000
+#: C-FIND answers kept in all, as DICOM JSON, at most this many times MaximumDatasetSize
+#: (then a C-CANCEL, as at the limit): 64 MiB with the default.
+FIND_ANSWER_DATASETS = 4
+#: Unrequested C-STORE sub-operations refused in one C-GET before the association is aborted.
+UNREQUESTED_LIMIT = 100
 
 #: Message ID of our one request per association (C-CANCEL names it).
 _MESSAGE_ID = 1
@@ -302,6 +326,16 @@ class Caller:
     limits: DatasetLimits = field(default_factory=DatasetLimits)
 
 
+def guard_for(caller: Caller, modality: Modality) -> ConnectionGuard:
+    """The limits of the listener for one association with ``modality``."""
+    return requester_guard(
+        modality.timeout or caller.acse_timeout,
+        modality.timeout or caller.network_timeout,
+        caller.maximum_pdu_size,
+        caller.limits.maximum_size,
+    )
+
+
 def open_association(
     caller: Caller,
     modality: Modality,
@@ -309,15 +343,18 @@ def open_association(
     *,
     storage: bool = False,
     handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    guard: ConnectionGuard | None = None,
 ) -> Association:
     """An association for ``sop_class`` (plus the DPP storage classes in the SCP role
-    with ``storage``, for C-GET); raises :class:`RemoteError` saying why not."""
+    with ``storage``, for C-GET), within the limits of ``guard`` (by default
+    :func:`guard_for`); raises :class:`RemoteError` saying why not."""
+    guard = guard or guard_for(caller, modality)
     ae = AE(ae_title=modality.local_aet or caller.ae_title)
     ae.acse_timeout = modality.timeout or caller.acse_timeout
     ae.dimse_timeout = modality.timeout or caller.dimse_timeout
     ae.network_timeout = modality.timeout or caller.network_timeout
     ae.maximum_pdu_size = caller.maximum_pdu_size
-    contexts = [build_context(sop_class, TRANSFER_SYNTAXES)]
+    contexts = [build_context(sop_class, QUERY_TRANSFER_SYNTAXES)]
     roles: list[Any] = []
     if storage:
         # One context per transfer syntax: the remote sends each protocol as it holds it.
@@ -347,6 +384,7 @@ def open_association(
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
                 (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
+                *guard.handlers(),
                 *handlers,
             ],
         )
@@ -357,6 +395,8 @@ def open_association(
             why = "cannot connect (refused or timed out)"
         elif assoc.is_rejected:
             why = "association rejected (is this plugin's AE title declared there?)"
+        elif guard.refusal:
+            why = f"association aborted: {guard.refusal}"
         else:
             why = "association aborted (TLS or protocol problem?)"
         raise RemoteError(f"{modality.describe()}: {why}")
@@ -399,30 +439,54 @@ def find(
 ) -> FindResult:
     """C-FIND on the DPP information model of ``modality``; DICOM JSON answers.
 
-    SOP Instance UID is always a return key. Raises :class:`RemoteError`
+    SOP Instance UID is always a return key. The answers are cut (a
+    C-CANCEL, ``complete`` False) at ``limit`` answers, after
+    ``time_limit`` seconds, or when they pass :data:`FIND_ANSWER_DATASETS`
+    times ``MaximumDatasetSize`` as JSON; a remote that goes on answering
+    :data:`AFTER_CANCEL` responses or ``DimseTimeout`` seconds after the
+    C-CANCEL is cut off (association aborted). Raises :class:`RemoteError`
     (with the answers so far in ``partial``) when the remote cannot be
-    reached, answers a failure status, or goes silent.
+    reached, answers a failure status, an answer nested deeper than
+    ``MaximumNestingDepth``, or goes silent.
     """
     if "SOPInstanceUID" not in identifier:
         identifier = copy.copy(identifier)
         identifier.SOPInstanceUID = ""  # every answer names what to retrieve
-    assoc = open_association(caller, modality, DPP_FIND)
+    guard = guard_for(caller, modality)
+    assoc = open_association(caller, modality, DPP_FIND, guard=guard)
     answers: list[dict[str, Any]] = []
+    size = 0  # of the answers, as JSON
+    most = FIND_ANSWER_DATASETS * caller.limits.maximum_size
     cancelled = False
     abort = True
     deadline = time.monotonic() + time_limit
+    last_call = deadline  # once cancelled: DimseTimeout after the C-CANCEL
+    peer = modality.describe()
     try:
         responses = assoc.send_c_find(identifier, DPP_FIND, _MESSAGE_ID)
-        for response, found in _responses(responses, limit, modality):
-            code = _code(response, modality, "C-FIND", answers)
+        for response, found in _responses(responses, limit, modality, answers):
+            code = _code(response, modality, "C-FIND", answers, guard)
+            if code in _PENDING and cancelled:
+                if time.monotonic() > last_call:
+                    raise RemoteError(
+                        f"{peer}: goes on answering after the C-CANCEL", partial=answers
+                    )
+                continue
             if code in _PENDING:
-                if cancelled:
-                    continue
                 if found is not None:
-                    answers.append(answer_json(found))
-                if len(answers) >= limit or time.monotonic() > deadline:
+                    answers.append(_answer(found, caller.limits, peer, answers))
+                    size += len(json.dumps(answers[-1]))
+                why = ""
+                if time.monotonic() > deadline:
+                    why = f"{time_limit:g} s passed"
+                elif size > most:
+                    why = f"answers over {most} bytes ({FIND_ANSWER_DATASETS}x MaximumDatasetSize)"
+                if why:
+                    log.warning("C-FIND on %s cut after %d answers: %s", peer, len(answers), why)
+                if why or len(answers) >= limit:
                     assoc.send_c_cancel(_MESSAGE_ID, query_model=DPP_FIND)
                     cancelled = True
+                    last_call = time.monotonic() + (modality.timeout or caller.dimse_timeout)
                 continue
             if code == status.SUCCESS or (code == status.CANCEL and cancelled):
                 abort = False
@@ -433,23 +497,56 @@ def find(
         _close(assoc, abort)
 
 
+def _answer(
+    found: Dataset, limits: DatasetLimits, peer: str, partial: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One C-FIND answer as DICOM JSON, or RemoteError if nested deeper than allowed.
+
+    Its size is bounded while it arrives (the guard); its nesting is checked
+    here, before any recursive walk over it.
+    """
+    try:
+        check_nesting(found, limits.maximum_depth)
+    except LimitExceeded as exc:
+        raise RemoteError(
+            f"{peer}: C-FIND answer refused: {exc.comment}", partial=partial
+        ) from None
+    return answer_json(found)
+
+
 def _responses(
-    responses: Iterator[tuple[Dataset, Dataset | None]], expected: int, modality: Modality
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+    expected: int,
+    modality: Modality,
+    partial: Any = None,
 ) -> Iterator[tuple[Dataset, Dataset | None]]:
     """The responses, at most :data:`AFTER_CANCEL` more than ``expected``; then RemoteError."""
     for count, response in enumerate(responses):
         if count > expected + AFTER_CANCEL:
-            raise RemoteError(f"{modality.describe()}: goes on answering (C-CANCEL ignored?)")
+            raise RemoteError(
+                f"{modality.describe()}: goes on answering (C-CANCEL ignored?)", partial=partial
+            )
         yield response
 
 
-def _code(response: Dataset, modality: Modality, what: str, partial: Any) -> int:
+def _code(
+    response: Dataset,
+    modality: Modality,
+    what: str,
+    partial: Any,
+    guard: ConnectionGuard | None = None,
+    stopped: str | None = None,
+) -> int:
     if "Status" not in response:
-        raise RemoteError(
-            f"{modality.describe()}: no {what} response within the timeout, or the "
-            "association was aborted",
-            partial=partial,
-        )
+        why = stopped or (guard.refusal if guard is not None else None)
+        if why:
+            reason = f"{modality.describe()}: association aborted during {what}: {why}"
+        else:
+            reason = (
+                f"{modality.describe()}: no {what} response within the timeout, or the "
+                "association was aborted"
+            )
+        raise RemoteError(reason, partial=partial)
     return int(response.Status)
 
 
@@ -546,7 +643,9 @@ class RetrieveResult:
     comment: str | None
     progress: Progress
     failed_uids: list[str]
-    refused: dict[str, str]  # C-GET: UID -> why this plugin did not store it
+    refused: dict[str, str]  # C-GET: requested UID -> why this plugin did not store it
+    #: C-GET: UID -> why a sub-operation nobody asked for was refused
+    unrequested: dict[str, str] = field(default_factory=dict)
 
     @property
     def status_name(self) -> str:
@@ -566,11 +665,62 @@ class RetrieveResult:
             answer["ErrorComment"] = self.comment
         if self.refused:
             answer["RefusedHere"] = self.refused
+        if self.unrequested:
+            answer["Unrequested"] = self.unrequested
         return answer
 
 
 #: Receives one protocol of a C-GET: stores it (the plugin's store path) or raises StoreError.
 Store = Callable[[Dataset, str], None]
+
+
+class _Intake:
+    """What one C-GET accepts: each requested SOP Instance UID once, nothing else.
+
+    The DPP retrieve names SOP Instance UIDs only (PS3.4 HH.4.2; the REST
+    route takes no query), so "requested" is exactly that list. A C-STORE
+    sub-operation is refused, before its dataset is decoded, when its
+    Affected SOP Instance UID is not in it (0x0124) or was already received
+    in this C-GET (0x0124; so at most as many instances as requested are
+    stored), and after decoding when the dataset's own SOP Instance UID is
+    not the announced one (0xC000). After :data:`UNREQUESTED_LIMIT`
+    unrequested ones the association is aborted.
+    """
+
+    def __init__(self, uids: Sequence[str], peer: str) -> None:
+        self.outstanding = set(uids)
+        self.requested = frozenset(uids)
+        self.peer = peer
+        self.refused: dict[str, str] = {}
+        self.unrequested: dict[str, str] = {}
+        self.unrequested_count = 0
+        self.stopped: str | None = None  # why the association was aborted
+
+    def admit(self, uid: str) -> Dataset | None:
+        """None to go on with ``uid``, else the refusal status (logged and recorded)."""
+        if uid in self.outstanding:
+            self.outstanding.discard(uid)
+            return None
+        self.unrequested_count += 1
+        if uid in self.requested:
+            reason, comment = (
+                "already received in this C-GET",
+                "SOP Instance already received in this C-GET",
+            )
+        else:
+            reason, comment = (
+                "not requested by this C-GET",
+                "SOP Instance not requested by this C-GET",
+            )
+        if len(self.unrequested) < UNREQUESTED_LIMIT:
+            self.unrequested[uid] = reason
+        log.warning("C-GET from %s: %s refused, %s", self.peer, uid or "(no UID)", reason)
+        if self.unrequested_count >= UNREQUESTED_LIMIT:
+            self.stopped = (
+                f"{self.unrequested_count} instances not requested (or sent again); "
+                f"association aborted after {UNREQUESTED_LIMIT}"
+            )
+        return status_dataset(status.NOT_AUTHORIZED, comment)
 
 
 def get(
@@ -580,13 +730,24 @@ def get(
     store: Store,
     control: Control | None = None,
 ) -> RetrieveResult:
-    """C-GET of ``uids`` from ``modality``; each received protocol goes through ``store``."""
+    """C-GET of ``uids`` from ``modality``; each received protocol goes through ``store``.
+
+    Only the requested protocols are stored (see :class:`_Intake`); the
+    others are refused and listed in the result's ``unrequested``.
+    """
     control = control or Control()
-    refused: dict[str, str] = {}
     peer = modality.describe()
+    intake = _Intake(uids, peer)
+    refused = intake.refused
 
     def on_store(event: evt.Event) -> Dataset:
         uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        refusal = intake.admit(uid)
+        if refusal is not None:
+            if intake.stopped is not None:
+                event.assoc.abort()  # blocking: no response goes out after the A-ABORT
+                private.stop_waiting(event.assoc)
+            return refusal
         try:
             try:
                 raw = getattr(event.request, "DataSet", None)
@@ -599,6 +760,16 @@ def get(
                 raise StoreError(
                     status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
                 ) from exc
+            own = str(ds.get("SOPInstanceUID", "") or "")
+            if own != uid:
+                log.warning(
+                    "C-GET from %s: the dataset announced as %s is %s", peer, uid, own or "(no UID)"
+                )
+                refused[uid] = f"the dataset's SOP Instance UID is {own or 'missing'}, not {uid}"
+                return status_dataset(
+                    status.STORE_CANNOT_UNDERSTAND,
+                    "SOP Instance UID is not the Affected SOP Instance UID",
+                )
             store(ds, str(event.context.abstract_syntax))
         except StoreError as exc:
             refused[uid] = exc.reason
@@ -613,13 +784,15 @@ def get(
         log.info("C-GET from %s: %s stored", peer, uid)
         return status_dataset(status.SUCCESS)
 
+    guard = guard_for(caller, modality)
     assoc = open_association(
-        caller, modality, DPP_GET, storage=True, handlers=[(evt.EVT_C_STORE, on_store)]
-    )
+        caller, modality, DPP_GET, storage=True, handlers=[(evt.EVT_C_STORE, on_store)],
+        guard=guard,
+    )  # fmt: skip
     identifier = retrieve_identifier(uids)
     return _retrieve(
         "C-GET", assoc, lambda: assoc.send_c_get(identifier, DPP_GET, _MESSAGE_ID), modality,
-        uids, control, refused,
+        uids, control, intake, guard,
     )  # fmt: skip
 
 
@@ -632,11 +805,12 @@ def move(
 ) -> RetrieveResult:
     """C-MOVE of ``uids`` held by ``modality`` to the AE title ``destination``."""
     control = control or Control()
-    assoc = open_association(caller, modality, DPP_MOVE)
+    guard = guard_for(caller, modality)
+    assoc = open_association(caller, modality, DPP_MOVE, guard=guard)
     identifier = retrieve_identifier(uids)
     return _retrieve(
         "C-MOVE", assoc, lambda: assoc.send_c_move(identifier, destination, DPP_MOVE, _MESSAGE_ID),
-        modality, uids, control, {},
+        modality, uids, control, _Intake(uids, modality.describe()), guard,
     )  # fmt: skip
 
 
@@ -647,7 +821,8 @@ def _retrieve(
     modality: Modality,
     uids: Sequence[str],
     control: Control,
-    refused: dict[str, str],
+    intake: _Intake,
+    guard: ConnectionGuard,
 ) -> RetrieveResult:
     progress = control.progress
     progress.requested = len(uids)
@@ -658,17 +833,19 @@ def _retrieve(
         control.attach(assoc)
         if not assoc.is_established:
             raise RemoteError(f"{modality.describe()}: {method} stopped before it was sent")
-        for response, identifier in _responses(send(), len(uids), modality):
-            code = _code(response, modality, method, progress)
+        for response, identifier in _responses(send(), len(uids), modality, progress):
+            code = _code(response, modality, method, progress, guard, intake.stopped)
             progress.update(response)
             if code == status.PENDING:
                 control.attach(assoc, model)  # sends the C-CANCEL if one was asked for
                 continue
-            failed = _failed_uids(identifier)
+            failed = _failed_uids(identifier)[: len(uids)]
             if code in _FINAL_SERVED:
                 abort = False
                 comment = str(response.get("ErrorComment", "")) or None
-                return RetrieveResult(method, code, comment, progress, failed, refused)
+                return RetrieveResult(
+                    method, code, comment, progress, failed, intake.refused, intake.unrequested
+                )
             raise _refused(method, modality, code, response, service, progress)
         raise RemoteError(f"{modality.describe()}: {method} ended without a final status")
     finally:

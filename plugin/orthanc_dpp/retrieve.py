@@ -58,6 +58,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
+from orthanc_dpp.connections import requester_guard
 from orthanc_dpp.keys import (
     DPP_MODEL,
     QUERY_RETRIEVE_LEVEL,
@@ -601,10 +602,18 @@ class RetrieveHandler:
             for ts in TRANSFER_SYNTAXES  # one context each: instances go out as stored
         ]
         connected: list[bool] = []
+        # The destination is a peer like any other: the listener's limits.
+        guard = requester_guard(
+            ae.acse_timeout or 30.0,
+            ae.network_timeout or 60.0,
+            ae.maximum_pdu_size,
+            self.limits.maximum_size,
+        )
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
             (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
+            *guard.handlers(),
         ]
         try:
             assoc = ae.associate(
@@ -623,6 +632,8 @@ class RetrieveHandler:
             return None, "cannot connect (refused or timed out)"
         if assoc.is_rejected:
             return None, "association rejected"
+        if guard.refusal:
+            return None, f"association aborted: {guard.refusal}"
         if not assoc.accepted_contexts and assoc.rejected_contexts:
             return None, "none of the storage contexts accepted"
         return None, "association aborted"

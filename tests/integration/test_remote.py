@@ -5,9 +5,11 @@ other in ``DicomModalities``. Through A's REST API: a C-FIND on B (answers
 checked against B's protocols), retrieves by C-GET and by C-MOVE into A,
 after which A lists the protocols and serves byte for byte what B serves.
 A bare pynetdicom archive plays a failing remote (C-FIND answered 0xC000
-with an Error Comment) and a slow one (an asynchronous retrieve whose
-progress is seen before it completes). README's *Querying other DPP
-archives* examples run here with curl.
+with an Error Comment), a slow one (an asynchronous retrieve whose
+progress is seen before it completes) and a hostile one (a C-GET that sends
+what nobody asked for, a dataset that is not the announced instance, a
+deflate bomb, an oversize dataset; a C-FIND that never ends). README's
+*Querying other DPP archives* examples run here with curl.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_protocol
-from tests.bare_archive import BareArchive
+from tests.bare_archive import BareArchive, RawStore
+from tests.integration.test_limits import deflated_bomb, peak_memory_kb
 from tests.integration.test_rest_reference import (
     CT_UID,
     MAKE_RUN_URL,
@@ -84,10 +88,26 @@ def bare() -> Iterator[BareArchive]:
 
 
 @pytest.fixture(scope="module")
+def hostile() -> Iterator[BareArchive]:
+    archive = BareArchive(
+        [make_protocol(seed, "CT", charset="") for seed in range(80, 86)], ae_title="HOSTILE_DPP"
+    )
+    with archive:
+        yield archive
+
+
+@pytest.fixture(scope="module")
 def sites(
-    tmp_path_factory: pytest.TempPathFactory, held: list[Dataset], bare: BareArchive
+    tmp_path_factory: pytest.TempPathFactory,
+    held: list[Dataset],
+    bare: BareArchive,
+    hostile: BareArchive,
 ) -> Iterator[tuple[OrthancServer, OrthancServer]]:
-    a, b = site_pair(tmp_path_factory.mktemp("remote"), ("bare", bare.modality()))
+    a, b = site_pair(
+        tmp_path_factory.mktemp("remote"),
+        ("bare", bare.modality()),
+        ("hostile", hostile.modality()),
+    )
     with b, a:
         store_protocols(b, held)
         yield a, b
@@ -223,6 +243,139 @@ def test_a_tls_modality_is_queried_over_tls(make_server, tmp_path: Path) -> None
         a.request("PUT", "/modalities/plain-site", json.dumps(archive.modality()).encode())
         code, answer = call(a, "/dpp/modalities/plain-site/find", {})
         assert code == 502, answer
+
+
+# -- a hostile archive ---------------------------------------------------------------------
+
+
+def stored_here(a: OrthancServer, uid: str) -> bool:
+    try:
+        a_file(a, uid)
+    except HttpError as exc:
+        assert exc.status == 404
+        return False
+    return True
+
+
+def still_healthy(a: OrthancServer, held: list[Dataset]) -> None:
+    """A answers, its listener runs, and it still queries a sound archive."""
+    assert a.get_json("/dpp/status")["Listener"]["State"] == "running"
+    code, answer = call(a, "/dpp/modalities/site-b/find", {"ProtocolName": ""})
+    assert code == 200 and answer["Count"] == len(held), answer
+
+
+def test_a_hostile_archive_gets_only_the_requested_protocols_stored(
+    sites, held: list[Dataset], hostile: BareArchive
+) -> None:
+    a, _ = sites
+    wanted, unasked, impostor, other, announced = list(hostile.held.values())[:5]
+    uid = {name: str(ds.SOPInstanceUID) for name, ds in
+           {"wanted": wanted, "unasked": unasked, "impostor": impostor,
+            "other": other, "announced": announced}.items()}  # fmt: skip
+    bomb_uid = "1.2.826.0.1.3680043.8.498.999"  # deflated_bomb's
+    bomb = RawStore(bomb_uid, str(wanted.SOPClassUID), deflated_bomb(1 << 30),
+                    DeflatedExplicitVRLittleEndian)  # fmt: skip
+    hostile.get_sends = [
+        RawStore.of(wanted),
+        RawStore.of(unasked),  # nobody asked for it
+        RawStore.of(wanted),  # more than asked: the same one again
+        RawStore.of(impostor, affected_uid=uid["announced"]),  # not what it says it is
+        bomb,  # 1 GiB once inflated
+    ]
+    before = peak_memory_kb(a)
+    try:
+        code, answer = call(
+            a,
+            "/dpp/modalities/hostile/retrieve",
+            {"SOPInstanceUIDs": [uid["wanted"], uid["announced"], bomb_uid]},
+        )
+    finally:
+        hostile.get_sends = None
+    assert code == 200, answer
+    # Only the one requested protocol that came as itself is stored.
+    assert stored_here(a, uid["wanted"])
+    assert not any(stored_here(a, uid[n]) for n in ("unasked", "impostor", "announced"))
+    assert not stored_here(a, bomb_uid)
+    assert (answer["StoredHere"], answer["MissingHere"]) == (1, [uid["announced"], bomb_uid])
+    assert answer["Unrequested"] == {
+        uid["unasked"]: "not requested by this C-GET",
+        uid["wanted"]: "already received in this C-GET",
+    }
+    refused = answer["RefusedHere"]
+    assert uid["impostor"] in refused[uid["announced"]]
+    assert "MaximumDatasetSize" in refused[bomb_uid]
+    # What the archive was told, sub-operation by sub-operation.
+    assert hostile.store_statuses[-5:] == [0x0000, 0x0124, 0x0124, 0xC000, 0xA700]
+    assert hostile.store_comments[-5:-1] == [
+        "",
+        "SOP Instance not requested by this C-GET",
+        "SOP Instance already received in this C-GET",
+        "SOP Instance UID is not the Affected SOP Instance UID",
+    ]
+    log = a.log()
+    assert (
+        f"C-GET from hostile (HOSTILE_DPP@127.0.0.1:{hostile.port}): {uid['unasked']} refused"
+        in log
+    )
+    assert peak_memory_kb(a) - before < 200 * 1024  # inflation stopped at MaximumDatasetSize
+    still_healthy(a, held)
+
+
+def test_a_background_retrieve_reports_unrequested_protocols(sites, hostile: BareArchive) -> None:
+    a, _ = sites
+    wanted, unasked = list(hostile.held.values())[5], list(hostile.held.values())[1]
+    hostile.get_sends = [RawStore.of(unasked), RawStore.of(wanted)]
+    try:
+        code, answer = call(
+            a,
+            "/dpp/modalities/hostile/retrieve",
+            {"SOPInstanceUIDs": [str(wanted.SOPInstanceUID)], "Asynchronous": True},
+        )
+        assert code == 200, answer
+        path = answer["Path"]
+        assert eventually(lambda: a.get_json(path)["State"] == "Success", 30), a.get_json(path)
+    finally:
+        hostile.get_sends = None
+    result = a.get_json(path)["Result"]
+    assert result["Unrequested"] == {str(unasked.SOPInstanceUID): "not requested by this C-GET"}
+    assert (result["StoredHere"], result["MissingHere"]) == (1, [])
+    assert not stored_here(a, str(unasked.SOPInstanceUID))
+
+
+def test_an_oversize_dataset_from_an_archive_aborts_the_retrieve(
+    sites, held: list[Dataset], hostile: BareArchive
+) -> None:
+    a, _ = sites
+    big = list(hostile.held.values())[4]
+    uid = str(big.SOPInstanceUID)
+    oversize = RawStore.of(big)
+    hostile.get_sends = [
+        RawStore(uid, oversize.sop_class, oversize.data + bytes(17 << 20)),  # > 16 MiB
+    ]
+    try:
+        code, answer = call(a, "/dpp/modalities/hostile/retrieve", {"SOPInstanceUIDs": [uid]})
+    finally:
+        hostile.get_sends = None
+    assert code == 502, answer
+    assert "association aborted during C-GET" in answer["Error"]
+    assert "(MaximumDatasetSize) was being sent" in answer["Error"]
+    assert not stored_here(a, uid)
+    still_healthy(a, held)
+
+
+def test_an_archive_answering_a_find_without_end_is_cut_off(
+    sites, held: list[Dataset], hostile: BareArchive
+) -> None:
+    a, _ = sites
+    hostile.endless_find = True
+    try:
+        code, answer = call(a, "/dpp/modalities/hostile/find", {"Limit": 5})
+    finally:
+        hostile.endless_find = False
+    assert code == 502, answer
+    assert "goes on answering" in answer["Error"]
+    assert len(answer["Answers"]) == 5
+    still_healthy(a, held)
 
 
 # -- README's examples ---------------------------------------------------------------------

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Iterator
 
 import pytest
 from pydicom import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from dpp_tools.samples import make_protocol
 from orthanc_dpp import remote, status
 from orthanc_dpp.library import StoreError
+from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality
 from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, build_identifier
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
-from tests.bare_archive import BareArchive
+from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore, StallingPeer
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
 
@@ -311,6 +314,10 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     assert f"at most {remote.MAXIMUM_UIDS})" in words
     assert f"(at most {remote.MAXIMUM_LIMIT})" in words
     assert f"or {remote.FIND_TIME_LIMIT:.0f} s" in words
+    assert f"over {remote.FIND_ANSWER_DATASETS} × `MaximumDatasetSize`" in words
+    assert f"goes on answering {remote.AFTER_CANCEL} responses" in words
+    assert f"After {remote.UNREQUESTED_LIMIT} refused sub-operations" in words
+    assert "except Deflated Explicit VR Little Endian" in words
 
 
 def test_a_retrieve_stopped_before_its_request_is_not_sent(archive: BareArchive) -> None:
@@ -334,3 +341,155 @@ def test_a_remote_that_never_stops_answering_is_cut_off() -> None:
         for _ in remote._responses(endless(), 10, modality):
             received += 1
     assert received == 10 + remote.AFTER_CANCEL + 1
+
+
+# -- a hostile archive ----------------------------------------------------------------------
+
+SMALL = Caller(
+    "DPP_SCU_UNIT",
+    acse_timeout=5,
+    dimse_timeout=5,
+    network_timeout=5,
+    limits=DatasetLimits(maximum_size=1 << 20),
+)
+
+
+def storing() -> tuple[dict[str, Dataset], remote.Store]:
+    stored: dict[str, Dataset] = {}
+
+    def store(ds: Dataset, sop_class: str) -> None:
+        stored[str(ds.SOPInstanceUID)] = ds
+
+    return stored, store
+
+
+def test_get_stores_only_the_requested_instance(
+    archive: BareArchive, caplog: pytest.LogCaptureFixture
+) -> None:
+    wanted, other = list(archive.held.values())[:2]
+    archive.get_sends = [RawStore.of(wanted), RawStore.of(other)]
+    stored, store = storing()
+    result = remote.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
+    assert sorted(stored) == [str(wanted.SOPInstanceUID)]  # the unrequested one was not stored
+    assert archive.store_statuses == [status.SUCCESS, status.NOT_AUTHORIZED]
+    assert archive.store_comments[1] == "SOP Instance not requested by this C-GET"
+    assert result.unrequested == {str(other.SOPInstanceUID): "not requested by this C-GET"}
+    assert result.as_json()["Unrequested"] == result.unrequested
+    assert any(
+        r.levelname == "WARNING" and "bare (BARE_DPP@127.0.0.1" in r.getMessage()
+        and str(other.SOPInstanceUID) in r.getMessage()
+        for r in caplog.records
+    )  # fmt: skip
+
+
+def test_get_refuses_a_dataset_that_is_not_the_announced_instance(archive: BareArchive) -> None:
+    wanted, other = list(archive.held.values())[:2]
+    uid = str(wanted.SOPInstanceUID)
+    archive.get_sends = [RawStore.of(other, affected_uid=uid)]
+    stored, store = storing()
+    result = remote.get(CALLER, modality_of(archive), [uid], store)
+    assert stored == {}
+    assert archive.store_statuses == [status.STORE_CANNOT_UNDERSTAND]
+    assert archive.store_comments == ["SOP Instance UID is not the Affected SOP Instance UID"]
+    assert str(other.SOPInstanceUID) in result.refused[uid]
+
+
+def test_get_takes_each_requested_instance_once(archive: BareArchive) -> None:
+    first, second, third = list(archive.held.values())[:3]
+    uids = [str(first.SOPInstanceUID), str(second.SOPInstanceUID)]
+    archive.get_sends = [RawStore.of(first), RawStore.of(first), RawStore.of(third)]
+    stored, store = storing()
+    result = remote.get(CALLER, modality_of(archive), uids, store)
+    assert sorted(stored) == [uids[0]]
+    assert archive.store_statuses == [status.SUCCESS, status.NOT_AUTHORIZED, status.NOT_AUTHORIZED]
+    assert archive.store_comments[1] == "SOP Instance already received in this C-GET"
+    assert set(result.unrequested) == {uids[0], str(third.SOPInstanceUID)}
+
+
+def test_a_flood_of_unrequested_instances_aborts_the_get(archive: BareArchive) -> None:
+    wanted, other = list(archive.held.values())[:2]
+    archive.get_sends = [RawStore.of(other)] * (remote.UNREQUESTED_LIMIT + 5)
+    stored, store = storing()
+    with pytest.raises(RemoteError, match="not requested") as caught:
+        remote.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
+    assert stored == {}
+    assert len(archive.store_statuses) <= remote.UNREQUESTED_LIMIT + 1
+    assert "association aborted" in caught.value.reason
+
+
+def big_protocol(seed: int, size: int) -> Dataset:
+    ds = make_protocol(seed, "CT", charset="")
+    ds.add_new(0x00091010, "OB", bytes(size))
+    ds.add_new(0x00090010, "LO", "HOSTILE")
+    return ds
+
+
+def test_a_deflate_bomb_from_the_archive_is_refused_while_inflating(
+    archive: BareArchive,
+) -> None:
+    bomb = big_protocol(90, 64 << 20)
+    uid = str(bomb.SOPInstanceUID)
+    raw = RawStore.of(bomb)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = packer.compress(raw.data) + packer.flush()
+    archive.get_sends = [RawStore(uid, raw.sop_class, deflated, DeflatedExplicitVRLittleEndian)]
+    stored, store = storing()
+    result = remote.get(SMALL, modality_of(archive), [uid], store)
+    assert stored == {}
+    assert archive.store_statuses == [status.STORE_OUT_OF_RESOURCES]
+    assert archive.store_comments[0].startswith("Dataset inflates to more than MaximumDatasetSize")
+    assert "MaximumDatasetSize" in result.refused[uid]
+
+
+def test_an_oversize_dataset_from_the_archive_aborts_while_it_arrives(
+    archive: BareArchive,
+) -> None:
+    big = big_protocol(91, 3 << 20)
+    archive.get_sends = [RawStore.of(big)]
+    stored, store = storing()
+    with pytest.raises(RemoteError, match="MaximumDatasetSize"):
+        remote.get(SMALL, modality_of(archive), [str(big.SOPInstanceUID)], store)
+    assert stored == {}
+    assert archive.store_statuses == [-1]  # no response: the association was aborted
+
+
+def test_an_endless_find_is_cut_off(archive: BareArchive) -> None:
+    archive.endless_find = True
+    with pytest.raises(RemoteError, match="goes on answering") as caught:
+        remote.find(CALLER, modality_of(archive), build_identifier({}), limit=5)
+    assert len(caught.value.partial) == 5
+    assert archive.find_answers < ENDLESS_FIND_BOUND
+
+
+def test_queries_do_not_propose_deflate_whose_answers_pynetdicom_would_inflate() -> None:
+    assert DeflatedExplicitVRLittleEndian not in remote.QUERY_TRANSFER_SYNTAXES
+    assert DeflatedExplicitVRLittleEndian in remote.TRANSFER_SYNTAXES  # storage: bounded
+
+
+def find_in_thread(modality: Modality) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            remote.find(CALLER, modality, build_identifier({}))
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the find still waits for the stalled archive"
+    return errors
+
+
+def test_an_archive_stalling_in_the_middle_of_a_pdu_is_dropped() -> None:
+    with StallingPeer(200) as stalling:
+        errors = find_in_thread(Modality("stall", "STALL", "127.0.0.1", stalling.port))
+    assert len(errors) == 1 and isinstance(errors[0], RemoteError)
+
+
+def test_an_archive_announcing_a_huge_pdu_is_aborted_before_it_is_read() -> None:
+    with StallingPeer(1 << 30) as huge:
+        errors = find_in_thread(Modality("huge", "HUGE", "127.0.0.1", huge.port))
+    assert len(errors) == 1 and isinstance(errors[0], RemoteError)
+    assert "MaximumPduSize" in errors[0].reason

@@ -45,6 +45,7 @@ from orthanc_dpp.retrieve import (
 )
 from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import conversion_loss
+from tests.bare_archive import StallingPeer
 from tests.orthanc_server import free_port
 from tests.peers import storescp
 
@@ -667,6 +668,15 @@ def test_c_move_destination_failing_c_store(harness: Harness) -> None:
         peer.stop()
     assert (final.status, final.failed, final.completed) == (0xA702, 2, 0)
     assert final.failed_uids == uids and "0xA700" in final.comment
+
+
+def test_c_move_destination_announcing_a_huge_pdu_is_aborted(harness: Harness) -> None:
+    with StallingPeer(1 << 30) as peer:
+        harness.set_modalities({"huge": ["HUGE", "127.0.0.1", peer.port]})
+        uids = add_protocols(harness, [make_protocol(33)])
+        final = c_move(harness, identifier_for(uids), "HUGE").final
+    assert (final.status, final.failed, final.completed) == (0xA702, 1, 0)
+    assert "association aborted: PDU of type 0x02" in final.comment  # (MaximumPduSize)
 
 
 def test_c_move_destination_aborting_midway(harness: Harness) -> None:
