@@ -32,7 +32,7 @@ import pydicom
 import pynetdicom
 from pynetdicom import evt
 
-from orthanc_dpp import __version__, library_page, snapshot, tls
+from orthanc_dpp import __version__, csrf, library_page, snapshot, tls
 from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
@@ -676,10 +676,34 @@ def _answer(running: RunningPlugin, output: Any, response: Response) -> None:
 
 
 def _route(plugin: Plugin, handler_name: str, target: str = "rest") -> Any:
-    """An Orthanc REST callback that calls ``plugin.<target>.<handler_name>``."""
+    """An Orthanc REST callback that calls ``plugin.<target>.<handler_name>``.
+
+    Before anything else, :func:`csrf.check` refuses what a page of another
+    web site may have made a browser send (403, 415), on every route.
+    """
+
+    accepted = BODY_TYPES.get(handler_name, ())
+    https = plugin.configuration.get("SslEnabled") is True
 
     def callback(output: Any, uri: str, **request: Any) -> None:
         try:
+            req = Request(
+                method=request.get("method", "GET"),
+                get=dict(request.get("get", {}) or {}),
+                headers={k.lower(): v for k, v in (request.get("headers", {}) or {}).items()},
+                body=request.get("body", b"") or b"",
+            )
+            refusal = csrf.check(
+                req.method,
+                req.headers,
+                req.body,
+                accepted if req.method == "POST" else (),
+                https=https,
+            )
+            if refusal is not None:
+                log.warning("Refused %s %s: %s", req.method, uri, refusal.reason)
+                _answer(plugin.running, output, error(refusal.status, refusal.reason))
+                return
             if plugin.settings is None and handler_name not in ("library_page", "recent_activity"):
                 if handler_name != "status":
                     _answer(
@@ -692,12 +716,6 @@ def _route(plugin: Plugin, handler_name: str, target: str = "rest") -> Any:
                     return
                 _answer(plugin.running, output, json_response(200, plugin.status()))
                 return
-            req = Request(
-                method=request.get("method", "GET"),
-                get=dict(request.get("get", {}) or {}),
-                headers={k.lower(): v for k, v in (request.get("headers", {}) or {}).items()},
-                body=request.get("body", b"") or b"",
-            )
             groups = request.get("groups", ()) or ()
             if plugin.settings is None:  # invalid configuration: the page shows the errors
                 response = (
@@ -733,6 +751,14 @@ REMOTE_ROUTES = {
     "/dpp/jobs": "jobs_list",
     "/dpp/jobs/([^/]+)": "job",
     "/dpp/jobs/([^/]+)/cancel": "job_cancel",
+}
+
+
+#: The bodies each route reads on POST (``csrf.body_type``); every other route reads none.
+BODY_TYPES = {
+    "protocols": ("application/dicom", "multipart/related"),
+    "find": ("application/json",),
+    "retrieve": ("application/json",),
 }
 
 

@@ -68,8 +68,9 @@ def method_not_allowed(allowed: str) -> Response:
 def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     """The files of an upload: one DICOM body, or the parts of a multipart body.
 
-    Both ``multipart/related`` (STOW-RS style) and ``multipart/form-data``
-    (``curl -F``) work; each part is one DICOM file.
+    ``multipart/related`` (STOW-RS style); each part is one DICOM file.
+    ``multipart/form-data`` would be read alike, but the adapter refuses it
+    before (:mod:`orthanc_dpp.csrf`: any web page can make a browser send it).
     """
     if not content_type.lower().startswith("multipart/"):
         return [("body", body)]

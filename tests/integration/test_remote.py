@@ -64,7 +64,9 @@ def site_pair(
 def call(server: OrthancServer, path: str, body: Any) -> tuple[int, Any]:
     """POST JSON, answer (status, JSON) whatever the status."""
     try:
-        _, _, answer = server.request("POST", path, json.dumps(body).encode())
+        _, _, answer = server.request(
+            "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         return 200, json.loads(answer)
     except HttpError as exc:
         return exc.status, exc.json()

@@ -21,6 +21,8 @@ from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule
 from tests.unit.test_adapter import configuration
 from tests.waiting import eventually
 
+JSON = {"Content-Type": "application/json"}
+
 
 @pytest.fixture(autouse=True)
 def restore_loggers():
@@ -54,14 +56,17 @@ def test_find_and_c_get_from_another_archive_store_like_a_c_store(running) -> No
     with BareArchive(held) as archive:
         plugin.modalities.replace(parse_modalities({"site-b": archive.modality()}))
         found = orthanc.call_route(
-            "/dpp/modalities/site-b/find", "POST", body=json.dumps({"ProtocolName": ""}).encode()
+            "/dpp/modalities/site-b/find",
+            "POST",
+            body=json.dumps({"ProtocolName": ""}).encode(),
+            headers=JSON,
         )
         assert found.status == 200, found.body
         uids = [answer["00080018"]["Value"][0] for answer in found.json()["Answers"]]
         assert sorted(uids) == sorted(str(ds.SOPInstanceUID) for ds in held)
         assert archive.callers == ["DPP_UNIT"]  # the plugin's own AE title
         body = json.dumps({"SOPInstanceUIDs": uids}).encode()
-        got = orthanc.call_route("/dpp/modalities/site-b/retrieve", "POST", body=body)
+        got = orthanc.call_route("/dpp/modalities/site-b/retrieve", "POST", body=body, headers=JSON)
     assert got.status == 200, got.body
     assert got.json()["StoredHere"] == 2
     for ds in held:
@@ -76,10 +81,48 @@ def test_find_and_c_get_from_another_archive_store_like_a_c_store(running) -> No
 
 def test_errors_of_the_remote_routes_are_json(running) -> None:
     orthanc, _ = running
-    unknown = orthanc.call_route("/dpp/modalities/nowhere/find", "POST", body=b"{}")
+    unknown = orthanc.call_route("/dpp/modalities/nowhere/find", "POST", body=b"{}", headers=JSON)
     assert unknown.status == 404
     assert unknown.headers["Content-Type"] == "application/json"
     assert unknown.json()["Error"] == "no modality 'nowhere' in Orthanc's modality list"
     assert orthanc.call_route("/dpp/jobs/x").status == 404
     assert orthanc.call_route("/dpp/jobs").json() == []
     assert orthanc.call_route("/dpp/modalities/x/retrieve", "GET").allowed == "POST"
+
+
+def concrete(pattern: str) -> str:
+    """A URI the route ``pattern`` serves (its groups filled with "x")."""
+    return pattern.replace("([^/]+)", "x").replace("([^/]*)", "x")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_every_route_refuses_changes_a_browser_marks_as_from_another_site(
+    running, method: str
+) -> None:
+    orthanc, plugin = running
+    before = len(plugin.index)
+    for pattern in [*adapter.ROUTES, *adapter.REMOTE_ROUTES]:
+        uri = concrete(pattern)
+        for browser in (
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+            {"Origin": "http://attacker.example", "Host": "127.0.0.1:8042"},
+        ):
+            answer = orthanc.call_route(uri, method, body=b"{}", headers={**JSON, **browser})
+            assert answer.status == 403, (uri, method, browser, answer.body)
+            assert "another web site" in answer.json()["Error"]
+    assert len(plugin.index) == before
+
+
+def test_routes_that_read_a_body_refuse_other_types(running) -> None:
+    orthanc, _ = running
+    for name, types in adapter.BODY_TYPES.items():
+        pattern = next(
+            p for p, n in {**adapter.ROUTES, **adapter.REMOTE_ROUTES}.items() if n == name
+        )
+        for given in ({"Content-Type": "text/plain"}, {}):
+            answer = orthanc.call_route(concrete(pattern), "POST", body=b"{}", headers=given)
+            assert answer.status == 415, (pattern, given, answer.body)
+            assert " or ".join(types) in answer.json()["Error"]
+    # Reading routes are not concerned: a browser may read what Orthanc lets it.
+    assert orthanc.call_route("/dpp/jobs", headers={"Sec-Fetch-Site": "cross-site"}).status == 200
