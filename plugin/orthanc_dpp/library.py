@@ -30,7 +30,6 @@ import pydicom
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
@@ -145,10 +144,11 @@ def parse_part10(data: bytes) -> Dataset:
             400,
             "not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte preamble)",
         )
+    stream = _WholeReads(data)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = pydicom.dcmread(stream)
             _check_complete(ds)
             # Decode every element now: a damaged file must fail here, not later.
             for _ in ds.iterall():
@@ -156,13 +156,33 @@ def parse_part10(data: bytes) -> Dataset:
         for warning in caught:
             if "end of file" in str(warning.message).lower():
                 raise ValueError(str(warning.message))
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        if stream.cut_short:
+            raise ValueError(f"file truncated: {stream.cut_short} bytes of an element at its end")
+    except Exception as exc:  # pydicom raises many types on damaged data (zlib.error...)
         raise StoreError(
             status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the DICOM file: {exc}"
         ) from exc
     if len(ds) == 0:
         raise StoreError(status.STORE_CANNOT_UNDERSTAND, 400, "the DICOM file holds no dataset")
     return ds
+
+
+class _WholeReads(io.BytesIO):
+    """A file that notes a read the end of the file cut short.
+
+    pydicom ends a dataset without a word when fewer bytes than an element
+    header are left: a file cut inside a header would lose its last element.
+    (The inflated dataset of a Deflated file is read from pydicom's own
+    buffer: a cut there is not seen.)
+    """
+
+    cut_short = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        if size is not None and size > 0 and 0 < len(chunk) < size:
+            self.cut_short = len(chunk)
+        return chunk
 
 
 def read_part10(data: bytes, maximum_depth: int) -> tuple[Dataset, encoded.Elements | None]:
@@ -187,7 +207,7 @@ def read_part10(data: bytes, maximum_depth: int) -> tuple[Dataset, encoded.Eleme
                     ds.set_original_encoding(implicit, True)
                     ds.file_meta = FileMetaDataset(meta)
                     return ds, elements
-        except (encoded.Unreadable, encoded.TooDeep, ValueError, KeyError, EOFError, OSError):
+        except Exception:  # pydicom raises many types on damaged data
             pass  # parse_part10 decides, and says why
     return parse_part10(data), None
 

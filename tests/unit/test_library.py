@@ -10,6 +10,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from orthanc_dpp import status
 from orthanc_dpp.config import Normalization
+from orthanc_dpp.encoded import dataset_offset
 from orthanc_dpp.library import (
     ProtocolLibrary,
     StoreError,
@@ -185,9 +186,11 @@ WHOLE = encode_part10(part10())
     [
         (b"hello", "not a DICOM Part 10 file"),
         (WHOLE[:-5], r"file truncated in element \(0018,1030\): 23 of 28 bytes"),
-        (WHOLE[:200], "holds no dataset"),
+        (WHOLE[: dataset_offset(WHOLE)], "holds no dataset"),
+        (WHOLE[:200], "file truncated: 4 bytes of an element at its end"),
+        (WHOLE[:-30], "file truncated: 6 bytes of an element at its end"),
     ],
-    ids=["not DICOM", "truncated value", "meta only"],
+    ids=["not DICOM", "truncated value", "meta only", "cut in the meta", "cut in a header"],
 )
 def test_parse_part10_rejects_damaged_files(data, reason):
     with pytest.raises(StoreError, match=reason) as caught:
