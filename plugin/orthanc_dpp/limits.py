@@ -241,9 +241,9 @@ def check_part10(data: bytes, limits: DatasetLimits) -> FileMeta | None:
     checks first, inflating in bounded steps (and only for Deflated files)
     from where :func:`read_file_meta`, pydicom's reading, ends the meta.
     Then a meta whose elements disagree with each other is refused, so that
-    no other reader (:func:`orthanc_dpp.encoded.dataset_offset` trusts the
-    group length) can find another dataset in the file. Returns the meta;
-    None when ``data`` is not Part 10 (the parser says so).
+    no reader (one trusting the group length, say) can find another dataset
+    in the file. Returns the meta; None when ``data`` is not Part 10 (the
+    parser says so).
     """
     if len(data) > limits.maximum_size:
         raise LimitExceeded(
