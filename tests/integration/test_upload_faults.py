@@ -55,11 +55,11 @@ def instances(orthanc: OrthancServer) -> list[str]:
     return sorted(orthanc.get_json("/instances"))
 
 
-def post(orthanc: OrthancServer, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+def post(
+    orthanc: OrthancServer, body: bytes, content_type: str, path: str = "/dpp/protocols"
+) -> tuple[int, dict[str, Any]]:
     try:
-        code, _, answer = orthanc.request(
-            "POST", "/dpp/protocols", body, {"Content-Type": content_type}
-        )
+        code, _, answer = orthanc.request("POST", path, body, {"Content-Type": content_type})
     except HttpError as exc:
         return exc.status, exc.json()
     return code, json.loads(answer)
@@ -145,3 +145,24 @@ def test_fuzzed_uploads_are_refused_and_change_nothing(orthanc) -> None:
     assert instances(orthanc) == stored
     # Generous: nothing was inflated past the 16 MiB limit, nothing kept.
     assert memory_kb(orthanc, "VmRSS") - resident < 256 * 1024
+
+
+def test_a_bomb_on_orthancs_own_route_is_not_inflated_by_the_hook(orthanc) -> None:
+    """POST /instances reaches the received-instance hook (where it is installed).
+
+    Orthanc refuses a lying file meta itself ("Bad file format"); a sound
+    Deflated file that inflates past the limit is left by the hook as it is
+    (the hook read it whole with pydicom before, then stored it normalized).
+    """
+    bomb = deflated_bomb(7391, 64 << 20)
+    stored = instances(orthanc)
+    with library_unchanged(orthanc):
+        lying, _ = post(orthanc, lying_about_syntax(bomb), "application/dicom", "/instances")
+        post(orthanc, bomb, "application/dicom", "/instances")
+    assert lying == 400
+    assert instances(orthanc) == stored
+    if orthanc.get_json("/dpp/status")["Platform"]["ReceivedInstanceHook"]:
+        assert (
+            "Received instance left as it is, not read: Dataset inflates to more than "
+            "MaximumDatasetSize (16777216 bytes)" in orthanc.log()
+        )
