@@ -385,6 +385,7 @@ class Plugin:
         self.received_hook = False
         self.config_errors: list[str] = []
         self.settings: Settings | None = None
+        self.limits = DatasetLimits()  # from the settings at start
         self.index = ProtocolIndex()
         self.find_cache = ResponseCache(0)  # sized from the settings at start
         self.fresh = FreshInstances()  # this node's own stores, for the change feed
@@ -437,7 +438,7 @@ class Plugin:
             unknown_may_store=settings.unknown_callers_may_store,
         )
         gate = Gatekeeper(self.modalities, policy)
-        limits = DatasetLimits(
+        limits = self.limits = DatasetLimits(
             maximum_size=settings.maximum_dataset_size,
             maximum_depth=settings.maximum_nesting_depth,
             maximum_values=settings.maximum_values_per_key,
@@ -594,7 +595,7 @@ class Plugin:
         if self.settings is None or storing_here():
             return actions.KEEP_AS_IS, None  # our own stores are normalized already
         try:
-            normalized = normalize_received(data, self.settings.normalization)
+            normalized = normalize_received(data, self.settings.normalization, self.limits)
         except StoreError as exc:
             log.error("Received DPP instance not normalized: %s", exc.reason)
             return actions.KEEP_AS_IS, None

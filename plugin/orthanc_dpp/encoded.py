@@ -213,12 +213,3 @@ def part10(file_meta: FileMetaDataset, dataset: bytes) -> bytes:
     out.write(_PREAMBLE)
     write_file_meta_info(out, file_meta, enforce_standard=True)
     return out.getvalue() + dataset
-
-
-def dataset_offset(data: bytes) -> int | None:
-    """Where the dataset of a Part 10 file starts, from its File Meta group length; or None."""
-    if len(data) < 144 or data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
-        return None
-    (length,) = _LENGTH.unpack_from(data, 140)
-    offset = 144 + length
-    return offset if offset <= len(data) else None

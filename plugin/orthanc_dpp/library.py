@@ -30,7 +30,6 @@ import pydicom
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
@@ -38,6 +37,13 @@ from pydicom.valuerep import PersonName
 from orthanc_dpp import encoded, normalize, status
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.limits import (
+    DatasetLimits,
+    LimitExceeded,
+    Malformed,
+    check_part10,
+    read_file_meta,
+)
 from orthanc_dpp.sop import STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.library")
@@ -145,10 +151,11 @@ def parse_part10(data: bytes) -> Dataset:
             400,
             "not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte preamble)",
         )
+    stream = _WholeReads(data)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = pydicom.dcmread(stream)
             _check_complete(ds)
             # Decode every element now: a damaged file must fail here, not later.
             for _ in ds.iterall():
@@ -156,7 +163,9 @@ def parse_part10(data: bytes) -> Dataset:
         for warning in caught:
             if "end of file" in str(warning.message).lower():
                 raise ValueError(str(warning.message))
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        if stream.cut_short:
+            raise ValueError(f"file truncated: {stream.cut_short} bytes of an element at its end")
+    except Exception as exc:  # pydicom raises many types on damaged data (zlib.error...)
         raise StoreError(
             status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the DICOM file: {exc}"
         ) from exc
@@ -165,29 +174,53 @@ def parse_part10(data: bytes) -> Dataset:
     return ds
 
 
+class _WholeReads(io.BytesIO):
+    """A file that notes a read the end of the file cut short.
+
+    pydicom ends a dataset without a word when fewer bytes than an element
+    header are left: a file cut inside a header would lose its last element.
+    (The inflated dataset of a Deflated file is read from pydicom's own
+    buffer: a cut there is not seen.)
+    """
+
+    cut_short = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        if size is not None and size > 0 and 0 < len(chunk) < size:
+            self.cut_short = len(chunk)
+        return chunk
+
+
 def read_part10(data: bytes, maximum_depth: int) -> tuple[Dataset, encoded.Elements | None]:
     """A Part 10 file as :func:`parse_part10` reads it, and its walked elements if it could.
 
-    A little endian file whose every element :func:`encoded.scan` vouches for
-    (lengths within their containers at every level, at most
+    The file meta is the one :func:`limits.read_file_meta` reads (pydicom's
+    reading, which the inflation check used too); one with faults is
+    refused. A little endian file whose every element :func:`encoded.scan`
+    vouches for (lengths within their containers at every level, at most
     ``maximum_depth`` levels of sequences) is read lazily, its values decoded
     when used, and its elements are returned for :meth:`ProtocolLibrary.store`
     to splice into. Anything else goes through :func:`parse_part10`, which
     decodes every value and says what is wrong (elements: None).
     """
-    offset = encoded.dataset_offset(data)
-    if offset is not None:
+    try:
+        meta = read_file_meta(data)
+    except Malformed as exc:
+        raise StoreError(exc.status, exc.http_status, exc.comment) from exc
+    if meta is not None and meta.fault:
+        raise StoreError(status.STORE_CANNOT_UNDERSTAND, 400, meta.fault)
+    if meta is not None:
         try:
-            meta = read_dataset(io.BytesIO(data[132:offset]), False, True)
-            implicit = encoded.WALKED.get(str(meta.get("TransferSyntaxUID", "")).strip("\x00 "))
+            implicit = encoded.WALKED.get(str(meta.transfer_syntax or "").strip("\x00 "))
             if implicit is not None:
-                elements = encoded.scan(data[offset:], implicit, maximum_depth)
+                elements = encoded.scan(data[meta.end :], implicit, maximum_depth)
                 if elements.tags:
                     ds = read_dataset(io.BytesIO(elements.data), implicit, True)
                     ds.set_original_encoding(implicit, True)
-                    ds.file_meta = FileMetaDataset(meta)
+                    ds.file_meta = meta.dataset
                     return ds, elements
-        except (encoded.Unreadable, encoded.TooDeep, ValueError, KeyError, EOFError, OSError):
+        except Exception:  # pydicom raises many types on damaged data
             pass  # parse_part10 decides, and says why
     return parse_part10(data), None
 
@@ -469,14 +502,24 @@ class ProtocolLibrary:
         self.api.delete(f"/instances/{orthanc_id}")
 
 
-def normalize_received(data: bytes, labels: Normalization) -> bytes | None:
+def normalize_received(
+    data: bytes, labels: Normalization, limits: DatasetLimits | None = None
+) -> bytes | None:
     """For Orthanc's received-instance hook: normalized bytes, or None to keep as is.
 
     This catches DPP files arriving by any path other than ours (a plain
     ``POST /instances``, DICOMweb, WebDAV). Only the SOP Class UID and the
-    identity attributes are read first, so other instances cost little.
+    identity attributes are read first, so other instances cost little;
+    but a Deflated file is inflated whole by pydicom even for those, so
+    :func:`check_part10` comes first (``limits``: the plugin's), and a file
+    it refuses is left to Orthanc as it is.
     Raises :class:`StoreError` when a DPP instance cannot be normalized.
     """
+    try:
+        check_part10(data, limits or DatasetLimits())
+    except LimitExceeded as exc:
+        log.warning("Received instance left as it is, not read: %s", exc.comment)
+        return None
     try:
         head = pydicom.dcmread(
             io.BytesIO(data),

@@ -12,15 +12,18 @@ of stack). The size on the wire is bounded earlier, while PDUs arrive
 
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import data_element_generator, read_dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import STANDARD_VR
 
 from orthanc_dpp import status
 
@@ -145,25 +148,117 @@ def check_values_per_key(identifier: Dataset, maximum: int) -> None:
             )
 
 
-def check_part10(data: bytes, limits: DatasetLimits) -> None:
-    """Refuse a Part 10 file over ``maximum_size``, as stored or once inflated.
+class Malformed(LimitExceeded):
+    """A Part 10 file whose limits cannot be checked, because it cannot be read safely."""
+
+    def __init__(self, comment: str) -> None:
+        super().__init__(comment, "", dimse_status=status.STORE_CANNOT_UNDERSTAND, http_status=400)
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """The File Meta Information of a Part 10 file, as pydicom's ``dcmread`` finds it.
+
+    ``fault`` says why the file is refused all the same, once its inflated
+    size is checked (a bomb behind a lying meta is answered as a bomb).
+    """
+
+    dataset: FileMetaDataset
+    end: int  # where pydicom starts reading the dataset
+    transfer_syntax: UID | None
+    fault: str | None = None
+
+
+#: The VRs of the standard (pydicom reads others as Implicit VR, or with a guessed length).
+_VRS = frozenset(str(vr) for vr in STANDARD_VR)
+
+
+def _not_group_0002(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 0x0002
+
+
+def read_file_meta(data: bytes) -> FileMeta | None:
+    """The file meta of ``data`` read as ``dcmread`` reads it; None without the DICM prefix.
+
+    pydicom ends the meta where group 0002 ends, whatever (0002,0000) says,
+    and keeps the last of repeated elements; so the meta is read here by
+    pydicom's own element reader with pydicom's own stopping rule. Raises
+    :class:`Malformed` where pydicom would read otherwise than this: an
+    element of an unknown VR (pydicom reads the meta again as Implicit VR),
+    command elements (group 0000) after the meta (pydicom reads them before
+    it inflates a Deflated dataset), values pydicom cannot decode. Other
+    faults, which pydicom reads past the same way, are left in
+    :attr:`FileMeta.fault`: a group length that disagrees with the elements,
+    repeated or unordered elements, an element cut short or of undefined
+    length.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    stream = BytesIO(data)
+    stream.seek(132)
+    try:
+        elements = list(data_element_generator(stream, False, True, stop_when=_not_group_0002))
+    except Exception as exc:  # pydicom raises several types on a damaged header
+        raise Malformed(f"cannot read the file meta: {exc}") from exc
+    end = stream.tell()
+    faults: list[str] = []
+    previous = -1
+    for raw in elements:
+        where = f"file meta element {raw.tag}"
+        if not isinstance(raw, RawDataElement) or raw.VR not in _VRS:
+            raise Malformed(f"{where} is not Explicit VR Little Endian")
+        if raw.length == 0xFFFFFFFF:
+            faults.append(f"{where} has an undefined length")
+        elif len(raw.value or b"") != raw.length:
+            faults.append(f"file truncated in {where}")
+        if raw.tag <= previous:
+            faults.append(f"{where} repeated or out of order")
+        previous = raw.tag
+    try:
+        meta = FileMetaDataset({raw.tag: raw for raw in elements})
+        for _ in meta:  # decode every value now, as dcmread would later
+            pass
+        group_length = meta.get("FileMetaInformationGroupLength")
+        syntax = meta.get("TransferSyntaxUID")
+        transfer_syntax = None if syntax is None else UID(str(syntax))
+    except Exception as exc:  # pydicom raises several types on bad values
+        raise Malformed(f"cannot decode the file meta: {exc}") from exc
+    if data[end : end + 2] == b"\x00\x00":
+        raise Malformed("command elements (group 0000) after the file meta")
+    if group_length is not None and group_length != end - 144:
+        faults.insert(
+            0,
+            f"File Meta Information Group Length (0002,0000) says {group_length} bytes, "
+            f"the file meta elements take {end - 144}",
+        )
+    return FileMeta(meta, end, transfer_syntax, "; ".join(faults) or None)
+
+
+def check_part10(data: bytes, limits: DatasetLimits) -> FileMeta | None:
+    """Refuse a Part 10 file over ``maximum_size``, as stored or once inflated, or malformed.
 
     pydicom inflates a Deflated file in one call when reading it; this
-    checks first, inflating in bounded steps (and only for Deflated files).
+    checks first, inflating in bounded steps (and only for Deflated files)
+    from where :func:`read_file_meta`, pydicom's reading, ends the meta.
+    Then a meta whose elements disagree with each other is refused, so that
+    no reader (one trusting the group length, say) can find another dataset
+    in the file. Returns the meta; None when ``data`` is not Part 10 (the
+    parser says so).
     """
     if len(data) > limits.maximum_size:
         raise LimitExceeded(
             f"File larger than MaximumDatasetSize ({limits.maximum_size} bytes)",
             "MaximumDatasetSize",
         )
-    if len(data) < 144 or data[128:132] != b"DICM":
-        return  # not Part 10: the parser says so
-    (group_length,) = struct.unpack_from("<L", data, 140)
-    end = 144 + group_length
-    try:
-        meta = read_dataset(BytesIO(data[132:end]), False, True)
-        syntax = UID(str(meta.get("TransferSyntaxUID", "")))
-    except Exception:
-        return  # a damaged header: the parser says what is wrong
-    if syntax.is_deflated:
-        inflate(data[end:], limits.maximum_size)
+    meta = read_file_meta(data)
+    if meta is None:
+        return None
+    # The one transfer syntax that dcmread inflates the whole dataset for.
+    if meta.transfer_syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            inflate(data[meta.end :], limits.maximum_size)
+        except zlib.error as exc:
+            raise Malformed(f"the Deflated dataset cannot be inflated: {exc}") from exc
+    if meta.fault:
+        raise Malformed(meta.fault)
+    return meta

@@ -136,7 +136,7 @@ def test_received_instance_hook_leaves_the_plugins_own_stores_unread(running, mo
     read: list[bytes] = []
     real = adapter.normalize_received
     monkeypatch.setattr(
-        adapter, "normalize_received", lambda data, labels: read.append(data) or real(data, labels)
+        adapter, "normalize_received", lambda data, *rest: read.append(data) or real(data, *rest)
     )
     ours = orthanc.call_route(
         "/dpp/protocols",

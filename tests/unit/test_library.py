@@ -17,9 +17,11 @@ from orthanc_dpp.library import (
     normalize_received,
     parse_part10,
 )
+from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.normalize import has_record
 from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE
 from tests.fake_orthanc import FakeOrthancApi
+from tests.part10_faults import deflated_bomb, lying_about_syntax, meta_end
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -185,9 +187,11 @@ WHOLE = encode_part10(part10())
     [
         (b"hello", "not a DICOM Part 10 file"),
         (WHOLE[:-5], r"file truncated in element \(0018,1030\): 23 of 28 bytes"),
-        (WHOLE[:200], "holds no dataset"),
+        (WHOLE[: meta_end(WHOLE)], "holds no dataset"),
+        (WHOLE[:200], "file truncated: 4 bytes of an element at its end"),
+        (WHOLE[:-30], "file truncated: 6 bytes of an element at its end"),
     ],
-    ids=["not DICOM", "truncated value", "meta only"],
+    ids=["not DICOM", "truncated value", "meta only", "cut in the meta", "cut in a header"],
 )
 def test_parse_part10_rejects_damaged_files(data, reason):
     with pytest.raises(StoreError, match=reason) as caught:
@@ -205,3 +209,13 @@ def test_normalize_received_only_touches_dpp_without_identity():
     normalized = normalize_received(encode_part10(part10()), labels)
     assert normalized is not None
     assert pydicom.dcmread(io.BytesIO(normalized)).PatientID == "DPP-PROTOCOL-LIBRARY"
+
+
+def test_normalize_received_does_not_inflate_a_bomb_behind_a_lying_meta(caplog):
+    """Orthanc's own routes (POST /instances) reach the hook: it checks before pydicom inflates."""
+    bomb = lying_about_syntax(deflated_bomb(5200, 32 << 20))
+    limits = DatasetLimits(maximum_size=1 << 20)
+    assert normalize_received(bomb, Normalization(), limits) is None
+    assert "Received instance left as it is, not read: Dataset inflates to more than" in caplog.text
+    # The same protocol, small and sound, is normalized.
+    assert normalize_received(deflated_bomb(5200, 16), Normalization(), limits) is not None
