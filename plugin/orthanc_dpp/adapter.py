@@ -420,8 +420,9 @@ class Plugin:
             stored_as=self._stored_as,
             overwrite=overwrite,
             fresh=fresh,
-            # Nothing is stored before the index knows what is stored already.
-            ready=lambda: bool(self.feed and self.feed.ready),
+            # Nothing is stored before the index knows what is stored already
+            # (with Enabled false there is no index to wait for).
+            ready=lambda: not settings.enabled or bool(self.feed and self.feed.ready),
         )
         self.approved_content = ApprovedContent(api, self.index)
         self.feed = IndexFeed(
