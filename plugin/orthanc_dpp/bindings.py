@@ -3,15 +3,19 @@
 An approval names its protocols by SOP Instance UID only, and a UID can be
 given other content later (``OverwriteInstances``, or a delete and a new
 upload). So that an approval does not carry over to content nobody
-approved, the plugin records, whenever it stores an approval, the MD5 of
-each named protocol's stored file at that moment (none for a protocol not
+approved, the plugin records, whenever it stores an approval, the SHA-256
+of each named protocol's stored file at that moment (none for a protocol not
 stored then) in a metadata entry of the approval's Orthanc instance
 (:data:`METADATA`): kept in Orthanc's database with the approval, deleted
 with it, seen by every node sharing the database. An approval applies to a
-protocol only while the protocol's stored file has the recorded MD5:
+protocol only while the protocol's stored file has the recorded digest:
 identical content stored again applies again, anything else does not until
 approved again. Approvals stored around the plugin (Orthanc's own routes)
 have no record and approve nothing.
+
+SHA-256 rather than the MD5 Orthanc keeps of every file: two files with
+one MD5 can be made on purpose, and a sender allowed to store protocols,
+but not approvals, could then swap an approved protocol for another.
 """
 
 from __future__ import annotations
@@ -57,22 +61,20 @@ class ApprovedContent:
         self._lock = threading.Lock()
 
     def digest(self, protocol: Entry) -> str | None:
-        """MD5 of the protocol's stored file (Orthanc's own, or computed); None if unreadable."""
+        """SHA-256 of the protocol's stored file; None if it cannot be read."""
         with self._lock:
             cached = self._digests.get(protocol.orthanc_id)
         if cached is not None and cached[0] is protocol:
             return cached[1]
-        uri = f"/instances/{protocol.orthanc_id}"
         try:
-            md5: str | None = self.api.get(f"{uri}/attachments/dicom/md5").decode().strip()
+            found: str | None = hashlib.sha256(
+                self.api.get(f"/instances/{protocol.orthanc_id}/file")
+            ).hexdigest()
         except OrthancError:
-            try:  # Orthanc keeps no MD5 (StoreMD5ForAttachments false): the same sum, computed
-                md5 = hashlib.md5(self.api.get(f"{uri}/file")).hexdigest()
-            except OrthancError:
-                md5 = None
+            found = None  # deleted meanwhile: nothing stored is approved
         with self._lock:
-            self._digests[protocol.orthanc_id] = (protocol, md5)
-        return md5
+            self._digests[protocol.orthanc_id] = (protocol, found)
+        return found
 
     def bind(self, approval: Entry) -> dict[str, str | None]:
         """Record what the approval's protocols hold now; returns the record."""
@@ -95,7 +97,7 @@ class ApprovedContent:
             record = {}
         with self._lock:
             self._records[approval.orthanc_id] = (approval, record)
-        unstored = sorted(uid for uid, md5 in record.items() if md5 is None)
+        unstored = sorted(uid for uid, digest in record.items() if digest is None)
         if unstored:
             log.warning(
                 "Approval %s names protocol(s) not stored now, which it does not approve: %s",
@@ -105,7 +107,7 @@ class ApprovedContent:
         return record
 
     def recorded(self, approval: Entry) -> dict[str, str | None]:
-        """The approval's record: protocol UID -> approved MD5 ({} when there is none)."""
+        """The approval's record: protocol UID -> approved SHA-256 ({} when there is none)."""
         with self._lock:
             cached = self._records.get(approval.orthanc_id)
         if cached is not None and cached[0] is approval:
