@@ -29,6 +29,7 @@ class FakeOrthancApi:
         self.sop_classes: dict[str, str] = {}
         self.series: dict[str, str] = {}  # instance -> its series' Orthanc ID
         self.changes: list[dict[str, object]] = []
+        self.metadata: dict[tuple[str, str], bytes] = {}  # (instance, name) -> value
         self.fail_next_post: str | None = None
         self.calls: list[tuple[str, str]] = []
         self.seq = 0
@@ -65,7 +66,21 @@ class FakeOrthancApi:
                 return self.sop_classes[instance].encode()
             if parts[2:] == ["attachments", "dicom", "md5"]:
                 return hashlib.md5(self.files[instance]).hexdigest().encode()
+            if parts[2] == "metadata" and len(parts) == 4:
+                if (instance, parts[3]) not in self.metadata:
+                    raise OrthancError("GET", uri, "Inexistent item")
+                return self.metadata[instance, parts[3]]
         raise OrthancError("GET", uri, "Unknown URI")
+
+    def put(self, uri: str, body: bytes) -> None:
+        """Only ``PUT /instances/{id}/metadata/{name}``, as Orthanc keeps user metadata."""
+        self.calls.append(("PUT", uri))
+        parts = uri.strip("/").split("/")
+        if len(parts) != 4 or parts[0] != "instances" or parts[2] != "metadata":
+            raise OrthancError("PUT", uri, "Unknown URI")
+        if parts[1] not in self.files:
+            raise OrthancError("PUT", uri, "Unknown resource")
+        self.metadata[parts[1], parts[3]] = body
 
     def post(self, uri: str, body: bytes) -> bytes:
         self.calls.append(("POST", uri))
@@ -105,4 +120,5 @@ class FakeOrthancApi:
             del self.files[instance]
             del self.sop_classes[instance]
             del self.series[instance]
+            self.metadata = {k: v for k, v in self.metadata.items() if k[0] != instance}
             self.changes = [c for c in self.changes if c["ID"] != instance]

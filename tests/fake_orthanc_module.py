@@ -240,6 +240,10 @@ class FakeOrthancModule:
                 body = replaced
         return self._rest("post", uri, body)
 
+    def RestApiPut(self, uri: str, body: bytes) -> None:
+        self._check("RestApiPut", uri, body)
+        self._rest("put", uri, body)
+
     def RestApiDelete(self, uri: str) -> None:
         self._check("RestApiDelete", uri)
         self._rest("delete", uri)

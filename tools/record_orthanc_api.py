@@ -56,6 +56,7 @@ PROBES: list[tuple[str, list[str]]] = [
     ("RestApiPost", ["str", "bytes"]),
     ("RestApiPost", ["str", "str"]),
     ("RestApiDelete", ["str"]),
+    ("RestApiPut", ["str", "bytes"]),
     ("SetMetricsValue", ["str", "float", "MetricsType"]),
     ("SetMetricsValue", ["str", "float"]),
     ("BufferCompression", ["bytes", "CompressionType", "int"]),

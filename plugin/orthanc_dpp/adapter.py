@@ -35,6 +35,7 @@ from pynetdicom import evt
 from orthanc_dpp import __version__, csrf, library_page, snapshot, tls
 from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.activity import ActivityLog
+from orthanc_dpp.bindings import ApprovedContent
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
 from orthanc_dpp.index import ProtocolIndex
@@ -66,6 +67,7 @@ from orthanc_dpp.rest import (
 )
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
+from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp")
 
@@ -264,6 +266,9 @@ class OrthancRestApi:
     def post(self, uri: str, body: bytes) -> bytes:
         return self._call("POST", uri, body)
 
+    def put(self, uri: str, body: bytes) -> None:
+        self._call("PUT", uri, body)
+
     def delete(self, uri: str) -> None:
         self._call("DELETE", uri)
 
@@ -391,6 +396,7 @@ class Plugin:
         self.fresh = FreshInstances()  # this node's own stores, for the change feed
         self.listener: DppListener | None = None
         self.feed: IndexFeed | None = None
+        self.approved_content: ApprovedContent | None = None  # set with valid settings
         # Orthanc's MetricsEnabled (default true): when false, nothing is counted or published.
         self.metrics = Metrics(enabled=configuration.get("MetricsEnabled", True) is not False)
         self.publisher: MetricsPublisher | None = None
@@ -415,7 +421,11 @@ class Plugin:
             stored_as=self._stored_as,
             overwrite=overwrite,
             fresh=fresh,
+            # Nothing is stored before the index knows what is stored already
+            # (with Enabled false there is no index to wait for).
+            ready=lambda: not settings.enabled or bool(self.feed and self.feed.ready),
         )
+        self.approved_content = ApprovedContent(api, self.index)
         self.feed = IndexFeed(
             self.library,
             self.index,
@@ -448,7 +458,12 @@ class Plugin:
         handlers: dict[Any, Callable[..., Any]] = {
             evt.EVT_C_ECHO: make_echo_handler(gate, self.metrics),
             evt.EVT_C_STORE: make_store_handler(
-                self.library, gate, self.on_stored, limits, self.metrics
+                self.library,
+                gate,
+                self.on_stored,
+                limits,
+                self.metrics,
+                approval_storers=settings.approval_storers,
             ),
             evt.EVT_C_FIND: make_find_handler(
                 self.index,
@@ -484,6 +499,7 @@ class Plugin:
             maximum_upload=settings.maximum_upload_size,
             metrics=self.metrics,
             activity=self.activity,
+            content=self.approved_content,
         )
         if self.metrics.enabled:
             self.publisher = MetricsPublisher(orthanc, self.metrics, lambda: len(self.index))
@@ -518,13 +534,20 @@ class Plugin:
         self.fresh.indexed(stored.orthanc_id)
         if other is not None:  # stored through another node meanwhile
             report_duplicate(stored.sop_instance_uid, other, stored.orthanc_id, self.index)
+        if stored.sop_class_uid == PROTOCOL_APPROVAL_STORAGE and self.approved_content is not None:
+            # What it approves is the content its protocols hold now (bindings.py).
+            entry = self.index.get_by_orthanc_id(stored.orthanc_id)
+            if entry is not None:
+                self.approved_content.bind(entry)
 
     def store_retrieved(self, ds: pydicom.Dataset, sop_class: str) -> None:
         """A protocol received by C-GET from another archive: stored as a C-STORE would be."""
-        self.on_stored(self.library.store(ds, context_sop_class=sop_class))
+        self.library.store(ds, context_sop_class=sop_class, on_stored=self.on_stored)
 
     def on_deleted(self, orthanc_id: str) -> None:
         self.index.remove(orthanc_id)
+        if self.approved_content is not None:
+            self.approved_content.forget(orthanc_id)
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
         """Orthanc's change callback: only hands work to threads, returns at once."""

@@ -115,6 +115,20 @@ def summary(orthanc_id: str, sop_instance_uid: str, record: Record, now: datetim
 
 
 def approved(approvals: Iterable[dict[str, Any]]) -> bool:
-    """The README rule over :func:`summary` results about one protocol."""
-    current = [a for s in approvals for a in s["Assertions"] if a["Current"]]
-    return any(a["Approves"] for a in current) and not any(a["Withdraws"] for a in current)
+    """The README rule over :func:`summary` results about one protocol.
+
+    Only approvals of the content stored now (not marked
+    ``AppliesToStoredContent`` false, see :mod:`orthanc_dpp.bindings`) can
+    approve; a withdrawal withdraws whatever content it was made for, the
+    safe reading.
+    """
+    listed = list(approvals)
+    current = [a for s in listed for a in s["Assertions"] if a["Current"]]
+    approving = [
+        a
+        for s in listed
+        if s.get("AppliesToStoredContent", True)
+        for a in s["Assertions"]
+        if a["Current"] and a["Approves"]
+    ]
+    return bool(approving) and not any(a["Withdraws"] for a in current)

@@ -79,6 +79,8 @@ class Settings:
     python_path: tuple[str, ...] = ()
     unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
     unknown_callers_may_store: bool = False
+    # AE titles that may C-STORE Protocol Approvals (besides being allowed to store).
+    approval_storers: frozenset[str] = frozenset()
     report_missing_instances: bool = True
     pending_response_interval: float = 1.0
     # "auto": only where calls into Orthanc release the interpreter lock.
@@ -123,6 +125,18 @@ def _ae_title(value: Any) -> str:
             "must be 1 to 16 printable ASCII characters, not all spaces, without backslash"
         )
     return value.strip()
+
+
+def _ae_titles(value: Any) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise ValueError('must be a list of AE titles, such as ["PROTOCOL_MGR"]')
+    titles = set()
+    for title in value:
+        try:
+            titles.add(_ae_title(title))
+        except ValueError as exc:
+            raise ValueError(f"holds {str(title)[:32]!r}, which {exc}") from None
+    return frozenset(titles)
 
 
 def _bind_address(value: Any) -> str:
@@ -196,6 +210,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "PythonPath": ("python_path", _path_list),
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
     "UnknownCallersMayStore": ("unknown_callers_may_store", _bool),
+    "ApprovalStorers": ("approval_storers", _ae_titles),
     "ReportMissingInstances": ("report_missing_instances", _bool),
     "PendingResponseInterval": ("pending_response_interval", _seconds(0, 3600)),
     "ReceivedInstanceHook": ("received_instance_hook", _auto_or_bool),

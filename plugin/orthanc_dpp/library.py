@@ -110,6 +110,15 @@ class Stored:
         }
 
 
+#: Why a store is refused while the index loads (Error Comment and REST "Error").
+#: Its first 64 characters are the whole message as a DIMSE Error Comment (LO).
+INDEX_LOADING = (
+    "protocol index is loading: retry in a few seconds (Orthanc has just started, and "
+    "nothing is stored until the index knows every stored SOP Instance UID)"
+)
+#: Seconds a REST client is told to wait (Retry-After) while the index loads.
+RETRY_AFTER_SECONDS = 5
+
 #: Set on a thread while it stores through :meth:`ProtocolLibrary.store`.
 _storing = threading.local()
 
@@ -323,7 +332,11 @@ class ProtocolLibrary:
     stored UID with other content is refused too when Orthanc keeps the
     stored copy: answering Success would drop the sender's content
     silently. Two stores of one UID at the same time are not raced: the
-    second is refused while the first runs.
+    second is refused while the first runs, and "runs" lasts until the
+    caller's ``on_stored`` (which puts the instance in the index) has
+    returned, so the next store of the UID finds it there. Until ``ready``
+    says the index has loaded, ``stored_as`` cannot know what is stored,
+    so every store is refused then (0xA700 / HTTP 503, retry later).
     """
 
     def __init__(
@@ -334,7 +347,9 @@ class ProtocolLibrary:
         stored_as: Callable[[str], str | None] | None = None,
         overwrite: bool = False,
         fresh: FreshMarks | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
+        self.ready = ready or (lambda: True)
         self.fresh = fresh  # stores the change feed need not read again
         self.api = api
         self.labels = labels
@@ -366,8 +381,14 @@ class ProtocolLibrary:
         *,
         context_sop_class: str | None = None,
         elements: encoded.Elements | None = None,
+        on_stored: Callable[[Stored], None] | None = None,
     ) -> Stored:
         """Normalize ``ds`` if needed and store it; return what Orthanc said.
+
+        ``on_stored`` (the caller's indexing) runs with the result while the
+        UID is still claimed: released earlier, another store of the UID
+        could slip in before the index knows this one and make a second
+        Orthanc instance of it.
 
         ``part10`` is ``ds`` as a Part 10 file when the caller has it; it is
         sent as is when no normalization is needed. ``elements`` are the
@@ -377,6 +398,8 @@ class ProtocolLibrary:
         ``dataset`` is the original.
         """
         sop_class, sop_instance = check_storable(ds, context_sop_class)
+        if not self.ready():
+            raise StoreError(status.STORE_OUT_OF_RESOURCES, 503, INDEX_LOADING)
         try:
             result = normalize.normalize(ds, self.labels)
         except normalize.NormalizationError as exc:
@@ -427,6 +450,8 @@ class ProtocolLibrary:
                 )
                 with contextlib.suppress(OrthancError):  # already gone is fine
                     self.delete(existing)
+            if on_stored is not None:
+                on_stored(stored)
             return stored
 
     def _post(

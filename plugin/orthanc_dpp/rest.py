@@ -21,8 +21,16 @@ from typing import Any
 from orthanc_dpp import approvals, library_page
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.attributes import dataset_tree
+from orthanc_dpp.bindings import ApprovedContent
 from orthanc_dpp.index import Entry, ProtocolIndex
-from orthanc_dpp.library import OrthancError, ProtocolLibrary, Stored, StoreError, read_part10
+from orthanc_dpp.library import (
+    RETRY_AFTER_SECONDS,
+    OrthancError,
+    ProtocolLibrary,
+    Stored,
+    StoreError,
+    read_part10,
+)
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_part10
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.search import PARAMETERS, ProtocolSearch, SearchError, search
@@ -102,7 +110,10 @@ class DppRestApi:
         maximum_upload: int = 64 << 20,
         metrics: Metrics | None = None,
         activity: ActivityLog | None = None,
+        content: ApprovedContent | None = None,
     ) -> None:
+        #: What each approval approved (None: approvals apply whatever the content).
+        self.content = content
         self.activity = activity or ActivityLog()
         self.limits = limits or DatasetLimits()
         self.metrics = metrics or Metrics(enabled=False)
@@ -171,11 +182,21 @@ class DppRestApi:
         )
 
     def _approvals(self, entry: Entry, now: datetime) -> list[dict[str, Any]]:
-        """Summaries of the Protocol Approvals that name the protocol ``entry``."""
-        return [
-            approvals.summary(a.orthanc_id, a.sop_instance_uid, a.record, now)
-            for a in self.index.approvals_of(entry.sop_instance_uid)
-        ]
+        """Summaries of the Protocol Approvals that name the protocol ``entry``.
+
+        Each says whether it approved the content the protocol holds now
+        (``AppliesToStoredContent``); only those that did decide ``Approved``.
+        """
+        found = []
+        for approval in self.index.approvals_of(entry.sop_instance_uid):
+            summary = approvals.summary(
+                approval.orthanc_id, approval.sop_instance_uid, approval.record, now
+            )
+            summary["AppliesToStoredContent"] = self.content is None or self.content.applies(
+                approval, entry
+            )
+            found.append(summary)
+        return found
 
     def _summary(self, entry: Entry, now: datetime) -> dict[str, Any]:
         """An entry's summary; for a protocol, with the approvals that name it."""
@@ -228,7 +249,10 @@ class DppRestApi:
         else:
             code = 400
         payload = {"Stored": len(files) - len(failures), "Failed": len(failures), "Files": results}
-        return json_response(code, payload)
+        response = json_response(code, payload)
+        if code == 503:  # the index is loading: come back soon
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     def _refused_whole(self, status: int, message: str) -> Response:
         self.metrics.rest_file(stored=False)  # counted as one refused file
@@ -240,9 +264,8 @@ class DppRestApi:
         except LimitExceeded as exc:
             raise StoreError(exc.status, exc.http_status, exc.comment) from exc
         ds, elements = read_part10(data, self.limits.maximum_depth)
-        stored = self.library.store(ds, data, elements=elements)
-        self._on_stored(stored)
-        return stored
+        # Indexed before the UID's claim is released (see ProtocolLibrary.store).
+        return self.library.store(ds, data, elements=elements, on_stored=self._on_stored)
 
     def _lookup(self, identifier: str) -> Entry | None:
         return self.index.get(identifier) or self.index.get_by_orthanc_id(identifier)

@@ -38,6 +38,7 @@ from orthanc_dpp.limits import (
 from orthanc_dpp.match import Query
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.responses import Batch, PendingEncoder, ResponseCache
+from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.scp")
@@ -109,14 +110,32 @@ def make_store_handler(
     on_stored: Callable[[Stored], None],
     limits: DatasetLimits | None = None,
     metrics: Metrics | None = None,
+    approval_storers: frozenset[str] = frozenset(),
 ) -> Callable[[evt.Event], Dataset]:
-    """C-STORE: success only once Orthanc has stored the instance."""
+    """C-STORE: success only once Orthanc has stored the instance.
+
+    Storing a Protocol Approval is a right of its own: an approval tells
+    people a protocol may be used on patients, so only the AE titles in
+    ``approval_storers`` (``ApprovalStorers``) may C-STORE one, on top of
+    being allowed to store at all.
+    """
     limits = limits or DatasetLimits()
     counted = metrics or Metrics(enabled=False)
 
     def handle_store(event: evt.Event) -> Dataset:
         if not gate.check(event.assoc, Service.STORE):
             counted.dimse("c_store", "refused")
+            return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
+        if (
+            str(event.context.abstract_syntax) == PROTOCOL_APPROVAL_STORAGE
+            and event.assoc.requestor.ae_title.strip() not in approval_storers
+        ):
+            counted.dimse("c_store", "refused")
+            log.error(
+                "C-STORE of a Protocol Approval from %s refused: AET %s is not in ApprovalStorers",
+                describe_requestor(event.assoc),
+                event.assoc.requestor.ae_title.strip(),
+            )
             return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
         answer = store(event, time.perf_counter())
         counted.dimse_status("c_store", int(answer.Status))
@@ -135,7 +154,10 @@ def make_store_handler(
                     status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
                 ) from exc
             stored = library.store(
-                ds, context_sop_class=str(event.context.abstract_syntax), elements=elements
+                ds,
+                context_sop_class=str(event.context.abstract_syntax),
+                elements=elements,
+                on_stored=on_stored,  # indexed before the UID's claim is released
             )
         except StoreError as exc:
             log.error("C-STORE from %s refused (0x%04X): %s", peer, exc.dimse_status, exc.reason)
@@ -143,7 +165,6 @@ def make_store_handler(
         except Exception as exc:
             log.exception("C-STORE from %s failed unexpectedly", peer)
             return status_dataset(status.STORE_CANNOT_UNDERSTAND, f"internal error: {exc}")
-        on_stored(stored)
         counted.store_timed(time.perf_counter() - started, stored.orthanc_seconds)
         log.info(
             "C-STORE from %s: %s stored as %s (%s)",

@@ -63,6 +63,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, library: dict[str, Dataset
     store_port = free_port()
     server = OrthancServer(
         folder,
+        dpp={"ApprovalStorers": ["TEST_SCU"]},  # "head ok" is C-STOREd by TEST_SCU
         config={
             "DicomModalities": {
                 "scu": ["TEST_SCU", "127.0.0.1", 104],

@@ -36,7 +36,7 @@ def universal_answer(orthanc: OrthancServer) -> list[Any]:
 
 
 def test_start_without_snapshot_indexes_what_the_previous_loader_did(make_server) -> None:
-    orthanc = make_server()
+    orthanc = make_server(dpp={"ApprovalStorers": ["TEST_SCU"]})  # approvals over DICOM too
     orthanc.start()
     store_protocols(orthanc, make_library(9, seed=700, kinds=("CT", "XA", "APPROVAL")))
     own = make_protocol(790, "XA")  # its own patient/study/series: outside the library series

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -25,6 +26,15 @@ from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import associate, store_protocols
 from tests.waiting import eventually
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """The usual server, with TEST_SCU trusted to C-STORE Protocol Approvals (storescu test)."""
+    with OrthancServer(
+        tmp_path_factory.mktemp("orthanc"), dpp={"ApprovalStorers": ["TEST_SCU"]}
+    ) as orthanc:
+        yield orthanc
 
 
 def as_received(ds: Dataset, transfer_syntax: str) -> Dataset:

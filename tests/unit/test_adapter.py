@@ -5,15 +5,18 @@ from __future__ import annotations
 import io
 import socket
 import sys
+from typing import Any
 
 import pydicom
 import pynetdicom
 import pytest
+from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp import adapter
+from orthanc_dpp.bindings import METADATA
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
@@ -58,7 +61,8 @@ def running(version):
     orthanc = FakeOrthancModule(configuration(), version=version, releases_interpreter_lock=True)
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    assert eventually(lambda: plugin.listener.status.state == "running")
+    # Stores are refused until the index has loaded.
+    assert eventually(lambda: plugin.listener.status.state == "running" and plugin.feed.ready)
     yield orthanc, plugin
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
 
@@ -173,6 +177,30 @@ def test_uploads_and_deletions_reach_the_index(running) -> None:
     missing = orthanc.call_route(f"/dpp/protocols/{ds.SOPInstanceUID}")
     assert missing.status == 404
     assert missing.headers["Content-Type"] == "application/json"
+
+
+def upload(orthanc: FakeOrthancModule, ds: Dataset) -> Any:
+    answer = orthanc.call_route(
+        "/dpp/protocols", "POST", headers={"Content-Type": "application/dicom"}, body=to_bytes(ds)
+    )
+    assert answer.status == 200, answer.body
+    return answer.json()["Files"][0]
+
+
+def test_a_stored_approval_records_the_content_it_approves(running) -> None:
+    orthanc, _ = running
+    protocol = make_protocol(14, "CT")
+    upload(orthanc, protocol)
+    approval = make_protocol(15, "APPROVAL")
+    approval.ApprovalSubjectSequence[0].ReferencedSOPInstanceUID = protocol.SOPInstanceUID
+    item = approval.ApprovalSequence[0]
+    item.AssertionCodeSequence[0].CodeValue = "128603"
+    item.AssertionExpirationDateTime = ""
+    approval_id = upload(orthanc, approval)["OrthancID"]
+    assert (approval_id, str(METADATA)) in orthanc.api.metadata  # through RestApiPut
+    shown = orthanc.call_route(f"/dpp/protocols/{protocol.SOPInstanceUID}").json()
+    assert [a["AppliesToStoredContent"] for a in shown["Approvals"]] == [True]
+    assert shown["Approved"] is True
 
 
 def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:

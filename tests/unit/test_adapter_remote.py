@@ -45,7 +45,7 @@ def running(request):
     orthanc = FakeOrthancModule(configuration(), version=request.param)
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    assert eventually(lambda: plugin.listener.status.state == "running")
+    assert eventually(lambda: plugin.listener.status.state == "running" and plugin.feed.ready)
     yield orthanc, plugin
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
 

@@ -81,3 +81,18 @@ def test_the_index_finds_the_approvals_of_a_protocol() -> None:
     index.remove("a1")
     assert [e.orthanc_id for e in index.approvals_of(protocol.SOPInstanceUID)] == ["a2"]
     assert index.approvals_of("1.2.3") == []
+
+
+def test_approvals_of_other_content_do_not_decide() -> None:
+    approving = {
+        "Assertions": [{"Current": True, "Approves": True, "Withdraws": False}],
+        "AppliesToStoredContent": False,
+    }
+    assert not approvals.approved([approving])
+    assert approvals.approved([{**approving, "AppliesToStoredContent": True}])
+    withdrawing = {
+        "Assertions": [{"Current": True, "Approves": False, "Withdraws": True}],
+        "AppliesToStoredContent": False,
+    }
+    # A withdrawal withdraws whatever content it was made for: the safe reading.
+    assert not approvals.approved([{**approving, "AppliesToStoredContent": True}, withdrawing])

@@ -35,6 +35,7 @@ def test_missing_section_means_defaults():
     assert parse_settings({}) == Settings()
     assert Settings().port == 11112
     assert Settings().normalization == Normalization()
+    assert Settings().approval_storers == frozenset()  # nobody stores approvals by DICOM
 
 
 def test_all_keys_are_parsed():
@@ -55,6 +56,7 @@ def test_all_keys_are_parsed():
                 "ChangePollInterval": 0.5,
                 "ReconcileInterval": 120,
                 "PythonPath": "/opt/venv/site-packages",
+                "ApprovalStorers": ["PROTOCOL_MGR", " QA "],
                 "Normalization": {
                     "PatientID": "LIB",
                     "PatientName": "Lib",
@@ -70,6 +72,7 @@ def test_all_keys_are_parsed():
     assert settings.dimse_timeout == 6.5
     assert settings.maximum_pdu_size == 0
     assert settings.python_path == ("/opt/venv/site-packages",)
+    assert settings.approval_storers == {"PROTOCOL_MGR", "QA"}
     assert settings.normalization == Normalization("LIB", "Lib", "S")
 
 
@@ -88,6 +91,11 @@ def test_all_keys_are_parsed():
         ({"MaximumPduSize": 100}, "DefinedProcedureProtocol.MaximumPduSize: must be 0"),
         ({"MaximumAssociations": 0}, "DefinedProcedureProtocol.MaximumAssociations: must be"),
         ({"PythonPath": [1]}, "DefinedProcedureProtocol.PythonPath: must be a list"),
+        ({"ApprovalStorers": "MGR"}, "DefinedProcedureProtocol.ApprovalStorers: must be a list"),
+        (
+            {"ApprovalStorers": ["MGR", "A" * 17]},
+            f"DefinedProcedureProtocol.ApprovalStorers: holds '{'A' * 17}', which must be 1 to 16",
+        ),
         ({"Prot": 1}, "DefinedProcedureProtocol.Prot: unknown key (known keys: AETitle"),
         (
             {"Normalization": {"PatientID": "A\\B"}},

@@ -219,3 +219,45 @@ def test_normalize_received_does_not_inflate_a_bomb_behind_a_lying_meta(caplog):
     assert "Received instance left as it is, not read: Dataset inflates to more than" in caplog.text
     # The same protocol, small and sound, is normalized.
     assert normalize_received(deflated_bomb(5200, 16), Normalization(), limits) is not None
+
+
+def test_the_claim_is_held_until_the_index_knows_the_instance(library, api):
+    """A second sender of the UID while the first is being indexed is refused, not stored."""
+    held = uid_index(library)
+    meanwhile: list[str] = []
+
+    def index(stored) -> None:
+        try:  # another sender of the UID, under another patient, before the index is updated
+            library.store(part10(PatientID="P", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.4"))
+        except StoreError as exc:
+            meanwhile.append(exc.reason)
+        held[stored.sop_instance_uid] = stored.orthanc_id
+
+    first = library.store(part10(), on_stored=index)
+    assert meanwhile[0].startswith("SOP Instance UID being stored by another request")
+    assert list(api.files) == [first.orthanc_id]  # one Orthanc instance of the UID
+    with pytest.raises(StoreError) as later:  # the index knows it now
+        library.store(part10(PatientID="P", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.4"))
+    assert later.value.reason.startswith("SOP Instance UID stored under other patient/study")
+
+
+def test_the_claim_is_released_when_indexing_fails(library):
+    def broken(stored) -> None:
+        raise RuntimeError("index broken")
+
+    with pytest.raises(RuntimeError):
+        library.store(part10(), on_stored=broken)
+    assert library.store(part10()).status == "AlreadyStored"  # not "being stored"
+
+
+def test_stores_are_refused_while_the_index_loads(api):
+    loaded = False
+    library = ProtocolLibrary(api, Normalization(), ready=lambda: loaded)
+    with pytest.raises(StoreError) as refused:
+        library.store(part10())
+    assert refused.value.dimse_status == status.STORE_OUT_OF_RESOURCES == 0xA700
+    assert refused.value.http_status == 503
+    assert status.error_comment(refused.value.reason).startswith("protocol index is loading")
+    assert not api.files
+    loaded = True
+    assert library.store(part10()).status == "Success"

@@ -226,7 +226,7 @@ def test_rest_uploads_count_stored_and_refused_files() -> None:
 def start(orthanc: FakeOrthancModule) -> adapter.Plugin:
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    assert eventually(lambda: plugin.listener.status.state == "running")
+    assert eventually(lambda: plugin.listener.status.state == "running" and plugin.feed.ready)
     return plugin
 
 

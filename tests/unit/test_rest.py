@@ -392,3 +392,22 @@ def test_upload_limits_answer_413(api: FakeOrthancApi, index: ProtocolIndex) -> 
     assert failure["Error"].startswith("Dataset inflates to more than MaximumDatasetSize")
     assert len(index) == 0
     assert upload(rest, to_bytes(make_protocol(78, "CT"))).status == 200
+
+
+def test_uploads_while_the_index_loads_are_refused_with_retry_after(api, index) -> None:
+    loaded = False
+    rest = DppRestApi(
+        ProtocolLibrary(api, Normalization(), ready=lambda: loaded),
+        index,
+        status=lambda: {},
+        on_stored=lambda stored: index.put(stored.orthanc_id, stored.dataset),
+        on_deleted=index.remove,
+    )
+    response = upload(rest, to_bytes(make_protocol(1, "CT")))
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    (file,) = body(response)["Files"]
+    assert file["Stored"] is False and file["HttpStatus"] == 503
+    assert file["Error"].startswith("protocol index is loading: retry in a few seconds")
+    assert not api.files
+    loaded = True
+    assert upload(rest, to_bytes(make_protocol(1, "CT"))).status == 200

@@ -11,13 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
+from dpp_tools.samples import make_protocol
 from orthanc_dpp import scp, sop
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
+from orthanc_dpp.config import Normalization
+from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import ModalityRegistry
+from tests.fake_orthanc import FakeOrthancApi
 from tests.unit.test_find import make_index, raw_identifiers
 
 
@@ -117,3 +122,52 @@ def test_any_identifier_bytes_end_with_one_final_status(data: bytes, deflated: b
     )
     code = final if isinstance(final, int) else int(final.Status)
     assert code in (0x0000, 0xA700, 0xA900, 0xC000)
+
+
+def store_event(ds: Dataset, ae_title: str) -> SimpleNamespace:
+    """A C-STORE event of ``ds`` from ``ae_title``, on the context of its SOP class."""
+    assoc = SimpleNamespace(
+        is_established=True,
+        requestor=SimpleNamespace(ae_title=ae_title, address="127.0.0.1", port=1234),
+    )
+    return SimpleNamespace(
+        assoc=assoc,
+        request=SimpleNamespace(DataSet=BytesIO(encode(ds, False, True))),
+        context=SimpleNamespace(
+            transfer_syntax=ExplicitVRLittleEndian, abstract_syntax=ds.SOPClassUID
+        ),
+        file_meta=file_meta(ds),
+    )
+
+
+def file_meta(ds: Dataset) -> FileMetaDataset:
+    """The file meta pynetdicom hands a C-STORE handler."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return meta
+
+
+@pytest.mark.parametrize("ae_title", ["APPROVER", "MODALITY"])
+def test_approvals_are_stored_over_dicom_only_by_approval_storers(caplog, ae_title) -> None:
+    api = FakeOrthancApi()
+    handle = scp.make_store_handler(
+        ProtocolLibrary(api, Normalization()),
+        gate(),
+        lambda stored: None,
+        approval_storers=frozenset({"APPROVER"}),
+    )
+    protocol = handle(store_event(make_protocol(11, "CT"), ae_title))
+    assert int(protocol.Status) == 0x0000  # protocols: whoever may store
+    with caplog.at_level("INFO", "orthanc_dpp"):
+        answer = handle(store_event(make_protocol(12, "APPROVAL"), ae_title))
+    if ae_title == "APPROVER":
+        assert int(answer.Status) == 0x0000 and len(api.files) == 2
+    else:
+        assert int(answer.Status) == 0x0124 and answer.ErrorComment == "Not authorised"
+        assert len(api.files) == 1
+        assert (
+            "C-STORE of a Protocol Approval from MODALITY@127.0.0.1:1234 refused: AET MODALITY "
+            "is not in ApprovalStorers"
+        ) in caplog.text
