@@ -79,6 +79,8 @@ class Settings:
     python_path: tuple[str, ...] = ()
     unknown_callers: frozenset[Service] | None = None  # None: as Orthanc
     unknown_callers_may_store: bool = False
+    # Of MaximumAssociations; the rest is kept for declared modalities.
+    unknown_callers_maximum_associations: int = 2
     report_missing_instances: bool = True
     pending_response_interval: float = 1.0
     # "auto": only where calls into Orthanc release the interpreter lock.
@@ -196,6 +198,10 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "PythonPath": ("python_path", _path_list),
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
     "UnknownCallersMayStore": ("unknown_callers_may_store", _bool),
+    "UnknownCallersMaximumAssociations": (
+        "unknown_callers_maximum_associations",
+        _int_range(1, 1000),
+    ),
     "ReportMissingInstances": ("report_missing_instances", _bool),
     "PendingResponseInterval": ("pending_response_interval", _seconds(0, 3600)),
     "ReceivedInstanceHook": ("received_instance_hook", _auto_or_bool),
