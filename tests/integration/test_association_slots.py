@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -176,9 +177,20 @@ def test_capacity_refusals_are_transient_local_limit_exceeded(orthanc: OrthancSe
     try:
         # The address limit, checked before the association is read.
         for _ in range(PER_ADDRESS):
-            held.append(request(orthanc, "TEST_SCU", "127.0.0.6"))
+            held.append(request(orthanc, "TEST_SCU", "127.0.0.1"))
         assert all(a.is_established for a in held)
-        assert rejection(request(orthanc, "TEST_SCU", "127.0.0.6")) == LOCAL_LIMIT
+        assert rejection(request(orthanc, "TEST_SCU", "127.0.0.1")) == LOCAL_LIMIT
+        # DCMTK reads the same rejection (it cannot choose its source address).
+        echoscu = subprocess.run(
+            ["echoscu", "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dpp_port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        said = echoscu.stdout + echoscu.stderr
+        assert echoscu.returncode != 0
+        assert "Result: Rejected Transient, Source: Service Provider (Presentation" in said
+        assert "Reason: Local Limit Exceeded" in said
         # MaximumAssociations, for declared modalities too.
         for _ in range(MAXIMUM_ASSOCIATIONS - PER_ADDRESS):
             held.append(request(orthanc, "TEST_SCU", "127.0.0.7"))
