@@ -23,6 +23,12 @@ services need another refusal (a 0xCxxx failure, or an abort as in Orthanc).
 The plugin's own knob ``UnknownCallers`` can replace step 1 with an explicit
 list of services open to callers that are not in the modality list.
 
+The same rules judge an association before it is accepted
+(:func:`judge_caller`): a caller they would refuse every service is
+rejected at once, and callers not declared in the list share only
+``UnknownCallersMaximumAssociations`` of the association slots (see
+:mod:`orthanc_dpp.connections`).
+
 One deliberate difference: writing the protocol library is a privilege.
 ``DicomAlwaysAllowStore`` (true by default, meant for images) does not open
 C-STORE on the DPP listener: only modalities declared with ``AllowStore``
@@ -199,6 +205,41 @@ def decide(
     return Decision(False, f"AET {calling_aet} is not in Orthanc's DicomModalities")
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking for an association, judged before it is accepted.
+
+    ``declared``: the calling AET is in the modality list and, with
+    ``DicomCheckModalityHost``, the peer calls from that modality's Host;
+    such callers may use every association slot, others only
+    ``UnknownCallersMaximumAssociations`` of them. ``rights``: the services
+    :func:`decide` would allow this caller; none at all means that the
+    association is rejected outright.
+    """
+
+    declared: bool
+    rights: frozenset[Service]
+
+    @property
+    def reason(self) -> str:
+        """Why a caller without rights is rejected, for the log line."""
+        if self.declared:
+            return "its modality allows no DIMSE service (Allow* flags)"
+        return "not in Orthanc's DicomModalities, and no service is open to unknown callers"
+
+
+def judge_caller(
+    policy: AccessPolicy, modalities: ModalityList, calling_aet: str, peer_host: str
+) -> Caller:
+    """The :class:`Caller` standing of ``calling_aet`` at ``peer_host``."""
+    found = modalities.matching_aet(calling_aet)
+    declared = bool(found) and (
+        not modalities.check_modality_host or any(m.host == peer_host for m in found)
+    )
+    rights = frozenset(s for s in Service if decide(policy, modalities, s, calling_aet, peer_host))
+    return Caller(declared, rights)
+
+
 def describe_requestor(assoc: Any) -> str:
     """'AET@host:port' of an association's requestor, for log lines."""
     info = assoc.requestor
@@ -237,3 +278,7 @@ class Gatekeeper:
                 decision.reason,
             )
         return decision
+
+    def caller(self, calling_aet: str, peer_host: str) -> Caller:
+        """The standing of an association requestor, from the current modality list."""
+        return judge_caller(self.policy, self.modalities.current, calling_aet, peer_host)

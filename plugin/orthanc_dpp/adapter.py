@@ -486,7 +486,7 @@ class Plugin:
                 metrics=self.metrics,
             ),
         }
-        self.listener = DppListener(settings, handlers, self.metrics)
+        self.listener = DppListener(settings, handlers, self.metrics, judge=gate.caller)
         if not settings.enabled:
             self.listener.status.state = "disabled"
         self.rest = DppRestApi(

@@ -81,6 +81,8 @@ class Settings:
     unknown_callers_may_store: bool = False
     # AE titles that may C-STORE Protocol Approvals (besides being allowed to store).
     approval_storers: frozenset[str] = frozenset()
+    # Of MaximumAssociations; the rest is kept for declared modalities.
+    unknown_callers_maximum_associations: int = 2
     report_missing_instances: bool = True
     pending_response_interval: float = 1.0
     # "auto": only where calls into Orthanc release the interpreter lock.
@@ -211,6 +213,10 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "UnknownCallers": ("unknown_callers", parse_unknown_callers),
     "UnknownCallersMayStore": ("unknown_callers_may_store", _bool),
     "ApprovalStorers": ("approval_storers", _ae_titles),
+    "UnknownCallersMaximumAssociations": (
+        "unknown_callers_maximum_associations",
+        _int_range(1, 1000),
+    ),
     "ReportMissingInstances": ("report_missing_instances", _bool),
     "PendingResponseInterval": ("pending_response_interval", _seconds(0, 3600)),
     "ReceivedInstanceHook": ("received_instance_hook", _auto_or_bool),

@@ -29,6 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import tls as tls_module
+from orthanc_dpp.access import Caller
 from orthanc_dpp.config import Settings
 from orthanc_dpp.connections import ConnectionGuard, Limits
 from orthanc_dpp.keys import MODELS
@@ -94,6 +95,12 @@ class GuardedServer(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.guard is None or self.guard.verify(request, client_address)
 
+    def shutdown_request(self, request: Any) -> None:
+        """Close a connection, unless the guard keeps it to answer a refusal."""
+        if self.guard is not None and self.guard.holds(request):
+            return
+        super().shutdown_request(request)
+
 
 @dataclass
 class ListenerState:
@@ -108,10 +115,18 @@ class DppListener:
     """Owns the pynetdicom AE; :meth:`start` never raises, it records why it failed."""
 
     def __init__(
-        self, settings: Settings, handlers: dict[Any, Handler], metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        handlers: dict[Any, Handler],
+        metrics: Metrics | None = None,
+        judge: Callable[[str, str], Caller] | None = None,
     ) -> None:
+        """``judge(calling_aet, peer_host)``: the standing of an association
+        requestor (``access.Gatekeeper.caller``); without it every caller
+        counts as declared."""
         self.settings = settings
         self.handlers = handlers
+        self.judge = judge
         self.metrics = metrics or Metrics(enabled=False)
         self._established: set[int] = set()  # associations counted open in the metrics
         # Not self._lock: stop() holds that while association threads close.
@@ -125,7 +140,12 @@ class DppListener:
         s = self.settings
         private.quiet_logging()
         ae = AE(ae_title=s.ae_title)
-        ae.maximum_associations = s.maximum_associations
+        # MaximumAssociations is enforced by ConnectionGuard.on_requested,
+        # which counts accepted associations only; pynetdicom counts every
+        # connection's thread, waiting ones included, so strangers holding
+        # silent connections would have made it refuse declared modalities.
+        # Its check stays as a backstop far above what the guard lets in.
+        ae.maximum_associations = 4 * s.maximum_associations
         ae.acse_timeout = s.acse_timeout
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.network_timeout
@@ -180,8 +200,11 @@ class DppListener:
                     maximum_pdu_size=s.maximum_pdu_size,
                     maximum_dataset_size=s.maximum_dataset_size,
                     per_address=s.maximum_connections_per_address,
-                    total=2 * s.maximum_associations,
-                )
+                    waiting=s.maximum_associations,
+                    associations=s.maximum_associations,
+                    unknown_associations=s.unknown_callers_maximum_associations,
+                ),
+                judge=self.judge,
             )
             handlers: list[Any] = [
                 *guard.handlers(),

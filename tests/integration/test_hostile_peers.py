@@ -18,6 +18,7 @@ import pytest
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
+from orthanc_dpp.connections import LOCAL_LIMIT_EXCEEDED, reject_pdu
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works, library_unchanged, store_protocols
 
@@ -77,10 +78,15 @@ def test_stalled_pdu_headers_are_dropped_and_lock_nobody_out(orthanc, unchanged)
     # Another host is served at once: one address holds at most PER_ADDRESS slots.
     started = time.monotonic()
     assert association_works(orthanc, source="127.0.0.2")
-    # Every stalled connection is closed by the listener within AcseTimeout.
+    # Every stalled connection is closed by the listener within AcseTimeout;
+    # those over the address limit first get an A-ASSOCIATE-RJ transient,
+    # "local limit exceeded" (PS3.8 9.3.4), as soon as their request begins.
+    answers = []
     for sock in stalled:
-        assert closed_by_peer(sock) == b""
+        answers.append(closed_by_peer(sock))
         sock.close()
+    assert answers.count(b"") == PER_ADDRESS
+    assert answers.count(reject_pdu(*LOCAL_LIMIT_EXCEEDED)) == len(stalled) - PER_ADDRESS
     assert time.monotonic() - started < ACSE_TIMEOUT + 3
     assert association_works(orthanc)
     assert "Dropped the connection from 127.0.0.1: no association within AcseTimeout" in (

@@ -6,8 +6,10 @@ import pytest
 
 from orthanc_dpp.access import (
     AccessPolicy,
+    Caller,
     Service,
     decide,
+    judge_caller,
     parse_unknown_callers,
 )
 from orthanc_dpp.modalities import parse_modalities
@@ -139,3 +141,42 @@ def test_parse_unknown_callers() -> None:
     for bad in ("All", ["Echo", "Retrieve"], [1], {"Echo": True}, None):
         with pytest.raises(ValueError):
             parse_unknown_callers(bad)
+
+
+def test_a_requestor_is_judged_by_aet_and_with_the_host_check_by_address() -> None:
+    mods = parse_modalities(MODALITIES)
+    judged = judge_caller(ORTHANC, mods, "ct1", "10.9.9.9")  # case-insensitive, any host
+    assert judged.declared and Service.FIND in judged.rights
+    assert judge_caller(ORTHANC, mods, "STRANGER", "10.0.0.1") == Caller(
+        False, frozenset({Service.ECHO})
+    )
+    checked = parse_modalities(MODALITIES, check_modality_host=True)
+    # Claiming CT1's AE title from another host makes a stranger (echo only, by Orthanc's rule).
+    assert judge_caller(ORTHANC, checked, "CT1", "10.9.9.9") == Caller(
+        False, frozenset({Service.ECHO})
+    )
+    assert judge_caller(ORTHANC, checked, "CT1", "10.0.0.1").declared
+
+
+def test_a_requestor_without_any_right_is_told_why() -> None:
+    mods = parse_modalities(
+        {
+            "mute": {
+                "AET": "MUTE",
+                "Host": "10.0.0.5",
+                "Port": 104,
+                "AllowEcho": False,
+                "AllowFind": False,
+                "AllowGet": False,
+                "AllowMove": False,
+                "AllowStore": False,
+            }
+        }
+    )
+    closed = AccessPolicy(always_allowed=frozenset(), unknown_callers=frozenset())
+    stranger = judge_caller(closed, mods, "STRANGER", "10.0.0.1")
+    assert stranger == Caller(False, frozenset())
+    assert "not in Orthanc's DicomModalities" in stranger.reason
+    mute = judge_caller(closed, mods, "MUTE", "10.0.0.5")
+    assert mute == Caller(True, frozenset())
+    assert "allows no DIMSE service" in mute.reason

@@ -276,7 +276,10 @@ def test_implementation_identity_and_pdu_size_are_what_the_listener_sends() -> N
     assert policies["Implementation Class UID"].startswith(str(ae.implementation_class_uid) + " ")
     assert policies["Implementation Version Name"].startswith(ae.implementation_version_name + " ")
     assert f"default {ae.maximum_pdu_size} bytes" in policies["Maximum PDU length received"]
-    assert f"default {ae.maximum_associations}" in policies["Associations served at once"]
+    defaults = Settings()
+    served = policies["Associations served at once"]
+    assert f"default {defaults.maximum_associations})" in served
+    assert f"default {defaults.unknown_callers_maximum_associations})" in served
     per_address = Settings().maximum_connections_per_address
     assert f"default {per_address}" in policies["Connections per remote address"]
 
