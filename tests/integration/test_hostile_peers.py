@@ -20,6 +20,7 @@ from pynetdicom.sop_class import Verification
 from dpp_tools.samples import make_library
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works, library_unchanged, store_protocols
+from tests.waiting import eventually
 
 ACSE_TIMEOUT = 2
 NETWORK_TIMEOUT = 3
@@ -103,9 +104,7 @@ def test_stall_inside_a_pdu_after_association_is_dropped(orthanc, unchanged) -> 
     # A P-DATA-TF header announcing 100 bytes, then 10 of them and silence.
     raw.sendall(struct.pack(">BBL", 0x04, 0, 100) + b"\x00" * 10)
     started = time.monotonic()
-    deadline = started + NETWORK_TIMEOUT + 5
-    while assoc.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: not assoc.is_alive(), NETWORK_TIMEOUT + 5, step=0.05)
     assert not assoc.is_established
     assert time.monotonic() - started < NETWORK_TIMEOUT + 3
 
