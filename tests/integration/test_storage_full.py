@@ -13,7 +13,7 @@ once the filler is gone the next store must succeed.
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,24 +40,19 @@ def full_disk(
     """
     key: str = request.param
     volume = tmp_path / "volume"
-    try:
-        mount = tmpfs(volume, SIZE)
-        mount.__enter__()
-    except MountUnavailable as exc:
-        pytest.skip(f"{exc} (a full disk needs a tmpfs of its own; run as root)")
-    try:
-        folders = {"StorageDirectory": tmp_path / "storage", "IndexDirectory": tmp_path / "index"}
-        folders[key] = volume
+    folders = {"StorageDirectory": tmp_path / "storage", "IndexDirectory": tmp_path / "index"}
+    folders[key] = volume
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(tmpfs(volume, SIZE))
+        except MountUnavailable as exc:
+            pytest.skip(f"{exc} (a full disk needs a tmpfs of its own; run as root)")
         orthanc = OrthancServer(
             tmp_path / "orthanc", config={k: str(v) for k, v in folders.items()}
         )
         orthanc.start()
-        try:
-            yield key, volume, folders["StorageDirectory"], orthanc
-        finally:
-            orthanc.stop()
-    finally:
-        mount.__exit__(None, None, None)
+        stack.callback(orthanc.stop)
+        yield key, volume, folders["StorageDirectory"], orthanc
 
 
 def c_store(orthanc: OrthancServer, ds: Dataset) -> Dataset:
@@ -137,7 +132,6 @@ def test_full_disk_refuses_with_out_of_resources_and_keeps_the_library_whole(
     kept |= {str(by_dimse.SOPInstanceUID), str(by_rest.SOPInstanceUID)}
     assert listed(orthanc) == in_orthanc(orthanc) == kept
     assert found_by_c_find(orthanc, by_dimse) and found_by_c_find(orthanc, by_rest)
-    assert json.loads(orthanc.get(f"/dpp/protocols/{by_rest.SOPInstanceUID}"))[
-        "SOPInstanceUID"
-    ] == (by_rest.SOPInstanceUID)
+    stored = orthanc.get_json(f"/dpp/protocols/{by_rest.SOPInstanceUID}")
+    assert stored["SOPInstanceUID"] == by_rest.SOPInstanceUID
     assert "refused (0xA700)" in orthanc.log()
