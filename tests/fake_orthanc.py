@@ -30,7 +30,9 @@ class FakeOrthancApi:
         self.series: dict[str, str] = {}  # instance -> its series' Orthanc ID
         self.changes: list[dict[str, object]] = []
         self.metadata: dict[tuple[str, str], bytes] = {}  # (instance, name) -> value
-        self.fail_next_post: str | None = None
+        #: (code, description) of an error the next POST raises, as the real
+        #: Orthanc gives them (``(14, "Cannot write to file")`` for a full disk).
+        self.fail_next_post: tuple[int, str] | None = None
         self.calls: list[tuple[str, str]] = []
         self.seq = 0
         self._lock = threading.Lock()
@@ -87,8 +89,8 @@ class FakeOrthancApi:
         if uri != "/instances":
             raise OrthancError("POST", uri, "Unknown URI")
         if self.fail_next_post:
-            message, self.fail_next_post = self.fail_next_post, None
-            raise OrthancError("POST", uri, message)
+            (code, description), self.fail_next_post = self.fail_next_post, None
+            raise OrthancError("POST", uri, str((code, description)), code, description)
         ds = pydicom.dcmread(io.BytesIO(body))
         for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not str(ds.get(keyword, "")).strip() and keyword != "PatientID":

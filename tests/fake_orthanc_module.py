@@ -220,7 +220,9 @@ class FakeOrthancModule:
         try:
             return getattr(self.api, method)(uri, *args)
         except OrthancError as exc:
-            raise OrthancException(exc.message) from None
+            if exc.code is None:
+                raise OrthancException(exc.message) from None
+            raise OrthancException(exc.code, exc.description) from None
 
     def RestApiGet(self, uri: str) -> bytes:
         self._check("RestApiGet", uri)

@@ -178,8 +178,12 @@ class PostgresCluster:
         password_file.unlink()
 
     def _launch(self, timeout: float) -> None:
-        """Run ``postgres`` as our child (not daemonized), so stopping it is ours to do."""
-        self.port = free_port()
+        """Run ``postgres`` as our child (not daemonized), so stopping it is ours to do.
+
+        The first launch takes a free port; a relaunch (:meth:`resume`) keeps
+        it, so that Orthanc's nodes find the server where it was.
+        """
+        self.port = self.port or free_port()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -220,8 +224,12 @@ class PostgresCluster:
             time.sleep(0.1)
         raise TimeoutError(f"PostgreSQL did not accept connections:\n{self.log()[-3000:]}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server (fast shutdown, then kill) and remove every file of the cluster."""
+    def halt(self, timeout: float = 30.0) -> None:
+        """Stop the server like ``pg_ctl stop -m fast``, keeping its data: connections drop.
+
+        A fast shutdown rolls back open transactions and closes every
+        client connection at once: to the nodes, the database is gone.
+        """
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGINT)  # "fast" shutdown
@@ -231,9 +239,19 @@ class PostgresCluster:
                     self.process.kill()
                     self.process.wait()
             self.process = None
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again, on the same port, with the same data."""
+        assert self.folder is not None and self.process is None, "resume after halt only"
+        self._launch(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server (fast shutdown, then kill) and remove every file of the cluster."""
+        self.halt(timeout)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+        self.port = 0
 
     def __enter__(self) -> PostgresCluster:
         self.start()

@@ -233,6 +233,19 @@ class OrthancLogHandler(logging.Handler):
             pass
 
 
+def orthanc_error(method: str, uri: str, exc: BaseException) -> OrthancError:
+    """``orthanc.OrthancException`` as :class:`OrthancError`, with Orthanc's error code.
+
+    The Python plugin raises it with the arguments (code, description), as
+    in ``(14, 'Cannot write to file')``; the code is what tells a full disk
+    or a lost database from a bad file.
+    """
+    code = description = None
+    if len(exc.args) == 2 and isinstance(exc.args[0], int) and isinstance(exc.args[1], str):
+        code, description = int(exc.args[0]), exc.args[1]
+    return OrthancError(method, uri, str(exc), code, description)
+
+
 class OrthancRestApi:
     """:class:`orthanc_dpp.library.OrthancApi` over the in-process REST API."""
 
@@ -244,7 +257,7 @@ class OrthancRestApi:
         try:
             return function(uri, *args)
         except self.orthanc.OrthancException as exc:
-            raise OrthancError(method, uri, str(exc)) from exc
+            raise orthanc_error(method, uri, exc) from exc
 
     def get(self, uri: str) -> bytes:
         return self._call("GET", uri)
@@ -261,7 +274,7 @@ class OrthancRestApi:
         try:
             return bytes(read(orthanc_id))
         except self.orthanc.OrthancException as exc:
-            raise OrthancError("GET", f"/instances/{orthanc_id}/file", str(exc)) from exc
+            raise orthanc_error("GET", f"/instances/{orthanc_id}/file", exc) from exc
 
     def post(self, uri: str, body: bytes) -> bytes:
         return self._call("POST", uri, body)

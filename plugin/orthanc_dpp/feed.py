@@ -181,6 +181,10 @@ class IndexFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one catch-up at a time
+        #: Library-series instances :meth:`reconcile` found not to be protocols.
+        self._not_protocols: set[str] = set()
+        #: Library-series instances the index lacked at the last reconciliation.
+        self._missing: set[str] = set()
         # Instances this node stores and indexes itself: their NewInstance
         # change needs no second read. Any other NewInstance is read again,
         # even for a known ID: Orthanc records one when an instance is
@@ -355,16 +359,43 @@ class IndexFeed:
         return present
 
     def reconcile(self) -> int:
-        """Drop entries whose instance no longer exists (deleted by another node)."""
+        """Make the index hold the library series: drop what is gone, add what is missing.
+
+        Returns how many entries were dropped. Deletions by another node are
+        not in the change log at all. Additions are, but can be missed: with
+        several nodes on PostgreSQL a store that took its change number
+        before another but committed after it is behind a poller that has
+        moved past it (seen when the database went away mid-burst), and a
+        store answered "database unavailable" may still be in Orthanc.
+        An instance of the library series the index lacks in two passes in
+        a row is read (one pass could catch it between its commit and the
+        feed's next read, or this node's store and its indexing); those that
+        are not protocols are not read again.
+        """
         removed = 0
         indexed = self.index.orthanc_ids()
-        for orthanc_id in indexed - self._library_instances():
+        library = self._library_instances()
+        for orthanc_id in indexed - library:
             if self._stop.is_set():
                 break
             if self._sop_class(orthanc_id) is None and self.index.remove(orthanc_id):
                 removed += 1
         if removed:
             log.info("Reconciliation removed %d deleted protocol(s) from the index", removed)
+        self._not_protocols &= library
+        added = 0
+        with self._lock:
+            missing = library - self.index.orthanc_ids() - self._not_protocols
+            overdue, self._missing = missing & self._missing, missing
+            for orthanc_id in overdue:
+                if self._stop.is_set():
+                    break
+                if self._index_instance(orthanc_id):
+                    added += 1
+                elif self._sop_class(orthanc_id) is not None:
+                    self._not_protocols.add(orthanc_id)
+        if added:
+            log.warning("Reconciliation added %d protocol(s) the change log did not show", added)
         return removed
 
     # -- the snapshot --------------------------------------------------------

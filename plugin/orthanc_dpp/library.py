@@ -50,13 +50,27 @@ log = logging.getLogger("orthanc_dpp.library")
 
 
 class OrthancError(Exception):
-    """A call into Orthanc's REST API failed; ``message`` is Orthanc's reason."""
+    """A call into Orthanc's REST API failed; ``message`` is Orthanc's reason.
 
-    def __init__(self, method: str, uri: str, message: str) -> None:
+    ``code`` is Orthanc's error code (``orthanc.ErrorCode``) when the plugin
+    API gave one, ``description`` its text without the code; both decide how
+    a failed store is reported (:func:`store_refusal`).
+    """
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        message: str,
+        code: int | None = None,
+        description: str | None = None,
+    ) -> None:
         super().__init__(f"{method} {uri}: {message}")
         self.method = method
         self.uri = uri
         self.message = message
+        self.code = code
+        self.description = description or message
 
 
 class OrthancApi(Protocol):
@@ -133,8 +147,51 @@ def storing_here() -> bool:
     return getattr(_storing, "active", False)
 
 
-# Orthanc error texts that mean "no room", mapped to Out of Resources.
-_RESOURCE_ERRORS = ("full", "cannot write", "disk", "space", "memory")
+# Orthanc's error codes (OrthancPluginErrorCode) for a store that failed on
+# the server's side, not because of the file, with the diagnosis that leads
+# the reason. Seen for real (tests/integration/test_storage_full.py,
+# test_scale_out.py): a full storage folder is 14 "Cannot write to file"; a
+# full index folder is an SQLite error (1009: SQLite's own "full" is only in
+# Orthanc's log); PostgreSQL gone is 36 "The database is currently not
+# available".
+_OUT_OF_STORAGE = {
+    4: "Orthanc is out of memory",  # NotEnoughMemory
+    14: "Orthanc's storage is full or not writable",  # CannotWriteFile
+    19: "Orthanc's storage is full",  # FullStorage
+}
+_SQLITE_ERRORS = range(1000, 1100)  # SQLiteNotOpened ... SQLiteTransactionBegin
+_DATABASE_DOWN = {
+    11: "Orthanc's database failed",  # Database
+    31: "Orthanc's database plugin failed",  # DatabasePlugin
+    32: "Orthanc's storage plugin failed",  # StorageAreaPlugin
+    36: "Orthanc's database is unavailable",  # DatabaseUnavailable
+    42: "Orthanc's database is busy",  # DatabaseCannotSerialize
+}
+
+
+def store_refusal(exc: OrthancError) -> StoreError:
+    """How a failed ``POST /instances`` is reported: DIMSE status, HTTP status, reason.
+
+    Failures of Orthanc's storage or database are Out of Resources (0xA700)
+    for the modality, which may try again later: HTTP 507 when the storage
+    or the index database cannot be written (a full disk, typically), 503
+    when the database is unreachable for now. Anything else blames the file
+    (0xC000, 500). The reason leads with the diagnosis and Orthanc's code,
+    so that both fit in the 64 characters of an Error Comment.
+    """
+    code = exc.code
+    detail = f"(error {code}: {exc.description})"
+    if code in _OUT_OF_STORAGE:
+        return StoreError(status.STORE_OUT_OF_RESOURCES, 507, f"{_OUT_OF_STORAGE[code]} {detail}")
+    if code is not None and code in _SQLITE_ERRORS:
+        lead = "Orthanc's index is full or not writable"
+        return StoreError(status.STORE_OUT_OF_RESOURCES, 507, f"{lead} {detail}")
+    if code in _DATABASE_DOWN:
+        lead = f"{_DATABASE_DOWN[code]}, try again"
+        return StoreError(status.STORE_OUT_OF_RESOURCES, 503, f"{lead} {detail}")
+    return StoreError(
+        status.STORE_CANNOT_UNDERSTAND, 500, f"Orthanc did not store the instance: {exc.message}"
+    )
 
 
 def orthanc_resource_id(*identifiers: str) -> str:
@@ -468,16 +525,7 @@ class ProtocolLibrary:
         try:
             answer = json.loads(self.api.post("/instances", body))
         except OrthancError as exc:
-            lowered = exc.message.lower()
-            code = (
-                status.STORE_OUT_OF_RESOURCES
-                if any(word in lowered for word in _RESOURCE_ERRORS)
-                else status.STORE_CANNOT_UNDERSTAND
-            )
-            http = 507 if code == status.STORE_OUT_OF_RESOURCES else 500
-            raise StoreError(
-                code, http, f"Orthanc did not store the instance: {exc.message}"
-            ) from exc
+            raise store_refusal(exc) from exc
         finally:
             _storing.active = False
         stored = Stored(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 
 from pydicom import Dataset
 
 from dpp_tools.samples import make_library
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, c_find, c_get, find_identifier
+from tests.waiting import eventually
 
 SENDERS = 4
 PER_SENDER = 200  # more than a sender can store before the kill
@@ -52,9 +52,7 @@ def test_sigkill_during_a_store_burst_loses_nothing_answered_success(make_server
     ]
     for sender in senders:
         sender.start()
-    deadline = time.monotonic() + 30
-    while len(confirmed) < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: len(confirmed) >= 40, step=0.05)  # asserted below
     assert orthanc.process is not None
     orthanc.process.send_signal(signal.SIGKILL)
     orthanc.process.wait(30)

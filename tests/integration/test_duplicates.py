@@ -143,6 +143,6 @@ def test_overwrite_made_around_the_plugin_is_picked_up(overwrites) -> None:
     overwrites.post("/instances", to_bytes(changed))
     assert eventually(
         lambda: overwrites.get_json(f"/dpp/protocols/{uid}")["ProtocolName"] == "POISONED NAME",
-        timeout=10,
+        timeout=30,
     )
     assert seen(overwrites, uid) == (["POISONED NAME"],) * 2 + ("POISONED NAME",)

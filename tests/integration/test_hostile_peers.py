@@ -21,6 +21,7 @@ from dpp_tools.samples import make_library
 from orthanc_dpp.connections import LOCAL_LIMIT_EXCEEDED, reject_pdu
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works, library_unchanged, store_protocols
+from tests.waiting import eventually
 
 ACSE_TIMEOUT = 2
 NETWORK_TIMEOUT = 3
@@ -109,9 +110,7 @@ def test_stall_inside_a_pdu_after_association_is_dropped(orthanc, unchanged) -> 
     # A P-DATA-TF header announcing 100 bytes, then 10 of them and silence.
     raw.sendall(struct.pack(">BBL", 0x04, 0, 100) + b"\x00" * 10)
     started = time.monotonic()
-    deadline = started + NETWORK_TIMEOUT + 5
-    while assoc.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: not assoc.is_alive(), NETWORK_TIMEOUT + 5, step=0.05)
     assert not assoc.is_established
     assert time.monotonic() - started < NETWORK_TIMEOUT + 3
 

@@ -77,14 +77,14 @@ def moves(orthanc: OrthancServer, before: dict[str, float], **expected: float) -
         moved = {name: last[name] - before[name] for name in [*wanted, *still]}
         return moved == {**wanted, **still} and last[PREFIX + "associations_open"] == 0
 
-    if not eventually(settled, timeout=10, step=0.2):
+    if not eventually(settled, timeout=30, step=0.2):
         moved = {name: last[name] - before[name] for name in last if last[name] != before[name]}
         raise AssertionError(f"expected moves {wanted}, got {moved}")
     return last
 
 
 def test_every_metric_is_published(orthanc) -> None:
-    assert eventually(lambda: set(scrape(orthanc)) == {m.name for m in METRICS}, timeout=10)
+    assert eventually(lambda: set(scrape(orthanc)) == {m.name for m in METRICS}, timeout=30)
 
 
 def test_echo_and_stores_move_their_counters(orthanc) -> None:

@@ -30,6 +30,7 @@ from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
 from tests.orthanc_server import HttpError, OrthancServer, free_port
 from tests.peers import associate, c_find, c_get, find_identifier, store_protocols, storescp
+from tests.waiting import eventually
 
 STORE_AET = "STORE_SCP"
 
@@ -168,7 +169,12 @@ def test_delete_through_orthanc_itself_reaches_c_find(qr) -> None:
     orthanc_id = qr.get_json(f"/dpp/protocols/{ds.SOPInstanceUID}")["OrthancID"]
     qr.delete(f"/instances/{orthanc_id}")  # Orthanc's own route: DELETED callback
     by_uid = find_identifier(SOPInstanceUID=ds.SOPInstanceUID)
-    assert [code for code, _ in c_find(qr, by_uid)] == [0x0000]
+
+    def codes() -> list[int]:
+        return [code for code, _ in c_find(qr, by_uid)]
+
+    # Orthanc signals the deletion to the plugin on a thread of its own.
+    assert eventually(lambda: codes() == [0x0000]), codes()
 
 
 def test_concurrent_c_find_associations(qr, library) -> None:
@@ -332,11 +338,14 @@ def test_c_move_to_a_destination_added_at_run_time(qr, library) -> None:
             f'{{"AET": "LATE_SCP", "Host": "127.0.0.1", "Port": {port}}}'.encode(),
         )
         uid = str(library[10].SOPInstanceUID)
-        deadline = time.monotonic() + 10
-        final = c_move(qr, [uid], "LATE_SCP")
-        while final.Status == 0xA801 and time.monotonic() < deadline:
-            time.sleep(0.2)  # the modality list is re-read on the worker thread
-            final = c_move(qr, [uid], "LATE_SCP")
+        finals: list[Dataset] = []
+
+        def known() -> bool:
+            finals.append(c_move(qr, [uid], "LATE_SCP"))
+            return finals[-1].Status != 0xA801  # the modality list is re-read on a worker thread
+
+        eventually(known, step=0.2)
+        final = finals[-1]
         assert final.Status == 0x0000
         assert [str(ds.SOPInstanceUID) for ds in received] == [uid]
     finally:

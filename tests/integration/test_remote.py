@@ -199,12 +199,12 @@ def test_asynchronous_retrieve_shows_progress_and_completion(sites, bare: BareAr
 
     try:
         # The archive holds back the second protocol until the gate opens.
-        assert eventually(lambda: job()["Completed"] == 1, 20), job()
+        assert eventually(lambda: job()["Completed"] == 1, 60), job()
         running = job()
         assert (running["State"], running["Progress"], running["Requested"]) == ("Running", 33, 3)
     finally:
         gate.set()
-    assert eventually(lambda: job()["State"] == "Success", 20), job()
+    assert eventually(lambda: job()["State"] == "Success", 60), job()
     done = job()
     assert done["Progress"] == 100 and done["Completed"] == 3
     assert done["Result"]["StoredHere"] == 3

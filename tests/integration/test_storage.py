@@ -181,7 +181,7 @@ def test_plain_post_instances_of_a_dpp_file(server: OrthancServer) -> None:
         # although it stored the instance (docs/orthanc-versions.md).
         assert exc.status == 404
     path = f"/dpp/protocols/{ds.SOPInstanceUID}"
-    assert eventually(lambda: server.status_of("GET", path) == 200, 10), f"{path} never appeared"
+    assert eventually(lambda: server.status_of("GET", path) == 200, 30), f"{path} never appeared"
     server_status = server.get_json(path)
     assert server_status["SOPClassUID"] == str(ds.SOPClassUID)
     assert original(server, ds.SOPInstanceUID) == as_received(ds, ExplicitVRLittleEndian)
@@ -272,7 +272,7 @@ def test_strangers_may_not_write_the_library(make_server) -> None:
     assert answer.Status == 0x0124
     assert answer.ErrorComment == "Not authorised"  # the reason stays in the log
     assert (
-        orthanc.wait_for_log("C-STORE from STRANGER@127.0.0.1", timeout=5)
+        orthanc.wait_for_log("C-STORE from STRANGER@127.0.0.1")
         and "AET STRANGER is not in Orthanc's DicomModalities" in orthanc.log()
     )
     assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == 0

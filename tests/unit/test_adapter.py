@@ -392,3 +392,30 @@ def test_stored_files_are_read_without_rest_where_possible(direct: bool) -> None
     with pytest.raises(OrthancError):
         api.stored_file("gone")  # deleted meanwhile: the feed skips it
     assert all("GetDicomForInstance" in recording(v)["surface"] for v in VERSIONS)
+
+
+class _FullDisk:
+    """An ``orthanc`` module whose storage is full, raising as the real plugin does."""
+
+    class OrthancException(Exception):
+        pass
+
+    def RestApiPost(self, uri: str, body: bytes) -> bytes:
+        raise self.OrthancException(14, "Cannot write to file")
+
+    def RestApiGet(self, uri: str) -> bytes:
+        raise self.OrthancException("a message without a code")
+
+
+def test_orthanc_error_codes_reach_the_library() -> None:
+    """The code of ``OrthancException(code, description)`` is what the library maps."""
+    from orthanc_dpp.library import OrthancError
+
+    api = adapter.OrthancRestApi(_FullDisk())  # type: ignore[arg-type]
+    with pytest.raises(OrthancError) as full:
+        api.post("/instances", b"...")
+    assert (full.value.code, full.value.description) == (14, "Cannot write to file")
+    assert full.value.message == "(14, 'Cannot write to file')"
+    with pytest.raises(OrthancError) as other:
+        api.get("/instances")
+    assert (other.value.code, other.value.description) == (None, "a message without a code")

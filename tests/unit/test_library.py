@@ -20,6 +20,7 @@ from orthanc_dpp.library import (
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.normalize import has_record
 from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.status import error_comment
 from tests.fake_orthanc import FakeOrthancApi
 from tests.part10_faults import deflated_bomb, lying_about_syntax, meta_end
 
@@ -164,19 +165,52 @@ def test_context_mismatch_is_a_dataset_sop_class_mismatch(library):
 
 
 @pytest.mark.parametrize(
-    ("orthanc_message", "code", "http"),
+    ("orthanc_error", "code", "http", "comment"),
     [
-        ("The file storage is full", status.STORE_OUT_OF_RESOURCES, 507),
-        ("Cannot write to file", status.STORE_OUT_OF_RESOURCES, 507),
-        ("Bad file format", status.STORE_CANNOT_UNDERSTAND, 500),
+        # What Orthanc 1.10.1 answers for a full storage folder, a full
+        # index folder and a PostgreSQL that went away (test_storage_full.py,
+        # test_scale_out.py).
+        (
+            (14, "Cannot write to file"),
+            status.STORE_OUT_OF_RESOURCES,
+            507,
+            "Orthanc's storage is full or not writable (error 14: Cannot writ",
+        ),
+        (
+            (1009, "SQLite: Cannot run a cached statement"),
+            status.STORE_OUT_OF_RESOURCES,
+            507,
+            "Orthanc's index is full or not writable (error 1009: SQLite: Can",
+        ),
+        (
+            (36, "The database is currently not available (probably a transient situation)"),
+            status.STORE_OUT_OF_RESOURCES,
+            503,
+            "Orthanc's database is unavailable, try again (error 36: The data",
+        ),
+        (
+            (19, "The file storage is full"),
+            status.STORE_OUT_OF_RESOURCES,
+            507,
+            "Orthanc's storage is full (error 19: The file storage is full)",
+        ),
+        (
+            (15, "Bad file format"),
+            status.STORE_CANNOT_UNDERSTAND,
+            500,
+            "Orthanc did not store the instance: (15, 'Bad file format')",
+        ),
     ],
+    ids=["storage full", "index full", "database gone", "full storage", "bad file"],
 )
-def test_orthanc_failure_is_not_success(library, api, orthanc_message, code, http):
-    api.fail_next_post = orthanc_message
+def test_orthanc_failure_is_not_success(library, api, orthanc_error, code, http, comment):
+    api.fail_next_post = orthanc_error
     with pytest.raises(StoreError) as caught:
         library.store(part10())
     assert (caught.value.dimse_status, caught.value.http_status) == (code, http)
-    assert orthanc_message in caught.value.reason
+    assert orthanc_error[1] in caught.value.reason
+    assert error_comment(caught.value.reason) == comment
+    assert api.files == {}
 
 
 WHOLE = encode_part10(part10())
