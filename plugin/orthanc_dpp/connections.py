@@ -22,9 +22,12 @@ modality out and kept Orthanc from stopping.
 - a PDU announcing more bytes than the listener accepts (``MaximumPduSize``
   for P-DATA, :data:`MAXIMUM_OTHER_PDU` for the rest) is answered with an
   A-ABORT and the connection closed, before any of it is read; so is a
-  dataset whose fragments add up to more than ``MaximumDatasetSize``, as
-  soon as the fragment that passes it arrives (pynetdicom would otherwise
-  collect a dataset of any size in memory);
+  DIMSE message that passes a limit as soon as the P-DATA-TF that passes
+  it arrives (:class:`MessageMeter`): a dataset of more than
+  ``MaximumDatasetSize``, a command set of more than
+  :data:`MAXIMUM_COMMAND_SIZE`, more fragments than
+  :meth:`ConnectionGuard.maximum_fragments` (pynetdicom would otherwise
+  collect a message of any size in memory);
 - :meth:`ConnectionGuard.close_all` shuts every socket so that the listener
   stops within seconds whatever the peers do.
 """
@@ -39,9 +42,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.dsutils import decode
 from pynetdicom.pdu import A_ABORT_RQ
 
 from orthanc_dpp import pynetdicom_private as private
@@ -51,7 +56,18 @@ log = logging.getLogger("orthanc_dpp.listener")
 #: Largest PDU other than P-DATA-TF accepted (an A-ASSOCIATE-RQ with many
 #: presentation contexts and user identity is a few KiB).
 MAXIMUM_OTHER_PDU = 1 << 20
+#: Largest command set accepted, in bytes. A DIMSE command set is a few
+#: hundred bytes (the longest the listener is sent, a C-MOVE-RQ or a C-STORE-RQ
+#: with its UIDs and Move Originator, stays under 300).
+MAXIMUM_COMMAND_SIZE = 16 << 10
+#: Fragments allowed per DIMSE message: one per this many bytes of
+#: ``MaximumDatasetSize`` (peers send fragments of kilobytes, up to the
+#: maximum PDU size), and never fewer than :data:`MINIMUM_FRAGMENTS`.
+BYTES_PER_FRAGMENT = 256
+MINIMUM_FRAGMENTS = 4096
 P_DATA_TF = 0x04
+#: The PDU types pynetdicom reads a body for (PS3.8 9.3.1).
+PDU_TYPES = frozenset(range(0x01, 0x08))
 #: Bytes of the PDU header: type, reserved, length (PS3.8 9.3).
 PDU_HEADER = 6
 #: Seconds between sweeps of the watchdog thread.
@@ -100,25 +116,75 @@ def _shut(sock: socket.socket | None) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def count_dataset_bytes(body: bytes | bytearray, so_far: int, limit: int) -> tuple[int, bool]:
-    """Data bytes of the current DIMSE message after one P-DATA-TF body, and if over ``limit``.
+class MessageMeter:
+    """What pynetdicom holds of the DIMSE message being received, counted from its PDVs.
 
-    Each PDV item (PS3.8 9.3.5.1) is a 4-byte length, a context ID and a
-    message control header whose bit 0 says command (1) or data (0) and bit
-    1 says last fragment; the count restarts after the last data fragment.
+    pynetdicom 3.0 appends every command fragment to the message's command
+    set and every data fragment to its dataset, without any limit, until the
+    message is complete: after the last data fragment, or after the last
+    command fragment of a command without a dataset (CommandDataSetType
+    0x0101); the PDVs that follow in the same P-DATA-TF are dropped. The
+    meter follows the same rules on each P-DATA-TF body before pynetdicom
+    sees it, so the listener can refuse the PDU that would pass a limit.
     """
-    position = 0
-    while position + 6 <= len(body):
-        (item_length,) = struct.unpack_from(">L", body, position)
-        control = body[position + 5]
-        if not control & 0x01:
-            so_far += max(item_length - 2, 0)
-            if so_far > limit:
-                return so_far, True
-            if control & 0x02:
-                so_far = 0
-        position += 4 + item_length
-    return so_far, False
+
+    def __init__(self, maximum_dataset: int, maximum_command: int, maximum_fragments: int) -> None:
+        self.maximum_dataset = maximum_dataset  # 0: no limit
+        self.maximum_command = maximum_command
+        self.maximum_fragments = maximum_fragments
+        self._reset()
+
+    def _reset(self) -> None:
+        self.command = bytearray()
+        self.data = 0
+        self.fragments = 0
+
+    def feed(self, body: bytes | bytearray) -> str | None:
+        """Count one P-DATA-TF body (PS3.8 9.3.5.1); the limit it passes, or None.
+
+        Each PDV item is a 4-byte length, a context ID and a message control
+        header whose bit 0 says command (1) or data (0) and bit 1 says last
+        fragment, then the fragment.
+        """
+        position = 0
+        while position + 6 <= len(body):
+            (item_length,) = struct.unpack_from(">L", body, position)
+            control = body[position + 5]
+            fragment = body[position + 6 : position + 4 + item_length]
+            position += 4 + item_length
+            self.fragments += 1
+            if self.fragments > self.maximum_fragments:
+                return f"a message in more than {self.maximum_fragments} fragments"
+            if control & 0x01:
+                self.command += fragment
+                if len(self.command) > self.maximum_command:
+                    return f"a command set of more than {self.maximum_command} bytes"
+                if control & 0x02 and not _has_dataset(self.command):
+                    self._reset()
+                    return None
+            else:
+                self.data += len(fragment)
+                if self.maximum_dataset and self.data > self.maximum_dataset:
+                    return (
+                        f"a dataset of more than {self.maximum_dataset} bytes (MaximumDatasetSize)"
+                    )
+                if control & 0x02:
+                    self._reset()
+                    return None
+        return None
+
+
+def _has_dataset(command: bytes | bytearray) -> bool:
+    """Whether a complete command set announces a dataset, as pynetdicom decides it.
+
+    A command set pynetdicom cannot decode ends the association there, so
+    it counts as a complete message.
+    """
+    try:
+        value = decode(BytesIO(bytes(command)), True, True).get("CommandDataSetType")
+    except Exception:
+        return False
+    return value is not None and value != 0x0101
 
 
 def abort_pdu() -> bytes:
@@ -214,48 +280,61 @@ class ConnectionGuard:
     def _checked_reads(
         self, assoc: Any, read: Callable[[int], bytearray]
     ) -> Callable[[int], bytearray]:
-        header: list[bytes] = [b""]
-        dataset = [0]  # data bytes of the DIMSE message being received
-        limits = self.limits
+        header: list[bytes] = [b""]  # the header whose body comes next
+        meter = MessageMeter(
+            self.limits.maximum_dataset_size, MAXIMUM_COMMAND_SIZE, self.maximum_fragments()
+        )
 
         def recv(count: int) -> bytearray:
-            if count == PDU_HEADER:
+            if not header[0]:
                 data = read(count)
-                header[0] = bytes(data)
+                # pynetdicom reads the body next only for the PDU types it knows.
+                if count == PDU_HEADER and len(data) == PDU_HEADER and data[0] in PDU_TYPES:
+                    header[0] = bytes(data)
                 return data
-            if len(header[0]) != PDU_HEADER:
-                return read(count)
             pdu_type, _, length = struct.unpack(">BBL", header[0])
             header[0] = b""
-            allowed = MAXIMUM_OTHER_PDU
-            if pdu_type == P_DATA_TF and limits.maximum_pdu_size:
-                # PS3.8 D.1: the maximum length bounds the variable field,
-                # which is what the header's length counts.
-                allowed = limits.maximum_pdu_size
-            elif pdu_type == P_DATA_TF:
-                allowed = 1 << 32
+            allowed = self.allowed_pdu(pdu_type)
             if count == length and length > allowed:
                 self._refuse_pdu(assoc, pdu_type, length, allowed)
             body = read(count)
-            if pdu_type == P_DATA_TF and limits.maximum_dataset_size:
-                dataset[0], over = count_dataset_bytes(
-                    body, dataset[0], limits.maximum_dataset_size
-                )
-                if over:
-                    self._refuse_dataset(assoc, dataset[0])
+            if pdu_type == P_DATA_TF:
+                over = meter.feed(body)
+                if over is not None:
+                    self._refuse_message(assoc, over)
             return body
 
         return recv
 
-    def _refuse_dataset(self, assoc: Any, size: int) -> None:
+    def allowed_pdu(self, pdu_type: int) -> int:
+        """Largest length accepted in the header of a PDU of ``pdu_type``.
+
+        Without a MaximumPduSize of ours, a P-DATA-TF still cannot carry more
+        than one message's worth: a dataset, a command set and some slack.
+        """
+        limits = self.limits
+        if pdu_type != P_DATA_TF:
+            return MAXIMUM_OTHER_PDU
+        if limits.maximum_pdu_size:
+            # PS3.8 D.1: the maximum length bounds the variable field,
+            # which is what the header's length counts.
+            return limits.maximum_pdu_size
+        if limits.maximum_dataset_size:
+            return limits.maximum_dataset_size + MAXIMUM_COMMAND_SIZE + MAXIMUM_OTHER_PDU
+        return 1 << 32
+
+    def maximum_fragments(self) -> int:
+        """Fragments allowed in one DIMSE message (see :data:`BYTES_PER_FRAGMENT`)."""
+        return max(MINIMUM_FRAGMENTS, self.limits.maximum_dataset_size // BYTES_PER_FRAGMENT)
+
+    def _refuse_message(self, assoc: Any, what: str) -> None:
         log.warning(
-            "Aborted the association with %s: a dataset of more than %d bytes "
-            "(MaximumDatasetSize) was being sent",
+            "Aborted the association with %s: %s was being sent",
             self._mark_dropped(assoc),
-            self.limits.maximum_dataset_size,
+            what,
         )
         self._abort(assoc)
-        raise PduTooLarge(f"dataset over {size} bytes refused")
+        raise PduTooLarge(f"{what} refused")
 
     def _mark_dropped(self, assoc: Any) -> str:
         """Mark the connection dropped (the watchdog leaves it alone); its address."""

@@ -148,3 +148,51 @@ def test_orthanc_stops_promptly_with_stalled_connections(make_server) -> None:
     assert time.monotonic() - started < 15
     for sock in stalled:
         sock.close()
+
+
+def rss_kb(orthanc: OrthancServer) -> int:
+    """Resident memory of the Orthanc process in KiB (VmRSS)."""
+    assert orthanc.process is not None
+    with open(f"/proc/{orthanc.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS line")
+
+
+def flood(raw: socket.socket, pdu: bytes, limit: int) -> int:
+    """Send ``pdu`` again and again, at most ``limit`` bytes; how many went before the cut-off."""
+    sent = 0
+    raw.settimeout(NETWORK_TIMEOUT + 5)
+    try:
+        while sent < limit:
+            raw.sendall(pdu)
+            sent += len(pdu)
+    except OSError:  # reset or broken pipe: the listener cut the connection
+        pass
+    return sent
+
+
+def command_fragments(size: int) -> bytes:
+    """A P-DATA-TF PDU of ``size`` bytes holding one command fragment that is never the last."""
+    pdv = struct.pack(">LBB", size - 6, 1, 0x01) + b"\x00" * (size - 12)
+    return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+
+
+def test_endless_command_set_is_aborted_and_memory_stays_bounded(orthanc, unchanged) -> None:
+    # Anyone may open an association for C-ECHO: no rights needed.
+    assoc = associate(orthanc, [Verification], ae_title="STRANGER")
+    raw = assoc.dul.socket.socket
+    assoc.dul._kill_thread = True
+    assoc.dul.join(5)
+    assert not assoc.dul.is_alive()
+    before = rss_kb(orthanc)
+    limit = 64 << 20
+    sent = flood(raw, command_fragments(16382), limit)
+    answer = closed_by_peer(raw)
+    raw.close()
+    # Cut off long before 64 MiB (what was sent is what the socket buffers took).
+    assert sent < limit // 4
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert "a command set of more than 16384 bytes" in orthanc.log()
+    assert rss_kb(orthanc) - before < 16 << 10  # KiB: far below what was sent

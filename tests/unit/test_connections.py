@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+from pydicom import Dataset
+from pynetdicom.dsutils import encode
 
 from orthanc_dpp.connections import (
+    MAXIMUM_COMMAND_SIZE,
     MAXIMUM_OTHER_PDU,
+    MINIMUM_FRAGMENTS,
     ConnectionGuard,
     Limits,
+    MessageMeter,
     PduTooLarge,
     abort_pdu,
 )
@@ -172,3 +178,142 @@ def test_refusal_bookkeeping_stays_bounded_with_many_addresses(monkeypatch) -> N
         clock.now += 20
         assert not guard.verify(None, (f"10.0.0.{n}", 1))
     assert len(guard._refusals) <= 11
+
+
+# -- what one DIMSE message may make the process hold ---------------------------------
+
+
+def command(field: int, data_set_type: int) -> bytes:
+    ds = Dataset()
+    ds.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    ds.CommandField = field
+    ds.MessageID = 7
+    ds.CommandDataSetType = data_set_type
+    return encode(ds, True, True)
+
+
+ECHO = command(0x0030, 0x0101)  # no dataset: the message ends with its command
+FIND = command(0x0020, 0x0000)  # an identifier follows
+
+
+def pdv(data: bytes, *, is_command: bool = False, last: bool = False) -> bytes:
+    control = (0x01 if is_command else 0) | (0x02 if last else 0)
+    return struct.pack(">LBB", len(data) + 2, 1, control) + data
+
+
+def p_data(*pdvs: bytes) -> bytes:
+    body = b"".join(pdvs)
+    return struct.pack(">BBL", 0x04, 0, len(body)) + body
+
+
+def meter() -> MessageMeter:
+    return MessageMeter(1 << 20, MAXIMUM_COMMAND_SIZE, MINIMUM_FRAGMENTS)
+
+
+def test_command_fragments_that_never_end_pass_the_command_limit() -> None:
+    counting = meter()
+    fragment = pdv(b"\x00" * 4000, is_command=True)
+    assert [counting.feed(fragment) for _ in range(4)] == [None] * 4
+    assert counting.feed(fragment) == f"a command set of more than {MAXIMUM_COMMAND_SIZE} bytes"
+
+
+def test_a_command_without_dataset_ends_its_message() -> None:
+    counting = meter()
+    for _ in range(10 * MAXIMUM_COMMAND_SIZE // len(ECHO)):  # far more than one command's worth
+        assert counting.feed(pdv(ECHO, is_command=True, last=True)) is None
+    assert counting.command == b"" and counting.fragments == 0
+
+
+def test_repeating_the_last_command_fragment_does_not_restart_the_count() -> None:
+    # After a command announcing a dataset, pynetdicom appends further
+    # command fragments to the same command set.
+    counting = meter()
+    results = [counting.feed(pdv(FIND, is_command=True, last=True)) for _ in range(1000)]
+    assert results[-1] == f"a command set of more than {MAXIMUM_COMMAND_SIZE} bytes"
+
+
+def test_pdvs_after_the_end_of_a_message_are_dropped_as_pynetdicom_does() -> None:
+    counting = meter()
+    body = pdv(ECHO, is_command=True, last=True) + pdv(b"\x00" * 100, is_command=True)
+    assert counting.feed(body) is None
+    assert counting.command == b""
+
+
+def test_empty_fragments_pass_the_fragment_limit() -> None:
+    counting = MessageMeter(1 << 20, MAXIMUM_COMMAND_SIZE, 100)
+    body = pdv(FIND, is_command=True, last=True) + pdv(b"") * 99
+    assert counting.feed(body) is None
+    assert counting.feed(pdv(b"")) == "a message in more than 100 fragments"
+
+
+def test_the_fragment_limit_grows_with_the_dataset_limit() -> None:
+    assert make_guard(Clock()).maximum_fragments() == MINIMUM_FRAGMENTS
+    guard = make_guard(Clock(), maximum_dataset_size=64 << 20)
+    assert guard.maximum_fragments() == (64 << 20) // 256
+
+
+@pytest.fixture
+def sock() -> Iterator[socket.socket]:
+    """The association's socket (the guard checks PDUs only on a connection)."""
+    left, right = socket.socketpair()
+    with left, right:
+        yield left
+
+
+def read_pdus(reader: FakeReader) -> None:
+    """Read PDUs as pynetdicom's DUL does: a 6-byte header, then the length it announces."""
+    while reader.stream:
+        header = reader.recv(6)
+        reader.recv(struct.unpack(">BBL", header)[2])
+
+
+def test_endless_command_set_is_aborted(caplog) -> None:
+    guard = make_guard(Clock())
+    left, right = socket.socketpair()
+    with left, right:
+        stream = p_data(pdv(b"\x00" * 16000, is_command=True)) * 10
+        assoc = fake_assoc(stream, sock=left)
+        guard.on_open(open_event(assoc))
+        with pytest.raises(PduTooLarge), caplog.at_level(logging.WARNING):
+            read_pdus(assoc.dul.socket)
+        assert right.recv(100) == abort_pdu()
+    assert len(assoc.dul.socket.stream) == 8 * len(p_data(pdv(b"\x00" * 16000)))
+    assert (
+        f"Aborted the association with 10.1.2.3: a command set of more than "
+        f"{MAXIMUM_COMMAND_SIZE} bytes was being sent" in caplog.text
+    )
+
+
+def test_six_byte_p_data_bodies_are_counted_too(sock) -> None:
+    # A P-DATA-TF whose body is as long as a PDU header (one empty PDV, 6
+    # bytes) is a body all the same.
+    guard = make_guard(Clock())
+    stream = p_data(pdv(FIND, is_command=True, last=True)) + p_data(pdv(b"\x00" * 4))
+    stream += p_data(pdv(b"")) * MINIMUM_FRAGMENTS
+    assoc = fake_assoc(stream, sock)
+    guard.on_open(open_event(assoc))
+    with pytest.raises(PduTooLarge, match="more than 4096 fragments"):
+        read_pdus(assoc.dul.socket)
+
+
+def test_many_messages_on_one_association_are_not_refused(sock) -> None:
+    guard = make_guard(Clock())
+    stream = p_data(pdv(ECHO, is_command=True, last=True)) * 5000
+    stream += (
+        p_data(pdv(FIND, is_command=True, last=True)) + p_data(pdv(b"x" * 100, last=True))
+    ) * 100
+    assoc = fake_assoc(stream, sock)
+    guard.on_open(open_event(assoc))
+    read_pdus(assoc.dul.socket)
+    assert assoc.dul.socket.stream == b""
+
+
+def test_p_data_without_our_size_limit_is_bounded_by_the_dataset_limit(sock) -> None:
+    guard = make_guard(Clock(), maximum_pdu_size=0, maximum_dataset_size=4 << 20)
+    allowed = (4 << 20) + MAXIMUM_COMMAND_SIZE + MAXIMUM_OTHER_PDU
+    assert guard.allowed_pdu(0x04) == allowed
+    assoc = fake_assoc(pdu(0x04, allowed + 1), sock)
+    guard.on_open(open_event(assoc))
+    assoc.dul.socket.recv(6)
+    with pytest.raises(PduTooLarge):
+        assoc.dul.socket.recv(allowed + 1)
