@@ -28,6 +28,13 @@ modality out and kept Orthanc from stopping.
   :data:`MAXIMUM_COMMAND_SIZE`, more fragments than
   :meth:`ConnectionGuard.maximum_fragments` (pynetdicom would otherwise
   collect a message of any size in memory);
+- what pynetdicom's state machine fails on (an A-ABORT with an invalid
+  source, a command set it cannot decode...) is answered with an A-ABORT
+  and the connection closed and reported closed, instead of ending its
+  reader thread with an uncaught exception and an open socket;
+- a connection closed before its association was made ends its
+  association thread at once (pynetdicom's would wait AcseTimeout for the
+  request, holding a MaximumAssociations slot);
 - :meth:`ConnectionGuard.close_all` shuts every socket so that the listener
   stops within seconds whatever the peers do.
 """
@@ -252,6 +259,7 @@ class ConnectionGuard:
             with contextlib.suppress(OSError):
                 sock.settimeout(self.limits.acse_timeout)
             self._limit_pdus(assoc)
+            private.on_state_machine_error(assoc, lambda exc: self._broken(assoc, exc))
 
     def on_established(self, event: evt.Event) -> None:
         with self._lock:
@@ -265,7 +273,11 @@ class ConnectionGuard:
 
     def on_close(self, event: evt.Event) -> None:
         with self._lock:
-            self._connections.pop(id(event.assoc), None)
+            connection = self._connections.pop(id(event.assoc), None)
+        if connection is not None and not connection.established:
+            # No association was made: its thread must not wait AcseTimeout
+            # for a request (and hold a MaximumAssociations slot meanwhile).
+            private.wake_acceptor(event.assoc)
 
     # -- PDU size --------------------------------------------------------------------
 
@@ -335,6 +347,17 @@ class ConnectionGuard:
         )
         self._abort(assoc)
         raise PduTooLarge(f"{what} refused")
+
+    def _broken(self, assoc: Any, exc: Exception) -> None:
+        """pynetdicom failed on what the peer sent: abort and close, with one log line."""
+        log.warning(
+            "Aborted the association with %s: what it sent could not be processed (%s: %s)",
+            self._mark_dropped(assoc),
+            type(exc).__name__,
+            exc,
+        )
+        self._abort(assoc)
+        private.close_connection(assoc)
 
     def _mark_dropped(self, assoc: Any) -> str:
         """Mark the connection dropped (the watchdog leaves it alone); its address."""

@@ -196,3 +196,44 @@ def test_endless_command_set_is_aborted_and_memory_stays_bounded(orthanc, unchan
     assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
     assert "a command set of more than 16384 bytes" in orthanc.log()
     assert rss_kb(orthanc) - before < 16 << 10  # KiB: far below what was sent
+
+
+def raw_association(orthanc: OrthancServer, ae_title: str = "STRANGER") -> socket.socket:
+    """The socket of an established C-ECHO association, pynetdicom's reader stopped."""
+    assoc = associate(orthanc, [Verification], ae_title=ae_title)
+    raw = assoc.dul.socket.socket
+    assoc.dul._kill_thread = True
+    assoc.dul.join(5)
+    assert not assoc.dul.is_alive()
+    return raw
+
+
+def test_command_set_pynetdicom_cannot_decode_is_aborted(orthanc, unchanged) -> None:
+    raw = raw_association(orthanc)
+    # A last command fragment without CommandField: pynetdicom's state
+    # machine raised, its reader thread died and nobody closed the socket.
+    command = struct.pack("<HHL", 0x0000, 0x0110, 2) + b"\x01\x00"  # MessageID only
+    pdv = struct.pack(">LBB", len(command) + 2, 1, 0x03) + command
+    raw.sendall(struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv)
+    answer = closed_by_peer(raw)
+    raw.close()
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert (
+        "Aborted the association with 127.0.0.1: what it sent could not be processed "
+        "(AttributeError:" in orthanc.log()
+    )
+    assert "Exception in thread" not in orthanc.log()
+
+
+def test_rejected_requests_hold_no_association_slot(make_server) -> None:
+    # pynetdicom's acceptor thread waited AcseTimeout for a request that
+    # could no longer come: a few garbage A-ASSOCIATE-RQs locked every
+    # modality out ("local limit exceeded") for that long.
+    server = make_server(dpp={"AcseTimeout": 120, "MaximumAssociations": 3})
+    server.start()
+    for n in range(6):
+        sock = connect(server, source=f"127.0.0.{10 + n}")
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 10) + b"\xff" * 10)
+        assert closed_by_peer(sock)[:1] == b"\x07"  # A-ABORT
+        sock.close()
+    assert association_works(server)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -44,10 +45,26 @@ class FakeReader:
         return bytearray(data)
 
 
-def fake_assoc(stream: bytes = b"", sock: socket.socket | None = None, alive: bool = True):
-    return SimpleNamespace(
-        dul=SimpleNamespace(socket=FakeReader(stream, sock)), is_alive=lambda: alive
-    )
+class FakeDul:
+    """pynetdicom's DUL as the guard sees it: its socket, state machine and queue to the user."""
+
+    def __init__(self, reader: FakeReader, action: Callable[[str], None]) -> None:
+        self.socket = reader
+        self.state_machine = SimpleNamespace(do_action=action)
+        self.to_user_queue: queue.Queue[object] = queue.Queue()
+        self.killed = False
+
+    def kill_dul(self) -> None:
+        self.killed = True
+
+
+def fake_assoc(
+    stream: bytes = b"",
+    sock: socket.socket | None = None,
+    alive: bool = True,
+    action: Callable[[str], None] = lambda event: None,
+):
+    return SimpleNamespace(dul=FakeDul(FakeReader(stream, sock), action), is_alive=lambda: alive)
 
 
 def open_event(assoc, address: str = "10.1.2.3"):
@@ -317,3 +334,45 @@ def test_p_data_without_our_size_limit_is_bounded_by_the_dataset_limit(sock) -> 
     assoc.dul.socket.recv(6)
     with pytest.raises(PduTooLarge):
         assoc.dul.socket.recv(allowed + 1)
+
+
+# -- what pynetdicom fails on ---------------------------------------------------------
+
+
+def test_an_exception_in_the_state_machine_aborts_and_closes(monkeypatch, caplog) -> None:
+    from orthanc_dpp import pynetdicom_private
+
+    def action(event: str) -> None:
+        raise ValueError("Invalid A-ABORT 'Source' value '114'")
+
+    closed = []
+    monkeypatch.setattr(pynetdicom_private, "close_connection", closed.append)
+    guard = make_guard(Clock())
+    left, right = socket.socketpair()
+    with left, right:
+        assoc = fake_assoc(sock=left, action=action)
+        guard.on_open(open_event(assoc))
+        with caplog.at_level(logging.WARNING):
+            assoc.dul.state_machine.do_action("Evt16")  # no exception escapes
+        assert right.recv(100) == abort_pdu()
+    assert assoc.dul.killed
+    assert closed == [assoc]
+    assert (
+        "Aborted the association with 10.1.2.3: what it sent could not be processed "
+        "(ValueError: Invalid A-ABORT 'Source' value '114')" in caplog.text
+    )
+
+
+def test_a_connection_closed_before_association_ends_its_thread_at_once() -> None:
+    guard = make_guard(Clock())
+    left, right = socket.socketpair()
+    with left, right:
+        refused, established = fake_assoc(sock=left), fake_assoc(sock=left)
+        for assoc in (refused, established):
+            guard.on_open(open_event(assoc))
+        guard.on_established(SimpleNamespace(assoc=established))
+        for assoc in (refused, established):
+            guard.on_close(SimpleNamespace(assoc=assoc))
+    # What pynetdicom's acceptor thread gets when its wait for A-ASSOCIATE times out.
+    assert refused.dul.to_user_queue.get_nowait() is None
+    assert established.dul.to_user_queue.empty()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, service_class
+from pynetdicom import AE, evt, service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.transport import AssociationSocket
@@ -168,3 +168,32 @@ def test_route_retrieve_is_idempotent() -> None:
     routed = cls._move_scp
     retrieve.install()
     assert cls._move_scp is routed and routed.__name__ == "_move_scp"
+
+
+def test_a_state_machine_error_goes_to_the_handler_and_stops_the_dul() -> None:
+    assoc = Association(AE(), "acceptor")
+    errors: list[Exception] = []
+    private.on_state_machine_error(assoc, errors.append)
+    assoc.dul.state_machine.do_action("Evt14")  # invalid in Sta1: raises in pynetdicom
+    assert [type(e).__name__ for e in errors] == ["InvalidEventError"]
+    assert assoc.dul._kill_thread
+
+
+def test_close_connection_closes_the_socket_and_reports_it() -> None:
+    assoc = Association(AE(), "acceptor")
+    closed: list[Any] = []
+    assoc.bind(evt.EVT_CONN_CLOSE, closed.append)
+    left, right = socket.socketpair()
+    with right:
+        assoc.set_socket(AssociationSocket(assoc, client_socket=left))
+        private.close_connection(assoc)
+        assert right.recv(10) == b""  # closed
+    assert len(closed) == 1
+
+
+def test_wake_acceptor_ends_the_wait_for_an_association_request() -> None:
+    assoc = Association(AE(), "acceptor")
+    private.wake_acceptor(assoc)
+    started = time.monotonic()
+    assert assoc.dul.receive_pdu(wait=True, timeout=30) is None
+    assert time.monotonic() - started < 10
