@@ -219,7 +219,12 @@ class OrthancLogHandler(logging.Handler):
             return
         try:
             message = "DPP: " + printable(record.getMessage())
-            if record.exc_info:
+            if record.exc_info and record.name.startswith("pynetdicom"):
+                # pynetdicom logs a traceback for each malformed PDU a peer
+                # sends: one line says it, and a stranger cannot flood the log.
+                error = record.exc_info[1]
+                message += f" ({type(error).__name__}: {printable(str(error))[:200]})"
+            elif record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
             if record.levelno >= logging.ERROR:
                 self.orthanc.LogError(message)

@@ -27,7 +27,8 @@ modality out and kept Orthanc from stopping.
   ``MaximumDatasetSize``, a command set of more than
   :data:`MAXIMUM_COMMAND_SIZE`, more fragments than
   :meth:`ConnectionGuard.maximum_fragments` (pynetdicom would otherwise
-  collect a message of any size in memory);
+  collect a message of any size in memory), or a message while
+  :data:`MAXIMUM_PENDING_MESSAGES` complete ones wait to be served;
 - what pynetdicom's state machine fails on (an A-ABORT with an invalid
   source, a command set it cannot decode...) is answered with an A-ABORT
   and the connection closed and reported closed, instead of ending its
@@ -72,6 +73,11 @@ MAXIMUM_COMMAND_SIZE = 16 << 10
 #: maximum PDU size), and never fewer than :data:`MINIMUM_FRAGMENTS`.
 BYTES_PER_FRAGMENT = 256
 MINIMUM_FRAGMENTS = 4096
+#: Complete DIMSE messages a peer may have waiting while the listener serves
+#: one. Without an Asynchronous Operations Window a peer waits for each
+#: answer (PS3.7 D.3.3.3), so a handful is already generous; pynetdicom
+#: would queue any number, each up to ``MaximumDatasetSize``.
+MAXIMUM_PENDING_MESSAGES = 16
 P_DATA_TF = 0x04
 #: The PDU types pynetdicom reads a body for (PS3.8 9.3.1).
 PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -312,6 +318,11 @@ class ConnectionGuard:
             body = read(count)
             if pdu_type == P_DATA_TF:
                 over = meter.feed(body)
+                if over is None and private.pending_messages(assoc) >= MAXIMUM_PENDING_MESSAGES:
+                    over = (
+                        f"a further message ({MAXIMUM_PENDING_MESSAGES} DIMSE messages "
+                        "already wait to be served)"
+                    )
                 if over is not None:
                     self._refuse_message(assoc, over)
             return body

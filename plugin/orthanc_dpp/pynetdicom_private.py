@@ -215,6 +215,11 @@ def wait_until_sent(assoc: Association, timeout: float) -> bool:
     return True
 
 
+def pending_messages(assoc: Association) -> int:
+    """Complete DIMSE messages received and not yet taken by the association's reactor."""
+    return assoc.dimse.msg_queue.qsize()
+
+
 def next_response(assoc: Association, timeout: float) -> Any:
     """The next DIMSE message the association received, or ``queue.Empty`` after ``timeout``."""
     return assoc.dimse.msg_queue.get(timeout=timeout)
@@ -378,7 +383,10 @@ def check() -> list[str]:
             and isinstance(getattr(AddressInformation, "as_tuple", None), property)
         ),
     )
-    expect("DIMSEServiceProvider.msg_queue", lambda: callable(assoc.dimse.msg_queue.get))
+    expect(
+        "DIMSEServiceProvider.msg_queue",
+        lambda: callable(assoc.dimse.msg_queue.get) and assoc.dimse.msg_queue.qsize() == 0,
+    )
     expect(
         "Association._reactor_checkpoint event",
         lambda: isinstance(assoc._reactor_checkpoint, threading.Event),

@@ -8,6 +8,7 @@ time; 127.0.0.2 plays a second host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -15,19 +16,34 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pydicom import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
+from orthanc_dpp.connections import MAXIMUM_PENDING_MESSAGES
+from orthanc_dpp.keys import DPP_MODEL
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works, library_unchanged, store_protocols
 
 ACSE_TIMEOUT = 2
 NETWORK_TIMEOUT = 3
 PER_ADDRESS = 4
+SILENT_TIMEOUT = 8  # seconds a C-MOVE to the silent destination waits for its answer
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+def silent() -> Iterator[socket.socket]:
+    """A C-MOVE destination that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as listening:
+        yield listening
+
+
+@pytest.fixture(scope="module")
+def orthanc(
+    tmp_path_factory: pytest.TempPathFactory, silent: socket.socket
+) -> Iterator[OrthancServer]:
     server = OrthancServer(
         tmp_path_factory.mktemp("hostile"),
         dpp={
@@ -35,6 +51,16 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
             "NetworkTimeout": NETWORK_TIMEOUT,
             "MaximumAssociations": 10,
             "MaximumConnectionsPerAddress": PER_ADDRESS,
+        },
+        config={
+            "DicomModalities": {
+                "silent": {
+                    "AET": "SILENT",
+                    "Host": "127.0.0.1",
+                    "Port": silent.getsockname()[1],
+                    "Timeout": SILENT_TIMEOUT,
+                }
+            }
         },
     )
     with server:
@@ -237,3 +263,54 @@ def test_rejected_requests_hold_no_association_slot(make_server) -> None:
         assert closed_by_peer(sock)[:1] == b"\x07"  # A-ABORT
         sock.close()
     assert association_works(server)
+
+
+def test_messages_sent_while_the_listener_is_busy_are_bounded(orthanc, unchanged) -> None:
+    # While a C-MOVE waits for its destination, pynetdicom queued every
+    # further message the peer sent, each up to MaximumDatasetSize.
+    assoc = associate(
+        orthanc, [Verification, DPP_MODEL.move], transfer_syntaxes=[ImplicitVRLittleEndian]
+    )
+    contexts = {c.abstract_syntax: c.context_id for c in assoc.accepted_contexts}
+    raw = assoc.dul.socket.socket
+    assoc.dul._kill_thread = True
+    assoc.dul.join(5)
+    assert not assoc.dul.is_alive()
+    move = Dataset()
+    move.AffectedSOPClassUID = DPP_MODEL.move
+    move.CommandField = 0x0021
+    move.MessageID = 1
+    move.Priority = 0
+    move.CommandDataSetType = 0x0000
+    move.MoveDestination = "SILENT"
+    identifier = Dataset()
+    identifier.SOPInstanceUID = next(make_library(1, seed=7100)).SOPInstanceUID
+    echo = Dataset()
+    echo.AffectedSOPClassUID = Verification
+    echo.CommandField = 0x0030
+    echo.MessageID = 2
+    echo.CommandDataSetType = 0x0101
+
+    def message(context_id: int, fragments: list[tuple[int, bytes]]) -> bytes:
+        out = b""
+        for control, fragment in fragments:
+            pdv = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+            out += struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+        return out
+
+    raw.sendall(
+        message(
+            contexts[DPP_MODEL.move],
+            [(0x03, encode(move, True, True)), (0x02, encode(identifier, True, True))],
+        )
+    )
+    echoes = message(contexts[Verification], [(0x03, encode(echo, True, True))]) * 64
+    with contextlib.suppress(OSError):
+        raw.sendall(echoes)
+    answer = closed_by_peer(raw)
+    raw.close()
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert (
+        f"a further message ({MAXIMUM_PENDING_MESSAGES} DIMSE messages already wait to be "
+        "served) was being sent" in orthanc.log()
+    )

@@ -364,3 +364,24 @@ def test_stored_files_are_read_without_rest_where_possible(direct: bool) -> None
     with pytest.raises(OrthancError):
         api.stored_file("gone")  # deleted meanwhile: the feed skips it
     assert all("GetDicomForInstance" in recording(v)["surface"] for v in VERSIONS)
+
+
+def test_pynetdicom_tracebacks_become_one_line_in_orthancs_log() -> None:
+    # pynetdicom logs a traceback for every malformed PDU: a stranger sending
+    # garbage wrote some twenty lines into Orthanc's log per connection.
+    import logging
+
+    lines: list[str] = []
+    sink = type("Orthanc", (), {"LogError": lines.append, "LogWarning": lines.append})()
+    handler = adapter.OrthancLogHandler(sink)  # type: ignore[arg-type]
+    for name in ("pynetdicom.dul", "orthanc_dpp.listener"):
+        try:
+            raise KeyError(0)
+        except KeyError:
+            record = logging.getLogger(name).makeRecord(
+                name, logging.ERROR, __file__, 1, "Unable to decode the received PDU data", (), None
+            )
+            record.exc_info = sys.exc_info()
+        handler.emit(record)
+    assert lines[0] == "DPP: Unable to decode the received PDU data (KeyError: 0)"
+    assert "Traceback (most recent call last)" in lines[1]  # our own errors keep theirs

@@ -16,6 +16,7 @@ from pynetdicom.dsutils import encode
 from orthanc_dpp.connections import (
     MAXIMUM_COMMAND_SIZE,
     MAXIMUM_OTHER_PDU,
+    MAXIMUM_PENDING_MESSAGES,
     MINIMUM_FRAGMENTS,
     ConnectionGuard,
     Limits,
@@ -64,7 +65,11 @@ def fake_assoc(
     alive: bool = True,
     action: Callable[[str], None] = lambda event: None,
 ):
-    return SimpleNamespace(dul=FakeDul(FakeReader(stream, sock), action), is_alive=lambda: alive)
+    return SimpleNamespace(
+        dul=FakeDul(FakeReader(stream, sock), action),
+        dimse=SimpleNamespace(msg_queue=queue.Queue()),
+        is_alive=lambda: alive,
+    )
 
 
 def open_event(assoc, address: str = "10.1.2.3"):
@@ -376,3 +381,23 @@ def test_a_connection_closed_before_association_ends_its_thread_at_once() -> Non
     # What pynetdicom's acceptor thread gets when its wait for A-ASSOCIATE times out.
     assert refused.dul.to_user_queue.get_nowait() is None
     assert established.dul.to_user_queue.empty()
+
+
+def test_messages_waiting_to_be_served_are_bounded(sock, caplog) -> None:
+    # The reactor is busy (a long C-MOVE, say): pynetdicom would queue every
+    # further message, each up to MaximumDatasetSize.
+    guard = make_guard(Clock())
+    echo = p_data(pdv(ECHO, is_command=True, last=True))
+    assoc = fake_assoc(echo * (MAXIMUM_PENDING_MESSAGES + 5), sock)
+    guard.on_open(open_event(assoc))
+    reader = assoc.dul.socket
+    with pytest.raises(PduTooLarge), caplog.at_level(logging.WARNING):
+        while reader.stream:
+            header = reader.recv(6)
+            reader.recv(struct.unpack(">BBL", header)[2])
+            assoc.dimse.msg_queue.put("a complete message nobody takes")
+    assert assoc.dimse.msg_queue.qsize() == MAXIMUM_PENDING_MESSAGES
+    assert (
+        f"a further message ({MAXIMUM_PENDING_MESSAGES} DIMSE messages already wait to be served)"
+        in caplog.text
+    )
