@@ -29,6 +29,9 @@ modality out and kept Orthanc from stopping.
   :meth:`ConnectionGuard.maximum_fragments` (pynetdicom would otherwise
   collect a message of any size in memory), or a message while
   :data:`MAXIMUM_PENDING_MESSAGES` complete ones wait to be served;
+- an A-ASSOCIATE-RQ proposing more than :data:`MAXIMUM_PRESENTATION_CONTEXTS`
+  presentation contexts or :data:`MAXIMUM_TRANSFER_SYNTAXES` transfer
+  syntaxes is aborted before pynetdicom decodes it (seconds of CPU each);
 - what pynetdicom's state machine fails on (an A-ABORT with an invalid
   source, a command set it cannot decode...) is answered with an A-ABORT
   and the connection closed and reported closed, instead of ending its
@@ -79,6 +82,14 @@ MINIMUM_FRAGMENTS = 4096
 #: would queue any number, each up to ``MaximumDatasetSize``.
 MAXIMUM_PENDING_MESSAGES = 16
 P_DATA_TF = 0x04
+A_ASSOCIATE_RQ = 0x01
+#: Presentation contexts an A-ASSOCIATE-RQ may propose: their IDs are the odd
+#: numbers 1 to 255 (PS3.8 9.3.2.2).
+MAXIMUM_PRESENTATION_CONTEXTS = 128
+#: Transfer syntaxes an A-ASSOCIATE-RQ may propose in all (a modality proposing
+#: every transfer syntax for 128 contexts stays far below). pynetdicom spends
+#: about 0.1 ms on each: an unbounded request of 1 MiB took seconds of CPU.
+MAXIMUM_TRANSFER_SYNTAXES = 8192
 #: The PDU types pynetdicom reads a body for (PS3.8 9.3.1).
 PDU_TYPES = frozenset(range(0x01, 0x08))
 #: Bytes of the PDU header: type, reserved, length (PS3.8 9.3).
@@ -200,6 +211,40 @@ def _has_dataset(command: bytes | bytearray) -> bool:
     return value is not None and value != 0x0101
 
 
+def associate_rq_problem(body: bytes | bytearray) -> str | None:
+    """What makes an A-ASSOCIATE-RQ body too costly to negotiate, or None.
+
+    Walks the variable items after the 68 fixed bytes (PS3.8 9.3.2) and the
+    sub-items of each presentation context item (type 0x20; transfer syntax
+    sub-items are type 0x40); a malformed layout is left to pynetdicom.
+    """
+    contexts = syntaxes = 0
+    position = 68
+    while position + 4 <= len(body):
+        item_type = body[position]
+        (length,) = struct.unpack_from(">H", body, position + 2)
+        end = position + 4 + length
+        if item_type == 0x20:
+            contexts += 1
+            sub = position + 8  # context ID and three reserved bytes
+            while sub + 4 <= min(end, len(body)):
+                if body[sub] == 0x40:
+                    syntaxes += 1
+                sub += 4 + struct.unpack_from(">H", body, sub + 2)[0]
+        position = end
+    if contexts > MAXIMUM_PRESENTATION_CONTEXTS:
+        return (
+            f"an A-ASSOCIATE-RQ with {contexts} presentation contexts "
+            f"(at most {MAXIMUM_PRESENTATION_CONTEXTS})"
+        )
+    if syntaxes > MAXIMUM_TRANSFER_SYNTAXES:
+        return (
+            f"an A-ASSOCIATE-RQ with {syntaxes} transfer syntaxes "
+            f"(at most {MAXIMUM_TRANSFER_SYNTAXES})"
+        )
+    return None
+
+
 def abort_pdu() -> bytes:
     """An A-ABORT-RQ from the service provider, reason "unexpected PDU parameter"."""
     pdu = A_ABORT_RQ()
@@ -316,6 +361,10 @@ class ConnectionGuard:
             if count == length and length > allowed:
                 self._refuse_pdu(assoc, pdu_type, length, allowed)
             body = read(count)
+            if pdu_type == A_ASSOCIATE_RQ:
+                problem = associate_rq_problem(body)
+                if problem is not None:
+                    self._refuse_message(assoc, problem)
             if pdu_type == P_DATA_TF:
                 over = meter.feed(body)
                 if over is None and private.pending_messages(assoc) >= MAXIMUM_PENDING_MESSAGES:

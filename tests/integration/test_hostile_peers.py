@@ -314,3 +314,40 @@ def test_messages_sent_while_the_listener_is_busy_are_bounded(orthanc, unchanged
         f"a further message ({MAXIMUM_PENDING_MESSAGES} DIMSE messages already wait to be "
         "served) was being sent" in orthanc.log()
     )
+
+
+def associate_rq(orthanc: OrthancServer, abstract_syntaxes: list[bytes]) -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing each abstract syntax in Implicit VR Little Endian."""
+
+    def item(item_type: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+    body = b"\x00\x01\x00\x00" + orthanc.aet.encode().ljust(16) + b"STRANGER".ljust(16)
+    body += b"\x00" * 32 + item(0x10, b"1.2.840.10008.3.1.1.1")
+    for n, abstract in enumerate(abstract_syntaxes):
+        sub = item(0x30, abstract) + item(0x40, b"1.2.840.10008.1.2")
+        body += item(0x20, bytes([(2 * n + 1) % 256, 0, 0, 0]) + sub)
+    body += item(0x50, item(0x51, struct.pack(">L", 16382)))
+    return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def test_costly_association_request_is_aborted_before_negotiation(orthanc, unchanged) -> None:
+    # 12,000 presentation contexts (at most 128 are possible) kept
+    # pynetdicom busy for seconds, and it accepted the association.
+    sock = connect(orthanc)
+    sock.sendall(associate_rq(orthanc, [f"1.2.3.{n}".encode() for n in range(12000)]))
+    answer = closed_by_peer(sock)
+    sock.close()
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert "an A-ASSOCIATE-RQ with 12000 presentation contexts (at most 128)" in orthanc.log()
+
+
+def test_invalid_uids_from_a_peer_do_not_flood_the_log(orthanc, unchanged) -> None:
+    # Each distinct invalid UID printed a pydicom warning (two lines) to
+    # Orthanc's log, and stayed in Python's warnings registry. (pynetdicom's
+    # own one-line "Non-conformant" warnings stay: at most 128 contexts.)
+    sock = connect(orthanc)
+    sock.sendall(associate_rq(orthanc, [f"1.2.3.{n}x".encode() for n in range(100)]))
+    assert closed_by_peer(sock)[:1] in (b"\x02", b"\x03", b"\x07")  # answered, whichever way
+    sock.close()
+    assert "Invalid value for VR UI: '1.2.3.99x'" not in orthanc.log()

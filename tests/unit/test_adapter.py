@@ -385,3 +385,18 @@ def test_pynetdicom_tracebacks_become_one_line_in_orthancs_log() -> None:
         handler.emit(record)
     assert lines[0] == "DPP: Unable to decode the received PDU data (KeyError: 0)"
     assert "Traceback (most recent call last)" in lines[1]  # our own errors keep theirs
+
+
+def test_pydicom_warnings_about_peer_values_are_dropped() -> None:
+    # Each distinct invalid UID a peer sent printed two lines to Orthanc's
+    # log and stayed in the warnings registry for good.
+    import warnings
+
+    from pydicom.valuerep import validate_value
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        adapter.quiet_pydicom_warnings()
+        for n in range(100):
+            validate_value("UI", f"1.2.{n}x", 1)
+    assert caught == []

@@ -23,6 +23,7 @@ from orthanc_dpp.connections import (
     MessageMeter,
     PduTooLarge,
     abort_pdu,
+    associate_rq_problem,
 )
 
 
@@ -401,3 +402,48 @@ def test_messages_waiting_to_be_served_are_bounded(sock, caplog) -> None:
         f"a further message ({MAXIMUM_PENDING_MESSAGES} DIMSE messages already wait to be served)"
         in caplog.text
     )
+
+
+# -- what an A-ASSOCIATE-RQ may cost ---------------------------------------------------
+
+
+def associate_rq(contexts: int, syntaxes: int) -> bytes:
+    """An A-ASSOCIATE-RQ body with ``contexts`` contexts of ``syntaxes`` transfer syntaxes each."""
+
+    def item(item_type: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+    body = b"\x00\x01\x00\x00" + b"ORTHANC_DPP     " + b"SCU             " + b"\x00" * 32
+    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+    for n in range(contexts):
+        sub = item(0x30, b"1.2.840.10008.1.1")
+        sub += item(0x40, b"1.2.840.10008.1.2") * syntaxes
+        body += item(0x20, bytes([(2 * n + 1) % 256, 0, 0, 0]) + sub)
+    return body + item(0x50, item(0x51, struct.pack(">L", 16382)))
+
+
+def test_associate_requests_within_the_standard_pass() -> None:
+    assert associate_rq_problem(associate_rq(128, 35)) is None
+
+
+@pytest.mark.parametrize(
+    ("contexts", "syntaxes", "problem"),
+    [
+        (129, 1, "an A-ASSOCIATE-RQ with 129 presentation contexts (at most 128)"),
+        (12000, 1, "an A-ASSOCIATE-RQ with 12000 presentation contexts (at most 128)"),
+        (100, 100, "an A-ASSOCIATE-RQ with 10000 transfer syntaxes (at most 8192)"),
+    ],
+)
+def test_costly_associate_requests_are_refused(contexts, syntaxes, problem, sock) -> None:
+    assert associate_rq_problem(associate_rq(contexts, syntaxes)) == problem
+    body = associate_rq(contexts, syntaxes)
+    guard = make_guard(Clock())
+    assoc = fake_assoc(struct.pack(">BBL", 0x01, 0, len(body)) + body, sock)
+    guard.on_open(open_event(assoc))
+    with pytest.raises(PduTooLarge, match="A-ASSOCIATE-RQ"):
+        read_pdus(assoc.dul.socket)
+
+
+def test_a_malformed_associate_request_is_left_to_pynetdicom() -> None:
+    body = associate_rq(3, 3)
+    assert associate_rq_problem(body[:-7] + b"\x20\x00\xff\xff") is None
