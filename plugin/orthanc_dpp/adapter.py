@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -221,7 +222,12 @@ class OrthancLogHandler(logging.Handler):
             return
         try:
             message = "DPP: " + printable(record.getMessage())
-            if record.exc_info:
+            if record.exc_info and record.name.startswith("pynetdicom"):
+                # pynetdicom logs a traceback for each malformed PDU a peer
+                # sends: one line says it, and a stranger cannot flood the log.
+                error = record.exc_info[1]
+                message += f" ({type(error).__name__}: {printable(str(error))[:200]})"
+            elif record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
             if record.levelno >= logging.ERROR:
                 self.orthanc.LogError(message)
@@ -848,8 +854,21 @@ def _extend_orthanc_explorer(orthanc: ModuleType) -> None:
         log.error("Orthanc Explorer not extended with the protocol library button: %s", exc)
 
 
+def quiet_pydicom_warnings() -> None:
+    """Drop pydicom's warnings about invalid values in this process.
+
+    Peers choose those values (UIDs in an A-ASSOCIATE-RQ, elements of a
+    dataset): each distinct one printed two lines to Orthanc's log and
+    stayed in the warnings registry for good, so a stranger could grow both
+    without limit. What matters of them, the plugin answers in DICOM
+    statuses and HTTP errors.
+    """
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+
+
 def install(orthanc: ModuleType) -> Plugin:
     """Register everything with Orthanc. Called once, while Orthanc loads the script."""
+    quiet_pydicom_warnings()
     # Our log lines go to Orthanc's log; pynetdicom's only from WARNING up
     # (it logs every PDU at DEBUG).
     for name, level in (("orthanc_dpp", logging.INFO), ("pynetdicom", logging.WARNING)):

@@ -24,14 +24,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AE, service_class
+from pynetdicom import AE, evt, service_class
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import DimsePrimitiveType
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AddressInformation,
+    AssociationSocket,
+    ThreadedAssociationServer,
+)
 
 #: The pynetdicom release whose internals this module was written against.
 WRITTEN_FOR = "3.0.4"
@@ -89,6 +93,55 @@ def intercept_reads(
     transport = assoc.dul.socket
     if transport is not None:
         transport.recv = wrap(transport.recv)  # type: ignore[method-assign,assignment]
+
+
+def on_state_machine_error(assoc: Association, handle: Callable[[Exception], None]) -> None:
+    """Call ``handle(exception)`` when the association's DUL state machine raises.
+
+    pynetdicom 3.0 lets such an exception end its DUL thread uncaught: a PDV
+    without a message control header, a command set without a known
+    CommandField, an A-ABORT with an invalid source, a PDU not allowed in
+    the association's state. No A-ABORT is sent, nobody closes the socket
+    (it stays open until garbage-collected) and EVT_CONN_CLOSE never fires,
+    so the connection still counts against the peer's limits. Here the DUL
+    is stopped as pynetdicom means to, ``handle`` ends the connection, and
+    the thread then ends quietly.
+    """
+    dul = assoc.dul
+    machine = dul.state_machine
+    action = machine.do_action
+
+    def do_action(event: str) -> None:
+        try:
+            action(event)
+        except Exception as exc:
+            dul.kill_dul()
+            handle(exc)
+
+    machine.do_action = do_action  # type: ignore[method-assign]
+
+
+def close_connection(assoc: Association) -> None:
+    """Close the association's socket and report it (EVT_CONN_CLOSE), as pynetdicom's aborts do."""
+    transport = assoc.dul.socket
+    if transport is None:
+        return
+    transport.close()
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    info = peer.address_info
+    evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": None if info is None else info.as_tuple})
+
+
+def wake_acceptor(assoc: Association) -> None:
+    """Stop an acceptor thread that waits for an A-ASSOCIATE request which can no longer come.
+
+    When pynetdicom's DUL aborts a connection before any A-ASSOCIATE-RQ was
+    decoded (garbage, an undecodable request, a PDU out of turn), it tells
+    the association thread nothing: the thread waits AcseTimeout for the
+    request anyway, and counts against MaximumAssociations all that time.
+    An empty answer is what that wait gets when it times out.
+    """
+    assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # what a timed-out wait returns
 
 
 def register_server(ae: AE, server: ThreadedAssociationServer) -> None:
@@ -160,6 +213,11 @@ def wait_until_sent(assoc: Association, timeout: float) -> bool:
             return False
         time.sleep(0.0005)
     return True
+
+
+def pending_messages(assoc: Association) -> int:
+    """Complete DIMSE messages received and not yet taken by the association's reactor."""
+    return assoc.dimse.msg_queue.qsize()
 
 
 def next_response(assoc: Association, timeout: float) -> Any:
@@ -372,12 +430,27 @@ def check() -> list[str]:
         lambda: isinstance(dul._run_loop_delay, float),
     )
     expect("DULServiceProvider.send_pdu", lambda: callable(dul.send_pdu))
+    expect("DULServiceProvider.to_user_queue", lambda: callable(dul.to_user_queue.put))
     expect(
         "DULServiceProvider send queues",
         lambda: callable(dul.to_provider_queue.empty) and callable(dul.event_queue.empty),
     )
     expect("DULServiceProvider.socket", lambda: hasattr(dul, "socket"))
-    expect("DIMSEServiceProvider.msg_queue", lambda: callable(assoc.dimse.msg_queue.get))
+    expect(
+        "DULServiceProvider.state_machine.do_action(event) and .kill_dul()",
+        lambda: _parameters(dul.state_machine.do_action) == ["event"] and callable(dul.kill_dul),
+    )
+    expect(
+        "Association.requestor.address_info and AddressInformation.as_tuple",
+        lambda: (
+            hasattr(assoc.requestor, "address_info")
+            and isinstance(getattr(AddressInformation, "as_tuple", None), property)
+        ),
+    )
+    expect(
+        "DIMSEServiceProvider.msg_queue",
+        lambda: callable(assoc.dimse.msg_queue.get) and assoc.dimse.msg_queue.qsize() == 0,
+    )
     expect(
         "Association._reactor_checkpoint event",
         lambda: isinstance(assoc._reactor_checkpoint, threading.Event),

@@ -8,6 +8,7 @@ time; 127.0.0.2 plays a second host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -15,10 +16,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pydicom import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
-from orthanc_dpp.connections import LOCAL_LIMIT_EXCEEDED, reject_pdu
+from orthanc_dpp.connections import LOCAL_LIMIT_EXCEEDED, MAXIMUM_PENDING_MESSAGES, reject_pdu
+from orthanc_dpp.keys import DPP_MODEL
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works, library_unchanged, store_protocols
 from tests.waiting import eventually
@@ -26,10 +31,20 @@ from tests.waiting import eventually
 ACSE_TIMEOUT = 2
 NETWORK_TIMEOUT = 3
 PER_ADDRESS = 4
+SILENT_TIMEOUT = 8  # seconds a C-MOVE to the silent destination waits for its answer
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+def silent() -> Iterator[socket.socket]:
+    """A C-MOVE destination that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as listening:
+        yield listening
+
+
+@pytest.fixture(scope="module")
+def orthanc(
+    tmp_path_factory: pytest.TempPathFactory, silent: socket.socket
+) -> Iterator[OrthancServer]:
     server = OrthancServer(
         tmp_path_factory.mktemp("hostile"),
         dpp={
@@ -37,6 +52,16 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
             "NetworkTimeout": NETWORK_TIMEOUT,
             "MaximumAssociations": 10,
             "MaximumConnectionsPerAddress": PER_ADDRESS,
+        },
+        config={
+            "DicomModalities": {
+                "silent": {
+                    "AET": "SILENT",
+                    "Host": "127.0.0.1",
+                    "Port": silent.getsockname()[1],
+                    "Timeout": SILENT_TIMEOUT,
+                }
+            }
         },
     )
     with server:
@@ -153,3 +178,180 @@ def test_orthanc_stops_promptly_with_stalled_connections(make_server) -> None:
     assert time.monotonic() - started < 15
     for sock in stalled:
         sock.close()
+
+
+def rss_kb(orthanc: OrthancServer) -> int:
+    """Resident memory of the Orthanc process in KiB (VmRSS)."""
+    assert orthanc.process is not None
+    with open(f"/proc/{orthanc.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS line")
+
+
+def flood(raw: socket.socket, pdu: bytes, limit: int) -> int:
+    """Send ``pdu`` again and again, at most ``limit`` bytes; how many went before the cut-off."""
+    sent = 0
+    raw.settimeout(NETWORK_TIMEOUT + 5)
+    try:
+        while sent < limit:
+            raw.sendall(pdu)
+            sent += len(pdu)
+    except OSError:  # reset or broken pipe: the listener cut the connection
+        pass
+    return sent
+
+
+def command_fragments(size: int) -> bytes:
+    """A P-DATA-TF PDU of ``size`` bytes holding one command fragment that is never the last."""
+    pdv = struct.pack(">LBB", size - 6, 1, 0x01) + b"\x00" * (size - 12)
+    return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+
+
+def test_endless_command_set_is_aborted_and_memory_stays_bounded(orthanc, unchanged) -> None:
+    # Anyone may open an association for C-ECHO: no rights needed.
+    assoc = associate(orthanc, [Verification], ae_title="STRANGER")
+    raw = assoc.dul.socket.socket
+    assoc.dul._kill_thread = True
+    assoc.dul.join(5)
+    assert not assoc.dul.is_alive()
+    before = rss_kb(orthanc)
+    limit = 64 << 20
+    sent = flood(raw, command_fragments(16382), limit)
+    answer = closed_by_peer(raw)
+    raw.close()
+    # Cut off long before 64 MiB (what was sent is what the socket buffers took).
+    assert sent < limit // 4
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert "a command set of more than 16384 bytes" in orthanc.log()
+    assert rss_kb(orthanc) - before < 16 << 10  # KiB: far below what was sent
+
+
+def raw_association(orthanc: OrthancServer, ae_title: str = "STRANGER") -> socket.socket:
+    """The socket of an established C-ECHO association, pynetdicom's reader stopped."""
+    assoc = associate(orthanc, [Verification], ae_title=ae_title)
+    raw = assoc.dul.socket.socket
+    assoc.dul._kill_thread = True
+    assoc.dul.join(5)
+    assert not assoc.dul.is_alive()
+    return raw
+
+
+def test_command_set_pynetdicom_cannot_decode_is_aborted(orthanc, unchanged) -> None:
+    raw = raw_association(orthanc)
+    # A last command fragment without CommandField: pynetdicom's state
+    # machine raised, its reader thread died and nobody closed the socket.
+    command = struct.pack("<HHL", 0x0000, 0x0110, 2) + b"\x01\x00"  # MessageID only
+    pdv = struct.pack(">LBB", len(command) + 2, 1, 0x03) + command
+    raw.sendall(struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv)
+    answer = closed_by_peer(raw)
+    raw.close()
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert (
+        "Aborted the association with 127.0.0.1: what it sent could not be processed "
+        "(AttributeError:" in orthanc.log()
+    )
+    assert "Exception in thread" not in orthanc.log()
+
+
+def test_rejected_requests_hold_no_association_slot(make_server) -> None:
+    # pynetdicom's acceptor thread waited AcseTimeout for a request that
+    # could no longer come: a few garbage A-ASSOCIATE-RQs locked every
+    # modality out ("local limit exceeded") for that long.
+    server = make_server(dpp={"AcseTimeout": 120, "MaximumAssociations": 3})
+    server.start()
+    for n in range(6):
+        sock = connect(server, source=f"127.0.0.{10 + n}")
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 10) + b"\xff" * 10)
+        assert closed_by_peer(sock)[:1] == b"\x07"  # A-ABORT
+        sock.close()
+    assert association_works(server)
+
+
+def test_messages_sent_while_the_listener_is_busy_are_bounded(orthanc, unchanged) -> None:
+    # While a C-MOVE waits for its destination, pynetdicom queued every
+    # further message the peer sent, each up to MaximumDatasetSize.
+    assoc = associate(
+        orthanc, [Verification, DPP_MODEL.move], transfer_syntaxes=[ImplicitVRLittleEndian]
+    )
+    contexts = {c.abstract_syntax: c.context_id for c in assoc.accepted_contexts}
+    raw = assoc.dul.socket.socket
+    assoc.dul._kill_thread = True
+    assoc.dul.join(5)
+    assert not assoc.dul.is_alive()
+    move = Dataset()
+    move.AffectedSOPClassUID = DPP_MODEL.move
+    move.CommandField = 0x0021
+    move.MessageID = 1
+    move.Priority = 0
+    move.CommandDataSetType = 0x0000
+    move.MoveDestination = "SILENT"
+    identifier = Dataset()
+    identifier.SOPInstanceUID = next(make_library(1, seed=7100)).SOPInstanceUID
+    echo = Dataset()
+    echo.AffectedSOPClassUID = Verification
+    echo.CommandField = 0x0030
+    echo.MessageID = 2
+    echo.CommandDataSetType = 0x0101
+
+    def message(context_id: int, fragments: list[tuple[int, bytes]]) -> bytes:
+        out = b""
+        for control, fragment in fragments:
+            pdv = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+            out += struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+        return out
+
+    raw.sendall(
+        message(
+            contexts[DPP_MODEL.move],
+            [(0x03, encode(move, True, True)), (0x02, encode(identifier, True, True))],
+        )
+    )
+    echoes = message(contexts[Verification], [(0x03, encode(echo, True, True))]) * 64
+    with contextlib.suppress(OSError):
+        raw.sendall(echoes)
+    answer = closed_by_peer(raw)
+    raw.close()
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert (
+        f"a further message ({MAXIMUM_PENDING_MESSAGES} DIMSE messages already wait to be "
+        "served) was being sent" in orthanc.log()
+    )
+
+
+def associate_rq(orthanc: OrthancServer, abstract_syntaxes: list[bytes]) -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing each abstract syntax in Implicit VR Little Endian."""
+
+    def item(item_type: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+    body = b"\x00\x01\x00\x00" + orthanc.aet.encode().ljust(16) + b"STRANGER".ljust(16)
+    body += b"\x00" * 32 + item(0x10, b"1.2.840.10008.3.1.1.1")
+    for n, abstract in enumerate(abstract_syntaxes):
+        sub = item(0x30, abstract) + item(0x40, b"1.2.840.10008.1.2")
+        body += item(0x20, bytes([(2 * n + 1) % 256, 0, 0, 0]) + sub)
+    body += item(0x50, item(0x51, struct.pack(">L", 16382)))
+    return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def test_costly_association_request_is_aborted_before_negotiation(orthanc, unchanged) -> None:
+    # 12,000 presentation contexts (at most 128 are possible) kept
+    # pynetdicom busy for seconds, and it accepted the association.
+    sock = connect(orthanc)
+    sock.sendall(associate_rq(orthanc, [f"1.2.3.{n}".encode() for n in range(12000)]))
+    answer = closed_by_peer(sock)
+    sock.close()
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT
+    assert "an A-ASSOCIATE-RQ with 12000 presentation contexts (at most 128)" in orthanc.log()
+
+
+def test_invalid_uids_from_a_peer_do_not_flood_the_log(orthanc, unchanged) -> None:
+    # Each distinct invalid UID printed a pydicom warning (two lines) to
+    # Orthanc's log, and stayed in Python's warnings registry. (pynetdicom's
+    # own one-line "Non-conformant" warnings stay: at most 128 contexts.)
+    sock = connect(orthanc)
+    sock.sendall(associate_rq(orthanc, [f"1.2.3.{n}x".encode() for n in range(100)]))
+    assert closed_by_peer(sock)[:1] in (b"\x02", b"\x03", b"\x07")  # answered, whichever way
+    sock.close()
+    assert "Invalid value for VR UI: '1.2.3.99x'" not in orthanc.log()

@@ -419,3 +419,39 @@ def test_orthanc_error_codes_reach_the_library() -> None:
     with pytest.raises(OrthancError) as other:
         api.get("/instances")
     assert (other.value.code, other.value.description) == (None, "a message without a code")
+
+
+def test_pynetdicom_tracebacks_become_one_line_in_orthancs_log() -> None:
+    # pynetdicom logs a traceback for every malformed PDU: a stranger sending
+    # garbage wrote some twenty lines into Orthanc's log per connection.
+    import logging
+
+    lines: list[str] = []
+    sink = type("Orthanc", (), {"LogError": lines.append, "LogWarning": lines.append})()
+    handler = adapter.OrthancLogHandler(sink)  # type: ignore[arg-type]
+    for name in ("pynetdicom.dul", "orthanc_dpp.listener"):
+        try:
+            raise KeyError(0)
+        except KeyError:
+            record = logging.getLogger(name).makeRecord(
+                name, logging.ERROR, __file__, 1, "Unable to decode the received PDU data", (), None
+            )
+            record.exc_info = sys.exc_info()
+        handler.emit(record)
+    assert lines[0] == "DPP: Unable to decode the received PDU data (KeyError: 0)"
+    assert "Traceback (most recent call last)" in lines[1]  # our own errors keep theirs
+
+
+def test_pydicom_warnings_about_peer_values_are_dropped() -> None:
+    # Each distinct invalid UID a peer sent printed two lines to Orthanc's
+    # log and stayed in the warnings registry for good.
+    import warnings
+
+    from pydicom.valuerep import validate_value
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        adapter.quiet_pydicom_warnings()
+        for n in range(100):
+            validate_value("UI", f"1.2.{n}x", 1)
+    assert caught == []

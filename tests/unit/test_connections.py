@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import struct
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
+from pydicom import Dataset
+from pynetdicom.dsutils import encode
 
 from orthanc_dpp.access import Caller, Service
 from orthanc_dpp.connections import (
     CALLING_AE_NOT_RECOGNIZED,
     LOCAL_LIMIT_EXCEEDED,
+    MAXIMUM_COMMAND_SIZE,
     MAXIMUM_OTHER_PDU,
+    MAXIMUM_PENDING_MESSAGES,
+    MINIMUM_FRAGMENTS,
     PERMANENTLY_REFUSED,
     ConnectionGuard,
     Limits,
+    MessageMeter,
     PduTooLarge,
     abort_pdu,
+    associate_rq_problem,
     reject_pdu,
 )
 
@@ -43,9 +52,29 @@ class FakeReader:
         return bytearray(data)
 
 
-def fake_assoc(stream: bytes = b"", sock: socket.socket | None = None, alive: bool = True):
+class FakeDul:
+    """pynetdicom's DUL as the guard sees it: its socket, state machine and queue to the user."""
+
+    def __init__(self, reader: FakeReader, action: Callable[[str], None]) -> None:
+        self.socket = reader
+        self.state_machine = SimpleNamespace(do_action=action)
+        self.to_user_queue: queue.Queue[object] = queue.Queue()
+        self.killed = False
+
+    def kill_dul(self) -> None:
+        self.killed = True
+
+
+def fake_assoc(
+    stream: bytes = b"",
+    sock: socket.socket | None = None,
+    alive: bool = True,
+    action: Callable[[str], None] = lambda event: None,
+):
     return SimpleNamespace(
-        dul=SimpleNamespace(socket=FakeReader(stream, sock)), is_alive=lambda: alive
+        dul=FakeDul(FakeReader(stream, sock), action),
+        dimse=SimpleNamespace(msg_queue=queue.Queue()),
+        is_alive=lambda: alive,
     )
 
 
@@ -354,3 +383,249 @@ def test_a_failing_judge_counts_the_caller_among_the_unknown() -> None:
         guard.on_requested(SimpleNamespace(assoc=assoc))
     assert first.rejected is None
     assert second.rejected == LOCAL_LIMIT_EXCEEDED
+
+
+# -- what one DIMSE message may make the process hold ---------------------------------
+
+
+def command(field: int, data_set_type: int) -> bytes:
+    ds = Dataset()
+    ds.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    ds.CommandField = field
+    ds.MessageID = 7
+    ds.CommandDataSetType = data_set_type
+    return encode(ds, True, True)
+
+
+ECHO = command(0x0030, 0x0101)  # no dataset: the message ends with its command
+FIND = command(0x0020, 0x0000)  # an identifier follows
+
+
+def pdv(data: bytes, *, is_command: bool = False, last: bool = False) -> bytes:
+    control = (0x01 if is_command else 0) | (0x02 if last else 0)
+    return struct.pack(">LBB", len(data) + 2, 1, control) + data
+
+
+def p_data(*pdvs: bytes) -> bytes:
+    body = b"".join(pdvs)
+    return struct.pack(">BBL", 0x04, 0, len(body)) + body
+
+
+def meter() -> MessageMeter:
+    return MessageMeter(1 << 20, MAXIMUM_COMMAND_SIZE, MINIMUM_FRAGMENTS)
+
+
+def test_command_fragments_that_never_end_pass_the_command_limit() -> None:
+    counting = meter()
+    fragment = pdv(b"\x00" * 4000, is_command=True)
+    assert [counting.feed(fragment) for _ in range(4)] == [None] * 4
+    assert counting.feed(fragment) == f"a command set of more than {MAXIMUM_COMMAND_SIZE} bytes"
+
+
+def test_a_command_without_dataset_ends_its_message() -> None:
+    counting = meter()
+    for _ in range(10 * MAXIMUM_COMMAND_SIZE // len(ECHO)):  # far more than one command's worth
+        assert counting.feed(pdv(ECHO, is_command=True, last=True)) is None
+    assert counting.command == b"" and counting.fragments == 0
+
+
+def test_repeating_the_last_command_fragment_does_not_restart_the_count() -> None:
+    # After a command announcing a dataset, pynetdicom appends further
+    # command fragments to the same command set.
+    counting = meter()
+    results = [counting.feed(pdv(FIND, is_command=True, last=True)) for _ in range(1000)]
+    assert results[-1] == f"a command set of more than {MAXIMUM_COMMAND_SIZE} bytes"
+
+
+def test_pdvs_after_the_end_of_a_message_are_dropped_as_pynetdicom_does() -> None:
+    counting = meter()
+    body = pdv(ECHO, is_command=True, last=True) + pdv(b"\x00" * 100, is_command=True)
+    assert counting.feed(body) is None
+    assert counting.command == b""
+
+
+def test_empty_fragments_pass_the_fragment_limit() -> None:
+    counting = MessageMeter(1 << 20, MAXIMUM_COMMAND_SIZE, 100)
+    body = pdv(FIND, is_command=True, last=True) + pdv(b"") * 99
+    assert counting.feed(body) is None
+    assert counting.feed(pdv(b"")) == "a message in more than 100 fragments"
+
+
+def test_the_fragment_limit_grows_with_the_dataset_limit() -> None:
+    assert make_guard(Clock()).maximum_fragments() == MINIMUM_FRAGMENTS
+    guard = make_guard(Clock(), maximum_dataset_size=64 << 20)
+    assert guard.maximum_fragments() == (64 << 20) // 256
+
+
+@pytest.fixture
+def sock() -> Iterator[socket.socket]:
+    """The association's socket (the guard checks PDUs only on a connection)."""
+    left, right = socket.socketpair()
+    with left, right:
+        yield left
+
+
+def read_pdus(reader: FakeReader) -> None:
+    """Read PDUs as pynetdicom's DUL does: a 6-byte header, then the length it announces."""
+    while reader.stream:
+        header = reader.recv(6)
+        reader.recv(struct.unpack(">BBL", header)[2])
+
+
+def test_endless_command_set_is_aborted(caplog) -> None:
+    guard = make_guard(Clock())
+    left, right = socket.socketpair()
+    with left, right:
+        stream = p_data(pdv(b"\x00" * 16000, is_command=True)) * 10
+        assoc = fake_assoc(stream, sock=left)
+        guard.on_open(open_event(assoc))
+        with pytest.raises(PduTooLarge), caplog.at_level(logging.WARNING):
+            read_pdus(assoc.dul.socket)
+        assert right.recv(100) == abort_pdu()
+    assert len(assoc.dul.socket.stream) == 8 * len(p_data(pdv(b"\x00" * 16000)))
+    assert (
+        f"Aborted the association with 10.1.2.3: a command set of more than "
+        f"{MAXIMUM_COMMAND_SIZE} bytes was being sent" in caplog.text
+    )
+
+
+def test_six_byte_p_data_bodies_are_counted_too(sock) -> None:
+    # A P-DATA-TF whose body is as long as a PDU header (one empty PDV, 6
+    # bytes) is a body all the same.
+    guard = make_guard(Clock())
+    stream = p_data(pdv(FIND, is_command=True, last=True)) + p_data(pdv(b"\x00" * 4))
+    stream += p_data(pdv(b"")) * MINIMUM_FRAGMENTS
+    assoc = fake_assoc(stream, sock)
+    guard.on_open(open_event(assoc))
+    with pytest.raises(PduTooLarge, match="more than 4096 fragments"):
+        read_pdus(assoc.dul.socket)
+
+
+def test_many_messages_on_one_association_are_not_refused(sock) -> None:
+    guard = make_guard(Clock())
+    stream = p_data(pdv(ECHO, is_command=True, last=True)) * 5000
+    stream += (
+        p_data(pdv(FIND, is_command=True, last=True)) + p_data(pdv(b"x" * 100, last=True))
+    ) * 100
+    assoc = fake_assoc(stream, sock)
+    guard.on_open(open_event(assoc))
+    read_pdus(assoc.dul.socket)
+    assert assoc.dul.socket.stream == b""
+
+
+def test_p_data_without_our_size_limit_is_bounded_by_the_dataset_limit(sock) -> None:
+    guard = make_guard(Clock(), maximum_pdu_size=0, maximum_dataset_size=4 << 20)
+    allowed = (4 << 20) + MAXIMUM_COMMAND_SIZE + MAXIMUM_OTHER_PDU
+    assert guard.allowed_pdu(0x04) == allowed
+    assoc = fake_assoc(pdu(0x04, allowed + 1), sock)
+    guard.on_open(open_event(assoc))
+    assoc.dul.socket.recv(6)
+    with pytest.raises(PduTooLarge):
+        assoc.dul.socket.recv(allowed + 1)
+
+
+# -- what pynetdicom fails on ---------------------------------------------------------
+
+
+def test_an_exception_in_the_state_machine_aborts_and_closes(monkeypatch, caplog) -> None:
+    from orthanc_dpp import pynetdicom_private
+
+    def action(event: str) -> None:
+        raise ValueError("Invalid A-ABORT 'Source' value '114'")
+
+    closed = []
+    monkeypatch.setattr(pynetdicom_private, "close_connection", closed.append)
+    guard = make_guard(Clock())
+    left, right = socket.socketpair()
+    with left, right:
+        assoc = fake_assoc(sock=left, action=action)
+        guard.on_open(open_event(assoc))
+        with caplog.at_level(logging.WARNING):
+            assoc.dul.state_machine.do_action("Evt16")  # no exception escapes
+        assert right.recv(100) == abort_pdu()
+    assert assoc.dul.killed
+    assert closed == [assoc]
+    assert (
+        "Aborted the association with 10.1.2.3: what it sent could not be processed "
+        "(ValueError: Invalid A-ABORT 'Source' value '114')" in caplog.text
+    )
+
+
+def test_a_connection_closed_before_association_ends_its_thread_at_once() -> None:
+    guard = make_guard(Clock())
+    left, right = socket.socketpair()
+    with left, right:
+        refused, established = fake_assoc(sock=left), fake_assoc(sock=left)
+        for assoc in (refused, established):
+            guard.on_open(open_event(assoc))
+        guard.on_established(SimpleNamespace(assoc=established))
+        for assoc in (refused, established):
+            guard.on_close(SimpleNamespace(assoc=assoc))
+    # What pynetdicom's acceptor thread gets when its wait for A-ASSOCIATE times out.
+    assert refused.dul.to_user_queue.get_nowait() is None
+    assert established.dul.to_user_queue.empty()
+
+
+def test_messages_waiting_to_be_served_are_bounded(sock, caplog) -> None:
+    # The reactor is busy (a long C-MOVE, say): pynetdicom would queue every
+    # further message, each up to MaximumDatasetSize.
+    guard = make_guard(Clock())
+    echo = p_data(pdv(ECHO, is_command=True, last=True))
+    assoc = fake_assoc(echo * (MAXIMUM_PENDING_MESSAGES + 5), sock)
+    guard.on_open(open_event(assoc))
+    reader = assoc.dul.socket
+    with pytest.raises(PduTooLarge), caplog.at_level(logging.WARNING):
+        while reader.stream:
+            header = reader.recv(6)
+            reader.recv(struct.unpack(">BBL", header)[2])
+            assoc.dimse.msg_queue.put("a complete message nobody takes")
+    assert assoc.dimse.msg_queue.qsize() == MAXIMUM_PENDING_MESSAGES
+    assert (
+        f"a further message ({MAXIMUM_PENDING_MESSAGES} DIMSE messages already wait to be served)"
+        in caplog.text
+    )
+
+
+# -- what an A-ASSOCIATE-RQ may cost ---------------------------------------------------
+
+
+def associate_rq(contexts: int, syntaxes: int) -> bytes:
+    """An A-ASSOCIATE-RQ body with ``contexts`` contexts of ``syntaxes`` transfer syntaxes each."""
+
+    def item(item_type: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+    body = b"\x00\x01\x00\x00" + b"ORTHANC_DPP     " + b"SCU             " + b"\x00" * 32
+    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+    for n in range(contexts):
+        sub = item(0x30, b"1.2.840.10008.1.1")
+        sub += item(0x40, b"1.2.840.10008.1.2") * syntaxes
+        body += item(0x20, bytes([(2 * n + 1) % 256, 0, 0, 0]) + sub)
+    return body + item(0x50, item(0x51, struct.pack(">L", 16382)))
+
+
+def test_associate_requests_within_the_standard_pass() -> None:
+    assert associate_rq_problem(associate_rq(128, 35)) is None
+
+
+@pytest.mark.parametrize(
+    ("contexts", "syntaxes", "problem"),
+    [
+        (129, 1, "an A-ASSOCIATE-RQ with 129 presentation contexts (at most 128)"),
+        (12000, 1, "an A-ASSOCIATE-RQ with 12000 presentation contexts (at most 128)"),
+        (100, 100, "an A-ASSOCIATE-RQ with 10000 transfer syntaxes (at most 8192)"),
+    ],
+)
+def test_costly_associate_requests_are_refused(contexts, syntaxes, problem, sock) -> None:
+    assert associate_rq_problem(associate_rq(contexts, syntaxes)) == problem
+    body = associate_rq(contexts, syntaxes)
+    guard = make_guard(Clock())
+    assoc = fake_assoc(struct.pack(">BBL", 0x01, 0, len(body)) + body, sock)
+    guard.on_open(open_event(assoc))
+    with pytest.raises(PduTooLarge, match="A-ASSOCIATE-RQ"):
+        read_pdus(assoc.dul.socket)
+
+
+def test_a_malformed_associate_request_is_left_to_pynetdicom() -> None:
+    body = associate_rq(3, 3)
+    assert associate_rq_problem(body[:-7] + b"\x20\x00\xff\xff") is None

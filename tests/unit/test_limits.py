@@ -12,7 +12,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
 from orthanc_dpp import status
-from orthanc_dpp.connections import count_dataset_bytes
+from orthanc_dpp.connections import MessageMeter
 from orthanc_dpp.limits import (
     DatasetLimits,
     LimitExceeded,
@@ -105,8 +105,24 @@ def pdv(data: bytes, *, command: bool = False, last: bool = False) -> bytes:
     return struct.pack(">LBB", len(data) + 2, 1, control) + data
 
 
+def store_command() -> bytes:
+    """A C-STORE-RQ command set: a dataset follows."""
+    command = Dataset()
+    command.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    command.CommandField = 0x0001
+    command.MessageID = 1
+    command.Priority = 0
+    command.CommandDataSetType = 0x0000
+    command.AffectedSOPInstanceUID = "1.2.3"
+    return encode(command, True, True)
+
+
 def test_data_fragments_are_counted_per_message() -> None:
-    body = pdv(b"c" * 50, command=True, last=True) + pdv(b"d" * 100)
-    assert count_dataset_bytes(body, 0, 1000) == (100, False)
-    assert count_dataset_bytes(pdv(b"d" * 100, last=True), 100, 1000) == (0, False)  # message done
-    assert count_dataset_bytes(pdv(b"d" * 600) + pdv(b"d" * 500), 0, 1000) == (1100, True)
+    meter = MessageMeter(1000, 16384, 4096)
+    assert meter.feed(pdv(store_command(), command=True, last=True) + pdv(b"d" * 100)) is None
+    assert meter.data == 100
+    assert meter.feed(pdv(b"d" * 100, last=True)) is None  # message done
+    assert meter.data == 0
+    assert meter.feed(pdv(b"d" * 600) + pdv(b"d" * 500)) == (
+        "a dataset of more than 1000 bytes (MaximumDatasetSize)"
+    )

@@ -281,3 +281,32 @@ def test_steady_reactor_pause_replaces_the_checkpoint_once(established: Associat
     with private.reactor_paused(established) as paused:
         assert paused and established._is_paused
     assert established.send_c_store  # still usable below
+
+
+def test_a_state_machine_error_goes_to_the_handler_and_stops_the_dul() -> None:
+    assoc = Association(AE(), "acceptor")
+    errors: list[Exception] = []
+    private.on_state_machine_error(assoc, errors.append)
+    assoc.dul.state_machine.do_action("Evt14")  # invalid in Sta1: raises in pynetdicom
+    assert [type(e).__name__ for e in errors] == ["InvalidEventError"]
+    assert assoc.dul._kill_thread
+
+
+def test_close_connection_closes_the_socket_and_reports_it() -> None:
+    assoc = Association(AE(), "acceptor")
+    closed: list[Any] = []
+    assoc.bind(evt.EVT_CONN_CLOSE, closed.append)
+    left, right = socket.socketpair()
+    with right:
+        assoc.set_socket(AssociationSocket(assoc, client_socket=left))
+        private.close_connection(assoc)
+        assert right.recv(10) == b""  # closed
+    assert len(closed) == 1
+
+
+def test_wake_acceptor_ends_the_wait_for_an_association_request() -> None:
+    assoc = Association(AE(), "acceptor")
+    private.wake_acceptor(assoc)
+    started = time.monotonic()
+    assert assoc.dul.receive_pdu(wait=True, timeout=30) is None
+    assert time.monotonic() - started < 10
