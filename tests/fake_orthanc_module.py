@@ -253,9 +253,14 @@ class FakeOrthancModule:
     def call_route(self, uri: str, method: str = "GET", **request: Any) -> FakeOutput:
         """Call the registered route matching ``uri`` like Orthanc does."""
         output = FakeOutput(self.shapes)
+        # Orthanc matches the percent-decoded URI's bytes (``uri`` may carry
+        # undecodable bytes as surrogate escapes); the Python plugin then
+        # hands the callback str groups.
+        raw = uri.encode("utf-8", "surrogateescape")
         for pattern, callback in self.routes.items():
-            match = re.fullmatch(pattern, uri)
+            match = re.fullmatch(pattern.encode(), raw)
             if match:
-                callback(output, uri, method=method, groups=match.groups(), **request)
+                groups = tuple(g.decode() for g in match.groups())
+                callback(output, uri, method=method, groups=groups, **request)
                 return output
         raise KeyError(uri)

@@ -777,23 +777,41 @@ def _route(plugin: Plugin, handler_name: str, target: str = "rest") -> Any:
     return callback
 
 
+#: One character of a path segment, in the bytes Orthanc matches routes
+#: against (the URI percent-decoded): any character but "/", in valid UTF-8.
+#: The Python plugin cannot make a str of a segment that is not UTF-8
+#: (``/dpp/protocols/%FF``): it answers 500 before any plugin code runs. A
+#: route that does not match such a URI leaves it to Orthanc: 404 "Unknown
+#: resource". Written with escapes, as the regular expression reads them.
+_UTF8_CHARACTER = (
+    r"(?:[\x01-\x2E\x30-\x7F]"
+    r"|[\xC2-\xDF][\x80-\xBF]"
+    r"|\xE0[\xA0-\xBF][\x80-\xBF]"
+    r"|[\xE1-\xEC\xEE\xEF][\x80-\xBF]{2}"
+    r"|\xED[\x80-\x9F][\x80-\xBF]"
+    r"|\xF0[\x90-\xBF][\x80-\xBF]{2}"
+    r"|[\xF1-\xF3][\x80-\xBF]{3}"
+    r"|\xF4[\x80-\x8F][\x80-\xBF]{2})"
+)
+SEGMENT = f"({_UTF8_CHARACTER}+)"
+
 ROUTES = {
     "/dpp/status": "status",
     "/dpp/protocols": "protocols",
-    "/dpp/protocols/([^/]+)": "protocol",
-    "/dpp/protocols/([^/]+)/file": "protocol_file",
-    "/dpp/protocols/([^/]+)/tree": "protocol_tree",
+    f"/dpp/protocols/{SEGMENT}": "protocol",
+    f"/dpp/protocols/{SEGMENT}/file": "protocol_file",
+    f"/dpp/protocols/{SEGMENT}/tree": "protocol_tree",
     "/dpp/activity": "recent_activity",
-    "/dpp/ui/([^/]*)": "library_page",
+    f"/dpp/ui/({_UTF8_CHARACTER}*)": "library_page",
 }
 
 #: Routes to other DPP archives and the background jobs (``remote_rest.RemoteArchives``).
 REMOTE_ROUTES = {
-    "/dpp/modalities/([^/]+)/find": "find",
-    "/dpp/modalities/([^/]+)/retrieve": "retrieve",
+    f"/dpp/modalities/{SEGMENT}/find": "find",
+    f"/dpp/modalities/{SEGMENT}/retrieve": "retrieve",
     "/dpp/jobs": "jobs_list",
-    "/dpp/jobs/([^/]+)": "job",
-    "/dpp/jobs/([^/]+)/cancel": "job_cancel",
+    f"/dpp/jobs/{SEGMENT}": "job",
+    f"/dpp/jobs/{SEGMENT}/cancel": "job_cancel",
 }
 
 

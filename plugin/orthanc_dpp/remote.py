@@ -215,8 +215,22 @@ def build_identifier(keys: Mapping[str, Any]) -> Dataset:
     return ds
 
 
+#: Groups no identifier holds: the command (0000) and file meta (0002)
+#: groups belong to the message and the file, not to the dataset; items and
+#: delimiters (FFFE) are not attributes; PS3.5 7.1 forbids the others.
+_NOT_IN_IDENTIFIERS = {
+    0x0000: "a command element (group 0000)",
+    0x0002: "a file meta element (group 0002)",
+    0xFFFE: "an item or delimitation tag (group FFFE)",
+    **{group: f"group {group:04X}, which PS3.5 7.1 reserves" for group in (1, 3, 5, 7, 0xFFFF)},
+}
+
+
 def _element(key: str, value: Any) -> DataElement:
     tag = parse_tag(key)
+    if (what := _NOT_IN_IDENTIFIERS.get(tag >> 16)) is not None:
+        # Sent, it would make the remote refuse the whole C-FIND (or misread it).
+        raise BadKey(key, f"{what}: not a query key")
     if isinstance(value, Mapping) and "vr" in value:
         try:
             return Dataset.from_json({f"{tag:08X}": dict(value)})[tag]

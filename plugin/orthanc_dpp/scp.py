@@ -104,6 +104,65 @@ def store_dataset(
     return ds, elements
 
 
+class NotAnnounced(Exception):
+    """A C-STORE whose command and dataset disagree on what is stored.
+
+    ``comment`` is for the peer (Error Comment, 64 characters: no room for
+    two UIDs; the response's Affected SOP Instance UID names the announced
+    one), ``detail`` for Orthanc's log, naming both UIDs.
+    """
+
+    def __init__(self, code: int, comment: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = code
+        self.comment = comment
+        self.detail = detail
+
+
+def check_announced_class(request: Any, context_sop_class: str) -> None:
+    """The command's Affected SOP Class UID must be the presentation context's.
+
+    pynetdicom picks the service by the command's class and gives the
+    handler the context; :func:`check_storable` then compares the dataset
+    with the context. A command naming another class would otherwise store
+    one kind of instance (a protocol) while announcing another (an
+    approval) to whoever logs or relays the command (PS3.4 B.2.3, 0xA900).
+    """
+    affected = str(getattr(request, "AffectedSOPClassUID", "") or "").strip()
+    if affected != context_sop_class:
+        raise NotAnnounced(
+            status.STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "Affected SOP Class UID is not the presentation context's",
+            f"Affected SOP Class UID {affected or '(none)'} is not the presentation "
+            f"context's {context_sop_class}",
+        )
+
+
+def check_announced_instance(request: Any, ds: Dataset) -> None:
+    """The dataset's SOP Instance UID must be the command's Affected SOP Instance UID.
+
+    Otherwise a peer stores (or replaces) one protocol while its command,
+    the response and every log line name another. Refused with 0xC000
+    (PS3.4 B.2.3 "Cannot understand"), as the C-GET intake does
+    (:mod:`orthanc_dpp.remote`).
+    """
+    affected = str(getattr(request, "AffectedSOPInstanceUID", "") or "").strip()
+    own = str(ds.get("SOPInstanceUID", "") or "").strip()
+    if not own:
+        raise NotAnnounced(
+            status.STORE_CANNOT_UNDERSTAND,
+            "SOP Instance UID (0008,0018) missing from the dataset",
+            f"the dataset announced as {affected or '(none)'} has no SOP Instance UID",
+        )
+    if own != affected:
+        raise NotAnnounced(
+            status.STORE_CANNOT_UNDERSTAND,
+            "SOP Instance UID is not the Affected SOP Instance UID",
+            f"the dataset's SOP Instance UID {own} is not the Affected SOP Instance "
+            f"UID {affected or '(none)'}",
+        )
+
+
 def make_store_handler(
     library: ProtocolLibrary,
     gate: Gatekeeper,
@@ -143,7 +202,9 @@ def make_store_handler(
 
     def store(event: evt.Event, started: float) -> Dataset:
         peer = describe_requestor(event.assoc)
+        context_sop_class = str(event.context.abstract_syntax)
         try:
+            check_announced_class(event.request, context_sop_class)
             try:
                 ds, elements = store_dataset(event, limits)
                 ds.file_meta = event.file_meta
@@ -153,12 +214,16 @@ def make_store_handler(
                 raise StoreError(
                     status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
                 ) from exc
+            check_announced_instance(event.request, ds)
             stored = library.store(
                 ds,
-                context_sop_class=str(event.context.abstract_syntax),
+                context_sop_class=context_sop_class,
                 elements=elements,
                 on_stored=on_stored,  # indexed before the UID's claim is released
             )
+        except NotAnnounced as exc:
+            log.warning("C-STORE from %s refused (0x%04X): %s", peer, exc.status, exc.detail)
+            return status_dataset(exc.status, exc.comment)
         except StoreError as exc:
             log.error("C-STORE from %s refused (0x%04X): %s", peer, exc.dimse_status, exc.reason)
             return status_dataset(exc.dimse_status, exc.reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 import sys
 from typing import Any
@@ -217,6 +218,25 @@ def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
     )
     assert "boom" not in answer.body.decode()
     assert "REST /dpp/protocols failed" in orthanc.log_text()
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [b"\xff", b"\xc3", b"a\xc3(", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf"],
+)
+def test_route_segments_that_are_not_utf8_match_no_route(segment: bytes) -> None:
+    # The Python plugin cannot make a str of them: it would answer 500 itself.
+    routes = [*adapter.ROUTES, *adapter.REMOTE_ROUTES]
+    for uri in (b"/dpp/protocols/" + segment, b"/dpp/jobs/" + segment + b"/cancel"):
+        assert not any(re.fullmatch(route.encode(), uri) for route in routes), uri
+
+
+@pytest.mark.parametrize("segment", ["1.2.840.10008", "Schädel", "日本", "\U0001f600", "a b%~"])
+def test_route_segments_in_utf8_match_their_route(segment: str) -> None:
+    uri = f"/dpp/protocols/{segment}/tree".encode()
+    matched = [r for r in adapter.ROUTES if re.fullmatch(r.encode(), uri)]
+    assert matched == [f"/dpp/protocols/{adapter.SEGMENT}/tree"]
+    assert re.fullmatch(matched[0].encode(), uri).group(1).decode() == segment  # type: ignore[union-attr]
 
 
 def test_only_one_change_callback_is_registered(version) -> None:

@@ -91,6 +91,16 @@ def test_non_ascii_values_get_utf8_unless_a_character_set_is_given() -> None:
         ({"SOPInstanceUID": "1.2.abc"}, "SOPInstanceUID", "not a UID"),
         ({"00091010": "x"}, "00091010", "DICOM JSON"),
         ({"00181030": {"vr": "LO", "Value": "not a list"}}, "00181030", "DICOM JSON"),
+        ({"00000000": None}, "00000000", "a command element (group 0000): not a query key"),
+        ({"ErrorComment": "x"}, "ErrorComment", "a command element"),
+        ({"0002,0010": "1.2"}, "0002,0010", "a file meta element (group 0002)"),
+        ({"FFFEE000": None}, "FFFEE000", "an item or delimitation tag"),
+        ({"00030010": {"vr": "LO", "Value": ["x"]}}, "00030010", "PS3.5 7.1 reserves"),
+        (
+            {"ModelSpecificationSequence": [{"00000902": "x"}]},
+            "ModelSpecificationSequence.00000902",
+            "a command element",
+        ),
         (
             {"PotentialScheduledProtocolCodeSequence": "x"},
             "PotentialScheduledProtocolCodeSequence",

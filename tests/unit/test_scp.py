@@ -132,7 +132,11 @@ def store_event(ds: Dataset, ae_title: str) -> SimpleNamespace:
     )
     return SimpleNamespace(
         assoc=assoc,
-        request=SimpleNamespace(DataSet=BytesIO(encode(ds, False, True))),
+        request=SimpleNamespace(
+            DataSet=BytesIO(encode(ds, False, True)),
+            AffectedSOPClassUID=ds.SOPClassUID,
+            AffectedSOPInstanceUID=ds.SOPInstanceUID,
+        ),
         context=SimpleNamespace(
             transfer_syntax=ExplicitVRLittleEndian, abstract_syntax=ds.SOPClassUID
         ),
@@ -171,3 +175,64 @@ def test_approvals_are_stored_over_dicom_only_by_approval_storers(caplog, ae_tit
             "C-STORE of a Protocol Approval from MODALITY@127.0.0.1:1234 refused: AET MODALITY "
             "is not in ApprovalStorers"
         ) in caplog.text
+
+
+# -- C-STORE: the dataset is the instance the command announces ----------------------------
+
+
+def test_a_dataset_that_is_the_announced_instance_passes() -> None:
+    ds = Dataset()
+    ds.SOPInstanceUID = "1.2.3"
+    request = SimpleNamespace(
+        AffectedSOPClassUID=sop.CT_DPP_STORAGE, AffectedSOPInstanceUID="1.2.3"
+    )
+    scp.check_announced_class(request, sop.CT_DPP_STORAGE)
+    scp.check_announced_instance(request, ds)
+
+
+@pytest.mark.parametrize(
+    ("own", "affected", "comment", "detail"),
+    [
+        (
+            "1.2.4",
+            "1.2.3",
+            "SOP Instance UID is not the Affected SOP Instance UID",
+            "the dataset's SOP Instance UID 1.2.4 is not the Affected SOP Instance UID 1.2.3",
+        ),
+        (
+            None,
+            "1.2.3",
+            "SOP Instance UID (0008,0018) missing from the dataset",
+            "the dataset announced as 1.2.3 has no SOP Instance UID",
+        ),
+        (
+            "1.2.4",
+            None,
+            "SOP Instance UID is not the Affected SOP Instance UID",
+            "the dataset's SOP Instance UID 1.2.4 is not the Affected SOP Instance UID (none)",
+        ),
+    ],
+)
+def test_a_dataset_that_is_another_instance_is_refused(own, affected, comment, detail) -> None:
+    ds = Dataset()
+    if own is not None:
+        ds.SOPInstanceUID = own
+    with pytest.raises(scp.NotAnnounced) as caught:
+        scp.check_announced_instance(SimpleNamespace(AffectedSOPInstanceUID=affected), ds)
+    assert (caught.value.status, caught.value.comment, caught.value.detail) == (
+        0xC000,
+        comment,
+        detail,
+    )
+
+
+def test_a_command_naming_another_class_than_its_context_is_refused() -> None:
+    request = SimpleNamespace(AffectedSOPClassUID=sop.PROTOCOL_APPROVAL_STORAGE)
+    with pytest.raises(scp.NotAnnounced) as caught:
+        scp.check_announced_class(request, sop.CT_DPP_STORAGE)
+    assert caught.value.status == 0xA900
+    assert caught.value.comment == "Affected SOP Class UID is not the presentation context's"
+    assert caught.value.detail == (
+        f"Affected SOP Class UID {sop.PROTOCOL_APPROVAL_STORAGE} is not the presentation "
+        f"context's {sop.CT_DPP_STORAGE}"
+    )

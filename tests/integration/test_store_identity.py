@@ -1,0 +1,164 @@
+"""A C-STORE whose command announces one instance and whose dataset is another: the real Orthanc.
+
+The command's Affected SOP Class UID, the presentation context's abstract
+syntax and the dataset's SOP Class UID must agree (0xA900 otherwise), and
+the dataset's SOP Instance UID must be the Affected SOP Instance UID
+(0xC000 otherwise). Each refusal is logged with the caller and both UIDs,
+and nothing is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from io import BytesIO
+
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+
+from dpp_tools.samples import make_library, make_protocol
+from orthanc_dpp.pynetdicom_private import reactor_paused
+from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE, STORAGE_CLASSES
+from tests.orthanc_server import HttpError, OrthancServer
+from tests.peers import c_find, find_identifier, library_unchanged, store_protocols
+
+ANNOUNCED = "1.2.826.0.1.3680043.8.498.424242"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    server = OrthancServer(
+        tmp_path_factory.mktemp("identity"),
+        config={"DicomModalities": {"scu": ["TEST_SCU", "127.0.0.1", 104]}},
+    )
+    with server:
+        store_protocols(server, make_library(4, seed=7600))
+        yield server
+
+
+@pytest.fixture
+def unchanged(orthanc: OrthancServer) -> Iterator[None]:
+    with library_unchanged(orthanc):
+        yield
+
+
+def announced_store(
+    orthanc: OrthancServer,
+    ds: Dataset,
+    *,
+    affected_uid: str,
+    affected_class: str | None = None,
+    context_class: str | None = None,
+) -> Dataset:
+    """C-STORE ``ds`` on ``context_class``'s context with a command naming the given UIDs.
+
+    pynetdicom's ``send_c_store`` takes both UIDs from the dataset; a peer
+    that lies builds the command itself, as here.
+    """
+    own_class = str(ds.SOPClassUID)
+    ae = AE(ae_title="TEST_SCU")
+    for sop_class in STORAGE_CLASSES:
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
+    ae.dimse_timeout = ae.network_timeout = 60
+    assoc = ae.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet)
+    assert assoc.is_established
+    context = next(
+        cx for cx in assoc.accepted_contexts if cx.abstract_syntax == (context_class or own_class)
+    )
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = affected_class or context.abstract_syntax
+    request.AffectedSOPInstanceUID = affected_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(ds, False, True) or b"")
+    with reactor_paused(assoc):
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    assoc.release()
+    assert response is not None, "no C-STORE response"
+    return response
+
+
+def nowhere(orthanc: OrthancServer, *uids: str) -> None:
+    """Neither C-FIND nor the REST API knows any of ``uids``."""
+    for uid in uids:
+        assert c_find(orthanc, find_identifier(SOPInstanceUID=uid)) == [(0x0000, None)]
+        with pytest.raises(HttpError) as error:
+            orthanc.get(f"/dpp/protocols/{uid}")
+        assert error.value.status == 404
+
+
+def test_dataset_that_is_not_the_announced_instance_is_refused(orthanc, unchanged) -> None:
+    impostor = make_protocol(7700, "CT")
+    own = str(impostor.SOPInstanceUID)
+    response = announced_store(orthanc, impostor, affected_uid=ANNOUNCED)
+    assert response.Status == 0xC000
+    assert response.ErrorComment == "SOP Instance UID is not the Affected SOP Instance UID"
+    assert response.AffectedSOPInstanceUID == ANNOUNCED
+    detail = (
+        f"refused (0xC000): the dataset's SOP Instance UID {own} is not the Affected SOP "
+        f"Instance UID {ANNOUNCED}"
+    )
+    assert orthanc.wait_for_log(detail)
+    line = next(line for line in orthanc.log().splitlines() if detail in line)
+    assert line.startswith("W")  # Orthanc's warning level
+    assert "C-STORE from TEST_SCU@127.0.0.1:" in line  # the caller and its address
+    nowhere(orthanc, own, ANNOUNCED)
+
+
+def test_stored_instance_announced_as_another_is_refused(orthanc, unchanged) -> None:
+    # The peer names a stored protocol in its command and sends a new one under another UID.
+    stored = orthanc.get_json("/dpp/protocols?limit=1")["Protocols"][0]["SOPInstanceUID"]
+    newcomer = make_protocol(7701, "XA")
+    response = announced_store(orthanc, newcomer, affected_uid=stored)
+    assert response.Status == 0xC000
+    assert response.ErrorComment == "SOP Instance UID is not the Affected SOP Instance UID"
+    nowhere(orthanc, str(newcomer.SOPInstanceUID))
+
+
+def test_dataset_without_sop_instance_uid_is_refused(orthanc, unchanged) -> None:
+    nameless = make_protocol(7702, "CT")
+    del nameless.SOPInstanceUID
+    response = announced_store(orthanc, nameless, affected_uid=ANNOUNCED)
+    assert response.Status == 0xC000
+    assert response.ErrorComment == "SOP Instance UID (0008,0018) missing from the dataset"
+    assert orthanc.wait_for_log(
+        f"refused (0xC000): the dataset announced as {ANNOUNCED} has no SOP Instance UID"
+    )
+    nowhere(orthanc, ANNOUNCED)
+
+
+def test_command_announcing_another_class_is_refused(orthanc, unchanged) -> None:
+    # A protocol on its own context, announced by the command as an approval.
+    protocol = make_protocol(7703, "CT")
+    response = announced_store(
+        orthanc,
+        protocol,
+        affected_uid=str(protocol.SOPInstanceUID),
+        affected_class=PROTOCOL_APPROVAL_STORAGE,
+    )
+    assert response.Status == 0xA900
+    assert response.ErrorComment == "Affected SOP Class UID is not the presentation context's"
+    assert orthanc.wait_for_log(
+        f"refused (0xA900): Affected SOP Class UID {PROTOCOL_APPROVAL_STORAGE} is not the "
+        f"presentation context's {CT_DPP_STORAGE}"
+    )
+    nowhere(orthanc, str(protocol.SOPInstanceUID))
+
+
+def test_dataset_of_another_class_than_announced_is_refused(orthanc, unchanged) -> None:
+    # An approval sent on the CT protocol context, the command naming CT protocols.
+    approval = make_protocol(7704, "APPROVAL")
+    response = announced_store(
+        orthanc,
+        approval,
+        affected_uid=str(approval.SOPInstanceUID),
+        context_class=CT_DPP_STORAGE,
+    )
+    assert response.Status == 0xA900
+    assert response.ErrorComment.startswith(f"SOP Class UID {PROTOCOL_APPROVAL_STORAGE}")
+    assert orthanc.wait_for_log(f"does not match the presentation context ({CT_DPP_STORAGE})")
+    nowhere(orthanc, str(approval.SOPInstanceUID))
