@@ -57,7 +57,10 @@ class StandIn:
     name: str  # folder in tools/standins
     image: str  # what it is tagged, never the real image's name
     suite: str
-    #: Debian package -> version; the root must hold exactly these.
+    #: Debian package -> upstream version (or its leading part) the root must
+    #: hold: what the stand-in claims to be. The mirror serves only the newest
+    #: Debian revision of each, so the exact versions found are recorded in
+    #: the image (label org.orthanc-dpp.standin.packages) and printed.
     pins: dict[str, str] = field(default_factory=dict)
     extra: tuple[str, ...] = ()  # installed, not pinned
 
@@ -71,23 +74,26 @@ ORTHANC = StandIn(
     "orthanc",
     "dpp-standin/orthanc:1.13.0-debian-sid",
     "sid",
-    {
-        "orthanc": "1.13.0+dfsg-1+b1",
-        "orthanc-python": "7.1+ds-1+b2",
-        "orthanc-postgresql": "5.0+dfsg-7+b2",
-        "python3": "3.14.8-1",
-        "python3-pip": "26.2.2+dfsg-1",
-    },
-    ("ca-certificates",),
+    {"orthanc": "1.13.0", "orthanc-python": "7.1", "orthanc-postgresql": "5.0", "python3": "3.14"},
+    ("python3-pip", "ca-certificates"),
 )
 POSTGRES = StandIn(
     "postgres",
     "dpp-standin/postgres:17-debian-trixie",
     "trixie",
-    {"postgresql-17": "17.12-0+deb13u1"},
+    {"postgresql-17": "17"},
     ("ca-certificates",),
 )
 STAND_INS = (ORTHANC, POSTGRES)
+#: Left out of an imported root: mount points' contents, apt's downloads and
+#: lists (the official images have none either).
+IMPORT_EXCLUDES = [
+    "--exclude=./proc/*",
+    "--exclude=./dev/*",
+    "--exclude=./sys/*",
+    "--exclude=./var/cache/apt/*",
+    "--exclude=./var/lib/apt/lists/*",
+]
 
 
 def say(message: str) -> None:
@@ -170,24 +176,35 @@ def engine() -> Iterator[None]:
 # -- the stand-ins ----------------------------------------------------------------
 
 
-def check_pins(root: stacks.Root, pins: dict[str, str]) -> None:
-    """Stop unless the root holds exactly the pinned versions."""
-    wrong = []
-    for package, version in pins.items():
-        found = subprocess.run(
+def upstream(version: str) -> str:
+    """``1.13.0+dfsg-1+b1`` -> ``1.13.0`` (epoch, Debian revision and repack suffix dropped)."""
+    return version.partition(":")[2 if ":" in version else 0].split("-")[0].split("+")[0]
+
+
+def check_pins(root: stacks.Root, stand_in: StandIn) -> str:
+    """The root's versions of the pinned packages; stop unless each is the pinned one."""
+    found = {}
+    for package in stand_in.pins:
+        found[package] = subprocess.run(
             ["chroot", str(root.path), "dpkg-query", "-W", "-f=${Version}", package],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.strip()
-        if found != version:
-            wrong.append(f"{package} {found or 'missing'} (pinned {version})")
+    wrong = [
+        f"{package} {found[package] or 'missing'} (pinned {pin})"
+        for package, pin in stand_in.pins.items()
+        if not (upstream(found[package]) + ".").startswith(pin + ".")
+    ]
     if wrong:
         raise SystemExit(
             f"docker: the {root.name} root does not hold the pinned versions: {'; '.join(wrong)}. "
-            f"Update the pins in tools/docker_images.py (and what they claim), or remove the "
-            f"root (tools/stacks.py remove does not know it: delete {root.path})."
+            f"Update the pins in tools/docker_images.py (and what they claim), or delete "
+            f"{root.path} and {root.ready} to make it again."
         )
+    versions = " ".join(f"{package}={version}" for package, version in found.items())
+    say(f"{stand_in.image}: {versions}")
+    return versions
 
 
 def copy_host_files(root: stacks.Root) -> None:
@@ -229,27 +246,15 @@ def build_stand_in(stand_in: StandIn) -> None:
     root = stand_in.root()
     with stacks.locked(root.name):
         root.ensure()
-        check_pins(root, stand_in.pins)
+        versions = check_pins(root, stand_in)
         stamp = root.ready.read_text().strip()
-        rootfs = f"dpp-standin-rootfs/{root.name}:{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
+        key = hashlib.sha256(json.dumps([stamp, IMPORT_EXCLUDES]).encode()).hexdigest()[:12]
+        rootfs = f"dpp-standin-rootfs/{root.name}:{key}"
         if docker("image", "inspect", rootfs, check=False, quiet=True).returncode != 0:
             say(f"importing the {root.name} root as {rootfs}")
             copy_host_files(root)
             tar = subprocess.Popen(
-                [
-                    "tar",
-                    "-C",
-                    str(root.path),
-                    "--numeric-owner",
-                    "--exclude=./proc/*",
-                    "--exclude=./dev/*",
-                    "--exclude=./sys/*",
-                    # apt's downloads and lists: the images have none.
-                    "--exclude=./var/cache/apt/*",
-                    "--exclude=./var/lib/apt/lists/*",
-                    "-c",
-                    ".",
-                ],
+                ["tar", "-C", str(root.path), "--numeric-owner", *IMPORT_EXCLUDES, "-c", "."],
                 stdout=subprocess.PIPE,
             )
             subprocess.run(
@@ -257,6 +262,11 @@ def build_stand_in(stand_in: StandIn) -> None:
             )
             if tar.wait() != 0:
                 raise SystemExit(f"docker: tar of {root.path} failed")
+            # Imports of earlier roots of the same name only take room now.
+            repository = rootfs.partition(":")[0]
+            tags = docker("image", "ls", repository, "--format", "{{.Tag}}", quiet=True).stdout
+            for old in set(tags.split()) - {key}:
+                docker("image", "rm", f"{repository}:{old}", check=False, quiet=True)
     source = tree_digest(STANDINS / stand_in.name, extra=rootfs)
     if image_label(stand_in.image, "org.orthanc-dpp.standin.source") == source:
         say(f"{stand_in.image} is up to date")
@@ -270,6 +280,8 @@ def build_stand_in(stand_in: StandIn) -> None:
         f"ROOTFS={rootfs}",
         "--label",
         f"org.orthanc-dpp.standin.source={source}",
+        "--label",
+        f"org.orthanc-dpp.standin.packages={versions}",
         "--tag",
         stand_in.image,
         str(STANDINS / stand_in.name),

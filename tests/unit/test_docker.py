@@ -1,4 +1,4 @@
-"""Static checks of docker/: no Docker engine runs on our machines (docs/design.md, fact 6).
+"""Static checks of docker/, without Docker (tests/docker builds and runs it: make test-docker).
 
 What can be checked without building: hadolint; that what the Dockerfile
 copies exists and reaches the build context; that the configuration the

@@ -8,8 +8,8 @@ docker/Dockerfile and docker/compose.yaml rely on:
 - ``ORTHANC__A__B_C=value``: the key ``A.BC`` (each ``_``-separated word
   capitalised, ``__`` for nesting), the value read as JSON when it parses,
   else as a string;
-- ``NAME_SECRET=file``: as if ``NAME`` held the content of
-  ``/run/secrets/file`` (trailing newlines dropped);
+- ``NAME_SECRET=file`` (``NAME`` one of the above): as if ``NAME`` held the
+  content of ``/run/secrets/file`` (trailing newlines dropped);
 - ``ORTHANC_PASSWORD``: the password of an HTTP user ``orthanc``;
 - a plugin is loaded when its section is configured (Python: ``PythonScript``
   or ``Python``; PostgreSQL: ``PostgreSQL``);
@@ -86,18 +86,19 @@ def read_secret(variable: str, name: str) -> str:
 
 
 def environment_values(env: dict[str, str]) -> dict[str, str]:
-    """The environment with every ``NAME_SECRET`` replaced by ``NAME`` and its secret."""
-    values = {k: v for k, v in env.items() if not k.endswith("_SECRET")}
-    for variable, name in env.items():
+    """Our variables, every ``NAME_SECRET`` replaced by ``NAME`` and its secret."""
+    ours = {k: v for k, v in env.items() if k.startswith("ORTHANC")}
+    values = {k: v for k, v in ours.items() if not k.endswith("_SECRET")}
+    for variable, name in ours.items():
         if variable.endswith("_SECRET"):
             values[variable.removesuffix("_SECRET")] = read_secret(variable, name)
     return values
 
 
-def configuration(env: dict[str, str], folder: str = CONFIGURATION_FOLDER) -> dict[str, Any]:
+def configuration(env: dict[str, str], folder: str | None = None) -> dict[str, Any]:
     """The merged configuration, plugins included."""
     merged: dict[str, Any] = json.loads(json.dumps(DEFAULTS))
-    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+    for path in sorted(glob.glob(os.path.join(folder or CONFIGURATION_FOLDER, "*.json"))):
         try:
             loaded = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
