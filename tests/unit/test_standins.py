@@ -131,6 +131,21 @@ def test_standin_scripts_pass_shellcheck() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_standin_dockerfiles_pass_hadolint() -> None:
+    binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(binary).exists():
+        pytest.skip("hadolint is not installed (requirements-dev.txt)")
+    files = sorted(STANDINS.glob("*/Dockerfile"))
+    assert len(files) == 2
+    result = subprocess.run(
+        [binary, "--failure-threshold", "style", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_standins_are_never_named_as_the_real_images(monkeypatch: pytest.MonkeyPatch) -> None:
     path = REPO / "tools" / "docker_images.py"
     spec = importlib.util.spec_from_file_location("docker_images", path)
