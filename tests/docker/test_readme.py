@@ -138,6 +138,7 @@ def wait_running(readme: Readme) -> None:
 def test_readme_docker_run_commands(readme: Readme, image: str) -> None:
     """Build, secrets, docker run, curl and echoscu of README, in order."""
     first = blocks("sh")[0]
+    remove_readme_container()  # a killed run's leftovers
     try:
         for command in commands(first):
             if command.startswith(("curl ", "echoscu ")):
@@ -148,8 +149,13 @@ def test_readme_docker_run_commands(readme: Readme, image: str) -> None:
         assert any(c.startswith("docker run ") for c in commands(first))
         assert eventually(lambda: health("orthanc-dpp") == "healthy", WITHIN, 1)
     finally:
-        run("docker", "rm", "--force", "orthanc-dpp", check=False)
-        run("docker", "volume", "rm", "--force", "orthanc-dpp-db", check=False)
+        remove_readme_container()
+
+
+def remove_readme_container() -> None:
+    """The container and volume README's docker run makes."""
+    run("docker", "rm", "--force", "orthanc-dpp", check=False)
+    run("docker", "volume", "rm", "--force", "orthanc-dpp-db", check=False)
 
 
 def test_readme_compose_commands(readme: Readme, image: str) -> None:
@@ -157,6 +163,13 @@ def test_readme_compose_commands(readme: Readme, image: str) -> None:
     secrets = commands(blocks("sh")[0])
     compose_block = blocks("sh")[1]
     compose = ["docker", "compose", "-f", "docker/compose.yaml", "-f", f"{HERE}/compose.host.yaml"]
+    # A killed run's leftovers (the secret files are not written yet: any file will do).
+    leftovers = {
+        **readme.env,
+        "ORTHANC_PASSWORD_FILE": "/dev/null",
+        "POSTGRES_PASSWORD_FILE": "/dev/null",
+    }
+    run(*compose, "down", "--volumes", env=leftovers, cwd=readme.checkout, check=False)
     try:
         for command in secrets:
             if not command.startswith(("docker ", "curl ", "echoscu ")):
