@@ -15,9 +15,12 @@ TEST_PACKAGES := $(RUN_PACKAGES) $(UNIT_PACKAGES) postgresql orthanc-postgresql 
 
 # Newer Orthanc stacks for `make test-all`: Debian roots made by tools/stacks.py.
 STACKS := trixie sid
+# `make test-docker`: Debian's Docker engine (its compose and buildx plugins
+# come from Debian unstable's packages, see tools/docker_images.py).
+DOCKER_PACKAGES := docker.io
 
-.PHONY: run test test-all unit integration lint bench setup-run setup-test setup-unit \
-	.packages-run .packages-test .packages-unit .packages-stacks
+.PHONY: run test test-all test-docker unit integration lint bench setup-run setup-test \
+	setup-unit .packages-run .packages-test .packages-unit .packages-stacks .packages-docker
 
 run: setup-run
 	mkdir -p data
@@ -26,9 +29,17 @@ run: setup-run
 test: setup-test lint
 	$(VENV)/bin/python -m pytest
 
-# The whole suite on Debian 12 (here), then on Debian 13 and unstable roots.
+# The whole suite on Debian 12 (here), then on Debian 13 and unstable roots,
+# then the Docker image built and run.
 test-all: test .packages-stacks
 	$(SUDO) $(PYTHON) tools/stacks.py test $(STACKS)
+	$(MAKE) test-docker
+
+# The Docker image and README's compose set-up, built and run for real on
+# stand-ins for the two base images (no registry is reachable here); starts
+# (and then stops) a Docker engine if none runs. tests/docker.
+test-docker: setup-test .packages-stacks .packages-docker
+	$(SUDO) $(PYTHON) tools/docker_images.py test
 
 unit: setup-unit
 	$(VENV)/bin/python -m pytest tests/unit
@@ -56,8 +67,8 @@ setup-test: .packages-test $(VENV)/.dev
 setup-unit: .packages-unit $(VENV)/.dev
 
 # Debian packages: install the missing ones only (sudo when not root).
-.packages-run .packages-test .packages-unit .packages-stacks:
-	@want="$(or $(if $(filter .packages-test,$@),$(TEST_PACKAGES)),$(if $(filter .packages-unit,$@),$(UNIT_PACKAGES)),$(if $(filter .packages-stacks,$@),debootstrap),$(RUN_PACKAGES))"; \
+.packages-run .packages-test .packages-unit .packages-stacks .packages-docker:
+	@want="$(or $(if $(filter .packages-test,$@),$(TEST_PACKAGES)),$(if $(filter .packages-unit,$@),$(UNIT_PACKAGES)),$(if $(filter .packages-stacks,$@),debootstrap),$(if $(filter .packages-docker,$@),$(DOCKER_PACKAGES)),$(RUN_PACKAGES))"; \
 	missing=""; \
 	for p in $$want; do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

@@ -101,12 +101,21 @@ def debian_mirror() -> str:
 class Root:
     """One Debian root: made on demand, mounted only while something runs inside."""
 
-    def __init__(self, suite: str) -> None:
+    def __init__(
+        self, suite: str, *, name: str | None = None, packages: list[str] | None = None
+    ) -> None:
+        """The test root of ``suite``, or with ``name`` and ``packages`` another root of it.
+
+        tools/docker_images.py makes its image roots this way: same suites,
+        same mirror and settings, only the packages it names.
+        """
         if suite not in SUITES:
             raise SystemExit(f"stacks: unknown suite {suite!r}; known: {', '.join(SUITES)}")
         self.suite = suite
-        self.path = CACHE / suite
-        self.ready = CACHE / f"{suite}.ready"
+        self.name = name or suite
+        self.packages = packages if packages is not None else PACKAGES
+        self.path = CACHE / self.name
+        self.ready = CACHE / f"{self.name}.ready"
 
     # -- making and removing ----------------------------------------------------
 
@@ -116,13 +125,13 @@ class Root:
         self.remove()
         CACHE.mkdir(parents=True, exist_ok=True)
         mirror = debian_mirror()
-        say(f"making the {self.suite} root ({SUITES[self.suite]}) from {mirror}")
+        say(f"making the {self.name} root ({SUITES[self.suite]}) from {mirror}")
         started = time.monotonic()
         run(
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--include={','.join(PACKAGES)}",
+                f"--include={','.join(self.packages)}",
                 self.suite,
                 str(self.path),
                 mirror,
@@ -132,7 +141,7 @@ class Root:
         conf = self.path / "etc/apt/apt.conf.d/99orthanc-dpp"
         conf.write_text('Acquire::Check-Valid-Until "false";\n')
         self.ready.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-        say(f"{self.suite} root made in {time.monotonic() - started:.0f} s")
+        say(f"{self.name} root made in {time.monotonic() - started:.0f} s")
 
     def remove(self) -> None:
         self.unmount_or_stop("deleting it")

@@ -1,7 +1,7 @@
 """The Docker image's own checks, run on this stack's Orthanc and Python.
 
-No Docker engine runs on our machines, but the unstable stack has the
-image's Orthanc, Python plugin and Python: the build step that imports the
+Without Docker (make test-docker runs the image itself), the unstable stack
+has the image's Orthanc, Python plugin and Python: the build step that imports the
 plugin, the container health check, and the smoke test's DICOM client (as
 the modality docker/compose.smoke.yaml declares, with a password file) are
 run here against the real thing, on every stack.

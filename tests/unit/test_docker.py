@@ -1,4 +1,4 @@
-"""Static checks of docker/: no Docker engine runs on our machines (docs/design.md, fact 6).
+"""Static checks of docker/, without Docker (tests/docker builds and runs it: make test-docker).
 
 What can be checked without building: hadolint; that what the Dockerfile
 copies exists and reaches the build context; that the configuration the
@@ -155,8 +155,21 @@ def split_image(reference: str) -> tuple[str, str, str]:
     return name, tag, digest
 
 
+def base_image() -> str:
+    """The default of the Dockerfile's base argument, which its only FROM uses.
+
+    The argument lets make test-docker build this file unchanged on a
+    stand-in; its default is what everybody else builds on.
+    """
+    assert arguments_of("FROM") == ["${ORTHANC_BASE_IMAGE}"]
+    names = [name for name, _ in instructions()]
+    defaults = [a for a in arguments_of("ARG") if a.startswith("ORTHANC_BASE_IMAGE=")]
+    assert len(defaults) == 1 and names.index("ARG") < names.index("FROM"), defaults
+    return defaults[0].partition("=")[2]
+
+
 def test_base_image_is_the_orthanc_teams_at_a_pinned_release() -> None:
-    (base,) = arguments_of("FROM")
+    base = base_image()
     name, tag, digest = split_image(base)
     assert name == BASE_IMAGE
     assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"pin a full release tag, not {tag!r}"
@@ -170,7 +183,7 @@ def test_base_image_is_the_orthanc_teams_at_a_pinned_release() -> None:
 
 def image_versions() -> tuple[str, str, str]:
     """(Orthanc, Python plugin, Python) of the base image, from the Dockerfile's note."""
-    (base,) = arguments_of("FROM")
+    base = base_image()
     tag = split_image(base)[1]
     found = re.search(
         rf"^# {re.escape(tag)} = Orthanc ([\d.]+), Python plugin ([\d.]+),.*?python3 \((3\.\d+)\)",
@@ -188,7 +201,7 @@ def test_image_versions_are_those_of_the_tested_unstable_stack() -> None:
     row = re.search(r"^\| Debian unstable[^|]*\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", readme, re.M)
     assert row, "README's compatibility table has no Debian unstable row"
     assert row.groups() == (orthanc, plugin, python)
-    (base,) = arguments_of("FROM")
+    base = base_image()
     assert f"`{base}`\n(Orthanc {orthanc}, Python plugin {plugin}, Python {python})" in readme
     recorded = json.loads(
         (REPO / "tests" / "data" / f"orthanc_python_{plugin}_api.json").read_text()
@@ -581,7 +594,7 @@ def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if "build" in service:
             continue
-        image = service["image"]
+        image = interpolate(service["image"])
         _, tag, digest = split_image(image)
         # A full release and the Debian release under it, e.g. 17.9-bookworm.
         assert re.fullmatch(r"\d+\.\d+(-[a-z]+)?", tag), f"{name}: pin {image} to a release"
@@ -589,6 +602,16 @@ def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
             assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{name}: not a digest"
         else:
             assert "not by digest" in readme_section("Docker"), "README must say why"
+
+
+def test_compose_builds_on_the_dockerfiles_base_unless_told(compose: dict[str, Any]) -> None:
+    """ORTHANC_BASE_IMAGE picks another base (make test-docker's stand-in); unset, the same."""
+    for name, service in orthanc_nodes(compose).items():
+        argument = service["build"]["args"]["ORTHANC_BASE_IMAGE"]
+        assert interpolate(argument) == base_image(), name
+        assert interpolate(argument, {"ORTHANC_BASE_IMAGE": "mirror/o:1"}) == "mirror/o:1"
+    postgres = compose["services"]["postgres"]["image"]
+    assert interpolate(postgres, {"POSTGRES_IMAGE": "mirror/p:1"}) == "mirror/p:1"
 
 
 def test_nodes_share_one_database_and_differ_in_ports(compose: dict[str, Any]) -> None:
