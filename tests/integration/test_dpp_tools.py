@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification
 
 from dpp_tools import cli
 from dpp_tools.samples import make_non_dpp, to_bytes, write_library
+from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 from tests.orthanc_server import OrthancServer, free_port
 from tests.peers import wait_for_port
 
@@ -285,12 +286,21 @@ def test_store_reports_each_file(archive, tmp_path) -> None:
     assert code == cli.EXIT_PARTIAL
     assert f"{image}: FAILED, not sent: ORTHANC_DPP@" in out
     assert "does not accept CT Image Storage" in out
+    approvals = 0
     for path in new:
-        uid = str(pydicom.dcmread(path).SOPInstanceUID)
+        ds = pydicom.dcmread(path)
+        uid = str(ds.SOPInstanceUID)
+        if ds.SOPClassUID == PROTOCOL_APPROVAL_STORAGE:
+            # The client's AE title is declared, but not in ApprovalStorers (none by default).
+            approvals += 1
+            assert f"{path}: FAILED {uid}: 0x0124" in out
+            assert archive.status_of("GET", f"/dpp/protocols/{uid}") == 404
+            continue
         assert f"{path}: stored {uid}: 0x0000 Success" in out
         stored = archive.get(f"/dpp/protocols/{uid}/file")
         assert dataset_bytes(stored) == dataset_bytes(path.read_bytes())
-    assert out.splitlines()[-1].startswith("4 of 5 files stored on ORTHANC_DPP@")
+    assert approvals == 1
+    assert out.splitlines()[-1].startswith("3 of 5 files stored on ORTHANC_DPP@")
 
 
 # -- a bare pynetdicom DPP SCP: another archive ----------------------------------
