@@ -204,8 +204,14 @@ def flood(raw: socket.socket, pdu: bytes, limit: int) -> int:
 
 
 def command_fragments(size: int) -> bytes:
-    """A P-DATA-TF PDU of ``size`` bytes holding one command fragment that is never the last."""
-    pdv = struct.pack(">LBB", size - 6, 1, 0x01) + b"\x00" * (size - 12)
+    """A P-DATA-TF PDU of ``size`` bytes holding one command fragment that is never the last.
+
+    The PDV is well formed (its item length counts the context ID, the
+    control header and the fragment), so pynetdicom accepts each PDU and
+    only the command-set limit can end the flood.
+    """
+    fragment = b"\x00" * (size - 12)
+    pdv = struct.pack(">LBB", len(fragment) + 2, 1, 0x01) + fragment
     return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
 
 
