@@ -64,11 +64,11 @@ from pynetdicom import status as dimse_status
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
 from orthanc_dpp.connections import ConnectionGuard, requester_guard
-from orthanc_dpp.library import StoreError
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_nesting, decode_dimse_dataset
 from orthanc_dpp.modalities import Modality
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES
 from orthanc_dpp.status import status_dataset
+from orthanc_dpp.store_errors import StoreError, undecodable_as_store_error
 
 log = logging.getLogger("orthanc_dpp.remote")
 
@@ -763,17 +763,11 @@ def get(
                 private.stop_waiting(event.assoc)
             return refusal
         try:
-            try:
+            with undecodable_as_store_error():
                 raw = getattr(event.request, "DataSet", None)
                 data = raw.getvalue() if raw is not None else b""
                 ds = decode_dimse_dataset(data, str(event.context.transfer_syntax), caller.limits)
                 ds.file_meta = event.file_meta
-            except LimitExceeded as exc:
-                raise StoreError(exc.status, exc.http_status, exc.comment) from exc
-            except Exception as exc:  # pydicom raises several types on bad data
-                raise StoreError(
-                    status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
-                ) from exc
             own = str(ds.get("SOPInstanceUID", "") or "")
             if own != uid:
                 log.warning(
