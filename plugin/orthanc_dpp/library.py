@@ -45,32 +45,9 @@ from orthanc_dpp.limits import (
     read_file_meta,
 )
 from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.store_errors import OrthancError, StoreError  # users import them from here too
 
 log = logging.getLogger("orthanc_dpp.library")
-
-
-class OrthancError(Exception):
-    """A call into Orthanc's REST API failed; ``message`` is Orthanc's reason.
-
-    ``code`` is Orthanc's error code (``orthanc.ErrorCode``) when the plugin
-    API gave one, ``description`` its text without the code; both decide how
-    a failed store is reported (:func:`store_refusal`).
-    """
-
-    def __init__(
-        self,
-        method: str,
-        uri: str,
-        message: str,
-        code: int | None = None,
-        description: str | None = None,
-    ) -> None:
-        super().__init__(f"{method} {uri}: {message}")
-        self.method = method
-        self.uri = uri
-        self.message = message
-        self.code = code
-        self.description = description or message
 
 
 class OrthancApi(Protocol):
@@ -89,16 +66,6 @@ class FreshMarks(Protocol):
     def mark(self, orthanc_id: str, md5: str | None = None) -> None: ...
 
     def unmark(self, orthanc_id: str) -> None: ...
-
-
-class StoreError(Exception):
-    """An instance was not stored; the statuses say how to report it."""
-
-    def __init__(self, dimse_status: int, http_status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.dimse_status = dimse_status
-        self.http_status = http_status
-        self.reason = reason
 
 
 @dataclass(frozen=True)

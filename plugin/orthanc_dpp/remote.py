@@ -30,7 +30,8 @@ responses itself without a bound (received protocols are inflated here,
 bounded, so their contexts keep it).
 
 Nothing here knows Orthanc: the adapter hands in the modality, the calling
-parameters (:class:`Caller`) and the store function.
+parameters (:class:`~orthanc_dpp.outbound.Calling`) and the store function; the
+association itself is requested through :mod:`orthanc_dpp.outbound`.
 """
 
 from __future__ import annotations
@@ -39,12 +40,11 @@ import copy
 import json
 import logging
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -58,17 +58,26 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, Association, build_context, build_role, evt
+from pynetdicom import Association, build_context, build_role, evt
 from pynetdicom import status as dimse_status
 
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
-from orthanc_dpp.connections import ConnectionGuard, requester_guard
-from orthanc_dpp.library import StoreError
+from orthanc_dpp.connections import ConnectionGuard
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_nesting, decode_dimse_dataset
 from orthanc_dpp.modalities import Modality
+from orthanc_dpp.outbound import (
+    AssociationFailed,
+    AssociationRequest,
+    Calling,
+    Handler,
+    Refusal,
+    guard_for,
+    request_association,
+)
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES
 from orthanc_dpp.status import status_dataset
+from orthanc_dpp.store_errors import StoreError, undecodable_as_store_error
 
 log = logging.getLogger("orthanc_dpp.remote")
 
@@ -324,50 +333,43 @@ def answer_json(identifier: Dataset) -> dict[str, Any]:
 # -- associations --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Caller:
-    """How this plugin calls a modality: its AE title, timeouts, PDU size and TLS.
+#: The SCU side's name for :class:`~orthanc_dpp.outbound.Calling`, as its users import it.
+Caller = Calling
 
-    A modality's ``LocalAet`` and ``Timeout`` win, as in Orthanc.
-    """
+#: How the SCU side words each refusal, after "{modality}: " (REST "Error", job errors, logs).
+SCU_WORDS: Final[Mapping[Refusal, str]] = {
+    Refusal.NO_TLS_SETUP: (
+        "UseDicomTls is set but the plugin has no DICOM TLS client setup "
+        "(DicomTlsEnabled and its certificate files)"
+    ),
+    Refusal.CANNOT_REQUEST: "cannot request an association: {detail}",
+    Refusal.NOT_CONNECTED: "cannot connect (refused or timed out)",
+    Refusal.REJECTED: "association rejected (is this plugin's AE title declared there?)",
+    Refusal.GUARD_ABORTED: "association aborted: {detail}",
+    Refusal.NO_CONTEXT: "association aborted (TLS or protocol problem?)",
+    Refusal.ABORTED: "association aborted (TLS or protocol problem?)",
+    Refusal.NOT_ACCEPTED: "does not accept {detail}",
+}
 
-    ae_title: str
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 30.0
-    network_timeout: float = 60.0
-    maximum_pdu_size: int = 16382
-    tls_context: ssl.SSLContext | None = None
-    limits: DatasetLimits = field(default_factory=DatasetLimits)
 
-
-def guard_for(caller: Caller, modality: Modality) -> ConnectionGuard:
-    """The limits of the listener for one association with ``modality``."""
-    return requester_guard(
-        modality.timeout or caller.acse_timeout,
-        modality.timeout or caller.network_timeout,
-        caller.maximum_pdu_size,
-        caller.limits.maximum_size,
-    )
+def refusal_reason(modality: Modality, failed: AssociationFailed) -> str:
+    """The :class:`RemoteError` reason for an association ``modality`` did not give."""
+    detail = _sop_name(failed.detail) if failed.refusal is Refusal.NOT_ACCEPTED else None
+    return f"{modality.describe()}: {failed.worded(SCU_WORDS, detail)}"
 
 
 def open_association(
-    caller: Caller,
+    caller: Calling,
     modality: Modality,
     sop_class: str,
     *,
     storage: bool = False,
-    handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    handlers: Sequence[Handler] = (),
     guard: ConnectionGuard | None = None,
 ) -> Association:
     """An association for ``sop_class`` (plus the DPP storage classes in the SCP role
     with ``storage``, for C-GET), within the limits of ``guard`` (by default
-    :func:`guard_for`); raises :class:`RemoteError` saying why not."""
-    guard = guard or guard_for(caller, modality)
-    ae = AE(ae_title=modality.local_aet or caller.ae_title)
-    ae.acse_timeout = modality.timeout or caller.acse_timeout
-    ae.dimse_timeout = modality.timeout or caller.dimse_timeout
-    ae.network_timeout = modality.timeout or caller.network_timeout
-    ae.maximum_pdu_size = caller.maximum_pdu_size
+    :func:`~orthanc_dpp.outbound.guard_for`); raises :class:`RemoteError` saying why not."""
     contexts = [build_context(sop_class, QUERY_TRANSFER_SYNTAXES)]
     roles: list[Any] = []
     if storage:
@@ -378,46 +380,13 @@ def open_association(
             for ts in TRANSFER_SYNTAXES
         ]
         roles = [build_role(c, scp_role=True) for c in sorted(DPP_STORAGE_CLASSES)]
-    tls_args = None
-    if modality.use_dicom_tls:
-        if caller.tls_context is None:
-            raise RemoteError(
-                f"{modality.describe()}: UseDicomTls is set but the plugin has no DICOM TLS "
-                "client setup (DicomTlsEnabled and its certificate files)"
-            )
-        tls_args = (caller.tls_context, modality.host)
-    connected: list[bool] = []
+    request = AssociationRequest(
+        modality, contexts, roles=roles, handlers=handlers, required=sop_class, guard=guard
+    )
     try:
-        assoc = ae.associate(
-            modality.host,
-            modality.port,
-            contexts=contexts,
-            ae_title=modality.aet,
-            ext_neg=roles or None,
-            tls_args=tls_args,
-            evt_handlers=[
-                (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
-                (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
-                *guard.handlers(),
-                *handlers,
-            ],
-        )
-    except Exception as exc:
-        raise RemoteError(f"{modality.describe()}: cannot request an association: {exc}") from None
-    if not assoc.is_established:
-        if not connected:
-            why = "cannot connect (refused or timed out)"
-        elif assoc.is_rejected:
-            why = "association rejected (is this plugin's AE title declared there?)"
-        elif guard.refusal:
-            why = f"association aborted: {guard.refusal}"
-        else:
-            why = "association aborted (TLS or protocol problem?)"
-        raise RemoteError(f"{modality.describe()}: {why}")
-    if not any(c.abstract_syntax == sop_class for c in assoc.accepted_contexts):
-        assoc.release()
-        raise RemoteError(f"{modality.describe()}: does not accept {_sop_name(sop_class)}")
-    return assoc
+        return request_association(caller, request)
+    except AssociationFailed as failed:
+        raise RemoteError(refusal_reason(modality, failed)) from None
 
 
 def _sop_name(sop_class: str) -> str:
@@ -444,7 +413,7 @@ class FindResult:
 
 
 def find(
-    caller: Caller,
+    caller: Calling,
     modality: Modality,
     identifier: Dataset,
     *,
@@ -738,7 +707,7 @@ class _Intake:
 
 
 def get(
-    caller: Caller,
+    caller: Calling,
     modality: Modality,
     uids: Sequence[str],
     store: Store,
@@ -763,17 +732,11 @@ def get(
                 private.stop_waiting(event.assoc)
             return refusal
         try:
-            try:
+            with undecodable_as_store_error():
                 raw = getattr(event.request, "DataSet", None)
                 data = raw.getvalue() if raw is not None else b""
                 ds = decode_dimse_dataset(data, str(event.context.transfer_syntax), caller.limits)
                 ds.file_meta = event.file_meta
-            except LimitExceeded as exc:
-                raise StoreError(exc.status, exc.http_status, exc.comment) from exc
-            except Exception as exc:  # pydicom raises several types on bad data
-                raise StoreError(
-                    status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
-                ) from exc
             own = str(ds.get("SOPInstanceUID", "") or "")
             if own != uid:
                 log.warning(
@@ -811,7 +774,7 @@ def get(
 
 
 def move(
-    caller: Caller,
+    caller: Calling,
     modality: Modality,
     uids: Sequence[str],
     destination: str,

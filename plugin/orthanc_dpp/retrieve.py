@@ -36,18 +36,18 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
 )
-from pynetdicom import AE, build_context, evt
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
@@ -58,7 +58,6 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
-from orthanc_dpp.connections import requester_guard
 from orthanc_dpp.keys import (
     DPP_MODEL,
     QUERY_RETRIEVE_LEVEL,
@@ -76,6 +75,13 @@ from orthanc_dpp.limits import (
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.modalities import Modality, ModalityRegistry
+from orthanc_dpp.outbound import (
+    AssociationFailed,
+    AssociationRequest,
+    Calling,
+    Refusal,
+    request_association,
+)
 from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import (
     FAILED,
@@ -93,6 +99,21 @@ log = logging.getLogger("orthanc_dpp.retrieve")
 MAX_SUB_OPERATIONS = 65535
 #: Failed sub-operations logged one by one before only the summary counts them.
 LOGGED_FAILURES = 10
+
+
+#: How a C-MOVE words each refusal of its sub-association, after "destination {AET}: "
+#: (the final response's Error Comment) and in the log line of the failed move.
+MOVE_WORDS: Final[Mapping[Refusal, str]] = {
+    Refusal.NO_TLS_SETUP: "UseDicomTls is set but the plugin has no DICOM TLS client setup",
+    Refusal.CANNOT_REQUEST: "cannot request an association: {detail}",
+    Refusal.NOT_CONNECTED: "cannot connect (refused or timed out)",
+    Refusal.REJECTED: "association rejected",
+    Refusal.GUARD_ABORTED: "association aborted: {detail}",
+    Refusal.NO_CONTEXT: "none of the storage contexts accepted",
+    Refusal.ABORTED: "association aborted",
+    # Not requested by moves (no required context); worded like NO_CONTEXT.
+    Refusal.NOT_ACCEPTED: "none of the storage contexts accepted",
+}
 
 
 class ProtocolSource(Protocol):
@@ -582,61 +603,23 @@ class RetrieveHandler:
         storage_classes: frozenset[str],
     ) -> tuple[Association | None, str]:
         """Open the sub-association; on failure return (None, why)."""
-        ae: AE = service.ae
-        if destination.local_aet or destination.timeout:
-            # Orthanc calls a modality as LocalAet with its own Timeout; both
-            # are per-AE settings in pynetdicom, so use a dedicated AE.
-            own = AE(ae_title=destination.local_aet or ae.ae_title)
-            for name in ("acse_timeout", "dimse_timeout", "network_timeout"):
-                setattr(own, name, destination.timeout or getattr(ae, name))
-            own.maximum_pdu_size = ae.maximum_pdu_size
-            ae = own
-        tls_args = None
-        if destination.use_dicom_tls:
-            if self.tls_context is None:
-                return None, "UseDicomTls is set but the plugin has no DICOM TLS client setup"
-            tls_args = (self.tls_context, destination.host)
         contexts = [
             build_context(sop_class, ts)
             for sop_class in sorted(storage_classes)
             for ts in TRANSFER_SYNTAXES  # one context each: instances go out as stored
         ]
-        connected: list[bool] = []
-        # The destination is a peer like any other: the listener's limits.
-        guard = requester_guard(
-            ae.acse_timeout or 30.0,
-            ae.network_timeout or 60.0,
-            ae.maximum_pdu_size,
-            self.limits.maximum_size,
+        request = AssociationRequest(
+            destination,
+            contexts,
+            handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+            # From the listener's own AE: pynetdicom counts it with the listener's associations.
+            ae=service.ae,
         )
-        handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
-            (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
-            (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
-            *guard.handlers(),
-        ]
+        calling = Calling.like(service.ae, self.tls_context, self.limits)
         try:
-            assoc = ae.associate(
-                destination.host,
-                destination.port,
-                contexts=contexts,
-                ae_title=destination.aet,
-                tls_args=tls_args,
-                evt_handlers=handlers,
-            )
-        except Exception as exc:
-            return None, f"cannot request an association: {exc}"
-        if assoc.is_established:
-            return assoc, ""
-        if not connected:
-            return None, "cannot connect (refused or timed out)"
-        if assoc.is_rejected:
-            return None, "association rejected"
-        if guard.refusal:
-            return None, f"association aborted: {guard.refusal}"
-        if not assoc.accepted_contexts and assoc.rejected_contexts:
-            return None, "none of the storage contexts accepted"
-        return None, "association aborted"
+            return request_association(calling, request), ""
+        except AssociationFailed as failed:
+            return None, failed.worded(MOVE_WORDS)
 
     def _move(
         self,

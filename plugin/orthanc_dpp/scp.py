@@ -27,7 +27,7 @@ from orthanc_dpp.access import Gatekeeper, Service, describe_requestor
 from orthanc_dpp.find import Respond, handle_find
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.keys import DPP_MODEL, model_of
-from orthanc_dpp.library import ProtocolLibrary, Stored, StoreError
+from orthanc_dpp.library import ProtocolLibrary, Stored
 from orthanc_dpp.limits import (
     DatasetLimits,
     LimitExceeded,
@@ -40,6 +40,7 @@ from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.responses import Batch, PendingEncoder, ResponseCache
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 from orthanc_dpp.status import status_dataset
+from orthanc_dpp.store_errors import StoreError, undecodable_as_store_error
 
 log = logging.getLogger("orthanc_dpp.scp")
 
@@ -205,15 +206,9 @@ def make_store_handler(
         context_sop_class = str(event.context.abstract_syntax)
         try:
             check_announced_class(event.request, context_sop_class)
-            try:
+            with undecodable_as_store_error():
                 ds, elements = store_dataset(event, limits)
                 ds.file_meta = event.file_meta
-            except LimitExceeded as exc:
-                raise StoreError(exc.status, exc.http_status, exc.comment) from exc
-            except Exception as exc:  # pydicom raises several types on bad data
-                raise StoreError(
-                    status.STORE_CANNOT_UNDERSTAND, 400, f"cannot decode the dataset: {exc}"
-                ) from exc
             check_announced_instance(event.request, ds)
             stored = library.store(
                 ds,
