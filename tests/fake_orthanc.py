@@ -124,3 +124,18 @@ class FakeOrthancApi:
             del self.series[instance]
             self.metadata = {k: v for k, v in self.metadata.items() if k[0] != instance}
             self.changes = [c for c in self.changes if c["ID"] != instance]
+
+
+class MemorySnapshots:
+    """Implements ``orthanc_dpp.snapshot.SnapshotStore`` in memory; counts the writes."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.writes = 0
+
+    def read(self) -> str:
+        return self.text
+
+    def write(self, text: str) -> None:
+        self.text = text
+        self.writes += 1
