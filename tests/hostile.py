@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset
 from pynetdicom.dsutils import encode
 
 from orthanc_dpp.sop import CT_DPP_STORAGE
 from tests.orthanc_server import OrthancServer
+from tests.peers import store_protocols
 
 
 def peak_memory_kb(orthanc: OrthancServer) -> int:
@@ -34,3 +38,33 @@ def deflated_bomb(inflated: int) -> bytes:
         out.append(packer.compress(zeros))
     out.append(packer.flush())
     return b"".join(out)
+
+
+@contextlib.contextmanager
+def admission_limited(
+    folder: Path,
+    protocols: Iterable[Dataset],
+    *,
+    maximum_associations: int,
+    per_address: int,
+    acse_timeout: float,
+    network_timeout: float,
+    config: dict[str, Any] | None = None,
+) -> Iterator[OrthancServer]:
+    """A started Orthanc holding ``protocols`` whose listener admits at most
+    ``maximum_associations`` associations and ``per_address`` connections from one
+    address, with the given ACSE and network timeouts (seconds): the server that
+    hostile peers try to exhaust. Stopped on exit."""
+    server = OrthancServer(
+        folder,
+        dpp={
+            "AcseTimeout": acse_timeout,
+            "NetworkTimeout": network_timeout,
+            "MaximumAssociations": maximum_associations,
+            "MaximumConnectionsPerAddress": per_address,
+        },
+        config=config,
+    )
+    with server:
+        store_protocols(server, protocols)
+        yield server

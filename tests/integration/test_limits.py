@@ -23,7 +23,7 @@ from orthanc_dpp.pynetdicom_private import reactor_paused
 from orthanc_dpp.sop import CT_DPP_STORAGE
 from tests.hostile import deflated_bomb, peak_memory_kb
 from tests.orthanc_server import OrthancServer
-from tests.peers import associate, library_unchanged, store_protocols
+from tests.peers import associate, store_protocols
 
 MAXIMUM = 4 << 20  # MaximumDatasetSize of this server: 4 MiB
 
@@ -38,12 +38,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
     with server:
         store_protocols(server, make_library(6, seed=7200))
         yield server
-
-
-@pytest.fixture
-def unchanged(orthanc: OrthancServer) -> Iterator[None]:
-    with library_unchanged(orthanc):
-        yield
 
 
 def raw_c_store(orthanc: OrthancServer, data: bytes, transfer_syntax: str) -> Dataset | None:
