@@ -342,9 +342,9 @@ def run_store(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return _outcome(done, failed)
 
 
-def run_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    peer = _peer(args)
-    keys = query.FindKeys(
+def find_keys(args: argparse.Namespace) -> query.FindKeys:
+    """The matching keys of ``dpp find``'s parsed options (the identifier is built from them)."""
+    return query.FindKeys(
         name=args.name,
         modality=args.modality,
         manufacturer=args.manufacturer,
@@ -355,6 +355,11 @@ def run_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         uids=args.uid,
         extra=args.keys,
     )
+
+
+def run_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    peer = _peer(args)
+    keys = find_keys(args)
     try:
         identifier = query.build_identifier(keys)
     except query.BadKey as exc:

@@ -13,10 +13,14 @@ import hashlib
 import io
 import json
 import threading
+from typing import Any
 
 import pydicom
 
-from orthanc_dpp.library import OrthancError, orthanc_resource_id
+from orthanc_dpp.config import Normalization
+from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.library import OrthancError, ProtocolLibrary, orthanc_resource_id
+from orthanc_dpp.rest import DppRestApi
 
 orthanc_id = orthanc_resource_id
 
@@ -124,3 +128,34 @@ class FakeOrthancApi:
             del self.series[instance]
             self.metadata = {k: v for k, v in self.metadata.items() if k[0] != instance}
             self.changes = [c for c in self.changes if c["ID"] != instance]
+
+
+class MemorySnapshots:
+    """Implements ``orthanc_dpp.snapshot.SnapshotStore`` in memory; counts the writes."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.writes = 0
+
+    def read(self) -> str:
+        return self.text
+
+    def write(self, text: str) -> None:
+        self.text = text
+        self.writes += 1
+
+
+def rest_api(**options: Any) -> tuple[DppRestApi, FakeOrthancApi, ProtocolIndex]:
+    """The ``/dpp/protocols`` handlers over a fresh FakeOrthancApi, wired as the adapter wires
+    them: what they store or delete reaches a fresh index; ``/dpp/status`` answers ``{}``.
+    ``options`` are DppRestApi's own (``limits``, ``maximum_upload``)."""
+    api, index = FakeOrthancApi(), ProtocolIndex()
+    rest = DppRestApi(
+        ProtocolLibrary(api, Normalization()),
+        index,
+        status=dict,
+        on_stored=lambda stored: index.put(stored.orthanc_id, stored.dataset),
+        on_deleted=index.remove,
+        **options,
+    )
+    return rest, api, index

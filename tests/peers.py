@@ -18,7 +18,7 @@ from pynetdicom.sop_class import Verification
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp.keys import DPP_MODEL, InformationModel
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
 from tests.orthanc_server import OrthancServer, free_port
 from tests.waiting import eventually
 
@@ -183,6 +183,48 @@ def storescp(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def collecting_storescp(ae_title: str) -> Iterator[tuple[int, list[Dataset]]]:
+    """A pynetdicom storage SCP of the DPP storage classes on a free loopback port.
+
+    Yields its port and the list of the datasets it received, each answered
+    Success; shut down on exit. For a C-MOVE destination that pynetdicom,
+    not DCMTK, should play (``storescp`` is DCMTK's).
+    """
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title=ae_title)
+    for sop_class in sorted(DPP_STORAGE_CLASSES):
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield port, received
+    finally:
+        server.shutdown()
+
+
+#: The AE title of the C-MOVE destination that ``qr_modalities`` declares.
+STORE_AET = "STORE_SCP"
+
+
+def qr_modalities(store_port: int) -> dict[str, list]:
+    """``DicomModalities`` for a query/retrieve test: the finder TEST_SCU, the getter GETTER
+    and the C-MOVE destination STORE_AET listening on ``store_port``."""
+    return {
+        # Orthanc's defaults let only known modalities find and retrieve.
+        "scu": ["TEST_SCU", "127.0.0.1", 104],
+        "getter": ["GETTER", "127.0.0.1", 104],
+        "store": [STORE_AET, "127.0.0.1", store_port],
+    }
 
 
 def c_get(

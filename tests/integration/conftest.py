@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.orthanc_server import OrthancServer, orthanc_available
+from tests.peers import library_unchanged
 
 HERE = Path(__file__).parent
 
@@ -47,3 +48,11 @@ def make_server(tmp_path: Path) -> Iterator:
     yield make
     for orthanc in started:
         orthanc.stop()
+
+
+@pytest.fixture
+def unchanged(orthanc: OrthancServer) -> Iterator[None]:
+    """After the test: Orthanc (the module's own ``orthanc`` fixture) answers, a new
+    association works, the library is intact."""
+    with library_unchanged(orthanc):
+        yield

@@ -18,9 +18,7 @@ from orthanc_dpp.keys import APPROVAL_MODEL, DPP_MODEL
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 from tests.orthanc_server import HttpError, OrthancServer, free_port
-from tests.peers import c_find, c_get, store_protocols, storescp
-
-STORE_AET = "STORE_SCP"
+from tests.peers import STORE_AET, c_find, c_get, qr_modalities, store_protocols, storescp
 
 
 def approval_of(
@@ -64,13 +62,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, library: dict[str, Dataset
     server = OrthancServer(
         folder,
         dpp={"ApprovalStorers": ["TEST_SCU"]},  # "head ok" is C-STOREd by TEST_SCU
-        config={
-            "DicomModalities": {
-                "scu": ["TEST_SCU", "127.0.0.1", 104],
-                "getter": ["GETTER", "127.0.0.1", 104],
-                "store": [STORE_AET, "127.0.0.1", store_port],
-            }
-        },
+        config={"DicomModalities": qr_modalities(store_port)},
     )
     server.store_port = store_port  # type: ignore[attr-defined]
     with server:

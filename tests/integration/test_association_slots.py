@@ -27,8 +27,9 @@ from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
+from tests.hostile import admission_limited
 from tests.orthanc_server import OrthancServer
-from tests.peers import echo_works, find_identifier, store_protocols
+from tests.peers import echo_works, find_identifier
 from tests.waiting import eventually
 
 MAXIMUM_ASSOCIATIONS = 6
@@ -47,18 +48,15 @@ CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    server = OrthancServer(
+    with admission_limited(
         tmp_path_factory.mktemp("slots"),
-        dpp={
-            "MaximumAssociations": MAXIMUM_ASSOCIATIONS,
-            "MaximumConnectionsPerAddress": PER_ADDRESS,
-            # Long, so that only the listener's admission rules free a slot.
-            "AcseTimeout": 120,
-            "NetworkTimeout": 120,
-        },
-    )
-    with server:
-        store_protocols(server, make_library(PROTOCOLS, seed=7300))
+        make_library(PROTOCOLS, seed=7300),
+        maximum_associations=MAXIMUM_ASSOCIATIONS,
+        per_address=PER_ADDRESS,
+        # Long, so that only the listener's admission rules free a slot.
+        acse_timeout=120,
+        network_timeout=120,
+    ) as server:
         yield server
 
 

@@ -360,7 +360,7 @@ def attack_page(orthanc: OrthancServer) -> str:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    from tests.integration.test_explorer import CHROMIUM, CHROMIUM_ARGS, playwright_api
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS, playwright_api
 
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed")

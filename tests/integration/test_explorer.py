@@ -20,23 +20,11 @@ import pydicom
 import pytest
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, playwright_api
 from tests.orthanc_server import OrthancServer
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
-CHROMIUM = Path("/usr/bin/chromium")
-#: Headless, and nothing that reaches out of this machine on its own.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".screenshots"
 #: How long Playwright's expectations wait for the page to show something.
 WAIT_MS = 30_000

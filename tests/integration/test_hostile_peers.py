@@ -24,8 +24,9 @@ from pynetdicom.sop_class import Verification
 from dpp_tools.samples import make_library
 from orthanc_dpp.connections import LOCAL_LIMIT_EXCEEDED, MAXIMUM_PENDING_MESSAGES, reject_pdu
 from orthanc_dpp.keys import DPP_MODEL
+from tests.hostile import admission_limited
 from tests.orthanc_server import OrthancServer
-from tests.peers import associate, echo_works, library_unchanged, store_protocols
+from tests.peers import associate, echo_works
 from tests.waiting import eventually
 
 ACSE_TIMEOUT = 2
@@ -45,14 +46,13 @@ def silent() -> Iterator[socket.socket]:
 def orthanc(
     tmp_path_factory: pytest.TempPathFactory, silent: socket.socket
 ) -> Iterator[OrthancServer]:
-    server = OrthancServer(
+    with admission_limited(
         tmp_path_factory.mktemp("hostile"),
-        dpp={
-            "AcseTimeout": ACSE_TIMEOUT,
-            "NetworkTimeout": NETWORK_TIMEOUT,
-            "MaximumAssociations": 10,
-            "MaximumConnectionsPerAddress": PER_ADDRESS,
-        },
+        make_library(12, seed=7100),
+        maximum_associations=10,
+        per_address=PER_ADDRESS,
+        acse_timeout=ACSE_TIMEOUT,
+        network_timeout=NETWORK_TIMEOUT,
         config={
             "DicomModalities": {
                 "silent": {
@@ -63,17 +63,8 @@ def orthanc(
                 }
             }
         },
-    )
-    with server:
-        store_protocols(server, make_library(12, seed=7100))
+    ) as server:
         yield server
-
-
-@pytest.fixture
-def unchanged(orthanc: OrthancServer) -> Iterator[None]:
-    """After the test: Orthanc answers, a new association works, the library is intact."""
-    with library_unchanged(orthanc):
-        yield
 
 
 def connect(orthanc: OrthancServer, source: str = "127.0.0.1") -> socket.socket:

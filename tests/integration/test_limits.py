@@ -6,11 +6,8 @@ library unchanged, and the bomb with Orthanc's peak memory barely moved.
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Iterator
 from io import BytesIO
-from pathlib import Path
 
 import pytest
 from pydicom import Dataset
@@ -18,15 +15,15 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
 
 from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp.pynetdicom_private import reactor_paused
 from orthanc_dpp.sop import CT_DPP_STORAGE
+from tests.hostile import deflated_bomb, peak_memory_kb
 from tests.orthanc_server import OrthancServer
-from tests.peers import associate, library_unchanged, store_protocols
+from tests.peers import associate, store_protocols
 
 MAXIMUM = 4 << 20  # MaximumDatasetSize of this server: 4 MiB
 
@@ -41,18 +38,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
     with server:
         store_protocols(server, make_library(6, seed=7200))
         yield server
-
-
-@pytest.fixture
-def unchanged(orthanc: OrthancServer) -> Iterator[None]:
-    with library_unchanged(orthanc):
-        yield
-
-
-def peak_memory_kb(orthanc: OrthancServer) -> int:
-    assert orthanc.process is not None
-    status = Path(f"/proc/{orthanc.process.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
 
 
 def raw_c_store(orthanc: OrthancServer, data: bytes, transfer_syntax: str) -> Dataset | None:
@@ -77,22 +62,6 @@ def raw_c_store(orthanc: OrthancServer, data: bytes, transfer_syntax: str) -> Da
     if assoc.is_established:
         assoc.release()
     return None if response is None else response
-
-
-def deflated_bomb(inflated: int) -> bytes:
-    """A dataset whose one OB element inflates to ``inflated`` bytes of zeros."""
-    head = Dataset()
-    head.SOPClassUID = CT_DPP_STORAGE
-    head.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.999"
-    prefix = encode(head, False, True) or b""
-    element = struct.pack("<HH2sHL", 0x0009, 0x1010, b"OB", 0, inflated)
-    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    out = [packer.compress(prefix + element)]
-    zeros = bytes(1 << 20)
-    for _ in range(inflated >> 20):
-        out.append(packer.compress(zeros))
-    out.append(packer.flush())
-    return b"".join(out)
 
 
 def test_deflate_bomb_is_refused_while_inflating(orthanc, unchanged) -> None:

@@ -29,10 +29,18 @@ from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
 from tests.orthanc_server import HttpError, OrthancServer, free_port
-from tests.peers import associate, c_find, c_get, find_identifier, store_protocols, storescp
+from tests.peers import (
+    STORE_AET,
+    associate,
+    c_find,
+    c_get,
+    collecting_storescp,
+    find_identifier,
+    qr_modalities,
+    store_protocols,
+    storescp,
+)
 from tests.waiting import eventually
-
-STORE_AET = "STORE_SCP"
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +55,7 @@ def qr(tmp_path_factory: pytest.TempPathFactory, library: list[Dataset]) -> Iter
     store_port = free_port()
     orthanc = OrthancServer(
         folder,
-        config={
-            "DicomModalities": {
-                # Orthanc's defaults let only known modalities find and retrieve.
-                "scu": ["TEST_SCU", "127.0.0.1", 104],
-                "getter": ["GETTER", "127.0.0.1", 104],
-                "store": [STORE_AET, "127.0.0.1", store_port],
-            }
-        },
+        config={"DicomModalities": qr_modalities(store_port)},
     )
     orthanc.store_port = store_port  # type: ignore[attr-defined]
     with orthanc:
@@ -318,40 +319,29 @@ def test_c_move_to_dcmtk_storescp(qr, library, tmp_path: Path) -> None:
 
 
 def test_c_move_to_a_destination_added_at_run_time(qr, library) -> None:
-    received: list[Dataset] = []
+    with collecting_storescp("LATE_SCP") as (port, received):
+        try:
+            qr.request(
+                "PUT",
+                "/modalities/late",
+                f'{{"AET": "LATE_SCP", "Host": "127.0.0.1", "Port": {port}}}'.encode(),
+            )
+            uid = str(library[10].SOPInstanceUID)
+            finals: list[Dataset] = []
 
-    def on_store(event: evt.Event) -> int:
-        received.append(event.dataset)
-        return 0x0000
+            def known() -> bool:
+                finals.append(c_move(qr, [uid], "LATE_SCP"))
+                return (
+                    finals[-1].Status != 0xA801
+                )  # the modality list is re-read on a worker thread
 
-    ae = AE(ae_title="LATE_SCP")
-    for sop_class in sorted(DPP_STORAGE_CLASSES):
-        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
-    port = free_port()
-    server = ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    try:
-        qr.request(
-            "PUT",
-            "/modalities/late",
-            f'{{"AET": "LATE_SCP", "Host": "127.0.0.1", "Port": {port}}}'.encode(),
-        )
-        uid = str(library[10].SOPInstanceUID)
-        finals: list[Dataset] = []
-
-        def known() -> bool:
-            finals.append(c_move(qr, [uid], "LATE_SCP"))
-            return finals[-1].Status != 0xA801  # the modality list is re-read on a worker thread
-
-        eventually(known, step=0.2)
-        final = finals[-1]
-        assert final.Status == 0x0000
-        assert [str(ds.SOPInstanceUID) for ds in received] == [uid]
-    finally:
-        server.shutdown()
-        with contextlib.suppress(HttpError):
-            qr.delete("/modalities/late")
+            eventually(known, step=0.2)
+            final = finals[-1]
+            assert final.Status == 0x0000
+            assert [str(ds.SOPInstanceUID) for ds in received] == [uid]
+        finally:
+            with contextlib.suppress(HttpError):
+                qr.delete("/modalities/late")
 
 
 def test_c_move_unknown_destination_is_a801(qr, library) -> None:

@@ -32,7 +32,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_protocol
 from tests.bare_archive import BareArchive, RawStore
-from tests.integration.test_limits import deflated_bomb, peak_memory_kb
+from tests.certificates import make_ca, make_leaf
+from tests.hostile import deflated_bomb, peak_memory_kb
 from tests.integration.test_rest_reference import (
     CT_UID,
     MAKE_RUN_URL,
@@ -40,7 +41,6 @@ from tests.integration.test_rest_reference import (
     XA_UID,
     write_samples,
 )
-from tests.integration.test_tls import make_ca, make_leaf
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import store_protocols
 from tests.waiting import eventually

@@ -19,47 +19,16 @@ from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp import adapter
 from orthanc_dpp.bindings import METADATA
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
-from tests.orthanc_server import free_port
 from tests.waiting import eventually
 
-
-@pytest.fixture(autouse=True)
-def restore_loggers():
-    """install() sends our loggers to Orthanc only; give them back to pytest after."""
-    import logging
-
-    saved = {}
-    for name in ("orthanc_dpp", "pynetdicom"):
-        logger = logging.getLogger(name)
-        saved[name] = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for name, (handlers, propagate, level) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.propagate, logger.level = propagate, level
-
-
-def configuration(**section: object) -> dict:
-    return {
-        "DefinedProcedureProtocol": {
-            "AETitle": "DPP_UNIT",
-            "Port": free_port(),
-            "BindAddress": "127.0.0.1",
-            "ChangePollInterval": 0.1,
-            **section,
-        }
-    }
-
-
-@pytest.fixture(params=VERSIONS)
-def version(request) -> str:
-    """Every test that takes it runs against each recorded plugin version."""
-    return request.param
+pytestmark = pytest.mark.usefixtures("restore_loggers")  # install() takes over the loggers
 
 
 @pytest.fixture
-def running(version):
-    orthanc = FakeOrthancModule(configuration(), version=version, releases_interpreter_lock=True)
+def running(version, make_configuration):
+    orthanc = FakeOrthancModule(
+        make_configuration(), version=version, releases_interpreter_lock=True
+    )
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
     # Stores are refused until the index has loaded.
@@ -68,8 +37,8 @@ def running(version):
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
 
 
-def test_bad_configuration_keeps_orthanc_up_and_is_reported(version) -> None:
-    orthanc = FakeOrthancModule(configuration(Port="eleven", AETitle=""), version=version)
+def test_bad_configuration_keeps_orthanc_up_and_is_reported(version, make_configuration) -> None:
+    orthanc = FakeOrthancModule(make_configuration(Port="eleven", AETitle=""), version=version)
     plugin = adapter.install(orthanc)
     assert plugin.settings is None
     log = orthanc.log_text()
@@ -109,12 +78,12 @@ def test_started_listener_answers_echo_and_stops(running) -> None:
         assert s.connect_ex(("127.0.0.1", plugin.settings.port)) != 0
 
 
-def test_port_in_use_is_reported_and_orthanc_continues(version) -> None:
+def test_port_in_use_is_reported_and_orthanc_continues(version, make_configuration) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        orthanc = FakeOrthancModule(configuration(Port=port), version=version)
+        orthanc = FakeOrthancModule(make_configuration(Port=port), version=version)
         plugin = adapter.install(orthanc)
         orthanc.change_callback(
             orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, ""
@@ -239,8 +208,8 @@ def test_route_segments_in_utf8_match_their_route(segment: str) -> None:
     assert re.fullmatch(matched[0].encode(), uri).group(1).decode() == segment  # type: ignore[union-attr]
 
 
-def test_only_one_change_callback_is_registered(version) -> None:
-    orthanc = FakeOrthancModule(configuration(), version=version)
+def test_only_one_change_callback_is_registered(version, make_configuration) -> None:
+    orthanc = FakeOrthancModule(make_configuration(), version=version)
     adapter.install(orthanc)  # a second registration would raise (docs/design.md, fact 12)
     assert orthanc.change_callback is not None
 
@@ -290,10 +259,10 @@ def test_interpreter_lock_probe_tells_the_two_behaviours_apart(version, releases
     ],
 )
 def test_received_instance_hook_only_where_it_cannot_deadlock(
-    version, releases, setting, installed
+    version, releases, setting, installed, make_configuration
 ) -> None:
     orthanc = FakeOrthancModule(
-        configuration(ReceivedInstanceHook=setting),
+        make_configuration(ReceivedInstanceHook=setting),
         version=version,
         releases_interpreter_lock=releases,
     )
@@ -308,8 +277,8 @@ def test_received_instance_hook_only_where_it_cannot_deadlock(
         assert "concurrent stores can freeze Orthanc" in log
 
 
-def test_registered_callbacks_outlive_the_plugin_object(version) -> None:
-    orthanc = FakeOrthancModule(configuration(), version=version)
+def test_registered_callbacks_outlive_the_plugin_object(version, make_configuration) -> None:
+    orthanc = FakeOrthancModule(make_configuration(), version=version)
     adapter.install(orthanc)
     for callback in [orthanc.change_callback, *orthanc.routes.values()]:
         assert any(callback is kept for kept in adapter._REGISTERED)
@@ -357,8 +326,8 @@ def test_peer_text_cannot_forge_log_lines(running) -> None:
     assert line == "DPP: C-STORE from EVIL\\nDPP: forged\\x1b[2J refused"
 
 
-def test_orthanc_explorer_gets_the_library_button(version) -> None:
-    orthanc = FakeOrthancModule(configuration(), version=version)
+def test_orthanc_explorer_gets_the_library_button(version, make_configuration) -> None:
+    orthanc = FakeOrthancModule(make_configuration(), version=version)
     if "ExtendOrthancExplorer(str)" not in recording(version)["probes"]:
         # The fake refuses calls never probed; install() must survive that refusal.
         adapter.install(orthanc)

@@ -18,31 +18,16 @@ from orthanc_dpp import adapter
 from orthanc_dpp.modalities import parse_modalities
 from tests.bare_archive import BareArchive
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule
-from tests.unit.test_adapter import configuration
 from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("restore_loggers")  # install() takes over the loggers
 
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture(autouse=True)
-def restore_loggers():
-    """install() sends our loggers to Orthanc only; give them back to pytest after."""
-    import logging
-
-    saved = {}
-    for name in ("orthanc_dpp", "pynetdicom"):
-        logger = logging.getLogger(name)
-        saved[name] = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for name, (handlers, propagate, level) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.propagate, logger.level = propagate, level
-
-
 @pytest.fixture(params=VERSIONS)
-def running(request):
-    orthanc = FakeOrthancModule(configuration(), version=request.param)
+def running(request, make_configuration):
+    orthanc = FakeOrthancModule(make_configuration(), version=request.param)
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
     assert eventually(lambda: plugin.listener.status.state == "running" and plugin.feed.ready)

@@ -39,18 +39,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 def identifier(*argv: str) -> Dataset:
     args = cli.build_parser().parse_args(["find", *argv])
-    keys = query.FindKeys(
-        name=args.name,
-        modality=args.modality,
-        manufacturer=args.manufacturer,
-        model=args.model,
-        code=args.code,
-        scheme=args.scheme,
-        procedure_code=args.procedure_code,
-        uids=args.uid,
-        extra=args.keys,
-    )
-    return query.build_identifier(keys)
+    return query.build_identifier(cli.find_keys(args))
 
 
 # -- defaults: README's commands work against `make run` ----------------------

@@ -22,8 +22,8 @@ from orthanc_dpp.library import (
 )
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, nesting_depth
 from orthanc_dpp.sop import CT_DPP_STORAGE
+from tests.datasets import nested
 from tests.fake_orthanc import FakeOrthancApi
-from tests.unit.test_limits import nested
 
 
 def protocol(**attributes: object) -> Dataset:

@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import struct
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.dsutils import decode
-from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES as DEFAULT
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 
 from orthanc_dpp import find as find_module
-from orthanc_dpp import sop, status
+from orthanc_dpp import status
 from orthanc_dpp.find import handle_find
 from orthanc_dpp.index import ProtocolIndex
-from tests.unit.test_match import build, code
-
-CT = sop.CT_DPP_STORAGE
-
-
-def make_index(count: int = 10) -> ProtocolIndex:
-    index = ProtocolIndex()
-    for n in range(count):
-        index.put(
-            f"o{n}",
-            build(
-                {
-                    "SpecificCharacterSet": "ISO_IR 192",
-                    "SOPClassUID": CT,
-                    "SOPInstanceUID": f"1.2.826.0.1.3680043.8.498.{n}",
-                    "ProtocolName": f"CT Kopf {n}" if n % 2 else f"Thorax {n}",
-                    "InstitutionName": "Hôpital Nord",
-                    "PotentialScheduledProtocolCodeSequence": [code("RPID16", "RADLEX", "Head")],
-                }
-            ),
-        )
-    index.put(
-        "approval",
-        build({"SOPClassUID": sop.PROTOCOL_APPROVAL_STORAGE, "SOPInstanceUID": "1.2.3.9"}),
-    )
-    return index
+from tests.datasets import CT, build, make_index, raw_identifiers
+from tests.scp_harness import find_scp
 
 
 def never() -> bool:
@@ -172,47 +144,6 @@ def test_failure_while_streaming(caplog: pytest.LogCaptureFixture) -> None:
 
 # -- no identifier can make it raise ------------------------------------------------
 
-TAGS = [
-    0x00080005,
-    0x00080012,
-    0x00080013,
-    0x00080016,
-    0x00080018,
-    0x00080052,
-    0x00080070,
-    0x00080221,
-    0x00181030,
-    0x00180050,
-    0x00280010,
-    0x00700084,
-    0x00091001,
-    0x00720065,
-    0x00189906,
-    0x00189912,
-    0x00100010,
-    0x00200013,
-    0x00080201,
-    0x00281050,
-]
-VRS = ["CS", "DA", "TM", "UI", "LO", "SH", "PN", "DS", "IS", "US", "FD", "OB", "SQ", "UN", "AT"]
-
-
-@st.composite
-def raw_identifiers(draw: st.DrawFn) -> bytes:
-    """Explicit VR Little Endian elements with any VR and any bytes."""
-    chosen = sorted(draw(st.sets(st.sampled_from(TAGS), min_size=1, max_size=5)))
-    data = b""
-    for tag in chosen:
-        vr = draw(st.sampled_from(VRS))
-        alphabet = st.sampled_from(list(b"09AZaz*?-\\^= .:\x00\x1b\xc3\xa9\xff"))
-        value = bytes(draw(st.lists(alphabet, max_size=20)))
-        if vr in ("OB", "SQ", "UN"):
-            data += struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value))
-        else:
-            data += struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
-        data += value
-    return data
-
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of the garbage values
 @settings(max_examples=200, deadline=None)
@@ -257,20 +188,6 @@ def scp() -> Iterator[tuple[int, dict[str, Any]]]:
 
     with find_scp(on_find) as port:
         yield port, options
-
-
-@contextlib.contextmanager
-def find_scp(handler: Any, syntaxes: list[str] | None = None) -> Iterator[int]:
-    """A pynetdicom DPP C-FIND SCP "DPPTEST" on a loopback port with ``handler`` bound."""
-    ae = AE(ae_title="DPPTEST")
-    ae.add_supported_context(DefinedProcedureProtocolInformationModelFind, syntaxes or DEFAULT)
-    server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, handler)]
-    )
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
 
 
 def find_over_network(port: int, identifier: Dataset) -> list[tuple[Dataset, Dataset | None]]:

@@ -18,7 +18,7 @@ from orthanc_dpp import sop
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.match import Query, compile_query
 from orthanc_dpp.record import BULK_TEXT, Record, to_record
-from tests.unit.test_match import build, code
+from tests.datasets import build, code
 
 CT, XA, APPROVAL = sop.CT_DPP_STORAGE, sop.XA_DPP_STORAGE, sop.PROTOCOL_APPROVAL_STORAGE
 NAMES = ["CT Head", "CT Kopf", "CT Thorax", "XA Coronary", "ct head", "Abdomen", ""]

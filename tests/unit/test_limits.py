@@ -7,7 +7,6 @@ import zlib
 
 import pytest
 from pydicom import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
@@ -20,6 +19,7 @@ from orthanc_dpp.limits import (
     decode_dimse_dataset,
     inflate,
 )
+from tests.datasets import nested
 
 
 def deflate(data: bytes) -> bytes:
@@ -31,17 +31,6 @@ def encoded(ds: Dataset) -> bytes:
     data = encode(ds, False, True)  # explicit VR little endian, as pynetdicom sends
     assert data is not None
     return data
-
-
-def nested(depth: int) -> Dataset:
-    ds = Dataset()
-    ds.ProtocolName = "leaf"
-    for _ in range(depth):
-        outer = Dataset()
-        outer.ContentSequence = Sequence([ds])
-        ds = outer
-    ds.SOPInstanceUID = "1.2.3"
-    return ds
 
 
 def test_inflate_within_the_limit() -> None:

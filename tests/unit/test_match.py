@@ -14,8 +14,7 @@ import struct
 from typing import Any
 
 import pytest
-from pydicom import config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -26,27 +25,9 @@ from orthanc_dpp.keys import APPROVAL_MODEL, TABLE_HH_6_1, KeyRow
 from orthanc_dpp.match import Query, compile_query
 from orthanc_dpp.record import BULK_BYTES, Record, to_record
 from orthanc_dpp.status import InvalidIdentifier
+from tests.datasets import build, code
 
 CT = sop.CT_DPP_STORAGE
-
-
-def code(value: str, scheme: str, meaning: str, **extra: Any) -> dict[str, Any]:
-    return {"CodeValue": value, "CodingSchemeDesignator": scheme, "CodeMeaning": meaning, **extra}
-
-
-def build(spec: dict[str, Any]) -> Dataset:
-    """A dataset from {keyword: value}; a list of dicts is a sequence."""
-    ds = Dataset()
-    for keyword, value in spec.items():
-        tag = tag_for_keyword(keyword)
-        assert tag is not None, keyword
-        vr = dictionary_VR(tag)
-        if vr == "SQ":
-            value = Sequence([build(item) for item in value])
-        elif value == "":
-            value = None
-        ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
-    return ds
 
 
 STORED_SPEC: dict[str, Any] = {

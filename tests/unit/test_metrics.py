@@ -23,33 +23,20 @@ from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.rest import DppRestApi, Request
 from orthanc_dpp.retrieve import make_retrieve_handlers
+from tests.datasets import identifier_for
 from tests.fake_orthanc import FakeOrthancApi
 from tests.fake_orthanc_module import FakeOrthancModule
-from tests.unit.test_adapter import (  # noqa: F401
-    configuration,
-    restore_loggers,
-    version,
-)
-from tests.unit.test_retrieve import (
-    Harness,
-    add_protocols,
-    c_get,
-    harness,  # noqa: F401  (the fixture)
-    identifier_for,
-)
-from tests.unit.test_scp import find_event, universal
-from tests.unit.test_scp import handler as find_handler
+from tests.scp_harness import Harness, add_protocols, c_get, find_event, nobody, universal
+from tests.scp_harness import handler as find_handler
 from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("restore_loggers")  # install() takes over the loggers
 
 README = Path(__file__).parents[2] / "README.md"
 
 
 def value(metrics: Metrics, name: str, protocols: int = 0) -> float:
     return metrics.snapshot(protocols)[PREFIX + name]
-
-
-def nobody() -> Gatekeeper:
-    return Gatekeeper(ModalityRegistry(), AccessPolicy.from_orthanc({}, parse_unknown_callers([])))
 
 
 # --- counting ---------------------------------------------------------------------------
@@ -177,7 +164,7 @@ def test_find_counts_outcomes_and_times_each_request() -> None:
     assert value(metrics, "c_find_seconds_count") == 3
 
 
-def test_c_get_counts_its_outcome_and_sub_operations(harness: Harness) -> None:  # noqa: F811
+def test_c_get_counts_its_outcome_and_sub_operations(harness: Harness) -> None:
     metrics = Metrics()
     handlers = make_retrieve_handlers(
         harness.source, harness.registry, AccessPolicy(), metrics=metrics
@@ -243,8 +230,10 @@ def echo(plugin: adapter.Plugin) -> None:
     assoc.release()
 
 
-def test_the_adapter_publishes_every_metric_with_its_type(version) -> None:  # noqa: F811
-    orthanc = FakeOrthancModule(configuration(), version=version, releases_interpreter_lock=True)
+def test_the_adapter_publishes_every_metric_with_its_type(version, make_configuration) -> None:
+    orthanc = FakeOrthancModule(
+        make_configuration(), version=version, releases_interpreter_lock=True
+    )
     plugin = start(orthanc)
     try:
         # The publisher thread runs from ORTHANC_STARTED.
@@ -274,9 +263,9 @@ def test_the_adapter_publishes_every_metric_with_its_type(version) -> None:  # n
     assert plugin.publisher._thread is None  # stopped with Orthanc
 
 
-def test_metrics_enabled_false_publishes_and_counts_nothing(version) -> None:  # noqa: F811
+def test_metrics_enabled_false_publishes_and_counts_nothing(version, make_configuration) -> None:
     orthanc = FakeOrthancModule(
-        {**configuration(), "MetricsEnabled": False},
+        {**make_configuration(), "MetricsEnabled": False},
         version=version,
         releases_interpreter_lock=True,
     )

@@ -18,12 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from orthanc_dpp import status
-from orthanc_dpp.config import Normalization
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.library import ProtocolLibrary, StoreError, read_part10
+from orthanc_dpp.library import StoreError, read_part10
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, Malformed, check_part10
 from orthanc_dpp.rest import DppRestApi, Request
-from tests.fake_orthanc import FakeOrthancApi
+from tests.fake_orthanc import rest_api
 from tests.part10_faults import (
     DEFLATED,
     PLAIN,
@@ -39,19 +37,6 @@ from tests.part10_faults import (
 LIMITS = DatasetLimits()  # MaximumDatasetSize 16 MiB
 
 
-def rest_api() -> tuple[DppRestApi, FakeOrthancApi, ProtocolIndex]:
-    api, index = FakeOrthancApi(), ProtocolIndex()
-    rest = DppRestApi(
-        ProtocolLibrary(api, Normalization()),
-        index,
-        status=dict,
-        on_stored=lambda stored: index.put(stored.orthanc_id, stored.dataset),
-        on_deleted=index.remove,
-        limits=LIMITS,
-    )
-    return rest, api, index
-
-
 def upload(rest: DppRestApi, data: bytes) -> tuple[int, dict]:
     answer = rest.protocols(
         Request("POST", headers={"content-type": "application/dicom"}, body=data)
@@ -63,7 +48,7 @@ def upload(rest: DppRestApi, data: bytes) -> tuple[int, dict]:
 def test_group_length_inside_the_transfer_syntax_with_a_bomb_behind_is_413() -> None:
     bomb = lying_about_syntax(deflated_bomb(5100, 64 << 20))
     assert len(bomb) < 200_000
-    rest, api, index = rest_api()
+    rest, api, index = rest_api(limits=LIMITS)
     code, answer = upload(rest, bomb)
     assert code == 413
     (failure,) = answer["Files"]
@@ -75,7 +60,7 @@ def test_group_length_inside_the_transfer_syntax_with_a_bomb_behind_is_413() -> 
 
 def test_group_length_inside_the_transfer_syntax_without_a_bomb_is_400() -> None:
     lying = lying_about_syntax(DEFLATED)
-    rest, api, index = rest_api()
+    rest, api, index = rest_api(limits=LIMITS)
     code, answer = upload(rest, lying)
     assert code == 400
     assert not api.files
@@ -93,7 +78,7 @@ def test_group_length_inside_the_transfer_syntax_without_a_bomb_is_400() -> None
 def test_group_length_zero_or_short_is_400(syntax_file: bytes, shortfall: int | None) -> None:
     true = meta_end(syntax_file) - 144
     told = 0 if shortfall is None else true - shortfall
-    rest, api, index = rest_api()
+    rest, api, index = rest_api(limits=LIMITS)
     code, answer = upload(rest, with_group_length(syntax_file, told))
     assert code == 400
     assert answer["Files"][0]["Error"] == (
@@ -187,7 +172,7 @@ def test_checker_fuzz_refuses_cleanly_or_agrees_with_pydicom(data: bytes) -> Non
 )
 @given(data=refused_files())
 def test_upload_fuzz_answers_4xx_and_stores_nothing(data: bytes) -> None:
-    rest, api, index = rest_api()
+    rest, api, index = rest_api(limits=LIMITS)
     code, answer = upload(rest, data)
     assert 400 <= code < 500, answer
     # An empty body is refused whole; a file, in its entry.
@@ -210,7 +195,7 @@ def test_multipart_upload_answers_each_malformed_file() -> None:
         for name, data in files
     )
     body += f"--{boundary}--\r\n".encode()
-    rest, api, index = rest_api()
+    rest, api, index = rest_api(limits=LIMITS)
     answer = rest.protocols(
         Request(
             "POST",

@@ -10,7 +10,7 @@ from pydicom import dcmread
 from dpp_tools.samples import CHARSETS, TRANSFER_SYNTAXES, make_protocol, to_bytes
 from orthanc_dpp import sop
 from orthanc_dpp.record import BULK_BYTES, BULK_TEXT, to_record
-from tests.unit.test_match import build
+from tests.datasets import build
 
 CT = sop.CT_DPP_STORAGE
 

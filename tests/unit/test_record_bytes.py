@@ -18,7 +18,7 @@ import pytest
 from dpp_tools.samples import make_library
 from orthanc_dpp import record
 from orthanc_dpp.stored_record import fast_record, full_record
-from tests.unit.test_stored_record import stored
+from tests.datasets import stored
 
 CODE_SEQUENCE = 0x00400260  # Performed Protocol Code Sequence
 ITEM_START, SEQUENCE_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pytest
 from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from pynetdicom import AE, evt
 
 from dpp_tools.samples import make_protocol
 from orthanc_dpp import remote, status
@@ -20,6 +19,7 @@ from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, build_ident
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES
 from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore, StallingPeer
 from tests.orthanc_server import free_port
+from tests.peers import collecting_storescp
 from tests.waiting import eventually
 
 CALLER = Caller("DPP_SCU_UNIT", acse_timeout=5, dimse_timeout=5, network_timeout=5)
@@ -247,21 +247,8 @@ def test_get_can_be_cancelled_between_sub_operations() -> None:
 
 @pytest.fixture
 def destination() -> Iterator[tuple[int, list[Dataset]]]:
-    received: list[Dataset] = []
-
-    def on_store(event: evt.Event) -> int:
-        received.append(event.dataset)
-        return 0x0000
-
-    ae = AE(ae_title="DEST")
-    for sop_class in sorted(DPP_STORAGE_CLASSES):
-        ae.add_supported_context(sop_class, remote.TRANSFER_SYNTAXES)
-    port = free_port()
-    server = ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    yield port, received
-    server.shutdown()
+    with collecting_storescp("DEST") as (port, received):
+        yield port, received
 
 
 def test_move_sends_the_protocols_to_the_destination(destination) -> None:

@@ -23,9 +23,8 @@ from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.match import compile_query
 from orthanc_dpp.responses import ENTRY_OVERHEAD, Batch, PendingEncoder, ResponseCache
 from orthanc_dpp.scp import FindHandler, make_find_handler
-from tests.unit.test_find import find_scp
-from tests.unit.test_match import build
-from tests.unit.test_scp import gate
+from tests.datasets import build
+from tests.scp_harness import find_scp, gate
 
 
 def identifier(name: str = "CT Head", size: int = 0) -> bytes:

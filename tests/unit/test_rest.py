@@ -17,7 +17,7 @@ from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.rest import DppRestApi, Request, Response, split_upload
-from tests.fake_orthanc import FakeOrthancApi
+from tests.fake_orthanc import FakeOrthancApi, rest_api
 
 
 @pytest.fixture
@@ -373,16 +373,8 @@ def deflated_bomb_file(inflated: int) -> bytes:
     return data[:end] + body
 
 
-def test_upload_limits_answer_413(api: FakeOrthancApi, index: ProtocolIndex) -> None:
-    rest = DppRestApi(
-        ProtocolLibrary(api, Normalization()),
-        index,
-        status=dict,
-        on_stored=lambda stored: index.put(stored.orthanc_id, stored.dataset),
-        on_deleted=index.remove,
-        limits=DatasetLimits(maximum_size=1 << 20),
-        maximum_upload=2 << 20,
-    )
+def test_upload_limits_answer_413() -> None:
+    rest, _, index = rest_api(limits=DatasetLimits(maximum_size=1 << 20), maximum_upload=2 << 20)
     too_big = upload(rest, bytes(3 << 20))
     assert too_big.status == 413
     assert body(too_big)["Error"] == "upload larger than MaximumUploadSize (2097152 bytes)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import zlib
 from io import BytesIO
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,48 +16,16 @@ from pynetdicom.dsutils import encode
 
 from dpp_tools.samples import make_protocol
 from orthanc_dpp import scp, sop
-from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.modalities import ModalityRegistry
+from tests.datasets import raw_identifiers
 from tests.fake_orthanc import FakeOrthancApi
-from tests.unit.test_find import make_index, raw_identifiers
-
-
-def gate() -> Gatekeeper:
-    everyone = parse_unknown_callers(["Echo", "Store", "Find", "Get", "Move"])
-    return Gatekeeper(ModalityRegistry(), AccessPolicy.from_orthanc({}, everyone))
-
-
-def find_event(identifier: Dataset, assoc: Any = None) -> SimpleNamespace:
-    assoc = assoc or SimpleNamespace(is_established=True)
-    assoc.requestor = SimpleNamespace(ae_title="SCU", address="127.0.0.1", port=1234)
-    return SimpleNamespace(
-        assoc=assoc,
-        request=SimpleNamespace(
-            Identifier=BytesIO(encode(identifier, False, True)), AffectedSOPClassUID=sop.DPP_FIND
-        ),
-        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
-        is_cancelled=False,
-    )
-
-
-def universal() -> Dataset:
-    identifier = Dataset()
-    identifier.SOPInstanceUID = ""
-    identifier.ProtocolName = ""
-    return identifier
+from tests.scp_harness import find_event, gate, handler, universal
 
 
 def codes(responses: list) -> list[int]:
     return [c if isinstance(c, int) else int(c.Status) for c, _ in responses]
-
-
-def handler(**options: Any):
-    return scp.make_find_handler(
-        make_index(), gate(), max_results=0, is_ready=lambda: True, **options
-    )
 
 
 def test_a_query_past_its_time_limit_ends_with_refine(monkeypatch) -> None:

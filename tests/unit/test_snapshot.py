@@ -19,20 +19,7 @@ from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.match import compile_query
 from orthanc_dpp.record import BULK, Record, to_record
-from tests.fake_orthanc import FakeOrthancApi
-
-
-class MemorySnapshots:
-    def __init__(self) -> None:
-        self.text = ""
-        self.writes = 0
-
-    def read(self) -> str:
-        return self.text
-
-    def write(self, text: str) -> None:
-        self.text = text
-        self.writes += 1
+from tests.fake_orthanc import FakeOrthancApi, MemorySnapshots
 
 
 def test_round_trip_keeps_records_equal_and_matching() -> None:

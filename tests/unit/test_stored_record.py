@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import pytest
-from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dpp_tools.samples import (
@@ -24,20 +23,13 @@ from dpp_tools.samples import (
     to_bytes,
 )
 from orthanc_dpp import normalize, record
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.keys import tag
 from orthanc_dpp.normalize import RECORD_CREATOR
 from orthanc_dpp.record import BULK_BYTES, BULK_TEXT, UnreadableBytes
 from orthanc_dpp.stored_record import fast_record, full_record, original_record
+from tests.datasets import LABELS, stored
 
-LABELS = Normalization()
 READABLE = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
-
-
-def stored(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
-    """``ds`` as Orthanc stores it from the plugin: normalized, then encoded."""
-    normalize.normalize(ds, LABELS)
-    return to_bytes(ds, syntax)
 
 
 def same_record(data: bytes, *, fast: bool) -> None:

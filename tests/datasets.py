@@ -1,0 +1,139 @@
+"""Datasets and indexes that several unit test modules build the same way.
+
+Plain helpers (no fixtures): a dataset from a ``{keyword: value}`` spec, a
+deeply nested dataset, a protocol as Orthanc stores it, a small index of
+protocols, and raw identifier bytes for property tests. Test modules import
+these from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from hypothesis import strategies as st
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dpp_tools.samples import to_bytes
+from orthanc_dpp import normalize, sop
+from orthanc_dpp.config import Normalization
+from orthanc_dpp.index import ProtocolIndex
+
+CT = sop.CT_DPP_STORAGE
+
+
+def code(value: str, scheme: str, meaning: str, **extra: Any) -> dict[str, Any]:
+    return {"CodeValue": value, "CodingSchemeDesignator": scheme, "CodeMeaning": meaning, **extra}
+
+
+def build(spec: dict[str, Any]) -> Dataset:
+    """A dataset from {keyword: value}; a list of dicts is a sequence."""
+    ds = Dataset()
+    for keyword, value in spec.items():
+        tag = tag_for_keyword(keyword)
+        assert tag is not None, keyword
+        vr = dictionary_VR(tag)
+        if vr == "SQ":
+            value = Sequence([build(item) for item in value])
+        elif value == "":
+            value = None
+        ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+    return ds
+
+
+def make_index(count: int = 10) -> ProtocolIndex:
+    index = ProtocolIndex()
+    for n in range(count):
+        index.put(
+            f"o{n}",
+            build(
+                {
+                    "SpecificCharacterSet": "ISO_IR 192",
+                    "SOPClassUID": CT,
+                    "SOPInstanceUID": f"1.2.826.0.1.3680043.8.498.{n}",
+                    "ProtocolName": f"CT Kopf {n}" if n % 2 else f"Thorax {n}",
+                    "InstitutionName": "Hôpital Nord",
+                    "PotentialScheduledProtocolCodeSequence": [code("RPID16", "RADLEX", "Head")],
+                }
+            ),
+        )
+    index.put(
+        "approval",
+        build({"SOPClassUID": sop.PROTOCOL_APPROVAL_STORAGE, "SOPInstanceUID": "1.2.3.9"}),
+    )
+    return index
+
+
+TAGS = [
+    0x00080005,
+    0x00080012,
+    0x00080013,
+    0x00080016,
+    0x00080018,
+    0x00080052,
+    0x00080070,
+    0x00080221,
+    0x00181030,
+    0x00180050,
+    0x00280010,
+    0x00700084,
+    0x00091001,
+    0x00720065,
+    0x00189906,
+    0x00189912,
+    0x00100010,
+    0x00200013,
+    0x00080201,
+    0x00281050,
+]
+
+
+VRS = ["CS", "DA", "TM", "UI", "LO", "SH", "PN", "DS", "IS", "US", "FD", "OB", "SQ", "UN", "AT"]
+
+
+@st.composite
+def raw_identifiers(draw: st.DrawFn) -> bytes:
+    """Explicit VR Little Endian elements with any VR and any bytes."""
+    chosen = sorted(draw(st.sets(st.sampled_from(TAGS), min_size=1, max_size=5)))
+    data = b""
+    for tag in chosen:
+        vr = draw(st.sampled_from(VRS))
+        alphabet = st.sampled_from(list(b"09AZaz*?-\\^= .:\x00\x1b\xc3\xa9\xff"))
+        value = bytes(draw(st.lists(alphabet, max_size=20)))
+        if vr in ("OB", "SQ", "UN"):
+            data += struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value))
+        else:
+            data += struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
+        data += value
+    return data
+
+
+def nested(depth: int) -> Dataset:
+    ds = Dataset()
+    ds.ProtocolName = "leaf"
+    for _ in range(depth):
+        outer = Dataset()
+        outer.ContentSequence = Sequence([ds])
+        ds = outer
+    ds.SOPInstanceUID = "1.2.3"
+    return ds
+
+
+LABELS = Normalization()
+
+
+def stored(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
+    """``ds`` as Orthanc stores it from the plugin: normalized, then encoded."""
+    normalize.normalize(ds, LABELS)
+    return to_bytes(ds, syntax)
+
+
+def identifier_for(uids: list[str] | str) -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = uids
+    return ds

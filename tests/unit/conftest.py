@@ -1,0 +1,88 @@
+"""Fixtures shared by unit test modules (plain helpers live in tests/*.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from pynetdicom import AE, evt
+
+from orthanc_dpp import retrieve, sop
+from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp.listener import TRANSFER_SYNTAXES
+from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.retrieve import make_retrieve_handlers
+from tests.fake_orthanc_module import VERSIONS
+from tests.orthanc_server import free_port
+from tests.scp_harness import DPP_CLASSES, SCP_AET, Harness, MemorySource
+
+
+@pytest.fixture
+def restore_loggers():
+    """install() sends our loggers to Orthanc only; give them back to pytest after.
+
+    Not autouse: the modules that install the plugin take it with
+    ``pytestmark = pytest.mark.usefixtures("restore_loggers")``.
+    """
+    import logging
+
+    saved = {}
+    for name in ("orthanc_dpp", "pynetdicom"):
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.level = propagate, level
+
+
+def configuration(**section: object) -> dict:
+    return {
+        "DefinedProcedureProtocol": {
+            "AETitle": "DPP_UNIT",
+            "Port": free_port(),
+            "BindAddress": "127.0.0.1",
+            "ChangePollInterval": 0.1,
+            **section,
+        }
+    }
+
+
+@pytest.fixture
+def make_configuration() -> Callable[..., dict]:
+    """An Orthanc configuration whose DefinedProcedureProtocol section listens on a free
+    loopback port; keyword arguments add or replace keys of that section."""
+    return configuration
+
+
+@pytest.fixture(params=VERSIONS)
+def version(request) -> str:
+    """Every test that takes it runs against each recorded plugin version."""
+    return request.param
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    """The C-GET/C-MOVE SCP under test on a free loopback port, serving an empty
+    MemorySource; shut down after the test."""
+    source = MemorySource({})
+    registry = ModalityRegistry()
+    handlers = make_retrieve_handlers(source, registry, AccessPolicy())
+    ae = AE(ae_title=SCP_AET)
+    ae.add_supported_context(sop.DPP_GET, TRANSFER_SYNTAXES)
+    ae.add_supported_context(sop.DPP_MOVE, TRANSFER_SYNTAXES)
+    for sop_class in DPP_CLASSES:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_CONN_OPEN, retrieve.set_tcp_nodelay), *handlers.items()],
+    )
+    h = Harness(source, registry, port, server, handlers)
+    h.set_modalities({})
+    try:
+        yield h
+    finally:
+        server.shutdown()
