@@ -36,6 +36,7 @@ import pytest
 from orthanc_dpp.access import AccessPolicy, Service, decide
 from orthanc_dpp.config import KEYS, NORMALIZATION_KEYS, SECTION, parse_settings
 from orthanc_dpp.modalities import parse_modalities
+from tests.doc_examples import DOCS, doc_section, docker_documentation
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -176,9 +177,9 @@ def test_base_image_is_the_orthanc_teams_at_a_pinned_release() -> None:
     if digest:
         assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"not a digest: {digest!r}"
     else:
-        # Pinned by tag only: both the Dockerfile and README must say why.
+        # Pinned by tag only: both the Dockerfile and docs/docker.md must say why.
         assert "not by digest" in DOCKERFILE.read_text()
-        assert "not by digest" in readme_section("Docker")
+        assert "not by digest" in docker_documentation()
 
 
 def image_versions() -> tuple[str, str, str]:
@@ -601,7 +602,7 @@ def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
         if digest:
             assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{name}: not a digest"
         else:
-            assert "not by digest" in readme_section("Docker"), "README must say why"
+            assert "not by digest" in docker_documentation(), "docs/docker.md must say why"
 
 
 def test_compose_builds_on_the_dockerfiles_base_unless_told(compose: dict[str, Any]) -> None:
@@ -749,21 +750,14 @@ def test_smoke_overlay_declares_the_client_with_only_what_it_uses(
     assert re.findall(r"UNKNOWN_CALLERS=.*", smoke) == ["UNKNOWN_CALLERS=Orthanc"]
 
 
-def readme_section(title: str) -> str:
-    readme = (REPO / "README.md").read_text()
-    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", readme, re.M | re.S)
-    assert found, f"README has no section {title!r}"
-    return found.group(1)
-
-
 def test_readme_documents_every_compose_variable_and_the_hardening() -> None:
-    docker = readme_section("Docker")
+    docker = docker_documentation()
     variables = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
     missing = sorted(v for v in variables if v not in docker)
-    assert not missing, f"README's Docker section does not mention {missing}"
-    security = readme_section("Security")
+    assert not missing, f"the Docker documentation does not mention {missing}"
+    security = doc_section(DOCS / "security.md", "Security", nested=False)
     for fact in (f"uid {ORTHANC_UID}", "secret files", "127.0.0.1", "by hash"):
-        assert fact in security, f"README's Security section does not say {fact!r}"
+        assert fact in security, f"docs/security.md, Security, does not say {fact!r}"
     assert "runs Orthanc as root" not in security
     assert f"`USER {ORTHANC_UID}:{ORTHANC_UID}`" in docker
     assert "compose.smoke.yaml" in docker

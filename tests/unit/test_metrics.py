@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +22,7 @@ from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.rest import DppRestApi, Request
 from orthanc_dpp.retrieve import make_retrieve_handlers
+from tests.doc_examples import DOCS, doc_section
 from tests.fake_orthanc import FakeOrthancApi
 from tests.fake_orthanc_module import FakeOrthancModule
 from tests.unit.test_adapter import (  # noqa: F401
@@ -40,8 +40,6 @@ from tests.unit.test_retrieve import (
 from tests.unit.test_scp import find_event, universal
 from tests.unit.test_scp import handler as find_handler
 from tests.waiting import eventually
-
-README = Path(__file__).parents[2] / "README.md"
 
 
 def value(metrics: Metrics, name: str, protocols: int = 0) -> float:
@@ -137,8 +135,7 @@ def test_a_disabled_instance_counts_nothing() -> None:
 
 
 def test_every_metric_is_in_the_readme_with_its_type() -> None:
-    text = README.read_text()
-    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    section = doc_section(DOCS / "operations.md", "Metrics")
     rows = dict(re.findall(r"^\| `(orthanc_dpp_\w+)` \| (\w+) \|", section, re.M))
     assert rows == {m.name: m.kind.value for m in METRICS}
 
