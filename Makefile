@@ -35,7 +35,7 @@ test-all: test .packages-stacks
 	$(SUDO) $(PYTHON) tools/stacks.py test $(STACKS)
 	$(MAKE) test-docker
 
-# The Docker image and README's compose set-up, built and run for real on
+# The Docker image and the compose set-up of docs/docker.md, built and run for real on
 # stand-ins for the two base images (no registry is reachable here); starts
 # (and then stops) a Docker engine if none runs. tests/docker.
 test-docker: setup-test .packages-stacks .packages-docker

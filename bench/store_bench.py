@@ -286,7 +286,7 @@ def _describe_platform(platform: dict[str, Any] | None) -> str:
     )
 
 
-#: The plugin's C-STORE timing metrics (README, Monitoring), as Orthanc prints them.
+#: The plugin's C-STORE timing metrics (docs/operations.md, "Metrics"), as Orthanc prints them.
 _STORE_METRIC = re.compile(
     r"^orthanc_dpp_(c_store_seconds_count|c_store_(?:orthanc_)?seconds_sum) (\S+)"
 )

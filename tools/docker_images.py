@@ -8,7 +8,7 @@ root in the project's cache (``.stacks/image-SUITE``), imported into Docker,
 then given the base image's documented contract by a small Dockerfile in
 ``tools/standins/``. Then it builds ``docker/Dockerfile`` unchanged except
 its ``ORTHANC_BASE_IMAGE`` argument, and runs ``tests/docker`` against
-containers of README's compose set-up.
+containers of the compose set-up of docs/docker.md.
 
 Usage (as root, which debootstrap, chroot and dockerd need)::
 
@@ -46,7 +46,7 @@ DOCKER_CONFIG = stacks.CACHE / "docker-config"
 DOCKERD_LOG = stacks.CACHE / "dockerd.log"
 ENGINE_WITHIN_SECONDS = 60.0
 #: Debian's compose v2 and buildx, unpacked from the unstable root's
-#: packages (Debian 12 has neither): the `docker compose` of README.
+#: packages (Debian 12 has neither): the `docker compose` of docs/docker.md.
 CLI_PLUGINS = {"docker-compose": "2.40.3-3", "docker-buildx": "0.29.1+ds1-4"}
 
 

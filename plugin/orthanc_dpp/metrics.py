@@ -117,7 +117,7 @@ def _build() -> tuple[Metric, ...]:
     return tuple(Metric(PREFIX + m.name, m.kind, m.meaning) for m in metrics)
 
 
-#: Every metric published, in the order of the README.
+#: Every metric published, in the order of docs/operations.md, "Metrics".
 METRICS: tuple[Metric, ...] = _build()
 
 

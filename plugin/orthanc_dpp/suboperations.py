@@ -16,7 +16,7 @@ before the next one may start. ``Association.send_c_store`` (pynetdicom
   (:meth:`StoreChannel.start`), since both need the GIL.
 
 On a shared 2-core machine this took C-MOVE of 1,000 small protocols from
-about half of Orthanc's own speed to slightly faster (README, Performance).
+about half of Orthanc's own speed to slightly faster (docs/performance.md).
 Memory stays bounded: one encoded instance waits while another is sent.
 """
 

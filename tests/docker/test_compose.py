@@ -23,9 +23,9 @@ from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.keys import DPP_MODEL
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.sop import STORAGE_CLASSES
+from tests.doc_examples import docker_documentation
 from tests.docker.conftest import (
     CLIENT_AET,
-    REPO,
     Node,
     Stack,
     container_logs,
@@ -187,16 +187,9 @@ def test_rest_needs_the_password_from_the_secret_file(stack: Stack) -> None:
     assert stack.password not in environment
 
 
-def readme_docker_section() -> str:
-    readme = (REPO / "README.md").read_text()
-    found = re.search(r"^## Docker\n(.*?)(?=^## )", readme, re.M | re.S)
-    assert found
-    return found.group(1)
-
-
 def test_readmes_link_to_the_protocol_page_works(stack: Stack) -> None:
     """The image's default UI (Orthanc Explorer 2) cannot show our button: README links the page."""
-    links = re.findall(r"http://localhost:8042(/dpp/ui/\S*?)(?=[\s`>)])", readme_docker_section())
+    links = re.findall(r"http://localhost:8042(/dpp/ui/\S*?)(?=[\s`>)])", docker_documentation())
     assert links, "README's Docker section has no link to the protocol page"
     for node in stack.nodes.values():
         for path in set(links):

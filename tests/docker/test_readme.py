@@ -1,4 +1,4 @@
-"""README's Docker commands, run as written, in a copy of the checkout.
+"""The Docker commands of README and docs/docker.md, run as written, in a copy of the checkout.
 
 Only what this machine needs is added, each change named in ``adapted``:
 the stand-in base (the build argument ``ORTHANC_BASE_IMAGE``, and
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.doc_examples import docker_documentation
 from tests.docker.conftest import HERE, REPO, Node, health, http, run
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
@@ -27,9 +28,7 @@ WITHIN = 300.0
 
 
 def blocks(language: str) -> list[str]:
-    section = re.search(r"^## Docker\n(.*?)(?=^## )", (REPO / "README.md").read_text(), re.M | re.S)
-    assert section
-    return re.findall(rf"^```{language}\n(.*?)^```", section.group(1), re.M | re.S)
+    return re.findall(rf"^```{language}\n(.*?)^```", docker_documentation(), re.M | re.S)
 
 
 def commands(block: str) -> list[str]:

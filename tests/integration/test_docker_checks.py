@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.orthanc_server import OrthancServer
-from tests.unit.test_docker import (
+from tests.docker_files import (
     DOCKER,
     DOCKERFILE,
     IMAGE_CONFIGURATION,
@@ -27,6 +26,7 @@ from tests.unit.test_docker import (
     load_healthcheck,
     load_yaml,
 )
+from tests.orthanc_server import OrthancServer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,15 +8,14 @@ A bare pynetdicom archive plays a failing remote (C-FIND answered 0xC000
 with an Error Comment), a slow one (an asynchronous retrieve whose
 progress is seen before it completes) and a hostile one (a C-GET that sends
 what nobody asked for, a dataset that is not the announced instance, a
-deflate bomb, an oversize dataset; a C-FIND that never ends). README's
-*Querying other DPP archives* examples run here with curl.
+deflate bomb, an oversize dataset; a C-FIND that never ends). The examples
+of docs/remote-archives.md run here with curl.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 import shlex
 import ssl
 import subprocess
@@ -31,16 +30,10 @@ from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_protocol
+from tests import doc_examples
 from tests.bare_archive import BareArchive, RawStore
 from tests.certificates import make_ca, make_leaf
 from tests.hostile import deflated_bomb, peak_memory_kb
-from tests.integration.test_rest_reference import (
-    CT_UID,
-    MAKE_RUN_URL,
-    README,
-    XA_UID,
-    write_samples,
-)
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import store_protocols
 from tests.waiting import eventually
@@ -380,61 +373,28 @@ def test_an_archive_answering_a_find_without_end_is_cut_off(
     still_healthy(a, held)
 
 
-# -- README's examples ---------------------------------------------------------------------
+# -- docs/remote-archives.md's examples ----------------------------------------------------
 
 #: Fields whose values change from run to run.
 VARIES = {"ID", "Path", "CreationTime", "CompletionTime"}
 
 
-def readme_examples() -> list[tuple[str, int, Any]]:
-    start = README.index("## Querying other DPP archives\n")
-    text = README[start : README.index("\n## ", start + 1)]
-    fences = list(re.finditer(r"```(\w*)\n(.*?)```", text, re.S))
-    found = []
-    for number, fence in enumerate(fences):
-        if fence.group(1) != "sh":
-            continue
-        following = fences[number + 1] if number + 1 < len(fences) else None
-        prose = text[fence.end() : following.start() if following else len(text)]
-        status = re.search(r"Answer: HTTP (\d{3})", prose)
-        assert status, fence.group(2)
-        shown = None
-        if following is not None and following.group(1) == "json":
-            shown = json.loads(following.group(2))
-        found.append((fence.group(2).strip(), int(status.group(1)), shown))
-    return found
-
-
-def differences(shown: Any, actual: Any, where: str = "answer") -> list[str]:
-    if isinstance(shown, dict):
-        if not isinstance(actual, dict):
-            return [f"{where}: expected an object, got {actual!r}"]
-        found = []
-        for key, value in shown.items():
-            if key not in actual:
-                found.append(f"{where}.{key}: missing")
-            elif key not in VARIES:
-                found += differences(value, actual[key], f"{where}.{key}")
-        return found
-    if isinstance(shown, list):
-        if not isinstance(actual, list) or len(actual) != len(shown):
-            return [f"{where}: expected {len(shown)} items, got {actual!r}"]
-        return [
-            problem
-            for number, (item, real) in enumerate(zip(shown, actual, strict=True))
-            for problem in differences(item, real, f"{where}[{number}]")
-        ]
-    return [] if shown == actual else [f"{where}: README shows {shown!r}, got {actual!r}"]
+def readme_examples() -> list[doc_examples.Example]:
+    remote_archives = doc_examples.DOCS / "remote-archives.md"
+    return doc_examples.curl_examples(
+        doc_examples.doc_section(remote_archives, "Querying other DPP archives")
+    )
 
 
 def test_readme_examples_answer_as_shown(tmp_path: Path) -> None:
-    write_samples(tmp_path)
+    doc_examples.write_samples(tmp_path)
     a, b = site_pair(tmp_path / "sites")
     problems: list[str] = []
     with b, a:
         for name in ("ct-protocol.dcm", "xa-protocol.dcm"):
             store_protocols(b, [pydicom.dcmread(tmp_path / name)])
-        for command, status, shown in readme_examples():
+        for example in readme_examples():
+            command, status, shown = example.command, example.status, example.answer
             if command.endswith("/dpp/jobs"):  # the jobs as they end
                 assert eventually(
                     lambda: all(
@@ -442,7 +402,7 @@ def test_readme_examples_answer_as_shown(tmp_path: Path) -> None:
                     ),
                     20,
                 )
-            args = [arg.replace(MAKE_RUN_URL, a.url) for arg in shlex.split(command)]
+            args = [arg.replace(doc_examples.MAKE_RUN_URL, a.url) for arg in shlex.split(command)]
             result = subprocess.run(
                 [*args, "--max-time", "60", "-w", "\n%{http_code}"],
                 capture_output=True,
@@ -453,8 +413,11 @@ def test_readme_examples_answer_as_shown(tmp_path: Path) -> None:
             if int(code) != status:
                 problems.append(f"{command}\n    HTTP {code}, README shows {status}: {body[:300]}")
             elif shown is not None:
-                problems += [f"{command}\n    {p}" for p in differences(shown, json.loads(body))]
-        for uid in (CT_UID, XA_UID):  # both came over, as sent
+                problems += [
+                    f"{command}\n    {p}"
+                    for p in doc_examples.differences(shown, json.loads(body), VARIES)
+                ]
+        for uid in (doc_examples.CT_UID, doc_examples.XA_UID):  # both came over, as sent
             sent = b.get(f"/dpp/protocols/{uid}/file")
             assert a.get(f"/dpp/protocols/{uid}/file") == sent
     assert not problems, "\n".join(problems)

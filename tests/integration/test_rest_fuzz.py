@@ -334,7 +334,7 @@ def test_query_value_that_is_not_utf8(orthanc: OrthancServer) -> None:
     values still percent-encoded: the plugin decodes them and names the
     parameter. Orthanc 1.13 with Python plugin 7.1 decodes them first, and
     the Python plugin, unable to make a str of the bytes, answers 500 before
-    any plugin code runs: beyond the plugin's reach (README, Robustness).
+    any plugin code runs: beyond the plugin's reach (docs/operations.md, "Robustness").
     Either way Orthanc goes on answering."""
     code, data = call(orthanc, "GET", "/dpp/protocols?limit=%FF")
     if code == 400:

@@ -1,20 +1,19 @@
-"""README's REST reference, run as written: every curl example against a real Orthanc.
+"""The REST reference, docs/rest-api.md, run as written: every curl example against a real Orthanc.
 
-Each example of README's "REST API" section is a ``sh`` block holding one
-curl command, followed by "Answer: HTTP nnn" and, when it shows one, a
-``json`` block with the answer (or part of it). The examples run in README
-order with the real ``curl`` binary, in a folder holding the sample files
-README names, with only the address of ``make run`` replaced by the test
-server's. Every route and method of the plugin must have an example.
+Each example of docs/rest-api.md is a ``sh`` block holding one curl command,
+followed by "Answer: HTTP nnn" and, when it shows one, a ``json`` block with
+the answer (or part of it) (``tests.doc_examples.curl_examples``). The
+examples run in the document's order with the real ``curl`` binary, in a
+folder holding the sample files it names, with only the address of ``make
+run`` replaced by the test server's. Every route and method of the plugin
+must have an example.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,77 +21,34 @@ from urllib.parse import urlparse
 import pydicom
 import pytest
 
-from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.adapter import ROUTES
 from orthanc_dpp.rest import DppRestApi, Request
+from tests.doc_examples import (
+    APPROVAL_UID,
+    CT_UID,
+    DOCS,
+    MAKE_RUN_URL,
+    XA_UID,
+    Example,
+    curl_examples,
+    differences,
+    doc_section,
+    write_samples,
+)
 from tests.orthanc_server import OrthancServer
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
-#: Where ``make run`` serves Orthanc's REST API (./orthanc.json).
-MAKE_RUN_URL = "http://127.0.0.1:8043"
-
-#: The sample files' SOP Instance UIDs, as README's answers show them.
-CT_UID = "2.25.119546327322774435051676743357352962937"
-XA_UID = "2.25.198965325642171815000894312853115304275"
-APPROVAL_UID = "2.25.19217924375929687950232765645835280542"
+REST_API = DOCS / "rest-api.md"
 
 #: Fields whose values depend on the machine or the run: only their presence is checked.
 VARIES = {"Version", "Platform", "Port", "LoadSeconds", "LastChange"}
 
 
-@dataclass(frozen=True)
-class Example:
-    command: str
-    status: int
-    answer: Any | None  # the JSON README shows, if any
-    no_body: bool  # README says the answer has no body
-
-    @property
-    def args(self) -> list[str]:
-        return shlex.split(self.command)
-
-    @property
-    def url(self) -> str:
-        return next(a for a in self.args if a.startswith(MAKE_RUN_URL))
-
-    @property
-    def method(self) -> str:
-        args = self.args
-        if "-X" in args:
-            return args[args.index("-X") + 1]
-        sends = {"-F", "--data-binary", "-d", "--data"}
-        return "POST" if sends & set(args) else "GET"
-
-
 def rest_section() -> str:
-    start = README.index("## REST API\n")
-    end = README.index("\n## ", start + 1)
-    return README[start:end]
+    return doc_section(REST_API, "REST API")
 
 
-def examples() -> list[Example]:
-    """The examples of README's REST section, in order."""
-    text = rest_section()
-    fences = list(re.finditer(r"```(\w*)\n(.*?)```", text, re.S))
-    found = []
-    for number, fence in enumerate(fences):
-        if fence.group(1) != "sh":
-            continue
-        command = fence.group(2).strip()
-        assert "\n" not in command and command.startswith("curl "), command
-        following = fences[number + 1] if number + 1 < len(fences) else None
-        prose = text[fence.end() : following.start() if following else len(text)]
-        status = re.search(r"Answer: HTTP (\d{3})", prose)
-        assert status, f"no 'Answer: HTTP nnn' after {command}"
-        answer = None
-        if following is not None and following.group(1) == "json":
-            answer = json.loads(following.group(2))
-        found.append(Example(command, int(status.group(1)), answer, "no body" in prose))
-    return found
-
-
-EXAMPLES = examples()
+EXAMPLES = curl_examples(rest_section())
 
 
 # -- coverage: every route and method has an example --------------------------------------
@@ -141,47 +97,6 @@ def test_readme_names_the_sample_files_and_uid_the_examples_use() -> None:
 # -- running them -------------------------------------------------------------------------
 
 
-def write_samples(folder: Path) -> None:
-    """The files README's examples name."""
-
-    def save(ds: pydicom.Dataset, uid: str, name: str) -> None:
-        ds.SOPInstanceUID = uid
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-        (folder / name).write_bytes(to_bytes(ds))
-
-    save(make_protocol(1, "CT"), CT_UID, "ct-protocol.dcm")
-    changed = make_protocol(1, "CT")
-    changed.ProtocolName = f"{changed.ProtocolName} v2"
-    save(changed, CT_UID, "ct-protocol-v2.dcm")
-    save(make_protocol(2, "XA"), XA_UID, "xa-protocol.dcm")
-    save(make_protocol(1, "APPROVAL"), APPROVAL_UID, "approval.dcm")
-    (folder / "ct-image.dcm").write_bytes(to_bytes(make_non_dpp(1)))
-    with (folder / "huge.dcm").open("wb") as huge:
-        huge.truncate(64 * 1024 * 1024 + 1)  # "larger than 64 MiB": MaximumUploadSize
-
-
-def differences(shown: Any, actual: Any, where: str = "answer") -> list[str]:
-    """Where ``actual`` differs from what README shows (README may leave fields out)."""
-    if isinstance(shown, dict):
-        if not isinstance(actual, dict):
-            return [f"{where}: expected an object, got {actual!r}"]
-        found = []
-        for key, value in shown.items():
-            if key not in actual:
-                found.append(f"{where}.{key}: missing")
-            elif key not in VARIES:
-                found += differences(value, actual[key], f"{where}.{key}")
-        return found
-    if isinstance(shown, list):
-        if not isinstance(actual, list) or len(actual) != len(shown):
-            return [f"{where}: expected {len(shown)} items, got {actual!r}"]
-        found = []
-        for number, (item, real) in enumerate(zip(shown, actual, strict=True)):
-            found += differences(item, real, f"{where}[{number}]")
-        return found
-    return [] if shown == actual else [f"{where}: README shows {shown!r}, got {actual!r}"]
-
-
 def run(example: Example, server: OrthancServer, folder: Path) -> tuple[int, str]:
     args = [a.replace(MAKE_RUN_URL, server.url) for a in example.args]
     result = subprocess.run(
@@ -215,7 +130,7 @@ def test_every_example_answers_as_readme_shows(orthanc: OrthancServer, tmp_path:
             found.append(f"README shows no body, got {body[:300]}")
         elif example.answer is not None:
             try:
-                found += differences(example.answer, json.loads(body))
+                found += differences(example.answer, json.loads(body), VARIES)
             except json.JSONDecodeError:
                 found.append(f"not JSON: {body[:300]}")
         if "-o" in example.args:

@@ -120,7 +120,8 @@ def test_full_disk_refuses_with_out_of_resources_and_keeps_the_library_whole(
             assert orphans == 0, "a half-written file is left in the storage"
         else:
             # Orthanc itself leaves the file it wrote before its index refused
-            # it: never listed, never served (README, Behaviour of Orthanc).
+            # it: never listed, never served (docs/design.md,
+            # "Behaviour of Orthanc worth knowing").
             print(f"\nindex full: {orphans} bytes of files Orthanc wrote and does not know")
         assert orthanc.get_json("/dpp/status")["Protocols"]["Total"] == len(kept)
 

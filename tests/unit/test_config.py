@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,9 @@ from orthanc_dpp.config import (
     Settings,
     parse_settings,
 )
+from tests.doc_examples import DOCS, strip_json_comments
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def strip_json_comments(text: str) -> str:
-    """Orthanc's configuration allows // and /* */ comments; json does not."""
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    return re.sub(r'^\s*//.*$|(?<=[,{\[\s])//[^"\n]*$', "", text, flags=re.M)
 
 
 def errors_of(section: object) -> list[str]:
@@ -141,12 +135,12 @@ def test_shipped_orthanc_json_is_valid():
 
 
 def test_every_key_is_documented_in_readme_and_shown_in_orthanc_json():
-    """README's configuration table and the shipped orthanc.json name every key."""
-    readme = (REPO / "README.md").read_text()
+    """docs/configuration.md's table and the shipped orthanc.json name every key."""
+    readme = (DOCS / "configuration.md").read_text()
     configuration = json.loads(strip_json_comments((REPO / "orthanc.json").read_text()))
     shown = configuration["DefinedProcedureProtocol"]
     for key in KEYS:
-        assert f"| `{key}` |" in readme, f"{key} is missing from README's table"
+        assert f"| `{key}` |" in readme, f"{key} is missing from docs/configuration.md's table"
         assert key in shown, f"{key} is missing from orthanc.json"
     for key in NORMALIZATION_KEYS:
         assert f"| `Normalization.{key}` |" in readme

@@ -28,9 +28,11 @@ from orthanc_dpp.config import SECTION, Settings, parse_settings
 from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, TABLE_II_6_1, KeyRow
 from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
 from orthanc_dpp.match import InvalidIdentifier, SequenceKey, compile_query
+from tests.doc_examples import doc_section, tables
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = (REPO / "CONFORMANCE.md").read_text()
+CONFORMANCE = REPO / "CONFORMANCE.md"
+DOC = CONFORMANCE.read_text()
 PLUGIN = REPO / "plugin" / "orthanc_dpp"
 
 #: Matching types in the order the document lists them.
@@ -41,36 +43,8 @@ HEX_CODE = re.compile(r"0x[0-9A-F]{4}")
 # -- reading the document -----------------------------------------------------------------
 
 
-def section(heading: str) -> str:
-    """The text under ``heading`` (a whole line) up to the next heading of its level or above."""
-    lines = DOC.splitlines()
-    start = lines.index(heading)
-    level = len(heading) - len(heading.lstrip("#"))
-    end = len(lines)
-    for number in range(start + 1, len(lines)):
-        match = re.match(r"(#+) ", lines[number])
-        if match and len(match.group(1)) <= level:
-            end = number
-            break
-    return "\n".join(lines[start + 1 : end])
-
-
-def tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table in ``text``: rows of cells, header and rule left out."""
-    found: list[list[list[str]]] = []
-    current: list[list[str]] = []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
-            continue
-        if current:
-            found.append([row for row in current[2:]])
-            current = []
-    return found
-
-
 def only_table(heading: str) -> list[list[str]]:
-    found = tables(section(heading))
+    found = tables(doc_section(CONFORMANCE, heading))
     assert len(found) == 1, f"expected one table under {heading!r}"
     return found[0]
 
@@ -197,19 +171,19 @@ def expected_rows(
 
 
 def test_every_table_hh_6_1_key_is_documented_with_its_tag_types_and_matching() -> None:
-    documented = only_table("##### Table HH.6-1 keys")
+    documented = only_table("Table HH.6-1 keys")
     expected = list(expected_rows(TABLE_HH_6_1, CODED_ENTRY, " (items: coded entry macro)", ()))
     assert documented == expected
 
 
 def test_every_table_ii_6_1_key_is_documented_with_its_tag_types_and_matching() -> None:
-    documented = only_table("##### Table II.6-1 keys")
+    documented = only_table("Table II.6-1 keys")
     expected = list(expected_rows(TABLE_II_6_1, CODED_ENTRY, " (items: coded entry macro)", ()))
     assert documented == expected
 
 
 def test_the_coded_entry_macro_is_documented_once_with_its_matching() -> None:
-    documented = only_table("##### Coded entry macro keys")
+    documented = only_table("Coded entry macro keys")
     code_sequence = keys.TOP_LEVEL[0x00189906]  # Potential Scheduled Protocol Code Sequence
     note = " (items: the rows above without this one)"
     expected = list(expected_rows(CODED_ENTRY, BASIC_CODED_ENTRY, note, (code_sequence,)))
@@ -239,7 +213,7 @@ def listener_ae() -> Any:
 
 def test_every_accepted_presentation_context_is_documented_with_its_roles() -> None:
     ae = listener_ae()
-    contexts = tables(section("#### 2.2.3 Presentation contexts accepted"))[0]
+    contexts = tables(doc_section(CONFORMANCE, "2.2.3 Presentation contexts accepted"))[0]
     documented = {row[1]: row for row in contexts}
     accepted = {str(cx.abstract_syntax): cx for cx in ae.supported_contexts}
     assert set(documented) == set(accepted)
@@ -253,14 +227,14 @@ def test_every_accepted_presentation_context_is_documented_with_its_roles() -> N
 
 
 def test_the_sop_class_overview_lists_the_same_classes() -> None:
-    rows = only_table("## 1. Overview")
+    rows = only_table("1. Overview")
     assert {row[1] for row in rows} == {
         str(cx.abstract_syntax) for cx in listener_ae().supported_contexts
     }
 
 
 def test_every_transfer_syntax_is_documented_in_the_listeners_order() -> None:
-    found = tables(section("#### 2.2.3 Presentation contexts accepted"))
+    found = tables(doc_section(CONFORMANCE, "2.2.3 Presentation contexts accepted"))
     assert len(found) == 2
     assert [row[1] for row in found[1]] == [str(ts) for ts in TRANSFER_SYNTAXES]
     assert [row[0] for row in found[1]] == [ts.name for ts in TRANSFER_SYNTAXES]
@@ -272,7 +246,7 @@ def test_the_statement_names_the_plugins_version() -> None:
 
 def test_implementation_identity_and_pdu_size_are_what_the_listener_sends() -> None:
     ae = listener_ae()
-    policies = {row[0]: row[1] for row in only_table("#### 2.2.2 Association policies")}
+    policies = {row[0]: row[1] for row in only_table("2.2.2 Association policies")}
     assert policies["Implementation Class UID"].startswith(str(ae.implementation_class_uid) + " ")
     assert policies["Implementation Version Name"].startswith(ae.implementation_version_name + " ")
     assert f"default {ae.maximum_pdu_size} bytes" in policies["Maximum PDU length received"]
@@ -329,15 +303,15 @@ ALL_USED = set().union(
 
 def test_every_status_the_plugin_answers_is_documented_and_no_other() -> None:
     assert ALL_USED  # the scan found the handlers' statuses
-    documented = documented_codes(section("### 2.3 SOP-specific conformance"))
+    documented = documented_codes(doc_section(CONFORMANCE, "2.3 SOP-specific conformance"))
     assert {f"0x{c:04X}" for c in ALL_USED - documented} == set()
     assert {f"0x{c:04X}" for c in documented - ALL_USED} == set()
 
 
-ECHO = "#### 2.3.1 Verification (C-ECHO)"
-STORE = "#### 2.3.2 Storage (C-STORE SCP)"
-FIND = "#### 2.3.3 Query (C-FIND SCP)"
-RETRIEVE = "#### 2.3.5 Retrieve (C-GET and C-MOVE SCP)"
+ECHO = "2.3.1 Verification (C-ECHO)"
+STORE = "2.3.2 Storage (C-STORE SCP)"
+FIND = "2.3.3 Query (C-FIND SCP)"
+RETRIEVE = "2.3.5 Retrieve (C-GET and C-MOVE SCP)"
 
 
 @pytest.mark.parametrize(
@@ -357,13 +331,13 @@ def test_each_services_statuses_are_in_its_section(
 ) -> None:
     used = status_codes_used(PLUGIN / code[0], code[1])
     assert used
-    missing = used - documented_codes(section(heading))
+    missing = used - documented_codes(doc_section(CONFORMANCE, heading))
     assert {f"0x{c:04X}" for c in missing} == set()
 
 
 # -- configuration ------------------------------------------------------------------------
 
-#: Keys of the plugin that do not shape the DICOM interface (README has them all).
+#: Keys of the plugin that do not shape the DICOM interface (docs/configuration.md has them all).
 NOT_DICOM = {
     "Enabled",
     "MaximumUploadSize",
@@ -376,7 +350,7 @@ NOT_DICOM = {
 
 
 def test_configuration_defaults_are_the_parsers_defaults() -> None:
-    rows = only_table("## 4. Configuration")
+    rows = only_table("4. Configuration")
     defaults = Settings()
     seen = set()
     for name, default, _ in rows:

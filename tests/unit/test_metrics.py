@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,6 +23,7 @@ from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.rest import DppRestApi, Request
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from tests.datasets import identifier_for
+from tests.doc_examples import DOCS, doc_section
 from tests.fake_orthanc import FakeOrthancApi
 from tests.fake_orthanc_module import FakeOrthancModule
 from tests.scp_harness import Harness, add_protocols, c_get, find_event, nobody, universal
@@ -31,8 +31,6 @@ from tests.scp_harness import handler as find_handler
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")  # install() takes over the loggers
-
-README = Path(__file__).parents[2] / "README.md"
 
 
 def value(metrics: Metrics, name: str, protocols: int = 0) -> float:
@@ -124,8 +122,7 @@ def test_a_disabled_instance_counts_nothing() -> None:
 
 
 def test_every_metric_is_in_the_readme_with_its_type() -> None:
-    text = README.read_text()
-    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    section = doc_section(DOCS / "operations.md", "Metrics")
     rows = dict(re.findall(r"^\| `(orthanc_dpp_\w+)` \| (\w+) \|", section, re.M))
     assert rows == {m.name: m.kind.value for m in METRICS}
 

@@ -297,9 +297,9 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
 def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     from orthanc_dpp.listener import TRANSFER_SYNTAXES as LISTENER_SYNTAXES
     from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE
-    from tests.unit.test_conformance_doc import section, tables
+    from tests.doc_examples import REPO, doc_section, tables
 
-    text = section("### 2.4 AE specification: the DPP SCU")
+    text = doc_section(REPO / "CONFORMANCE.md", "2.4 AE specification: the DPP SCU")
     (rows,) = tables(text)
     assert {row[1] for row in rows} == {DPP_FIND, DPP_GET, DPP_MOVE, *DPP_STORAGE_CLASSES}
     roles = {row[1]: row[2] for row in rows}
