@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
 
 import pydicom
 import pynetdicom
@@ -795,7 +795,7 @@ _UTF8_CHARACTER = (
 )
 SEGMENT = f"({_UTF8_CHARACTER}+)"
 
-ROUTES = {
+ROUTES: Final = {
     "/dpp/status": "status",
     "/dpp/protocols": "protocols",
     f"/dpp/protocols/{SEGMENT}": "protocol",
@@ -806,7 +806,7 @@ ROUTES = {
 }
 
 #: Routes to other DPP archives and the background jobs (``remote_rest.RemoteArchives``).
-REMOTE_ROUTES = {
+REMOTE_ROUTES: Final = {
     f"/dpp/modalities/{SEGMENT}/find": "find",
     f"/dpp/modalities/{SEGMENT}/retrieve": "retrieve",
     "/dpp/jobs": "jobs_list",
@@ -816,7 +816,7 @@ REMOTE_ROUTES = {
 
 
 #: The bodies each route reads on POST (``csrf.body_type``); every other route reads none.
-BODY_TYPES = {
+BODY_TYPES: Final = {
     "protocols": ("application/dicom", "multipart/related"),
     "find": ("application/json",),
     "retrieve": ("application/json",),

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from orthanc_dpp.access import Service, parse_unknown_callers
 from orthanc_dpp.tls import TlsSettings, parse_tls
@@ -186,7 +186,7 @@ def _label(max_length: int) -> Callable[[Any], str]:
 
 
 # key -> (attribute of Settings, validator)
-KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+KEYS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "Enabled": ("enabled", _bool),
     "AETitle": ("ae_title", _ae_title),
     "CheckCalledAETitle": ("check_called_ae_title", _bool),
@@ -222,7 +222,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ReceivedInstanceHook": ("received_instance_hook", _auto_or_bool),
 }
 
-NORMALIZATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+NORMALIZATION_KEYS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "PatientID": ("patient_id", _label(64)),
     "PatientName": ("patient_name", _label(64)),
     "StudyDescription": ("study_description", _label(64)),

@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import pydicom
 from pydicom import Dataset
@@ -154,13 +154,13 @@ def storing_here() -> bool:
 # full index folder is an SQLite error (1009: SQLite's own "full" is only in
 # Orthanc's log); PostgreSQL gone is 36 "The database is currently not
 # available".
-_OUT_OF_STORAGE = {
+_OUT_OF_STORAGE: Final = {
     4: "Orthanc is out of memory",  # NotEnoughMemory
     14: "Orthanc's storage is full or not writable",  # CannotWriteFile
     19: "Orthanc's storage is full",  # FullStorage
 }
 _SQLITE_ERRORS = range(1000, 1100)  # SQLiteNotOpened ... SQLiteTransactionBegin
-_DATABASE_DOWN = {
+_DATABASE_DOWN: Final = {
     11: "Orthanc's database failed",  # Database
     31: "Orthanc's database plugin failed",  # DatabasePlugin
     32: "Orthanc's storage plugin failed",  # StorageAreaPlugin

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -39,7 +39,7 @@ from orthanc_dpp.sop import STORAGE_CLASSES
 log = logging.getLogger("orthanc_dpp.listener")
 
 #: The uncompressed transfer syntaxes accepted for storage and retrieval.
-TRANSFER_SYNTAXES = [
+TRANSFER_SYNTAXES: Final = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -73,7 +73,7 @@ from orthanc_dpp.status import status_dataset
 log = logging.getLogger("orthanc_dpp.remote")
 
 #: Transfer syntaxes proposed for received protocols (C-GET sub-operations).
-TRANSFER_SYNTAXES: list[str] = [
+TRANSFER_SYNTAXES: Final[list[str]] = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
@@ -81,7 +81,7 @@ TRANSFER_SYNTAXES: list[str] = [
 ]
 #: ... and for the C-FIND, C-GET and C-MOVE requests: not Deflated, whose
 #: responses pynetdicom would inflate in one call, without a bound.
-QUERY_TRANSFER_SYNTAXES: list[str] = [
+QUERY_TRANSFER_SYNTAXES: Final[list[str]] = [
     ts for ts in TRANSFER_SYNTAXES if ts != DeflatedExplicitVRLittleEndian
 ]
 
@@ -218,7 +218,7 @@ def build_identifier(keys: Mapping[str, Any]) -> Dataset:
 #: Groups no identifier holds: the command (0000) and file meta (0002)
 #: groups belong to the message and the file, not to the dataset; items and
 #: delimiters (FFFE) are not attributes; PS3.5 7.1 forbids the others.
-_NOT_IN_IDENTIFIERS = {
+_NOT_IN_IDENTIFIERS: Final = {
     0x0000: "a command element (group 0000)",
     0x0002: "a file meta element (group 0002)",
     0xFFFE: "an item or delimitation tag (group FFFE)",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from orthanc_dpp import remote
 from orthanc_dpp.jobs import Job, Jobs, TooManyJobs
@@ -25,7 +25,7 @@ from orthanc_dpp.rest import Request, Response, error, json_response, method_not
 log = logging.getLogger("orthanc_dpp.remote")
 
 METHODS = ("C-GET", "C-MOVE")
-RETRIEVE_MEMBERS = {"SOPInstanceUIDs", "Method", "Destination", "Asynchronous"}
+RETRIEVE_MEMBERS: Final = {"SOPInstanceUIDs", "Method", "Destination", "Asynchronous"}
 
 
 class RemoteArchives:
