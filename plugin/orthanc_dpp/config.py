@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from orthanc_dpp.access import Service, parse_unknown_callers
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.tls import TlsSettings, parse_tls
 
 SECTION = "DefinedProcedureProtocol"
@@ -34,20 +35,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("; ".join(errors))
         self.errors = errors
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Identity given to DPP instances that lack patient/study/series.
-
-    Orthanc files every instance under a patient, study and series; DPP IODs
-    have none, so they are grouped under one "protocol library" patient and
-    study, with one series per storage SOP class.
-    """
-
-    patient_id: str = "DPP-PROTOCOL-LIBRARY"
-    patient_name: str = "Defined Procedure Protocol Library"
-    study_description: str = "Defined Procedure Protocols"
 
 
 @dataclass(frozen=True)

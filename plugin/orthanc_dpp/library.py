@@ -35,7 +35,6 @@ from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from orthanc_dpp import encoded, normalize, status
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.limits import (
     DatasetLimits,
@@ -44,6 +43,7 @@ from orthanc_dpp.limits import (
     check_part10,
     read_file_meta,
 )
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.sop import STORAGE_CLASSES
 
 log = logging.getLogger("orthanc_dpp.library")

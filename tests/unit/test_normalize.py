@@ -11,12 +11,12 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import encode_part10
 from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.normalize import (
     RECORD_CREATOR,
     RECORD_GROUP,
+    Normalization,
     NormalizationError,
     has_record,
     library_uids,

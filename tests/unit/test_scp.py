@@ -18,10 +18,10 @@ from pynetdicom.dsutils import encode
 from dpp_tools.samples import make_protocol
 from orthanc_dpp import scp, sop
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.normalize import Normalization
 from tests.fake_orthanc import FakeOrthancApi
 from tests.unit.test_find import make_index, raw_identifiers
 

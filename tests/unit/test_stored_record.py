@@ -24,9 +24,8 @@ from dpp_tools.samples import (
     to_bytes,
 )
 from orthanc_dpp import normalize, record
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.keys import tag
-from orthanc_dpp.normalize import RECORD_CREATOR
+from orthanc_dpp.normalize import RECORD_CREATOR, Normalization
 from orthanc_dpp.record import BULK_BYTES, BULK_TEXT, UnreadableBytes
 from orthanc_dpp.stored_record import fast_record, full_record, original_record
 
