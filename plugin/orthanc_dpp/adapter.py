@@ -39,6 +39,7 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import ApprovedContent
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
+from orthanc_dpp.http_messages import Request, Response, error, json_response
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.jobs import Jobs
 from orthanc_dpp.library import (
@@ -57,15 +58,7 @@ from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.responses import ResponseCache
-from orthanc_dpp.rest import (
-    DppRestApi,
-    Request,
-    Response,
-    activity_answer,
-    error,
-    json_response,
-    library_page_file,
-)
+from orthanc_dpp.rest import DppRestApi, activity_answer, library_page_file
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE

@@ -24,7 +24,8 @@ import pytest
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.adapter import ROUTES
-from orthanc_dpp.rest import DppRestApi, Request
+from orthanc_dpp.http_messages import Request
+from orthanc_dpp.rest import DppRestApi
 from tests.orthanc_server import OrthancServer
 
 REPO = Path(__file__).resolve().parents[2]
