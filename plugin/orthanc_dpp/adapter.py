@@ -49,7 +49,6 @@ from orthanc_dpp.library import (
     Stored,
     StoreError,
     normalize_received,
-    storing_here,
 )
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener
@@ -250,6 +249,16 @@ class OrthancRestApi:
 
     def __init__(self, orthanc: ModuleType) -> None:
         self.orthanc = orthanc
+        self._posting = threading.local()  # .instances: this thread is in post("/instances")
+
+    def posting_instances(self) -> bool:
+        """True while this thread is inside this object's ``POST /instances``.
+
+        Orthanc runs its received-instance hook on the thread that stores, so
+        the hook can tell a file the library has just normalized (nothing to
+        do, no need to read it again) from one arriving by Orthanc's routes.
+        """
+        return getattr(self._posting, "instances", False)
 
     def _call(self, method: str, uri: str, *args: Any) -> Any:
         function = getattr(self.orthanc, f"RestApi{method.title()}")
@@ -276,7 +285,13 @@ class OrthancRestApi:
             raise orthanc_error("GET", f"/instances/{orthanc_id}/file", exc) from exc
 
     def post(self, uri: str, body: bytes) -> bytes:
-        return self._call("POST", uri, body)
+        if uri != "/instances":
+            return self._call("POST", uri, body)
+        self._posting.instances = True
+        try:
+            return self._call("POST", uri, body)
+        finally:
+            self._posting.instances = False
 
     def put(self, uri: str, body: bytes) -> None:
         self._call("PUT", uri, body)
@@ -413,6 +428,7 @@ class Plugin:
         self.metrics = Metrics(enabled=configuration.get("MetricsEnabled", True) is not False)
         self.publisher: MetricsPublisher | None = None
         self.jobs = Jobs()  # background retrieves from other archives
+        self.api = OrthancRestApi(orthanc)  # the library stores through it; on_received asks it
         try:
             self.settings = parse_settings(configuration, configuration_folder(orthanc))
         except ConfigError as exc:
@@ -426,7 +442,7 @@ class Plugin:
         overwrite = configuration.get("OverwriteInstances") is True
         self.index.newest_wins = overwrite
         fresh = self.fresh
-        api = OrthancRestApi(orthanc)
+        api = self.api
         self.library = ProtocolLibrary(
             api,
             settings.normalization,
@@ -627,7 +643,7 @@ class Plugin:
     def on_received(self, data: bytes, origin: Any) -> tuple[Any, bytes | None]:
         """Orthanc's received-instance hook: normalize DPP files from any path."""
         actions = self.orthanc.ReceivedInstanceAction
-        if self.settings is None or storing_here():
+        if self.settings is None or self.api.posting_instances():
             return actions.KEEP_AS_IS, None  # our own stores are normalized already
         try:
             normalized = normalize_received(data, self.settings.normalization, self.limits)

@@ -133,20 +133,6 @@ INDEX_LOADING = (
 #: Seconds a REST client is told to wait (Retry-After) while the index loads.
 RETRY_AFTER_SECONDS = 5
 
-#: Set on a thread while it stores through :meth:`ProtocolLibrary.store`.
-_storing = threading.local()
-
-
-def storing_here() -> bool:
-    """True while this thread is inside the library's own ``POST /instances``.
-
-    Orthanc runs its received-instance hook on the thread that stores, so
-    the hook can tell a file the library has just normalized (nothing to
-    do, no need to read it again) from one arriving by Orthanc's routes.
-    """
-    return getattr(_storing, "active", False)
-
-
 # Orthanc's error codes (OrthancPluginErrorCode) for a store that failed on
 # the server's side, not because of the file, with the diagnosis that leads
 # the reason. Seen for real (tests/integration/test_storage_full.py,
@@ -521,13 +507,10 @@ class ProtocolLibrary:
     ) -> Stored:
         """POST the encoded instance; an AlreadyStored answer reports the stored copy."""
         started = time.perf_counter()
-        _storing.active = True
         try:
             answer = json.loads(self.api.post("/instances", body))
         except OrthancError as exc:
             raise store_refusal(exc) from exc
-        finally:
-            _storing.active = False
         stored = Stored(
             sop_instance_uid=sop_instance,
             sop_class_uid=sop_class,

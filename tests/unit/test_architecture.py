@@ -452,7 +452,6 @@ CACHING_DECORATORS = {"lru_cache", "cache"}
 MODULE_STATE = {
     "adapter._REGISTERED",  # the callbacks Orthanc holds, kept alive (a documented seam)
     "encoded._dictionary_vr",  # pydicom's dictionary, cached (a documented seam)
-    "library._storing",
     "pynetdicom_private._route_lock",  # the one process-wide patch (a documented seam)
     "record._bulk_readers",
     "record._cache_bytes",
