@@ -777,6 +777,14 @@ class ConnectionGuard:
             self._thread.join(5)
 
 
+def set_tcp_nodelay(event: evt.Event) -> None:
+    """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (docs/design.md, fact 7)."""
+    sock = private.raw_socket(event.assoc)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def requester_guard(
     acse_timeout: float, network_timeout: float, maximum_pdu_size: int, maximum_dataset_size: int
 ) -> ConnectionGuard:

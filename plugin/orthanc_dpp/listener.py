@@ -7,7 +7,6 @@ Orthanc: the service handlers are passed in.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import ssl
@@ -15,14 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, cast
 
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -31,30 +24,14 @@ from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import tls as tls_module
 from orthanc_dpp.access import Caller
 from orthanc_dpp.config import Settings
-from orthanc_dpp.connections import ConnectionGuard, Limits
+from orthanc_dpp.connections import ConnectionGuard, Limits, set_tcp_nodelay
 from orthanc_dpp.keys import MODELS
 from orthanc_dpp.metrics import Metrics
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
 log = logging.getLogger("orthanc_dpp.listener")
 
-#: The uncompressed transfer syntaxes accepted for storage and retrieval.
-TRANSFER_SYNTAXES: Final = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
-
 Handler = Callable[..., Any]
-
-
-def set_tcp_nodelay(event: evt.Event) -> None:
-    """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (docs/design.md, fact 7)."""
-    sock = private.raw_socket(event.assoc)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def count_sending_as_activity(event: evt.Event) -> None:

@@ -52,12 +52,6 @@ from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 from pynetdicom import AE, Association, build_context, build_role, evt
 from pynetdicom import status as dimse_status
 
@@ -67,23 +61,17 @@ from orthanc_dpp.connections import ConnectionGuard, requester_guard
 from orthanc_dpp.library import StoreError
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, check_nesting, decode_dimse_dataset
 from orthanc_dpp.modalities import Modality
-from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES
+from orthanc_dpp.sop import (
+    DPP_FIND,
+    DPP_GET,
+    DPP_MOVE,
+    DPP_STORAGE_CLASSES,
+    QUERY_TRANSFER_SYNTAXES,
+    TRANSFER_SYNTAXES,
+)
 from orthanc_dpp.status import status_dataset
 
 log = logging.getLogger("orthanc_dpp.remote")
-
-#: Transfer syntaxes proposed for received protocols (C-GET sub-operations).
-TRANSFER_SYNTAXES: Final[list[str]] = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
-#: ... and for the C-FIND, C-GET and C-MOVE requests: not Deflated, whose
-#: responses pynetdicom would inflate in one call, without a bound.
-QUERY_TRANSFER_SYNTAXES: Final[list[str]] = [
-    ts for ts in TRANSFER_SYNTAXES if ts != DeflatedExplicitVRLittleEndian
-]
 
 #: Answers kept from one C-FIND when the request names no ``Limit``, and the most it may name.
 DEFAULT_LIMIT = 100

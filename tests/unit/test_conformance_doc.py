@@ -26,8 +26,9 @@ from pynetdicom import evt
 from orthanc_dpp import __version__, config, keys, status
 from orthanc_dpp.config import SECTION, Settings, parse_settings
 from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, TABLE_II_6_1, KeyRow
-from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
+from orthanc_dpp.listener import DppListener
 from orthanc_dpp.match import InvalidIdentifier, SequenceKey, compile_query
+from orthanc_dpp.sop import TRANSFER_SYNTAXES
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "CONFORMANCE.md").read_text()

@@ -12,8 +12,8 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from orthanc_dpp.config import parse_settings
-from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
-from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES
+from orthanc_dpp.listener import DppListener
+from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.orthanc_server import free_port
 
 
