@@ -51,7 +51,7 @@ from orthanc_dpp.library import (
     normalize_received,
 )
 from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.listener import DppListener
+from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.remote import Caller
@@ -514,7 +514,9 @@ class Plugin:
                 metrics=self.metrics,
             ),
         }
-        self.listener = DppListener(settings, handlers, self.metrics, judge=gate.caller)
+        self.listener = DppListener(
+            listener_settings(settings), handlers, self.metrics, judge=gate.caller
+        )
         if not settings.enabled:
             self.listener.status.state = "disabled"
         self.rest = DppRestApi(
@@ -700,6 +702,25 @@ def configuration_folder(orthanc: ModuleType) -> Path:
     """The folder relative file names of the configuration are taken from."""
     path = Path(os.path.abspath(orthanc.GetConfigurationPath() or "."))
     return path if path.is_dir() else path.parent
+
+
+def listener_settings(settings: Settings) -> ListenerSettings:
+    """The part of the plugin's settings the DPP listener uses."""
+    return ListenerSettings(
+        ae_title=settings.ae_title,
+        port=settings.port,
+        bind_address=settings.bind_address,
+        check_called_ae_title=settings.check_called_ae_title,
+        maximum_associations=settings.maximum_associations,
+        maximum_connections_per_address=settings.maximum_connections_per_address,
+        unknown_callers_maximum_associations=settings.unknown_callers_maximum_associations,
+        acse_timeout=settings.acse_timeout,
+        dimse_timeout=settings.dimse_timeout,
+        network_timeout=settings.network_timeout,
+        maximum_pdu_size=settings.maximum_pdu_size,
+        maximum_dataset_size=settings.maximum_dataset_size,
+        tls=settings.tls,
+    )
 
 
 def tls_client_context(settings: Settings) -> ssl.SSLContext | None:

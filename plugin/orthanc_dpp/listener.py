@@ -23,11 +23,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import tls as tls_module
 from orthanc_dpp.access import Caller
-from orthanc_dpp.config import Settings
 from orthanc_dpp.connections import ConnectionGuard, Limits, set_tcp_nodelay
 from orthanc_dpp.keys import MODELS
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.tls import TlsSettings
 
 log = logging.getLogger("orthanc_dpp.listener")
 
@@ -79,6 +79,29 @@ class GuardedServer(ThreadedAssociationServer):
         super().shutdown_request(request)
 
 
+@dataclass(frozen=True)
+class ListenerSettings:
+    """What the listener takes from the plugin's settings (built by the adapter).
+
+    Its own type, so the listener depends on these values and not on the
+    whole configuration section, nor on the module that parses it.
+    """
+
+    ae_title: str
+    port: int
+    bind_address: str
+    check_called_ae_title: bool  # Orthanc's DicomCheckCalledAet, for the DPP port
+    maximum_associations: int
+    maximum_connections_per_address: int
+    unknown_callers_maximum_associations: int
+    acse_timeout: float
+    dimse_timeout: float
+    network_timeout: float
+    maximum_pdu_size: int
+    maximum_dataset_size: int
+    tls: TlsSettings
+
+
 @dataclass
 class ListenerState:
     """What ``/dpp/status`` shows about the listener."""
@@ -93,7 +116,7 @@ class DppListener:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ListenerSettings,
         handlers: dict[Any, Handler],
         metrics: Metrics | None = None,
         judge: Callable[[str, str], Caller] | None = None,
