@@ -40,8 +40,8 @@ from pynetdicom.sop_class import RawDataStorage
 from bench import RESULTS, STACK, library
 from bench.dimse import SCU_AET, TRANSFER_SYNTAXES, set_nodelay
 from orthanc_dpp import normalize
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import encode_part10, parse_part10
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.sop import STORAGE_CLASSES
 from tests.orthanc_server import HttpError, OrthancServer
 

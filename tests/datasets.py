@@ -21,8 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dpp_tools.samples import to_bytes
 from orthanc_dpp import normalize, sop
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.normalize import Normalization
 
 CT = sop.CT_DPP_STORAGE
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pydicom
 
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, orthanc_resource_id
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.rest import DppRestApi
 
 orthanc_id = orthanc_resource_id

@@ -46,8 +46,15 @@ from pynetdicom import AE, Association, build_role, evt
 
 from dpp_tools.samples import make_library
 from orthanc_dpp import pynetdicom_private as private
-from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
-from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES, STORAGE_CLASSES
+from orthanc_dpp.connections import set_tcp_nodelay
+from orthanc_dpp.sop import (
+    DPP_FIND,
+    DPP_GET,
+    DPP_MOVE,
+    DPP_STORAGE_CLASSES,
+    STORAGE_CLASSES,
+    TRANSFER_SYNTAXES,
+)
 from tests.orthanc_server import OrthancServer, free_port
 
 KINDS = ("store", "find", "get", "move")

@@ -16,9 +16,9 @@ from pynetdicom import AE, Association, build_role, evt
 from pynetdicom.sop_class import Verification
 
 from orthanc_dpp import pynetdicom_private as private
+from orthanc_dpp.connections import set_tcp_nodelay
 from orthanc_dpp.keys import DPP_MODEL, InformationModel
-from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.orthanc_server import OrthancServer, free_port
 from tests.waiting import eventually
 

@@ -27,8 +27,8 @@ from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 from dpp_tools.samples import to_bytes
 from orthanc_dpp import retrieve, scp, sop, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
+from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.datasets import make_index
 
 DPP_CLASSES = sorted(sop.DPP_STORAGE_CLASSES)

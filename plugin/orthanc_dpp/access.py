@@ -43,7 +43,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from orthanc_dpp.modalities import Modality, ModalityList, ModalityRegistry
 
@@ -62,7 +62,7 @@ class Service(StrEnum):
 
 # Orthanc's per-modality flag for each service. DPP C-FIND is not a
 # worklist query, so it is governed by AllowFind, not AllowFindWorklist.
-_MODALITY_FLAG: dict[Service, str] = {
+_MODALITY_FLAG: Final[dict[Service, str]] = {
     Service.ECHO: "allow_echo",
     Service.FIND: "allow_find",
     Service.GET: "allow_get",
@@ -72,7 +72,7 @@ _MODALITY_FLAG: dict[Service, str] = {
 
 #: Orthanc 1.10.1's ``DicomAlwaysAllow*`` options and their defaults.
 #: (``DicomAlwaysAllowFindWorklist`` also exists but concerns worklists only.)
-ORTHANC_ALWAYS_ALLOW_DEFAULTS: dict[Service, bool] = {
+ORTHANC_ALWAYS_ALLOW_DEFAULTS: Final[dict[Service, bool]] = {
     Service.ECHO: True,
     Service.FIND: False,
     Service.GET: False,

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
 
 import pydicom
 import pynetdicom
@@ -39,6 +39,7 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import ApprovedContent
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
+from orthanc_dpp.http_messages import Request, Response, error, json_response
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.jobs import Jobs
 from orthanc_dpp.library import (
@@ -48,24 +49,15 @@ from orthanc_dpp.library import (
     Stored,
     StoreError,
     normalize_received,
-    storing_here,
 )
 from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.listener import DppListener
+from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.responses import ResponseCache
-from orthanc_dpp.rest import (
-    DppRestApi,
-    Request,
-    Response,
-    activity_answer,
-    error,
-    json_response,
-    library_page_file,
-)
+from orthanc_dpp.rest import DppRestApi, activity_answer, library_page_file
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
@@ -257,6 +249,16 @@ class OrthancRestApi:
 
     def __init__(self, orthanc: ModuleType) -> None:
         self.orthanc = orthanc
+        self._posting = threading.local()  # .instances: this thread is in post("/instances")
+
+    def posting_instances(self) -> bool:
+        """True while this thread is inside this object's ``POST /instances``.
+
+        Orthanc runs its received-instance hook on the thread that stores, so
+        the hook can tell a file the library has just normalized (nothing to
+        do, no need to read it again) from one arriving by Orthanc's routes.
+        """
+        return getattr(self._posting, "instances", False)
 
     def _call(self, method: str, uri: str, *args: Any) -> Any:
         function = getattr(self.orthanc, f"RestApi{method.title()}")
@@ -283,7 +285,13 @@ class OrthancRestApi:
             raise orthanc_error("GET", f"/instances/{orthanc_id}/file", exc) from exc
 
     def post(self, uri: str, body: bytes) -> bytes:
-        return self._call("POST", uri, body)
+        if uri != "/instances":
+            return self._call("POST", uri, body)
+        self._posting.instances = True
+        try:
+            return self._call("POST", uri, body)
+        finally:
+            self._posting.instances = False
 
     def put(self, uri: str, body: bytes) -> None:
         self._call("PUT", uri, body)
@@ -420,6 +428,7 @@ class Plugin:
         self.metrics = Metrics(enabled=configuration.get("MetricsEnabled", True) is not False)
         self.publisher: MetricsPublisher | None = None
         self.jobs = Jobs()  # background retrieves from other archives
+        self.api = OrthancRestApi(orthanc)  # the library stores through it; on_received asks it
         try:
             self.settings = parse_settings(configuration, configuration_folder(orthanc))
         except ConfigError as exc:
@@ -433,7 +442,7 @@ class Plugin:
         overwrite = configuration.get("OverwriteInstances") is True
         self.index.newest_wins = overwrite
         fresh = self.fresh
-        api = OrthancRestApi(orthanc)
+        api = self.api
         self.library = ProtocolLibrary(
             api,
             settings.normalization,
@@ -505,7 +514,9 @@ class Plugin:
                 metrics=self.metrics,
             ),
         }
-        self.listener = DppListener(settings, handlers, self.metrics, judge=gate.caller)
+        self.listener = DppListener(
+            listener_settings(settings), handlers, self.metrics, judge=gate.caller
+        )
         if not settings.enabled:
             self.listener.status.state = "disabled"
         self.rest = DppRestApi(
@@ -634,7 +645,7 @@ class Plugin:
     def on_received(self, data: bytes, origin: Any) -> tuple[Any, bytes | None]:
         """Orthanc's received-instance hook: normalize DPP files from any path."""
         actions = self.orthanc.ReceivedInstanceAction
-        if self.settings is None or storing_here():
+        if self.settings is None or self.api.posting_instances():
             return actions.KEEP_AS_IS, None  # our own stores are normalized already
         try:
             normalized = normalize_received(data, self.settings.normalization, self.limits)
@@ -691,6 +702,25 @@ def configuration_folder(orthanc: ModuleType) -> Path:
     """The folder relative file names of the configuration are taken from."""
     path = Path(os.path.abspath(orthanc.GetConfigurationPath() or "."))
     return path if path.is_dir() else path.parent
+
+
+def listener_settings(settings: Settings) -> ListenerSettings:
+    """The part of the plugin's settings the DPP listener uses."""
+    return ListenerSettings(
+        ae_title=settings.ae_title,
+        port=settings.port,
+        bind_address=settings.bind_address,
+        check_called_ae_title=settings.check_called_ae_title,
+        maximum_associations=settings.maximum_associations,
+        maximum_connections_per_address=settings.maximum_connections_per_address,
+        unknown_callers_maximum_associations=settings.unknown_callers_maximum_associations,
+        acse_timeout=settings.acse_timeout,
+        dimse_timeout=settings.dimse_timeout,
+        network_timeout=settings.network_timeout,
+        maximum_pdu_size=settings.maximum_pdu_size,
+        maximum_dataset_size=settings.maximum_dataset_size,
+        tls=settings.tls,
+    )
 
 
 def tls_client_context(settings: Settings) -> ssl.SSLContext | None:
@@ -795,7 +825,7 @@ _UTF8_CHARACTER = (
 )
 SEGMENT = f"({_UTF8_CHARACTER}+)"
 
-ROUTES = {
+ROUTES: Final = {
     "/dpp/status": "status",
     "/dpp/protocols": "protocols",
     f"/dpp/protocols/{SEGMENT}": "protocol",
@@ -806,7 +836,7 @@ ROUTES = {
 }
 
 #: Routes to other DPP archives and the background jobs (``remote_rest.RemoteArchives``).
-REMOTE_ROUTES = {
+REMOTE_ROUTES: Final = {
     f"/dpp/modalities/{SEGMENT}/find": "find",
     f"/dpp/modalities/{SEGMENT}/retrieve": "retrieve",
     "/dpp/jobs": "jobs_list",
@@ -816,7 +846,7 @@ REMOTE_ROUTES = {
 
 
 #: The bodies each route reads on POST (``csrf.body_type``); every other route reads none.
-BODY_TYPES = {
+BODY_TYPES: Final = {
     "protocols": ("application/dicom", "multipart/related"),
     "find": ("application/json",),
     "retrieve": ("application/json",),

@@ -13,9 +13,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from orthanc_dpp.access import Service, parse_unknown_callers
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.tls import TlsSettings, parse_tls
 
 SECTION = "DefinedProcedureProtocol"
@@ -34,20 +35,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("; ".join(errors))
         self.errors = errors
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Identity given to DPP instances that lack patient/study/series.
-
-    Orthanc files every instance under a patient, study and series; DPP IODs
-    have none, so they are grouped under one "protocol library" patient and
-    study, with one series per storage SOP class.
-    """
-
-    patient_id: str = "DPP-PROTOCOL-LIBRARY"
-    patient_name: str = "Defined Procedure Protocol Library"
-    study_description: str = "Defined Procedure Protocols"
 
 
 @dataclass(frozen=True)
@@ -186,7 +173,7 @@ def _label(max_length: int) -> Callable[[Any], str]:
 
 
 # key -> (attribute of Settings, validator)
-KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+KEYS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "Enabled": ("enabled", _bool),
     "AETitle": ("ae_title", _ae_title),
     "CheckCalledAETitle": ("check_called_ae_title", _bool),
@@ -222,7 +209,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ReceivedInstanceHook": ("received_instance_hook", _auto_or_bool),
 }
 
-NORMALIZATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+NORMALIZATION_KEYS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "PatientID": ("patient_id", _label(64)),
     "PatientName": ("patient_name", _label(64)),
     "StudyDescription": ("study_description", _label(64)),

@@ -73,7 +73,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, Final
 
 from pynetdicom import evt
 from pynetdicom.dsutils import decode
@@ -143,7 +143,7 @@ LINGER = 5.0
 MAXIMUM_LINGERING = 64
 
 #: Log line of each kind of refusal, with its count, address and reason.
-_REFUSAL_LINES = {
+_REFUSAL_LINES: Final = {
     "connection": "Refused %d connection(s) from %s: %s",
     "association": "Rejected %d association request(s) from %s: %s",
     "evicted": "Dropped %d waiting connection(s) from %s to make room for a new connection: %s",
@@ -775,6 +775,14 @@ class ConnectionGuard:
         self._close_lingering(self.clock(), everything=True)
         if self._thread is not None:
             self._thread.join(5)
+
+
+def set_tcp_nodelay(event: evt.Event) -> None:
+    """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (docs/design.md, fact 7)."""
+    sock = private.raw_socket(event.assoc)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def requester_guard(

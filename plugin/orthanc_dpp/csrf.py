@@ -29,12 +29,13 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 #: Methods that change nothing here; every other one is checked.
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: ``Sec-Fetch-Site`` values of requests a page of this Orthanc sent, or the user typed.
 OWN_SITES = frozenset({"same-origin", "none"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import functools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
@@ -31,7 +32,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 #: Transfer syntaxes whose datasets are walked here (value: implicit VR).
-WALKED = {str(ImplicitVRLittleEndian): True, str(ExplicitVRLittleEndian): False}
+WALKED: Final = {str(ImplicitVRLittleEndian): True, str(ExplicitVRLittleEndian): False}
 
 _TAG_LENGTH = struct.Struct("<HHI")
 _EXPLICIT = struct.Struct("<HH2sH")

@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import pydicom
 from pydicom import Dataset
@@ -35,7 +35,6 @@ from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from orthanc_dpp import encoded, normalize, status
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.limits import (
     DatasetLimits,
@@ -44,6 +43,7 @@ from orthanc_dpp.limits import (
     check_part10,
     read_file_meta,
 )
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.sop import STORAGE_CLASSES
 from orthanc_dpp.store_errors import OrthancError, StoreError  # users import them from here too
 
@@ -100,20 +100,6 @@ INDEX_LOADING = (
 #: Seconds a REST client is told to wait (Retry-After) while the index loads.
 RETRY_AFTER_SECONDS = 5
 
-#: Set on a thread while it stores through :meth:`ProtocolLibrary.store`.
-_storing = threading.local()
-
-
-def storing_here() -> bool:
-    """True while this thread is inside the library's own ``POST /instances``.
-
-    Orthanc runs its received-instance hook on the thread that stores, so
-    the hook can tell a file the library has just normalized (nothing to
-    do, no need to read it again) from one arriving by Orthanc's routes.
-    """
-    return getattr(_storing, "active", False)
-
-
 # Orthanc's error codes (OrthancPluginErrorCode) for a store that failed on
 # the server's side, not because of the file, with the diagnosis that leads
 # the reason. Seen for real (tests/integration/test_storage_full.py,
@@ -121,13 +107,13 @@ def storing_here() -> bool:
 # full index folder is an SQLite error (1009: SQLite's own "full" is only in
 # Orthanc's log); PostgreSQL gone is 36 "The database is currently not
 # available".
-_OUT_OF_STORAGE = {
+_OUT_OF_STORAGE: Final = {
     4: "Orthanc is out of memory",  # NotEnoughMemory
     14: "Orthanc's storage is full or not writable",  # CannotWriteFile
     19: "Orthanc's storage is full",  # FullStorage
 }
 _SQLITE_ERRORS = range(1000, 1100)  # SQLiteNotOpened ... SQLiteTransactionBegin
-_DATABASE_DOWN = {
+_DATABASE_DOWN: Final = {
     11: "Orthanc's database failed",  # Database
     31: "Orthanc's database plugin failed",  # DatabasePlugin
     32: "Orthanc's storage plugin failed",  # StorageAreaPlugin
@@ -488,13 +474,10 @@ class ProtocolLibrary:
     ) -> Stored:
         """POST the encoded instance; an AlreadyStored answer reports the stored copy."""
         started = time.perf_counter()
-        _storing.active = True
         try:
             answer = json.loads(self.api.post("/instances", body))
         except OrthancError as exc:
             raise store_refusal(exc) from exc
-        finally:
-            _storing.active = False
         stored = Stored(
             sop_instance_uid=sop_instance,
             sop_class_uid=sop_class,

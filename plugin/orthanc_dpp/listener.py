@@ -7,7 +7,6 @@ Orthanc: the service handlers are passed in.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import ssl
@@ -17,12 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -30,31 +23,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import tls as tls_module
 from orthanc_dpp.access import Caller
-from orthanc_dpp.config import Settings
-from orthanc_dpp.connections import ConnectionGuard, Limits
+from orthanc_dpp.connections import ConnectionGuard, Limits, set_tcp_nodelay
 from orthanc_dpp.keys import MODELS
 from orthanc_dpp.metrics import Metrics
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.tls import TlsSettings
 
 log = logging.getLogger("orthanc_dpp.listener")
 
-#: The uncompressed transfer syntaxes accepted for storage and retrieval.
-TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
-
 Handler = Callable[..., Any]
-
-
-def set_tcp_nodelay(event: evt.Event) -> None:
-    """Send small PDUs at once: pynetdicom leaves Nagle's algorithm on (docs/design.md, fact 7)."""
-    sock = private.raw_socket(event.assoc)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def count_sending_as_activity(event: evt.Event) -> None:
@@ -102,6 +79,29 @@ class GuardedServer(ThreadedAssociationServer):
         super().shutdown_request(request)
 
 
+@dataclass(frozen=True)
+class ListenerSettings:
+    """What the listener takes from the plugin's settings (built by the adapter).
+
+    Its own type, so the listener depends on these values and not on the
+    whole configuration section, nor on the module that parses it.
+    """
+
+    ae_title: str
+    port: int
+    bind_address: str
+    check_called_ae_title: bool  # Orthanc's DicomCheckCalledAet, for the DPP port
+    maximum_associations: int
+    maximum_connections_per_address: int
+    unknown_callers_maximum_associations: int
+    acse_timeout: float
+    dimse_timeout: float
+    network_timeout: float
+    maximum_pdu_size: int
+    maximum_dataset_size: int
+    tls: TlsSettings
+
+
 @dataclass
 class ListenerState:
     """What ``/dpp/status`` shows about the listener."""
@@ -116,7 +116,7 @@ class DppListener:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ListenerSettings,
         handlers: dict[Any, Handler],
         metrics: Metrics | None = None,
         judge: Callable[[str, str], Caller] | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from pynetdicom.status import code_to_category
 
@@ -36,7 +37,7 @@ class Metric:
 
 
 #: The DIMSE services counted, and the outcomes each can have.
-SERVICES = {
+SERVICES: Final = {
     "c_echo": ("success", "refused"),
     "c_store": ("success", "failure", "refused"),
     "c_find": ("success", "cancel", "failure", "refused"),
@@ -44,7 +45,7 @@ SERVICES = {
     "c_move": ("success", "warning", "failure", "cancel", "refused"),
 }
 
-_OUTCOME_MEANING = {
+_OUTCOME_MEANING: Final = {
     "success": "answered Success",
     "warning": "answered with a warning status (some sub-operations failed)",
     "failure": "answered with a failure status (invalid request, not stored, limit reached)",

@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 log = logging.getLogger("orthanc_dpp.modalities")
 
@@ -32,7 +32,7 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 # Orthanc's permission flags and their JSON keys; all default to true when a
 # key is absent (RemoteModalityParameters::Clear).
-_FLAG_KEYS: dict[str, str] = {
+_FLAG_KEYS: Final[dict[str, str]] = {
     "allow_echo": "AllowEcho",
     "allow_find": "AllowFind",
     "allow_find_worklist": "AllowFindWorklist",

@@ -19,7 +19,6 @@ from pydicom.dataelem import DataElement
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.sop import STORAGE_CLASSES
 
 #: Private group and creator of the normalization record. The creator names
@@ -36,6 +35,21 @@ add_private_dict_entries(
         (RECORD_GROUP << 16) | 0x1000 | _FILLED: ("LT", "1", "Attributes Filled By Plugin", ""),
     },
 )
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Identity given to DPP instances that lack patient/study/series.
+
+    Orthanc files every instance under a patient, study and series; DPP IODs
+    have none, so they are grouped under one "protocol library" patient and
+    study, with one series per storage SOP class.
+    """
+
+    patient_id: str = "DPP-PROTOCOL-LIBRARY"
+    patient_name: str = "Defined Procedure Protocol Library"
+    study_description: str = "Defined Procedure Protocols"
+
 
 #: Orthanc refuses instances without these (its resource identity).
 REQUIRED = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")

@@ -52,12 +52,6 @@ from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 from pynetdicom import Association, build_context, build_role, evt
 from pynetdicom import status as dimse_status
 
@@ -75,24 +69,18 @@ from orthanc_dpp.outbound import (
     guard_for,
     request_association,
 )
-from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES
+from orthanc_dpp.sop import (
+    DPP_FIND,
+    DPP_GET,
+    DPP_MOVE,
+    DPP_STORAGE_CLASSES,
+    QUERY_TRANSFER_SYNTAXES,
+    TRANSFER_SYNTAXES,
+)
 from orthanc_dpp.status import status_dataset
 from orthanc_dpp.store_errors import StoreError, undecodable_as_store_error
 
 log = logging.getLogger("orthanc_dpp.remote")
-
-#: Transfer syntaxes proposed for received protocols (C-GET sub-operations).
-TRANSFER_SYNTAXES: list[str] = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
-#: ... and for the C-FIND, C-GET and C-MOVE requests: not Deflated, whose
-#: responses pynetdicom would inflate in one call, without a bound.
-QUERY_TRANSFER_SYNTAXES: list[str] = [
-    ts for ts in TRANSFER_SYNTAXES if ts != DeflatedExplicitVRLittleEndian
-]
 
 #: Answers kept from one C-FIND when the request names no ``Limit``, and the most it may name.
 DEFAULT_LIMIT = 100
@@ -227,7 +215,7 @@ def build_identifier(keys: Mapping[str, Any]) -> Dataset:
 #: Groups no identifier holds: the command (0000) and file meta (0002)
 #: groups belong to the message and the file, not to the dataset; items and
 #: delimiters (FFFE) are not attributes; PS3.5 7.1 forbids the others.
-_NOT_IN_IDENTIFIERS = {
+_NOT_IN_IDENTIFIERS: Final = {
     0x0000: "a command element (group 0000)",
     0x0002: "a file meta element (group 0002)",
     0xFFFE: "an item or delimitation tag (group FFFE)",

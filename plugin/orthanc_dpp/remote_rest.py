@@ -14,18 +14,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from orthanc_dpp import remote
+from orthanc_dpp.http_messages import Request, Response, error, json_response, method_not_allowed
 from orthanc_dpp.jobs import Job, Jobs, TooManyJobs
 from orthanc_dpp.modalities import Modality, ModalityRegistry
 from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, RetrieveResult
-from orthanc_dpp.rest import Request, Response, error, json_response, method_not_allowed
 
 log = logging.getLogger("orthanc_dpp.remote")
 
 METHODS = ("C-GET", "C-MOVE")
-RETRIEVE_MEMBERS = {"SOPInstanceUIDs", "Method", "Destination", "Asynchronous"}
+RETRIEVE_MEMBERS: Final = {"SOPInstanceUIDs", "Method", "Destination", "Asynchronous"}
 
 
 class RemoteArchives:

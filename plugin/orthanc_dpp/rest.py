@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import json
 import logging
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +20,16 @@ from orthanc_dpp import approvals, library_page
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.attributes import dataset_tree
 from orthanc_dpp.bindings import ApprovedContent
+from orthanc_dpp.http_messages import (
+    BadParameter,
+    Request,
+    Response,
+    error,
+    json_response,
+    method_not_allowed,
+    query_bool,
+    query_int,
+)
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.library import (
     RETRY_AFTER_SECONDS,
@@ -42,35 +50,6 @@ DEFAULT_PAGE = 100
 MAXIMUM_PAGE = 1000
 #: The query parameters of ``GET /dpp/protocols``: paging, then the search criteria.
 LIST_PARAMETERS = ("offset", "limit", "approved", *PARAMETERS)
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    get: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
-    body: bytes = b""
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    allowed: str | None = None  # for 405: the methods this route serves
-
-
-def json_response(status: int, payload: Any) -> Response:
-    return Response(status, json.dumps(payload, indent=2).encode())
-
-
-def error(status: int, message: str, **details: Any) -> Response:
-    return json_response(status, {"Error": message, "HttpStatus": status, **details})
-
-
-def method_not_allowed(allowed: str) -> Response:
-    return Response(405, b"", allowed=allowed)
 
 
 def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
@@ -152,10 +131,10 @@ class DppRestApi:
                 Parameter=unknown[0],
             )
         try:
-            offset = _query_int(request, "offset", 0, 0, 2**31)
-            limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
-            wanted = _query_bool(request, "approved")
-        except _BadParameter as exc:
+            offset = query_int(request, "offset", 0, 0, 2**31)
+            limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
+            wanted = query_bool(request, "approved")
+        except BadParameter as exc:
             return error(400, str(exc), Parameter=exc.parameter)
         try:
             criteria = ProtocolSearch.from_query(request.get)
@@ -359,35 +338,3 @@ def library_page_file(request: Request, name: str) -> Response:
         return error(404, f"no such file of the protocol library page: {name!r} ({known})")
     data, content_type = found
     return Response(200, data, content_type=content_type, headers=dict(library_page.HEADERS))
-
-
-class _BadParameter(ValueError):
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(f"query parameter '{parameter}' {message}")
-        self.parameter = parameter
-
-
-def _query_bool(request: Request, name: str) -> bool | None:
-    """A true/false query parameter, None when absent; _BadParameter naming it otherwise."""
-    value = request.get.get(name)
-    if value is None or value == "":
-        return None
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise _BadParameter(name, f"must be true or false, got {value[:32]!r}")
-
-
-def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.get.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _BadParameter(name, f"must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise _BadParameter(name, f"must be between {low} and {high}, got {value}")
-    return value

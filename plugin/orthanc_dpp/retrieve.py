@@ -58,6 +58,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
+from orthanc_dpp.connections import set_tcp_nodelay
 from orthanc_dpp.keys import (
     DPP_MODEL,
     QUERY_RETRIEVE_LEVEL,
@@ -72,7 +73,6 @@ from orthanc_dpp.limits import (
     check_values_per_key,
     decode_dimse_dataset,
 )
-from orthanc_dpp.listener import TRANSFER_SYNTAXES, set_tcp_nodelay
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.modalities import Modality, ModalityRegistry
 from orthanc_dpp.outbound import (
@@ -82,6 +82,7 @@ from orthanc_dpp.outbound import (
     Refusal,
     request_association,
 )
+from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import (
     FAILED,

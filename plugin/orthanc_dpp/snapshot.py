@@ -35,7 +35,7 @@ import re
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 from orthanc_dpp.record import BULK, SHARED_TEXT, Layout, Record, shared_layout
 
@@ -49,7 +49,7 @@ CHUNK = 8192
 
 _VR = re.compile(r"^[A-Z]{2}$")
 _SCALARS = frozenset({str, int, float, bytes})
-_INT = {int}
+_INT: Final = {int}
 _TAG = 0xFFFFFFFF
 
 _Layouts = list[tuple[tuple[int, ...], tuple[str, ...]]]

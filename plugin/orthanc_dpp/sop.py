@@ -1,7 +1,13 @@
-"""SOP class UIDs served by the plugin (docs/design.md, PS3.4 HH, II and GG)."""
+"""SOP classes and transfer syntaxes served by the plugin (docs/design.md, PS3.4 HH, II and GG)."""
 
 from typing import Final
 
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import sop_class as sc
 
 CT_DPP_STORAGE: Final = str(sc.CTDefinedProcedureProtocolStorage)
@@ -27,3 +33,18 @@ STORAGE_CLASSES: Final[dict[str, str]] = {
 #: Defined Procedure Protocol storage classes: what C-FIND/C-GET/C-MOVE on
 #: the DPP information model answer with (approvals have their own model).
 DPP_STORAGE_CLASSES: Final = frozenset({CT_DPP_STORAGE, XA_DPP_STORAGE})
+
+#: The uncompressed transfer syntaxes of every protocol sent or received: what the
+#: listener accepts, what C-MOVE sub-operations propose and what the plugin's own
+#: C-GETs accept for the instances they receive.
+TRANSFER_SYNTAXES: Final[list[str]] = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+#: ... and for the C-FIND, C-GET and C-MOVE requests the plugin sends: not Deflated,
+#: whose responses pynetdicom would inflate in one call, without a bound.
+QUERY_TRANSFER_SYNTAXES: Final[list[str]] = [
+    ts for ts in TRANSFER_SYNTAXES if ts != DeflatedExplicitVRLittleEndian
+]

@@ -21,17 +21,17 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 #: Keys of the plugin's "Tls" object -> Orthanc's top-level key.
-ORTHANC_KEYS = {
+ORTHANC_KEYS: Final = {
     "Enabled": "DicomTlsEnabled",
     "Certificate": "DicomTlsCertificate",
     "PrivateKey": "DicomTlsPrivateKey",
     "TrustedCertificates": "DicomTlsTrustedCertificates",
     "RemoteCertificateRequired": "DicomTlsRemoteCertificateRequired",
 }
-VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 KNOWN_KEYS = sorted([*ORTHANC_KEYS, "MinimumProtocolVersion"])
 
 

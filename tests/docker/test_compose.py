@@ -21,8 +21,7 @@ from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.keys import DPP_MODEL
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.doc_examples import docker_documentation
 from tests.docker.conftest import (
     CLIENT_AET,

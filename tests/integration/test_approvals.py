@@ -15,8 +15,7 @@ from pynetdicom import AE
 
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.keys import APPROVAL_MODEL, DPP_MODEL
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
-from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE, TRANSFER_SYNTAXES
 from tests.orthanc_server import HttpError, OrthancServer, free_port
 from tests.peers import STORE_AET, c_find, c_get, qr_modalities, store_protocols, storescp
 

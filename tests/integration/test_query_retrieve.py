@@ -26,8 +26,7 @@ from pynetdicom.sop_class import (
 )
 
 from dpp_tools.samples import make_library, make_protocol
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.orthanc_server import HttpError, OrthancServer, free_port
 from tests.peers import (
     STORE_AET,

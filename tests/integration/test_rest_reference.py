@@ -22,7 +22,8 @@ import pydicom
 import pytest
 
 from orthanc_dpp.adapter import ROUTES
-from orthanc_dpp.rest import DppRestApi, Request
+from orthanc_dpp.http_messages import Request
+from orthanc_dpp.rest import DppRestApi
 from tests.doc_examples import (
     APPROVAL_UID,
     CT_UID,

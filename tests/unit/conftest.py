@@ -9,9 +9,9 @@ from pynetdicom import AE, evt
 
 from orthanc_dpp import retrieve, sop
 from orthanc_dpp.access import AccessPolicy
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.retrieve import make_retrieve_handlers
+from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.fake_orthanc_module import VERSIONS
 from tests.orthanc_server import free_port
 from tests.scp_harness import DPP_CLASSES, SCP_AET, Harness, MemorySource

@@ -6,6 +6,7 @@ import io
 import re
 import socket
 import sys
+import threading
 from typing import Any
 
 import pydicom
@@ -394,6 +395,37 @@ class _FullDisk:
 
     def RestApiGet(self, uri: str) -> bytes:
         raise self.OrthancException("a message without a code")
+
+
+class _Recorder:
+    """An ``orthanc`` module whose POST records what the port object says meanwhile."""
+
+    class OrthancException(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.api: adapter.OrthancRestApi | None = None
+        self.seen: list[tuple[str, bool, bool]] = []
+
+    def RestApiPost(self, uri: str, body: bytes) -> bytes:
+        assert self.api is not None
+        elsewhere: list[bool] = []
+        other = threading.Thread(target=lambda: elsewhere.append(self.api.posting_instances()))
+        other.start()
+        other.join()
+        self.seen.append((uri, self.api.posting_instances(), elsewhere[0]))
+        return b"{}"
+
+
+def test_the_port_knows_when_this_thread_posts_instances() -> None:
+    """What the received-instance hook asks: only this thread, only ``POST /instances``."""
+    module = _Recorder()
+    api = module.api = adapter.OrthancRestApi(module)  # type: ignore[arg-type]
+    assert not api.posting_instances()
+    api.post("/instances", b"...")
+    api.post("/tools/find", b"{}")
+    assert module.seen == [("/instances", True, False), ("/tools/find", False, False)]
+    assert not api.posting_instances()
 
 
 def test_orthanc_error_codes_reach_the_library() -> None:

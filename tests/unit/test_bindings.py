@@ -9,9 +9,9 @@ from pydicom import Dataset
 
 from dpp_tools.samples import make_protocol
 from orthanc_dpp.bindings import METADATA, ApprovedContent
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
+from orthanc_dpp.normalize import Normalization
 from tests.fake_orthanc import FakeOrthancApi
 
 

@@ -24,10 +24,12 @@ from pydicom.sequence import Sequence
 from pynetdicom import evt
 
 from orthanc_dpp import __version__, config, keys, status
+from orthanc_dpp.adapter import listener_settings
 from orthanc_dpp.config import SECTION, Settings, parse_settings
 from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, TABLE_II_6_1, KeyRow
-from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
+from orthanc_dpp.listener import DppListener
 from orthanc_dpp.match import InvalidIdentifier, SequenceKey, compile_query
+from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.doc_examples import doc_section, tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,7 +210,7 @@ def test_the_matching_probe_tells_matching_types_apart() -> None:
 def listener_ae() -> Any:
     """The AE the listener builds, with every service handler bound (as the adapter does)."""
     handlers = {e: (lambda event: None) for e in (evt.EVT_C_FIND, evt.EVT_C_GET, evt.EVT_C_MOVE)}
-    return DppListener(Settings(), handlers)._make_ae()
+    return DppListener(listener_settings(Settings()), handlers)._make_ae()
 
 
 def test_every_accepted_presentation_context_is_documented_with_its_roles() -> None:

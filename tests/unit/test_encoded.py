@@ -12,7 +12,6 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from orthanc_dpp import encoded, normalize
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import (
     ProtocolLibrary,
     encode_part10,
@@ -21,6 +20,7 @@ from orthanc_dpp.library import (
     spliced_part10,
 )
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, nesting_depth
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.sop import CT_DPP_STORAGE
 from tests.datasets import nested
 from tests.fake_orthanc import FakeOrthancApi

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dpp_tools.samples import make_library, make_non_dpp, make_protocol, to_bytes
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
+from orthanc_dpp.normalize import Normalization
 from tests.fake_orthanc import FakeOrthancApi, MemorySnapshots
 from tests.waiting import eventually
 

@@ -9,7 +9,6 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from orthanc_dpp import status
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import (
     ProtocolLibrary,
     StoreError,
@@ -18,7 +17,7 @@ from orthanc_dpp.library import (
     parse_part10,
 )
 from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.normalize import has_record
+from orthanc_dpp.normalize import Normalization, has_record
 from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE
 from orthanc_dpp.status import error_comment
 from tests.fake_orthanc import FakeOrthancApi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from typing import Any
@@ -11,15 +12,27 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp.config import parse_settings
-from orthanc_dpp.listener import TRANSFER_SYNTAXES, DppListener
-from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES
+from orthanc_dpp.adapter import listener_settings
+from orthanc_dpp.config import Settings, parse_settings
+from orthanc_dpp.listener import DppListener, ListenerSettings
+from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.orthanc_server import free_port
 
 
 def listener(port: int) -> DppListener:
     section = {"Port": port, "BindAddress": "127.0.0.1", "AETitle": "DPP_UNDER_TEST"}
-    return DppListener(parse_settings({"DefinedProcedureProtocol": section}), {})
+    return DppListener(listener_settings(parse_settings({"DefinedProcedureProtocol": section})), {})
+
+
+def test_the_listener_settings_are_the_plugins_own_values() -> None:
+    """Each field of ListenerSettings is the Settings field of that name, none swapped."""
+    names = [field.name for field in dataclasses.fields(ListenerSettings)]
+    distinct = {name: number for number, name in enumerate(names, start=1) if name != "tls"}
+    settings = dataclasses.replace(Settings(), **distinct)
+    built = listener_settings(settings)
+    assert {name: getattr(built, name) for name in names} == {
+        name: getattr(settings, name) for name in names
+    }
 
 
 def refuses_connections(port: int) -> bool:

@@ -15,12 +15,13 @@ from pynetdicom.sop_class import Verification
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp import adapter, scp, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
-from orthanc_dpp.config import Normalization
+from orthanc_dpp.http_messages import Request
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
 from orthanc_dpp.modalities import ModalityRegistry
-from orthanc_dpp.rest import DppRestApi, Request
+from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.rest import DppRestApi
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from tests.datasets import identifier_for
 from tests.doc_examples import DOCS, doc_section

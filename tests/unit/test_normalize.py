@@ -11,19 +11,18 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import encode_part10
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.normalize import (
     RECORD_CREATOR,
     RECORD_GROUP,
+    Normalization,
     NormalizationError,
     has_record,
     library_uids,
     normalize,
     reverse,
 )
-from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES, XA_DPP_STORAGE
+from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES, TRANSFER_SYNTAXES, XA_DPP_STORAGE
 
 LABELS = Normalization()
 

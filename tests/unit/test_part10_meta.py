@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from orthanc_dpp import status
+from orthanc_dpp.http_messages import Request
 from orthanc_dpp.library import StoreError, read_part10
 from orthanc_dpp.limits import DatasetLimits, LimitExceeded, Malformed, check_part10
-from orthanc_dpp.rest import DppRestApi, Request
+from orthanc_dpp.rest import DppRestApi
 from tests.fake_orthanc import rest_api
 from tests.part10_faults import (
     DEFLATED,

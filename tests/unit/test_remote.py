@@ -16,7 +16,7 @@ from orthanc_dpp.library import StoreError
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality
 from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, build_identifier
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES
+from orthanc_dpp.sop import DPP_STORAGE_CLASSES, QUERY_TRANSFER_SYNTAXES, TRANSFER_SYNTAXES
 from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore, StallingPeer
 from tests.orthanc_server import free_port
 from tests.peers import collecting_storescp
@@ -295,7 +295,7 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
 
 
 def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
-    from orthanc_dpp.listener import TRANSFER_SYNTAXES as LISTENER_SYNTAXES
+    from orthanc_dpp import listener
     from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE
     from tests.doc_examples import REPO, doc_section, tables
 
@@ -305,8 +305,8 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     roles = {row[1]: row[2] for row in rows}
     assert all(roles[uid] == "SCU" for uid in (DPP_FIND, DPP_GET, DPP_MOVE))
     assert all(roles[uid].startswith("SCP") for uid in DPP_STORAGE_CLASSES)
-    # "the four transfer syntaxes of 2.2.3": the listener's, in its order.
-    assert remote.TRANSFER_SYNTAXES == LISTENER_SYNTAXES
+    # "the four transfer syntaxes of 2.2.3": the listener's, in its order (one list, in sop).
+    assert remote.TRANSFER_SYNTAXES is listener.TRANSFER_SYNTAXES is TRANSFER_SYNTAXES
     words = " ".join(text.split())
     assert f"at most {remote.MAXIMUM_UIDS})" in words
     assert f"(at most {remote.MAXIMUM_LIMIT})" in words
@@ -459,8 +459,8 @@ def test_an_endless_find_is_cut_off(archive: BareArchive) -> None:
 
 
 def test_queries_do_not_propose_deflate_whose_answers_pynetdicom_would_inflate() -> None:
-    assert DeflatedExplicitVRLittleEndian not in remote.QUERY_TRANSFER_SYNTAXES
-    assert DeflatedExplicitVRLittleEndian in remote.TRANSFER_SYNTAXES  # storage: bounded
+    assert DeflatedExplicitVRLittleEndian not in QUERY_TRANSFER_SYNTAXES
+    assert DeflatedExplicitVRLittleEndian in TRANSFER_SYNTAXES  # storage: bounded
 
 
 def find_in_thread(modality: Modality) -> list[BaseException]:

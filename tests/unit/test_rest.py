@@ -12,11 +12,12 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
-from orthanc_dpp.config import Normalization
+from orthanc_dpp.http_messages import Request, Response
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.rest import DppRestApi, Request, Response, split_upload
+from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.rest import DppRestApi, split_upload
 from tests.fake_orthanc import FakeOrthancApi, rest_api
 
 

@@ -34,13 +34,13 @@ from pynetdicom.sop_class import CTImageStorage
 from dpp_tools.samples import make_library, make_protocol, to_bytes
 from orthanc_dpp import retrieve, sop, status
 from orthanc_dpp.access import AccessPolicy
-from orthanc_dpp.listener import TRANSFER_SYNTAXES
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.retrieve import (
     Tally,
     make_retrieve_handlers,
     parse_identifier,
 )
+from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import conversion_loss
 from tests.bare_archive import StallingPeer

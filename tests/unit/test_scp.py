@@ -16,9 +16,9 @@ from pynetdicom.dsutils import encode
 
 from dpp_tools.samples import make_protocol
 from orthanc_dpp import scp, sop
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.limits import DatasetLimits
+from orthanc_dpp.normalize import Normalization
 from tests.datasets import raw_identifiers
 from tests.fake_orthanc import FakeOrthancApi
 from tests.scp_harness import find_event, gate, handler, universal

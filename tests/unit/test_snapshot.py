@@ -13,11 +13,11 @@ from pydicom import Dataset
 
 from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp import snapshot
-from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.match import compile_query
+from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.record import BULK, Record, to_record
 from tests.fake_orthanc import FakeOrthancApi, MemorySnapshots
 
