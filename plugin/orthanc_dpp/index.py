@@ -27,7 +27,9 @@ from pydicom.dataset import Dataset
 
 from orthanc_dpp.keys import SOP_CLASS_UID, SOP_INSTANCE_UID, tag
 from orthanc_dpp.match import Leaf, Query, SequenceKey, normalizer
-from orthanc_dpp.record import Record, RecordCache, stored_values, to_record
+from orthanc_dpp.record import Record, stored_values
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 
 CODE_VALUE: Final = tag("CodeValue")
 CODE_SEQUENCES: Final = (

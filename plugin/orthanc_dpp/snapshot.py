@@ -37,7 +37,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn, Protocol
 
-from orthanc_dpp.record import BULK, SHARED_TEXT, Layout, Record, RecordCache
+from orthanc_dpp.record import BULK, SHARED_TEXT, Layout, Record
+from orthanc_dpp.record_cache import RecordCache
 
 #: Orthanc global property holding the snapshot (plugins use numbers >= 1024).
 PROPERTY = 20511
@@ -102,7 +103,7 @@ class _Writer:
         return number
 
     def _layout(self, record: Record) -> int:
-        layout = record.layout  # one object per shape (record.py): numbered by identity
+        layout = record.layout  # one object per shape (record_cache.py): numbered by identity
         number = self._layout_numbers.get(id(layout))
         if number is None:
             number = self._layout_numbers[id(layout)] = len(self.layouts)

@@ -1,10 +1,10 @@
 """Index records straight from the Part 10 files Orthanc stores.
 
 A start without an index snapshot reads every stored protocol. The general
-way (``dcmread``, :func:`normalize.reverse`, :func:`record.to_record`) spent
+way (``dcmread``, :func:`normalize.reverse`, :func:`record_reading.to_record`) spent
 about half of its time in pydicom building Dataset objects that are thrown
 away at once. :func:`original_record` reads the file's bytes directly
-(:func:`record.read_parts`) and undoes the normalization on the record,
+(:func:`record_reading.read_parts`) and undoes the normalization on the record,
 giving the same record; anything that reader does not handle exactly as
 pydicom would (another transfer syntax, ISO 2022 character sets, damaged
 files...) goes the general way, so the answer never depends on the path.
@@ -21,7 +21,9 @@ import pydicom
 
 from orthanc_dpp import normalize
 from orthanc_dpp.normalize import RECORD_CREATOR, RECORD_GROUP
-from orthanc_dpp.record import TEXT, Record, RecordCache, UnreadableBytes, read_parts, to_record
+from orthanc_dpp.record import TEXT, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import UnreadableBytes, read_parts, to_record
 
 IMPLICIT_LITTLE: Final = "1.2.840.10008.1.2"
 EXPLICIT_LITTLE: Final = "1.2.840.10008.1.2.1"
@@ -106,7 +108,7 @@ def _undo_normalization(
 ) -> Record:
     """The record without what ``normalize.normalize`` added (as ``normalize.reverse`` does).
 
-    ``tags`` ascend without duplicates (:func:`record.read_parts`), so the
+    ``tags`` ascend without duplicates (:func:`record_reading.read_parts`), so the
     few added and filled attributes are found by binary search.
     """
     found = dict(private)

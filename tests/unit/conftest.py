@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orthanc_dpp.record import RecordCache
+from orthanc_dpp.record_cache import RecordCache
 
 
 @pytest.fixture

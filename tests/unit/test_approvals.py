@@ -10,7 +10,8 @@ from pydicom import Dataset
 from dpp_tools.samples import make_protocol
 from orthanc_dpp import approvals
 from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.record import RecordCache, to_record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

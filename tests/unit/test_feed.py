@@ -7,7 +7,7 @@ from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.record import RecordCache
+from orthanc_dpp.record_cache import RecordCache
 from tests.fake_orthanc import FakeOrthancApi
 from tests.unit.test_snapshot import MemorySnapshots
 from tests.waiting import eventually

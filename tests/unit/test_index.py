@@ -17,7 +17,9 @@ from orthanc_dpp import index as index_module
 from orthanc_dpp import sop
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.match import Query, compile_query
-from orthanc_dpp.record import BULK_TEXT, Record, RecordCache, to_record
+from orthanc_dpp.record import BULK_TEXT, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 from tests.unit.test_match import build, code
 
 CT, XA, APPROVAL = sop.CT_DPP_STORAGE, sop.XA_DPP_STORAGE, sop.PROTOCOL_APPROVAL_STORAGE

@@ -24,7 +24,9 @@ from pynetdicom.dsutils import decode, encode
 from orthanc_dpp import sop, status
 from orthanc_dpp.keys import APPROVAL_MODEL, TABLE_HH_6_1, KeyRow
 from orthanc_dpp.match import Query, compile_query
-from orthanc_dpp.record import BULK_BYTES, Record, RecordCache, to_record
+from orthanc_dpp.record import BULK_BYTES, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 from orthanc_dpp.status import InvalidIdentifier
 
 CT = sop.CT_DPP_STORAGE

@@ -9,7 +9,9 @@ from pydicom import dcmread
 
 from dpp_tools.samples import CHARSETS, TRANSFER_SYNTAXES, make_protocol, to_bytes
 from orthanc_dpp import sop
-from orthanc_dpp.record import BULK_BYTES, BULK_TEXT, RecordCache, to_record
+from orthanc_dpp.record import BULK_BYTES, BULK_TEXT
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 from tests.unit.test_match import build
 
 CT = sop.CT_DPP_STORAGE
@@ -55,9 +57,9 @@ def test_identical_items_are_shared_between_records(records: RecordCache) -> Non
 
 
 def test_sequence_cache_is_bounded_in_bytes(monkeypatch, records: RecordCache) -> None:
-    from orthanc_dpp import record
+    from orthanc_dpp import record_cache
 
-    monkeypatch.setattr(record, "SEQUENCE_CACHE_BYTES", 64 << 10)
+    monkeypatch.setattr(record_cache, "SEQUENCE_CACHE_BYTES", 64 << 10)
     for seed in range(60):  # read from bytes: sequences still encoded, as from Orthanc
         to_record(
             dcmread(io.BytesIO(to_bytes(make_protocol(seed, "CT", target_size=20_000)))), records

@@ -1,4 +1,4 @@
-"""Records read straight from encoded bytes during a start-up (orthanc_dpp.record).
+"""Records read straight from encoded bytes during a start-up (orthanc_dpp.record_reading).
 
 A start without a snapshot reads every stored protocol under
 ``RecordCache.bulk_reading``, which remembers items by their bytes (each test
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from dpp_tools.samples import make_library
-from orthanc_dpp import record
-from orthanc_dpp.record import RecordCache
+from orthanc_dpp import record, record_reading
+from orthanc_dpp.record_cache import RecordCache
 from orthanc_dpp.stored_record import fast_record, full_record
 from tests.unit.test_stored_record import stored
 
@@ -52,7 +52,7 @@ def outcome(read: Callable[[], Any]) -> Any:
 
 
 def read(data: bytes, cache: RecordCache) -> record.Record:
-    return record.read_dataset(data, 0, False, cache)[0]
+    return record_reading.read_dataset(data, 0, False, cache)[0]
 
 
 def test_a_library_read_in_bulk_equals_its_general_reading_with_fewer_item_reads(
@@ -61,14 +61,14 @@ def test_a_library_read_in_bulk_equals_its_general_reading_with_fewer_item_reads
     files = [stored(ds) for ds in make_library(40, seed=901)]
     expected = [full_record(data, records) for data in files]
     reads = 0
-    read_item = record._read_item
+    read_item = record_reading._read_item
 
     def counted(*args: Any) -> Any:
         nonlocal reads
         reads += 1
         return read_item(*args)
 
-    monkeypatch.setattr(record, "_read_item", counted)
+    monkeypatch.setattr(record_reading, "_read_item", counted)
     with records.bulk_reading():
         assert [fast_record(data, records) for data in files] == expected
         assert records._item_cache
@@ -76,7 +76,8 @@ def test_a_library_read_in_bulk_equals_its_general_reading_with_fewer_item_reads
     remembering = reads
 
     reads = 0
-    monkeypatch.setattr(record, "_bulk_item", lambda *args: counted(*args))  # remembers nothing
+    # remembers nothing:
+    monkeypatch.setattr(record_reading, "_bulk_item", lambda *args: counted(*args))
     monkeypatch.setattr(records, "_sequence_cache", OrderedDict())
     monkeypatch.setattr(records, "_cache_bytes", 0)
     with records.bulk_reading():
@@ -108,11 +109,11 @@ def test_an_item_cut_short_by_the_end_of_its_sequence_fails_as_without_bulk_read
     content = element(0x00080100, b"SH", b"CODE")
     whole = item(content)
     data = dataset(item(content, len(content) + 8), defined=True)  # 8 bytes more than there are
-    assert outcome(lambda: read(data, records)) is record.UnreadableBytes
+    assert outcome(lambda: read(data, records)) is record_reading.UnreadableBytes
     with records.bulk_reading():
         read(dataset(whole), records)  # remembers the item's bytes
         assert records._item_cache
-        assert outcome(lambda: read(data, records)) is record.UnreadableBytes
+        assert outcome(lambda: read(data, records)) is record_reading.UnreadableBytes
 
 
 def test_an_item_whose_value_runs_past_its_end_reads_as_without_bulk_reading(
@@ -156,5 +157,5 @@ def test_unknown_and_unreadable_value_representations(records: RecordCache) -> N
     got = read(unknown, records)
     assert got.get(0x00081030) == record.Element("XX", None)
     assert got.values(0x00181030) == ("P",)
-    with pytest.raises(record.UnreadableBytes):
+    with pytest.raises(record_reading.UnreadableBytes):
         read(element(0x00081030, b"\xc3\xa9", b"abcd"), records)

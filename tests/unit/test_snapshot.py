@@ -18,7 +18,9 @@ from orthanc_dpp.feed import IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.match import compile_query
-from orthanc_dpp.record import BULK, Record, RecordCache, to_record
+from orthanc_dpp.record import BULK, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 from tests.fake_orthanc import FakeOrthancApi
 
 

@@ -21,11 +21,13 @@ from dpp_tools.samples import (
     make_protocol,
     to_bytes,
 )
-from orthanc_dpp import normalize, record
+from orthanc_dpp import normalize, record, record_cache
 from orthanc_dpp.config import Normalization
 from orthanc_dpp.keys import tag
 from orthanc_dpp.normalize import RECORD_CREATOR
-from orthanc_dpp.record import BULK_BYTES, BULK_TEXT, RecordCache, UnreadableBytes
+from orthanc_dpp.record import BULK_BYTES, BULK_TEXT
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import UnreadableBytes
 from orthanc_dpp.stored_record import fast_record, full_record, original_record
 
 LABELS = Normalization()
@@ -170,7 +172,7 @@ def test_non_dpp_instance_reads_the_same() -> None:
 def test_bulk_reading_remembers_small_sequences_then_trims_back(
     monkeypatch, records: RecordCache
 ) -> None:
-    monkeypatch.setattr(record, "SEQUENCE_CACHE_BYTES", 4 << 10)
+    monkeypatch.setattr(record_cache, "SEQUENCE_CACHE_BYTES", 4 << 10)
     files = [stored(ds) for ds in make_library(20, seed=900)]
     with records.bulk_reading():
         for data in files:
