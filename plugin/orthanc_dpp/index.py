@@ -8,7 +8,7 @@ dictionary work: records are built before taking it, and :meth:`find` takes
 a snapshot of its candidates under the lock and matches outside it. Entries
 are immutable, so a snapshot stays valid while the index changes.
 
-Secondary indexes map normalized values (``match.normalizer``) of a few
+Secondary indexes map normalized values (``matching.normalizer``) of a few
 attributes that queries usually constrain (SOP class, protocol name,
 modality, manufacturer, codes) to entry numbers. They only narrow the
 candidates: every candidate still goes through ``Query.matches``, so the
@@ -26,7 +26,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from orthanc_dpp.keys import SOP_CLASS_UID, SOP_INSTANCE_UID, tag
-from orthanc_dpp.match import Leaf, Query, SequenceKey, normalizer
+from orthanc_dpp.matching import Leaf, SequenceKey, normalizer
+from orthanc_dpp.query import Query
 from orthanc_dpp.record import Record, stored_values
 from orthanc_dpp.record_cache import RecordCache
 from orthanc_dpp.record_reading import to_record

@@ -16,7 +16,7 @@ from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp import index as index_module
 from orthanc_dpp import sop
 from orthanc_dpp.index import Entry, ProtocolIndex
-from orthanc_dpp.match import Query, compile_query
+from orthanc_dpp.query import Query, compile_query
 from orthanc_dpp.record import BULK_TEXT, Record
 from orthanc_dpp.record_cache import RecordCache
 from orthanc_dpp.record_reading import to_record

@@ -23,7 +23,7 @@ from pynetdicom.dsutils import decode, encode
 
 from orthanc_dpp import sop, status
 from orthanc_dpp.keys import APPROVAL_MODEL, TABLE_HH_6_1, KeyRow
-from orthanc_dpp.match import Query, compile_query
+from orthanc_dpp.query import Query, compile_query
 from orthanc_dpp.record import BULK_BYTES, Record
 from orthanc_dpp.record_cache import RecordCache
 from orthanc_dpp.record_reading import to_record

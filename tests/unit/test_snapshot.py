@@ -17,7 +17,7 @@ from orthanc_dpp.config import Normalization
 from orthanc_dpp.feed import IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.match import compile_query
+from orthanc_dpp.query import compile_query
 from orthanc_dpp.record import BULK, Record
 from orthanc_dpp.record_cache import RecordCache
 from orthanc_dpp.record_reading import to_record
