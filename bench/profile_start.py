@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from orthanc_dpp import record, stored_record
+from orthanc_dpp import stored_record
 from orthanc_dpp.index import ProtocolIndex
 
 
@@ -39,12 +39,12 @@ def main(folder: str, loader: str, top: int = 12) -> None:
     files = stored_files(Path(folder))
     index = ProtocolIndex()
     build = stored_record.full_record if loader == "previous" else stored_record.original_record
-    bulk = record.bulk_reading() if loader == "current" else contextlib.nullcontext()
+    bulk = index.records.bulk_reading() if loader == "current" else contextlib.nullcontext()
 
     def load() -> None:
         with bulk:
             for number, data in enumerate(files):
-                index.put_record(str(number), build(data))
+                index.put_record(str(number), build(data, index.records))
 
     profile = cProfile.Profile()
     started = time.process_time()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from orthanc_dpp import record, snapshot, stored_record
+from orthanc_dpp import snapshot, stored_record
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.keys import SOP_CLASS_UID, SOP_INSTANCE_UID
 from orthanc_dpp.library import OrthancError, ProtocolLibrary, orthanc_resource_id
@@ -254,7 +254,7 @@ class IndexFeed:
         except OrthancError:
             return False  # deleted between the change and now
         try:
-            found = stored_record.original_record(data)
+            found = stored_record.original_record(data, self.index.records)
         except Exception as exc:  # a damaged file must not stop the feed
             log.error("Cannot index instance %s: %s", orthanc_id, exc)
             return False
@@ -271,10 +271,10 @@ class IndexFeed:
 
         Without a snapshot that is every stored protocol, so it reads them
         the fast way (:meth:`_load_instance`), with every sequence
-        remembered meanwhile (:func:`record.bulk_reading`), and checks for
+        remembered meanwhile (``index.records.bulk_reading``), and checks for
         a stop between instances.
         """
-        with self._lock, record.bulk_reading():
+        with self._lock, self.index.records.bulk_reading():
             library = self._library_instances()
             added = 0
             for seq, change in self._changes(self.last_seq):
@@ -405,7 +405,7 @@ class IndexFeed:
         if self.snapshots is None:
             return False
         try:
-            entries, last_seq = snapshot.load(self.snapshots.read())
+            entries, last_seq = snapshot.load(self.snapshots.read(), self.index.records)
         except snapshot.SnapshotError as exc:
             log.warning("Index snapshot not used (%s): rebuilding from Orthanc", exc)
             return False

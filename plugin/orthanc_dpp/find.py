@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from orthanc_dpp import status
 from orthanc_dpp.index import Entry, ProtocolIndex
 from orthanc_dpp.keys import DPP_MODEL, InformationModel
-from orthanc_dpp.match import Query, compile_query
+from orthanc_dpp.query import Query, compile_query
 from orthanc_dpp.status import InvalidIdentifier
 
 log = logging.getLogger("orthanc_dpp.find")

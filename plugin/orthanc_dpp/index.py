@@ -8,7 +8,7 @@ dictionary work: records are built before taking it, and :meth:`find` takes
 a snapshot of its candidates under the lock and matches outside it. Entries
 are immutable, so a snapshot stays valid while the index changes.
 
-Secondary indexes map normalized values (``match.normalizer``) of a few
+Secondary indexes map normalized values (``matching.normalizer``) of a few
 attributes that queries usually constrain (SOP class, protocol name,
 modality, manufacturer, codes) to entry numbers. They only narrow the
 candidates: every candidate still goes through ``Query.matches``, so the
@@ -26,8 +26,11 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from orthanc_dpp.keys import SOP_CLASS_UID, SOP_INSTANCE_UID, tag
-from orthanc_dpp.match import Leaf, Query, SequenceKey, normalizer
-from orthanc_dpp.record import Record, stored_values, to_record
+from orthanc_dpp.matching import Leaf, SequenceKey, normalizer
+from orthanc_dpp.query import Query
+from orthanc_dpp.record import Record, stored_values
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 
 CODE_VALUE: Final = tag("CodeValue")
 CODE_SEQUENCES: Final = (
@@ -202,7 +205,11 @@ for _seq, _attribute in INDEXED_ITEMS:
 class ProtocolIndex:
     """Thread-safe index of stored protocols; see the module docstring."""
 
-    def __init__(self, *, newest_wins: bool = False) -> None:
+    def __init__(self, records: RecordCache | None = None, *, newest_wins: bool = False) -> None:
+        #: Layouts, shared items and sequence caches of this index's records:
+        #: every record put here must be built with it (records compare
+        #: layouts by identity).
+        self.records = RecordCache() if records is None else records
         #: One SOP Instance UID, one entry. When a second Orthanc instance
         #: holds a UID already indexed under another (stored through another
         #: node, or by a path the plugin does not guard), either the first
@@ -228,10 +235,14 @@ class ProtocolIndex:
         UID, if there was one: kept (and ``ds`` not indexed) or replaced,
         as ``newest_wins`` says.
         """
-        return self.put_record(orthanc_id, to_record(ds))  # to_record: the slow part, unlocked
+        # to_record: the slow part, unlocked
+        return self.put_record(orthanc_id, to_record(ds, self.records))
 
     def put_record(self, orthanc_id: str, record: Record) -> str | None:
-        """Index an already built record (from a snapshot) under ``orthanc_id``; see :meth:`put`."""
+        """Index an already built record (from a snapshot) under ``orthanc_id``; see :meth:`put`.
+
+        ``record`` must have been built with :attr:`records`.
+        """
         keys = _index_keys(record)
         uid = str(record.first(SOP_INSTANCE_UID) or "")
         with self._lock:

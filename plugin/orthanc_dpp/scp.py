@@ -35,8 +35,8 @@ from orthanc_dpp.limits import (
     decode_dimse_dataset,
     too_deep,
 )
-from orthanc_dpp.match import Query
 from orthanc_dpp.metrics import Metrics
+from orthanc_dpp.query import Query
 from orthanc_dpp.responses import Batch, PendingEncoder, ResponseCache
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 from orthanc_dpp.status import status_dataset

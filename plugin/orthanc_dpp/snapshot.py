@@ -37,7 +37,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, NoReturn, Protocol
 
-from orthanc_dpp.record import BULK, SHARED_TEXT, Layout, Record, shared_layout
+from orthanc_dpp.record import BULK, SHARED_TEXT, Layout, Record
+from orthanc_dpp.record_cache import RecordCache
 
 #: Orthanc global property holding the snapshot (plugins use numbers >= 1024).
 PROPERTY = 20511
@@ -102,7 +103,7 @@ class _Writer:
         return number
 
     def _layout(self, record: Record) -> int:
-        layout = record.layout  # one object per shape (record.py): numbered by identity
+        layout = record.layout  # one object per shape (record_cache.py): numbered by identity
         number = self._layout_numbers.get(id(layout))
         if number is None:
             number = self._layout_numbers[id(layout)] = len(self.layouts)
@@ -147,7 +148,7 @@ def _bad(message: str) -> NoReturn:
     raise SnapshotError(message)
 
 
-def _layouts(raw: Any) -> list[Layout]:
+def _layouts(raw: Any, cache: RecordCache) -> list[Layout]:
     if not isinstance(raw, list):
         _bad("snapshot layouts are not a list")
     layouts = []
@@ -163,7 +164,7 @@ def _layouts(raw: Any) -> list[Layout]:
             _bad(f"layout {number} has tags out of order")
         if not all(isinstance(vr, str) and _VR.match(vr) for vr in vrs):
             _bad(f"layout {number} has a VR that is not a VR")
-        layouts.append(shared_layout(tags, tuple([sys.intern(vr) for vr in vrs])))
+        layouts.append(cache.layout(tags, tuple([sys.intern(vr) for vr in vrs])))
     return layouts
 
 
@@ -247,8 +248,11 @@ def _pickles(text: str) -> Iterator[Any]:
             raise SnapshotError(f"snapshot unreadable: {exc}") from exc
 
 
-def load(text: str) -> tuple[list[tuple[str, Record]], int]:
-    """The entries and change-log position of a snapshot made by :func:`dump`."""
+def load(text: str, cache: RecordCache) -> tuple[list[tuple[str, Record]], int]:
+    """The entries and change-log position of a snapshot made by :func:`dump`.
+
+    The records' layouts come from ``cache`` (the index's that will hold them).
+    """
     if not text:
         raise SnapshotError("no snapshot stored yet")
     pickles = _pickles(text)
@@ -262,7 +266,7 @@ def load(text: str) -> tuple[list[tuple[str, Record]], int]:
     _, _, last_seq, raw_layouts, record_count, entry_count = header
     if not all(type(n) is int and n >= 0 for n in (last_seq, record_count, entry_count)):
         raise SnapshotError("snapshot header is malformed")
-    reader = _RecordReader(_layouts(raw_layouts))
+    reader = _RecordReader(_layouts(raw_layouts, cache))
     while len(reader.built) < record_count:
         chunk = next(pickles, None)
         if not isinstance(chunk, list) or not chunk:

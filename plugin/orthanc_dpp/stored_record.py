@@ -1,10 +1,10 @@
 """Index records straight from the Part 10 files Orthanc stores.
 
 A start without an index snapshot reads every stored protocol. The general
-way (``dcmread``, :func:`normalize.reverse`, :func:`record.to_record`) spent
+way (``dcmread``, :func:`normalize.reverse`, :func:`record_reading.to_record`) spent
 about half of its time in pydicom building Dataset objects that are thrown
 away at once. :func:`original_record` reads the file's bytes directly
-(:func:`record.read_parts`) and undoes the normalization on the record,
+(:func:`record_reading.read_parts`) and undoes the normalization on the record,
 giving the same record; anything that reader does not handle exactly as
 pydicom would (another transfer syntax, ISO 2022 character sets, damaged
 files...) goes the general way, so the answer never depends on the path.
@@ -21,7 +21,9 @@ import pydicom
 
 from orthanc_dpp import normalize
 from orthanc_dpp.normalize import RECORD_CREATOR, RECORD_GROUP
-from orthanc_dpp.record import TEXT, Record, UnreadableBytes, read_parts, to_record
+from orthanc_dpp.record import TEXT, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import UnreadableBytes, read_parts, to_record
 
 IMPLICIT_LITTLE: Final = "1.2.840.10008.1.2"
 EXPLICIT_LITTLE: Final = "1.2.840.10008.1.2.1"
@@ -35,23 +37,24 @@ _ADDED: Final = 0x01  # element of the normalization record (normalize.py) listi
 _FILLED: Final = 0x02  # ... and filled ones
 
 
-def original_record(data: bytes) -> Record:
+def original_record(data: bytes, cache: RecordCache) -> Record:
     """The record of the protocol as received, from the file Orthanc stores.
 
-    Raises what ``dcmread`` raises for a file neither reader can read.
+    Built with ``cache`` (the index's). Raises what ``dcmread`` raises for a
+    file neither reader can read.
     """
     try:
-        return fast_record(data)
+        return fast_record(data, cache)
     except UnreadableBytes:
-        return full_record(data)
+        return full_record(data, cache)
 
 
-def full_record(data: bytes) -> Record:
+def full_record(data: bytes, cache: RecordCache) -> Record:
     """The general way: pydicom's Dataset, normalization undone, then its record."""
-    return to_record(normalize.reverse(pydicom.dcmread(io.BytesIO(data))))
+    return to_record(normalize.reverse(pydicom.dcmread(io.BytesIO(data))), cache)
 
 
-def fast_record(data: bytes) -> Record:
+def fast_record(data: bytes, cache: RecordCache) -> Record:
     """:func:`full_record` without pydicom; :class:`UnreadableBytes` when it cannot."""
     if len(data) < 132 or data[128:132] != b"DICM":
         raise UnreadableBytes("no DICM prefix")
@@ -64,7 +67,7 @@ def fast_record(data: bytes) -> Record:
         raise UnreadableBytes(f"transfer syntax {syntax}")
     if pos + 6 <= len(data) and _looks_explicit(data[pos + 4 : pos + 6]) == implicit:
         raise UnreadableBytes("dataset encoded otherwise than its transfer syntax says")
-    return _undo_normalization(*read_parts(data, pos, implicit))
+    return _undo_normalization(*read_parts(data, pos, implicit, cache), cache)
 
 
 def _looks_explicit(vr: bytes) -> bool:
@@ -101,10 +104,11 @@ def _undo_normalization(
     vrs: tuple[str, ...],
     values: tuple[Any, ...],
     private: list[tuple[int, bytes]],
+    cache: RecordCache,
 ) -> Record:
     """The record without what ``normalize.normalize`` added (as ``normalize.reverse`` does).
 
-    ``tags`` ascend without duplicates (:func:`record.read_parts`), so the
+    ``tags`` ascend without duplicates (:func:`record_reading.read_parts`), so the
     few added and filled attributes are found by binary search.
     """
     found = dict(private)
@@ -117,7 +121,7 @@ def _undo_normalization(
         None,
     )
     if offset is None:
-        return Record.from_parts(tags, vrs, values)
+        return Record(cache.layout(tags, vrs), values)
     base = (RECORD_GROUP << 16) | (offset << 8)
     try:
         added = _tags(found.get(base | _ADDED))
@@ -136,11 +140,11 @@ def _undo_normalization(
         i for tag in added if (i := bisect_left(tags, tag)) < len(tags) and tags[i] == tag
     )
     if not dropped:
-        return Record.from_parts(tags, vrs, tuple(kept))
+        return Record(cache.layout(tags, vrs), tuple(kept))
     kept_tags, kept_vrs = list(tags), list(vrs)
     for i in reversed(dropped):
         del kept_tags[i], kept_vrs[i], kept[i]
-    return Record.from_parts(tuple(kept_tags), tuple(kept_vrs), tuple(kept))
+    return Record(cache.layout(tuple(kept_tags), tuple(kept_vrs)), tuple(kept))
 
 
 def _text(value: bytes | None) -> str | None:

@@ -10,6 +10,7 @@ from pynetdicom import AE, evt
 from orthanc_dpp import retrieve, sop
 from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.record_cache import RecordCache
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.fake_orthanc_module import VERSIONS
@@ -86,3 +87,9 @@ def harness() -> Iterator[Harness]:
         yield h
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def records() -> RecordCache:
+    """A record cache of the test's own: records compared with each other must share one."""
+    return RecordCache()

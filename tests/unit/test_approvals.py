@@ -10,7 +10,8 @@ from pydicom import Dataset
 from dpp_tools.samples import make_protocol
 from orthanc_dpp import approvals
 from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.record import to_record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -34,10 +35,10 @@ def approval(protocol: Dataset, seed: int, *assertions: tuple[str, str]) -> Data
 
 
 def summarise(ds: Dataset) -> dict:
-    return approvals.summary("id", str(ds.SOPInstanceUID), to_record(ds), NOW)
+    return approvals.summary("id", str(ds.SOPInstanceUID), to_record(ds, RecordCache()), NOW)
 
 
-def test_assertions_are_summarised_with_their_state() -> None:
+def test_assertions_are_summarised_with_their_state(records: RecordCache) -> None:
     protocol = make_protocol(1, "CT")
     ds = approval(protocol, 2, ("128603", ""), ("128610", "20261130235959"))
     first, second = summarise(ds)["Assertions"]
@@ -48,7 +49,7 @@ def test_assertions_are_summarised_with_their_state() -> None:
     assert first["Current"] and first["Approves"] and not first["Withdraws"]
     # Expired yesterday (no offset: read as UTC), and a withdrawal.
     assert not second["Current"] and second["Withdraws"]
-    assert approvals.subjects(to_record(ds)) == [protocol.SOPInstanceUID]
+    assert approvals.subjects(to_record(ds, records)) == [protocol.SOPInstanceUID]
 
 
 def test_the_approved_rule() -> None:

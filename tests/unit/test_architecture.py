@@ -388,8 +388,6 @@ LONG_MODULES = {
     "bench/store_bench.py",
     "plugin/orthanc_dpp/adapter.py",
     "plugin/orthanc_dpp/connections.py",
-    "plugin/orthanc_dpp/match.py",
-    "plugin/orthanc_dpp/record.py",
     "plugin/orthanc_dpp/remote.py",
     "plugin/orthanc_dpp/retrieve.py",
     "tests/load.py",
@@ -452,16 +450,6 @@ MODULE_STATE = {
     "adapter._REGISTERED",  # the callbacks Orthanc holds, kept alive (a documented seam)
     "encoded._dictionary_vr",  # pydicom's dictionary, cached (a documented seam)
     "pynetdicom_private._route_lock",  # the one process-wide patch (a documented seam)
-    "record._bulk_readers",
-    "record._cache_bytes",
-    "record._cache_lock",
-    "record._codecs",
-    "record._item_cache",
-    "record._item_cache_bytes",
-    "record._items",
-    "record._layouts",
-    "record._sequence_cache",
-    "record._tags",
 }
 
 

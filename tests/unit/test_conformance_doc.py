@@ -28,8 +28,10 @@ from orthanc_dpp.adapter import listener_settings
 from orthanc_dpp.config import SECTION, Settings, parse_settings
 from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, TABLE_II_6_1, KeyRow
 from orthanc_dpp.listener import DppListener
-from orthanc_dpp.match import InvalidIdentifier, SequenceKey, compile_query
+from orthanc_dpp.matching import SequenceKey
+from orthanc_dpp.query import compile_query
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from orthanc_dpp.status import InvalidIdentifier
 from tests.doc_examples import doc_section, tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -324,7 +326,7 @@ RETRIEVE = "2.3.5 Retrieve (C-GET and C-MOVE SCP)"
         (("library.py", None), STORE),
         (("scp.py", "FindHandler"), FIND),
         (("find.py", None), FIND),
-        (("match.py", None), FIND),
+        (("query.py", None), FIND),
         (("retrieve.py", None), RETRIEVE),
     ],
 )

@@ -7,6 +7,7 @@ from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.record_cache import RecordCache
 from tests.fake_orthanc import FakeOrthancApi, MemorySnapshots
 from tests.waiting import eventually
 
@@ -151,8 +152,10 @@ def test_a_change_of_ours_whose_file_was_replaced_meanwhile_is_read() -> None:
     assert fresh.take("e", 13, lambda orthanc_id: "md5-of-ours")
 
 
-def loaded_entries(api: FakeOrthancApi, *, fast_load: bool) -> list[tuple[str, object]]:
-    index = ProtocolIndex()
+def loaded_entries(
+    api: FakeOrthancApi, records: RecordCache, *, fast_load: bool
+) -> list[tuple[str, object]]:
+    index = ProtocolIndex(records)  # records of indexes compared must share their cache
     feed = make_feed(api, index)
     feed.fast_load = fast_load
     feed.load()
@@ -160,7 +163,7 @@ def loaded_entries(api: FakeOrthancApi, *, fast_load: bool) -> list[tuple[str, o
     return [(e.orthanc_id, e.record) for e in index.snapshot()]
 
 
-def test_fast_start_up_builds_the_same_index_as_the_previous_loader() -> None:
+def test_fast_start_up_builds_the_same_index_as_the_previous_loader(records: RecordCache) -> None:
     """Same entries, same records, same order: C-FIND cannot tell the loaders apart."""
     api = FakeOrthancApi()
     store_elsewhere(api, 12, seed=40)  # normalized: in the library's series
@@ -175,9 +178,9 @@ def test_fast_start_up_builds_the_same_index_as_the_previous_loader() -> None:
     approvals = ProtocolLibrary(api, Normalization())
     for ds in make_library(4, seed=100, kinds=("CT", "APPROVAL")):
         approvals.store(ds)
-    fast = loaded_entries(api, fast_load=True)
+    fast = loaded_entries(api, records, fast_load=True)
     assert len(fast) == 12 + 1 + 4
-    assert fast == loaded_entries(api, fast_load=False)
+    assert fast == loaded_entries(api, records, fast_load=False)
 
 
 def test_load_progress_counts_change_log_entries_until_ready() -> None:

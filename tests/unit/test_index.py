@@ -16,8 +16,10 @@ from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp import index as index_module
 from orthanc_dpp import sop
 from orthanc_dpp.index import Entry, ProtocolIndex
-from orthanc_dpp.match import Query, compile_query
-from orthanc_dpp.record import BULK_TEXT, Record, to_record
+from orthanc_dpp.query import Query, compile_query
+from orthanc_dpp.record import BULK_TEXT, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 from tests.datasets import build, code
 
 CT, XA, APPROVAL = sop.CT_DPP_STORAGE, sop.XA_DPP_STORAGE, sop.PROTOCOL_APPROVAL_STORAGE
@@ -177,7 +179,8 @@ def test_index_keys_are_those_of_each_indexed_path() -> None:
     odd.add_new(0x00080070, "LO", ["Maker A", "Maker B", ""])  # Manufacturer, multi-valued
     odd.add_new(0x00080080, "LO", "x" * (BULK_TEXT + 1))  # Institution Name, too long to keep
     odd.add_new(0x00189912, "LO", "not a sequence")  # Model Specification Sequence, wrong VR
-    records = [to_record(ds) for ds in [*POOL, odd, *make_library(10, seed=8)]]
+    cache = RecordCache()
+    records = [to_record(ds, cache) for ds in [*POOL, odd, *make_library(10, seed=8)]]
     assert any(index_module._index_keys(r) for r in records)
     for record in records:
         assert index_module._index_keys(record) == path_by_path(record)

@@ -22,8 +22,10 @@ from pynetdicom.dsutils import decode, encode
 
 from orthanc_dpp import sop, status
 from orthanc_dpp.keys import APPROVAL_MODEL, TABLE_HH_6_1, KeyRow
-from orthanc_dpp.match import Query, compile_query
-from orthanc_dpp.record import BULK_BYTES, Record, to_record
+from orthanc_dpp.query import Query, compile_query
+from orthanc_dpp.record import BULK_BYTES, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 from orthanc_dpp.status import InvalidIdentifier
 from tests.datasets import build, code
 
@@ -104,7 +106,7 @@ STORED_SPEC: dict[str, Any] = {
     "PatientSpecificationSequence": [{"PatientSex": "F", "PatientAge": "045Y"}],
 }
 STORED = build(STORED_SPEC)
-RECORD = to_record(STORED)
+RECORD = to_record(STORED, RecordCache())
 
 
 def query(spec: dict[str, Any], **kwargs: Any) -> Query:
@@ -315,24 +317,28 @@ def test_matching_types(spec: dict[str, Any], expected: bool) -> None:
     assert query(spec).status == status.PENDING
 
 
-def test_each_model_answers_with_its_own_instances() -> None:
-    approval = to_record(build({**STORED_SPEC, "SOPClassUID": sop.PROTOCOL_APPROVAL_STORAGE}))
-    protocol = to_record(build(STORED_SPEC))
+def test_each_model_answers_with_its_own_instances(records: RecordCache) -> None:
+    approval = to_record(
+        build({**STORED_SPEC, "SOPClassUID": sop.PROTOCOL_APPROVAL_STORAGE}), records
+    )
+    protocol = to_record(build(STORED_SPEC), records)
     assert not matches({"ProtocolName": ""}, approval)
     assert query({"ProtocolName": ""}).matches(protocol)
     approvals = query({"SOPInstanceUID": ""}, model=APPROVAL_MODEL)
     assert approvals.matches(approval) and not approvals.matches(protocol)
 
 
-def test_empty_stored_values_fail_any_matching_key() -> None:
-    record = to_record(build({"SOPClassUID": CT, "ProtocolName": "", "EquipmentModality": "CT"}))
+def test_empty_stored_values_fail_any_matching_key(records: RecordCache) -> None:
+    record = to_record(
+        build({"SOPClassUID": CT, "ProtocolName": "", "EquipmentModality": "CT"}), records
+    )
     assert not matches({"ProtocolName": "?*"}, record)
     assert not matches({"ProtocolName": "x"}, record)
     assert matches({"ProtocolName": "*"}, record)
     assert matches({"ProtocolName": ""}, record)
 
 
-def test_person_name_component_groups() -> None:
+def test_person_name_component_groups(records: RecordCache) -> None:
     record = to_record(
         build(
             {
@@ -340,7 +346,8 @@ def test_person_name_component_groups() -> None:
                 "SOPClassUID": CT,
                 "ContentCreatorName": "Yamada^Tarou=山田^太郎=やまだ^たろう",
             }
-        )
+        ),
+        records,
     )
     assert matches({"ContentCreatorName": "山田^太郎"}, record)
     assert matches({"ContentCreatorName": "yamada^tarou"}, record)
@@ -349,9 +356,9 @@ def test_person_name_component_groups() -> None:
     assert not matches({"ContentCreatorName": "Yamada^Tarou=山田^次郎"}, record)
 
 
-def test_datetime_ranges_with_offsets() -> None:
+def test_datetime_ranges_with_offsets(records: RecordCache) -> None:
     record = to_record(
-        build({"SOPClassUID": CT, "ContextGroupLocalVersion": "20240105101500+0100"})
+        build({"SOPClassUID": CT, "ContextGroupLocalVersion": "20240105101500+0100"}), records
     )
     assert matches({"ContextGroupLocalVersion": "20240105091500"}, record)  # same instant, UTC
     assert matches({"ContextGroupLocalVersion": "20240105-20240105"}, record)
@@ -469,7 +476,7 @@ def test_non_ascii_queries_and_responses(charset: str) -> None:
     assert str(received.ContentCreatorName) == "Müller^Hans"
 
 
-def test_response_falls_back_to_utf8_when_needed() -> None:
+def test_response_falls_back_to_utf8_when_needed(records: RecordCache) -> None:
     record = to_record(
         build(
             {
@@ -477,7 +484,8 @@ def test_response_falls_back_to_utf8_when_needed() -> None:
                 "SOPClassUID": CT,
                 "ProtocolName": "頭部 CT",
             }
-        )
+        ),
+        records,
     )
     q = compile_query(roundtrip(build({"SpecificCharacterSet": "ISO_IR 100", "ProtocolName": ""})))
     response = q.respond(record)[1]
@@ -485,12 +493,12 @@ def test_response_falls_back_to_utf8_when_needed() -> None:
     assert roundtrip(response).ProtocolName == "頭部 CT"
 
 
-def test_latin1_instance_matches_utf8_query() -> None:
+def test_latin1_instance_matches_utf8_query(records: RecordCache) -> None:
     latin = Dataset()
     latin.SpecificCharacterSet = "ISO_IR 100"
     latin.SOPClassUID = CT
     latin.ProtocolName = "Schädel"
-    record = to_record(roundtrip(latin, implicit=False))
+    record = to_record(roundtrip(latin, implicit=False), records)
     assert record.first(0x00181030) == "Schädel"
     ident = roundtrip(build({"SpecificCharacterSet": "ISO_IR 192", "ProtocolName": "Sch?del"}))
     assert compile_query(ident).matches(record)
@@ -596,17 +604,19 @@ def test_private_keys_are_not_supported() -> None:
     assert 0x00091001 not in q.respond(RECORD)[1]
 
 
-def test_binary_keys_are_returned_but_not_matched() -> None:
+def test_binary_keys_are_returned_but_not_matched(records: RecordCache) -> None:
     spec = {**STORED_SPEC, "SelectorOBValue": b"\x01\x02"}
-    record = to_record(build(spec))
+    record = to_record(build(spec), records)
     q = query({"SelectorOBValue": b"\x09\x09"})
     assert q.status == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
     assert q.matches(record)
     assert q.respond(record)[1].SelectorOBValue == b"\x01\x02"
 
 
-def test_bulk_values_are_not_returned() -> None:
-    record = to_record(build({**STORED_SPEC, "SelectorOBValue": b"\x00" * (BULK_BYTES + 2)}))
+def test_bulk_values_are_not_returned(records: RecordCache) -> None:
+    record = to_record(
+        build({**STORED_SPEC, "SelectorOBValue": b"\x00" * (BULK_BYTES + 2)}), records
+    )
     code, response = query({"SelectorOBValue": "", "ProtocolName": ""}).respond(record)
     assert code == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
     assert "SelectorOBValue" not in response and response.ProtocolName == "CT Kopf nativ"

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as
 
 from orthanc_dpp import sop
 from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.match import compile_query
+from orthanc_dpp.query import compile_query
 from orthanc_dpp.responses import ENTRY_OVERHEAD, Batch, PendingEncoder, ResponseCache
 from orthanc_dpp.scp import FindHandler, make_find_handler
 from tests.datasets import build

@@ -16,16 +16,21 @@ from orthanc_dpp import snapshot
 from orthanc_dpp.feed import IndexFeed
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.match import compile_query
 from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.record import BULK, Record, to_record
+from orthanc_dpp.query import compile_query
+from orthanc_dpp.record import BULK, Record
+from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.record_reading import to_record
 from tests.fake_orthanc import FakeOrthancApi, MemorySnapshots
 
 
 def test_round_trip_keeps_records_equal_and_matching() -> None:
     datasets = [make_protocol(seed, "CT", target_size=20_000) for seed in range(5)]
-    records = [to_record(ds) for ds in datasets]
-    entries, seq = snapshot.load(snapshot.dump([(f"id{i}", r) for i, r in enumerate(records)], 17))
+    cache = RecordCache()  # the snapshot is loaded into the index the records came from
+    records = [to_record(ds, cache) for ds in datasets]
+    entries, seq = snapshot.load(
+        snapshot.dump([(f"id{i}", r) for i, r in enumerate(records)], 17), cache
+    )
     assert seq == 17
     assert [orthanc_id for orthanc_id, _ in entries] == [f"id{i}" for i in range(5)]
     assert [record for _, record in entries] == records
@@ -35,10 +40,10 @@ def test_round_trip_keeps_records_equal_and_matching() -> None:
     assert [query.matches(r) for _, r in entries] == [query.matches(r) for r in records]
 
 
-def test_bulk_marker_survives_as_the_same_object() -> None:
+def test_bulk_marker_survives_as_the_same_object(records: RecordCache) -> None:
     # The matcher tells "value too large to keep" by identity with BULK.
-    record = Record.from_parts((0x00181030,), ("LO",), (BULK,))
-    ((_, back),) = snapshot.load(snapshot.dump([("a", record)], 0))[0]
+    record = Record(records.layout((0x00181030,), ("LO",)), (BULK,))
+    ((_, back),) = snapshot.load(snapshot.dump([("a", record)], 0), records)[0]
     assert back.raw_values[0] is BULK
 
 
@@ -139,12 +144,13 @@ FORMAT_2 = packed((snapshot.MAGIC, 2, 0, GOOD_LAYOUT, [(0, ("1.2", "x"))], [("a"
 )
 def test_bad_snapshots_are_refused_with_a_reason(text: str, reason: str) -> None:
     with pytest.raises(snapshot.SnapshotError, match=reason):
-        snapshot.load(text)
+        snapshot.load(text, RecordCache())
 
 
 def test_records_are_read_one_chunk_at_a_time_and_share_their_text(monkeypatch) -> None:
     monkeypatch.setattr(snapshot, "CHUNK", 2)
-    records = [to_record(ds) for ds in make_library(7, seed=3)]
+    cache = RecordCache()
+    records = [to_record(ds, cache) for ds in make_library(7, seed=3)]
     text = snapshot.dump([(f"id{i}", r) for i, r in enumerate(records)], 9)
     payload = zlib.decompress(base64.b64decode(text))
     stream = io.BytesIO(payload)
@@ -154,7 +160,7 @@ def test_records_are_read_one_chunk_at_a_time_and_share_their_text(monkeypatch) 
         chunks.append(pickle.load(stream))
     assert len(chunks) > 2 and all(len(chunk) <= 2 for chunk in chunks)
     assert len(pickle.load(stream)) == 7 and stream.tell() == len(payload)  # the entries
-    entries, seq = snapshot.load(text)
+    entries, seq = snapshot.load(text, cache)
     assert seq == 9 and [r for _, r in entries] == records
     # Text equal across chunks is one object again, as in the index built from files.
     objects: dict[str, set[int]] = {}
@@ -168,9 +174,9 @@ def test_records_are_read_one_chunk_at_a_time_and_share_their_text(monkeypatch) 
     assert all(len(ids) == 1 for ids in objects.values())
 
 
-def test_a_snapshot_holds_no_class_or_function() -> None:
-    records = [(f"id{i}", to_record(make_protocol(i, "CT"))) for i in range(3)]
-    payload = io.BytesIO(zlib.decompress(base64.b64decode(snapshot.dump(records, 5))))
+def test_a_snapshot_holds_no_class_or_function(records: RecordCache) -> None:
+    entries = [(f"id{i}", to_record(make_protocol(i, "CT"), records)) for i in range(3)]
+    payload = io.BytesIO(zlib.decompress(base64.b64decode(snapshot.dump(entries, 5))))
     opcodes: set[str] = set()
     while payload.tell() < len(payload.getbuffer()):  # each pickle of the stream
         opcodes.update(op.name for op, _, _ in pickletools.genops(payload))
