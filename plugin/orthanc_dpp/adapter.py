@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Final
+from typing import Any
 
 import pydicom
 import pynetdicom
@@ -39,7 +39,7 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import ApprovedContent
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
-from orthanc_dpp.http_messages import Request, Response, error, json_response
+from orthanc_dpp.http_messages import Request, Response, error
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.jobs import Jobs
 from orthanc_dpp.library import (
@@ -57,8 +57,9 @@ from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.responses import ResponseCache
-from orthanc_dpp.rest import DppRestApi, activity_answer, library_page_file
+from orthanc_dpp.rest import DppRestApi
 from orthanc_dpp.retrieve import make_retrieve_handlers
+from orthanc_dpp.routes import Route, dpp_routes, invalid_configuration
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 
@@ -659,6 +660,12 @@ class Plugin:
             return actions.KEEP_AS_IS, None
         return actions.MODIFY, normalized
 
+    def routes(self) -> list[Route]:
+        """The ``/dpp`` routes, in registration order; with an invalid configuration, the 503s."""
+        if self.settings is None:
+            return invalid_configuration(self.config_errors, self.activity, self.status)
+        return dpp_routes(self.rest, self.remote)
+
     # -- status --------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -748,15 +755,14 @@ def _answer(running: RunningPlugin, output: Any, response: Response) -> None:
         running.send_http_status(output, response.status, response.body)
 
 
-def _route(plugin: Plugin, handler_name: str, target: str = "rest") -> Any:
-    """An Orthanc REST callback that calls ``plugin.<target>.<handler_name>``.
+def _callback(route: Route, running: RunningPlugin, https: bool) -> Any:
+    """An Orthanc REST callback that answers with ``route``.
 
     Before anything else, :func:`csrf.check` refuses what a page of another
-    web site may have made a browser send (403, 415), on every route.
+    web site may have made a browser send (403, 415), on every route, with
+    the body types the route reads; then :meth:`Route.answer` calls the
+    method's handler or answers 405.
     """
-
-    accepted = BODY_TYPES.get(handler_name, ())
-    https = plugin.configuration.get("SslEnabled") is True
 
     def callback(output: Any, uri: str, **request: Any) -> None:
         try:
@@ -767,90 +773,20 @@ def _route(plugin: Plugin, handler_name: str, target: str = "rest") -> Any:
                 body=request.get("body", b"") or b"",
             )
             refusal = csrf.check(
-                req.method,
-                req.headers,
-                req.body,
-                accepted if req.method == "POST" else (),
-                https=https,
+                req.method, req.headers, req.body, route.accepted(req.method), https=https
             )
             if refusal is not None:
                 log.warning("Refused %s %s: %s", req.method, uri, refusal.reason)
-                _answer(plugin.running, output, error(refusal.status, refusal.reason))
+                _answer(running, output, error(refusal.status, refusal.reason))
                 return
-            if plugin.settings is None and handler_name not in ("library_page", "recent_activity"):
-                if handler_name != "status":
-                    _answer(
-                        plugin.running,
-                        output,
-                        error(
-                            503, "DPP plugin configuration is invalid", Errors=plugin.config_errors
-                        ),
-                    )
-                    return
-                _answer(plugin.running, output, json_response(200, plugin.status()))
-                return
-            groups = request.get("groups", ()) or ()
-            if plugin.settings is None:  # invalid configuration: the page shows the errors
-                response = (
-                    library_page_file(req, *groups)
-                    if handler_name == "library_page"
-                    else activity_answer(req, plugin.activity)
-                )
-            else:
-                response = getattr(getattr(plugin, target), handler_name)(req, *groups)
+            response = route.answer(req, *(request.get("groups", ()) or ()))
         except Exception:
             # The details are for the administrator, not for the caller.
             log.error("REST %s failed: %s", uri, traceback.format_exc())
             response = error(500, "internal error in the DPP plugin; Orthanc's log has the details")
-        _answer(plugin.running, output, response)
+        _answer(running, output, response)
 
     return callback
-
-
-#: One character of a path segment, in the bytes Orthanc matches routes
-#: against (the URI percent-decoded): any character but "/", in valid UTF-8.
-#: The Python plugin cannot make a str of a segment that is not UTF-8
-#: (``/dpp/protocols/%FF``): it answers 500 before any plugin code runs. A
-#: route that does not match such a URI leaves it to Orthanc: 404 "Unknown
-#: resource". Written with escapes, as the regular expression reads them.
-_UTF8_CHARACTER = (
-    r"(?:[\x01-\x2E\x30-\x7F]"
-    r"|[\xC2-\xDF][\x80-\xBF]"
-    r"|\xE0[\xA0-\xBF][\x80-\xBF]"
-    r"|[\xE1-\xEC\xEE\xEF][\x80-\xBF]{2}"
-    r"|\xED[\x80-\x9F][\x80-\xBF]"
-    r"|\xF0[\x90-\xBF][\x80-\xBF]{2}"
-    r"|[\xF1-\xF3][\x80-\xBF]{3}"
-    r"|\xF4[\x80-\x8F][\x80-\xBF]{2})"
-)
-SEGMENT = f"({_UTF8_CHARACTER}+)"
-
-ROUTES: Final = {
-    "/dpp/status": "status",
-    "/dpp/protocols": "protocols",
-    f"/dpp/protocols/{SEGMENT}": "protocol",
-    f"/dpp/protocols/{SEGMENT}/file": "protocol_file",
-    f"/dpp/protocols/{SEGMENT}/tree": "protocol_tree",
-    "/dpp/activity": "recent_activity",
-    f"/dpp/ui/({_UTF8_CHARACTER}*)": "library_page",
-}
-
-#: Routes to other DPP archives and the background jobs (``remote_rest.RemoteArchives``).
-REMOTE_ROUTES: Final = {
-    f"/dpp/modalities/{SEGMENT}/find": "find",
-    f"/dpp/modalities/{SEGMENT}/retrieve": "retrieve",
-    "/dpp/jobs": "jobs_list",
-    f"/dpp/jobs/{SEGMENT}": "job",
-    f"/dpp/jobs/{SEGMENT}/cancel": "job_cancel",
-}
-
-
-#: The bodies each route reads on POST (``csrf.body_type``); every other route reads none.
-BODY_TYPES: Final = {
-    "protocols": ("application/dicom", "multipart/related"),
-    "find": ("application/json",),
-    "retrieve": ("application/json",),
-}
 
 
 def _register(register: Any, callback: Any, *before: Any) -> None:
@@ -939,10 +875,9 @@ def install(orthanc: ModuleType) -> Plugin:
     _register(orthanc.RegisterOnChangeCallback, plugin.on_change)
     if plugin.settings is not None:
         _install_received_hook(plugin)
-    for uri, name in ROUTES.items():
-        _register(orthanc.RegisterRestCallback, _route(plugin, name), uri)
-    for uri, name in REMOTE_ROUTES.items():
-        _register(orthanc.RegisterRestCallback, _route(plugin, name, "remote"), uri)
+    https = configuration.get("SslEnabled") is True
+    for route in plugin.routes():
+        _register(orthanc.RegisterRestCallback, _callback(route, plugin.running, https), route.uri)
     _extend_orthanc_explorer(orthanc)
     if plugin.settings is not None:
         log.warning(

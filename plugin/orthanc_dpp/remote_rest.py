@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from orthanc_dpp import remote
-from orthanc_dpp.http_messages import Request, Response, error, json_response, method_not_allowed
+from orthanc_dpp.http_messages import Request, Response, error, json_response
 from orthanc_dpp.jobs import Job, Jobs, TooManyJobs
 from orthanc_dpp.modalities import Modality, ModalityRegistry
 from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, RetrieveResult
@@ -65,8 +65,6 @@ class RemoteArchives:
 
     # POST /dpp/modalities/{id}/find
     def find(self, request: Request, name: str) -> Response:
-        if request.method != "POST":
-            return method_not_allowed("POST")
         modality = self._modality(name)
         if modality is None:
             return error(404, f"no modality {name!r} in Orthanc's modality list")
@@ -98,8 +96,6 @@ class RemoteArchives:
 
     # POST /dpp/modalities/{id}/retrieve
     def retrieve(self, request: Request, name: str) -> Response:
-        if request.method != "POST":
-            return method_not_allowed("POST")
         modality = self._modality(name)
         if modality is None:
             return error(404, f"no modality {name!r} in Orthanc's modality list")
@@ -182,14 +178,10 @@ class RemoteArchives:
 
     # GET /dpp/jobs
     def jobs_list(self, request: Request) -> Response:
-        if request.method != "GET":
-            return method_not_allowed("GET")
         return json_response(200, [self._job_json(job) for job in self.jobs.all()])
 
     # GET /dpp/jobs/{id}
     def job(self, request: Request, job_id: str) -> Response:
-        if request.method != "GET":
-            return method_not_allowed("GET")
         job = self.jobs.get(job_id)
         if job is None:
             return error(404, f"no DPP job {job_id!r}")
@@ -197,8 +189,6 @@ class RemoteArchives:
 
     # POST /dpp/jobs/{id}/cancel
     def job_cancel(self, request: Request, job_id: str) -> Response:
-        if request.method != "POST":
-            return method_not_allowed("POST")
         job = self.jobs.get(job_id)
         if job is None:
             return error(404, f"no DPP job {job_id!r}")

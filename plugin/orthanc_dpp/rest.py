@@ -1,9 +1,10 @@
 """The ``/dpp/...`` REST routes, as plain functions of the request.
 
 The adapter turns Orthanc's request into :class:`Request` and our
-:class:`Response` back into Orthanc's output calls. Every answer is JSON
-except the file download; every error is a JSON body with ``Error`` saying
-what went wrong.
+:class:`Response` back into Orthanc's output calls. Each handler serves one
+method: :mod:`orthanc_dpp.routes` maps methods to handlers and answers 405.
+Every answer is JSON except the file download; every error is a JSON body
+with ``Error`` saying what went wrong.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from orthanc_dpp.http_messages import (
     Response,
     error,
     json_response,
-    method_not_allowed,
     query_bool,
     query_int,
 )
@@ -105,19 +105,10 @@ class DppRestApi:
 
     # GET /dpp/status
     def status(self, request: Request) -> Response:
-        if request.method != "GET":
-            return method_not_allowed("GET")
         return json_response(200, self._status())
 
-    # GET, POST /dpp/protocols
+    # GET /dpp/protocols
     def protocols(self, request: Request) -> Response:
-        if request.method == "GET":
-            return self._list(request)
-        if request.method == "POST":
-            return self._upload(request)
-        return method_not_allowed("GET,POST")
-
-    def _list(self, request: Request) -> Response:
         # Orthanc 1.10 hands plugins the query string's values still
         # percent-encoded (measured: "a%20b" arrives as such); decoding a
         # value that is already decoded changes it only if it holds "%xx".
@@ -191,7 +182,8 @@ class DppRestApi:
             )
         return summary
 
-    def _upload(self, request: Request) -> Response:
+    # POST /dpp/protocols
+    def upload(self, request: Request) -> Response:
         if len(request.body) > self.maximum_upload:
             return self._refused_whole(
                 413, f"upload larger than MaximumUploadSize ({self.maximum_upload} bytes)"
@@ -249,15 +241,21 @@ class DppRestApi:
     def _lookup(self, identifier: str) -> Entry | None:
         return self.index.get(identifier) or self.index.get_by_orthanc_id(identifier)
 
-    # GET, DELETE /dpp/protocols/{uid}
+    def _missing(self, identifier: str) -> Response:
+        return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
+
+    # GET /dpp/protocols/{uid}
     def protocol(self, request: Request, identifier: str) -> Response:
         entry = self._lookup(identifier)
-        if request.method not in ("GET", "DELETE"):
-            return method_not_allowed("GET,DELETE")
         if entry is None:
-            return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
-        if request.method == "GET":
-            return json_response(200, self._summary(entry, datetime.now(UTC)))
+            return self._missing(identifier)
+        return json_response(200, self._summary(entry, datetime.now(UTC)))
+
+    # DELETE /dpp/protocols/{uid}
+    def delete_protocol(self, request: Request, identifier: str) -> Response:
+        entry = self._lookup(identifier)
+        if entry is None:
+            return self._missing(identifier)
         try:
             self.library.delete(entry.orthanc_id)
         except OrthancError as exc:
@@ -270,11 +268,9 @@ class DppRestApi:
 
     # GET /dpp/protocols/{uid}/file
     def protocol_file(self, request: Request, identifier: str) -> Response:
-        if request.method != "GET":
-            return method_not_allowed("GET")
         entry = self._lookup(identifier)
         if entry is None:
-            return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
+            return self._missing(identifier)
         try:
             data = self.library.original_bytes(entry.orthanc_id)
         except OrthancError as exc:
@@ -290,11 +286,9 @@ class DppRestApi:
     # GET /dpp/protocols/{uid}/tree
     def protocol_tree(self, request: Request, identifier: str) -> Response:
         """The protocol as received, every attribute named, for the library page."""
-        if request.method != "GET":
-            return method_not_allowed("GET")
         entry = self._lookup(identifier)
         if entry is None:
-            return error(404, f"no protocol with SOP Instance UID or Orthanc ID {identifier!r}")
+            return self._missing(identifier)
         try:
             ds = self.library.original_dataset(entry.orthanc_id)
         except OrthancError as exc:
@@ -310,7 +304,7 @@ class DppRestApi:
 
     # GET /dpp/activity
     def recent_activity(self, request: Request) -> Response:
-        return activity_answer(request, self.activity)
+        return activity_answer(self.activity)
 
     # GET /dpp/ui/{file}
     def library_page(self, request: Request, name: str) -> Response:
@@ -321,17 +315,13 @@ class DppRestApi:
 # the library page can show the errors: they need nothing but their arguments.
 
 
-def activity_answer(request: Request, activity: ActivityLog) -> Response:
+def activity_answer(activity: ActivityLog) -> Response:
     """``GET /dpp/activity``: the plugin's recent log lines."""
-    if request.method != "GET":
-        return method_not_allowed("GET")
     return json_response(200, activity.as_json())
 
 
 def library_page_file(request: Request, name: str) -> Response:
     """``GET /dpp/ui/{name}``: the protocol library page's own files (``library_page.ASSETS``)."""
-    if request.method != "GET":
-        return method_not_allowed("GET")
     found = library_page.asset(name)
     if found is None:
         known = ", ".join(sorted(n for n in library_page.ASSETS if n))

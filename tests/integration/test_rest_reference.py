@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 import pydicom
 import pytest
 
-from orthanc_dpp.adapter import ROUTES
 from orthanc_dpp.http_messages import Request
 from orthanc_dpp.rest import DppRestApi
+from orthanc_dpp.routes import Route, protocol_routes
 from tests.doc_examples import (
     APPROVAL_UID,
     CT_UID,
@@ -63,20 +63,24 @@ class _NoIndex:
         return None
 
 
-def served_methods(handler_name: str, groups: int) -> set[str]:
-    """The methods a route serves, from the 405 answer its handler gives to another one."""
-    api = DppRestApi(None, _NoIndex(), dict, print, print)
-    answer = getattr(api, handler_name)(Request("PATCH"), *["x"] * groups)
+#: The protocol library's routes: docs/rest-api.md shows each of their methods.
+ROUTES = protocol_routes(DppRestApi(None, _NoIndex(), dict, print, print))
+
+
+def served_methods(route: Route, groups: int) -> set[str]:
+    """The methods a route serves, from the 405 answer it gives to another one."""
+    answer = route.answer(Request("PATCH"), *["x"] * groups)
     assert answer.status == 405 and answer.allowed
     return set(answer.allowed.split(","))
 
 
 def test_every_route_and_method_has_an_example() -> None:
     assert len(EXAMPLES) >= len(ROUTES)
-    for uri, handler_name in ROUTES.items():
+    for route in ROUTES:
+        uri = route.uri
         pattern = re.compile(uri)
         covered = {e.method for e in EXAMPLES if pattern.fullmatch(urlparse(e.url).path)}
-        missing = served_methods(handler_name, pattern.groups) - covered
+        missing = served_methods(route, pattern.groups) - covered
         assert not missing, f"README has no example of {sorted(missing)} {uri}"
 
 

@@ -17,12 +17,17 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
-from orthanc_dpp import adapter
+from orthanc_dpp import adapter, rest, routes
+from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import METADATA
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")  # install() takes over the loggers
+
+#: Every route's URI expression (the table of an invalid configuration has the same ones,
+#: test_routes checks it, and needs no running plugin).
+ROUTE_URIS = [r.uri for r in routes.invalid_configuration([], ActivityLog(), dict)]
 
 
 @pytest.fixture
@@ -175,12 +180,12 @@ def test_a_stored_approval_records_the_content_it_approves(running) -> None:
 
 
 def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
-    orthanc, plugin = running
+    orthanc, _ = running
 
     def explode(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(plugin.rest, "protocols", explode)
+    monkeypatch.setattr(rest, "search", explode)  # what GET /dpp/protocols calls
     answer = orthanc.call_route("/dpp/protocols")
     assert answer.status == 500
     assert answer.json()["Error"] == (
@@ -196,16 +201,15 @@ def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
 )
 def test_route_segments_that_are_not_utf8_match_no_route(segment: bytes) -> None:
     # The Python plugin cannot make a str of them: it would answer 500 itself.
-    routes = [*adapter.ROUTES, *adapter.REMOTE_ROUTES]
     for uri in (b"/dpp/protocols/" + segment, b"/dpp/jobs/" + segment + b"/cancel"):
-        assert not any(re.fullmatch(route.encode(), uri) for route in routes), uri
+        assert not any(re.fullmatch(route.encode(), uri) for route in ROUTE_URIS), uri
 
 
 @pytest.mark.parametrize("segment", ["1.2.840.10008", "Schädel", "日本", "\U0001f600", "a b%~"])
 def test_route_segments_in_utf8_match_their_route(segment: str) -> None:
     uri = f"/dpp/protocols/{segment}/tree".encode()
-    matched = [r for r in adapter.ROUTES if re.fullmatch(r.encode(), uri)]
-    assert matched == [f"/dpp/protocols/{adapter.SEGMENT}/tree"]
+    matched = [r for r in ROUTE_URIS if re.fullmatch(r.encode(), uri)]
+    assert matched == [f"/dpp/protocols/{routes.SEGMENT}/tree"]
     assert re.fullmatch(matched[0].encode(), uri).group(1).decode() == segment  # type: ignore[union-attr]
 
 

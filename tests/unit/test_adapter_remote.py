@@ -86,8 +86,8 @@ def test_every_route_refuses_changes_a_browser_marks_as_from_another_site(
 ) -> None:
     orthanc, plugin = running
     before = len(plugin.index)
-    for pattern in [*adapter.ROUTES, *adapter.REMOTE_ROUTES]:
-        uri = concrete(pattern)
+    for route in plugin.routes():
+        uri = concrete(route.uri)
         for browser in (
             {"Sec-Fetch-Site": "cross-site"},
             {"Sec-Fetch-Site": "same-site"},
@@ -100,11 +100,8 @@ def test_every_route_refuses_changes_a_browser_marks_as_from_another_site(
 
 
 def test_routes_that_read_a_body_refuse_other_types(running) -> None:
-    orthanc, _ = running
-    for name, types in adapter.BODY_TYPES.items():
-        pattern = next(
-            p for p, n in {**adapter.ROUTES, **adapter.REMOTE_ROUTES}.items() if n == name
-        )
+    orthanc, plugin = running
+    for pattern, types in [(r.uri, r.body_types) for r in plugin.routes() if r.body_types]:
         for given in ({"Content-Type": "text/plain"}, {}):
             answer = orthanc.call_route(concrete(pattern), "POST", body=b"{}", headers=given)
             assert answer.status == 415, (pattern, given, answer.body)

@@ -196,7 +196,7 @@ def test_rest_uploads_count_stored_and_refused_files() -> None:
 
     def post(body: bytes) -> int:
         request = Request("POST", headers={"content-type": "application/dicom"}, body=body)
-        return rest.protocols(request).status
+        return rest.upload(request).status
 
     assert post(to_bytes(make_protocol(1))) == 200
     assert post(b"not DICOM") == 400

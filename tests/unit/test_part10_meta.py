@@ -39,9 +39,7 @@ LIMITS = DatasetLimits()  # MaximumDatasetSize 16 MiB
 
 
 def upload(rest: DppRestApi, data: bytes) -> tuple[int, dict]:
-    answer = rest.protocols(
-        Request("POST", headers={"content-type": "application/dicom"}, body=data)
-    )
+    answer = rest.upload(Request("POST", headers={"content-type": "application/dicom"}, body=data))
     assert answer.content_type == "application/json"
     return answer.status, json.loads(answer.body)
 
@@ -197,7 +195,7 @@ def test_multipart_upload_answers_each_malformed_file() -> None:
     )
     body += f"--{boundary}--\r\n".encode()
     rest, api, index = rest_api(limits=LIMITS)
-    answer = rest.protocols(
+    answer = rest.upload(
         Request(
             "POST",
             headers={"content-type": f"multipart/related; boundary={boundary}"},

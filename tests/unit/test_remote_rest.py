@@ -16,6 +16,7 @@ from orthanc_dpp.jobs import Jobs
 from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
 from orthanc_dpp.remote import MAXIMUM_UIDS, Caller
 from orthanc_dpp.remote_rest import RemoteArchives
+from orthanc_dpp.routes import FIND, RETRIEVE, remote_routes
 from tests.bare_archive import BareArchive
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
@@ -138,8 +139,8 @@ def test_an_unreachable_remote_is_502(site: Site) -> None:
 
 
 def test_only_post_is_served(site: Site) -> None:
-    for handler in (site.api.find, site.api.retrieve):
-        answer = handler(Request("GET"), "site-b")
+    for route in [r for r in remote_routes(site.api) if r.uri in (FIND, RETRIEVE)]:
+        answer = route.answer(Request("GET"), "site-b")
         assert (answer.status, answer.allowed) == (405, "POST")
 
 

@@ -18,6 +18,17 @@ from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.rest import DppRestApi, split_upload
+from orthanc_dpp.routes import (
+    ACTIVITY,
+    LIBRARY_PAGE,
+    PROTOCOL,
+    PROTOCOL_FILE,
+    PROTOCOL_TREE,
+    PROTOCOLS,
+    STATUS,
+    Route,
+    protocol_routes,
+)
 from tests.fake_orthanc import FakeOrthancApi, rest_api
 
 
@@ -49,7 +60,7 @@ def body(response: Response) -> dict:
 
 
 def upload(rest: DppRestApi, data: bytes, content_type: str = "application/dicom") -> Response:
-    return rest.protocols(Request("POST", headers={"content-type": content_type}, body=data))
+    return rest.upload(Request("POST", headers={"content-type": content_type}, body=data))
 
 
 def multipart(files: list[tuple[str, bytes]], kind: str = "related") -> tuple[str, bytes]:
@@ -148,7 +159,7 @@ def test_summary_file_and_delete(rest: DppRestApi, api: FakeOrthancApi) -> None:
     assert pydicom.dcmread(io.BytesIO(file.body)) == pydicom.dcmread(io.BytesIO(to_bytes(ds)))
     by_orthanc_id = body(rest.protocol(Request("GET"), summary["OrthancID"]))
     assert by_orthanc_id["SOPInstanceUID"] == uid
-    deleted = body(rest.protocol(Request("DELETE"), uid))
+    deleted = body(rest.delete_protocol(Request("DELETE"), uid))
     assert deleted == {"Deleted": uid, "OrthancID": summary["OrthancID"]}
     assert api.files == {}
     missing = rest.protocol(Request("GET"), uid)
@@ -157,11 +168,16 @@ def test_summary_file_and_delete(rest: DppRestApi, api: FakeOrthancApi) -> None:
     assert rest.protocol_file(Request("GET"), uid).status == 404
 
 
+def route(rest: DppRestApi, uri: str) -> Route:
+    """The route of ``uri`` in the table built from ``rest`` (it answers 405 for the handlers)."""
+    return next(r for r in protocol_routes(rest) if r.uri == uri)
+
+
 def test_methods_not_served_answer_405(rest: DppRestApi) -> None:
-    assert rest.status(Request("POST")).allowed == "GET"
-    assert rest.protocols(Request("PUT")).allowed == "GET,POST"
-    assert rest.protocol(Request("POST"), "1.2").allowed == "GET,DELETE"
-    assert rest.protocol_file(Request("DELETE"), "1.2").allowed == "GET"
+    assert route(rest, STATUS).answer(Request("POST")).allowed == "GET"
+    assert route(rest, PROTOCOLS).answer(Request("PUT")).allowed == "GET,POST"
+    assert route(rest, PROTOCOL).answer(Request("POST"), "1.2").allowed == "GET,DELETE"
+    assert route(rest, PROTOCOL_FILE).answer(Request("DELETE"), "1.2").allowed == "GET"
 
 
 # -- search, tree, activity, the library page -------------------------------------------------
@@ -274,7 +290,7 @@ def test_tree_names_every_attribute_of_the_protocol_as_received(rest: DppRestApi
     assert value["SelectorLOValue"]["Value"] == "Topogram AP"
     missing = rest.protocol_tree(Request("GET"), "1.2.3")
     assert missing.status == 404 and "1.2.3" in body(missing)["Error"]
-    assert rest.protocol_tree(Request("DELETE"), ds.SOPInstanceUID).allowed == "GET"
+    assert route(rest, PROTOCOL_TREE).answer(Request("DELETE"), ds.SOPInstanceUID).allowed == "GET"
 
 
 def test_tree_describes_binary_values_and_cuts_long_texts() -> None:
@@ -334,7 +350,7 @@ def test_activity_route_and_uploads_are_recorded(rest: DppRestApi) -> None:
     events = body(rest.recent_activity(Request("GET")))["Events"]
     assert events[0]["Level"] == "ERROR" and "refused" in events[0]["Message"]
     assert events[1]["Message"] == f"Upload of body stored: {ds.SOPInstanceUID} (Success)"
-    assert rest.recent_activity(Request("POST")).allowed == "GET"
+    assert route(rest, ACTIVITY).answer(Request("POST")).allowed == "GET"
 
 
 def test_library_page_files_with_types_and_security_headers(rest: DppRestApi) -> None:
@@ -351,7 +367,7 @@ def test_library_page_files_with_types_and_security_headers(rest: DppRestApi) ->
     for name in ("../rest.py", "rest.py", "explorer-extension.js", "INDEX.HTML"):
         missing = rest.library_page(Request("GET"), name)
         assert missing.status == 404, name
-    assert rest.library_page(Request("POST"), "").allowed == "GET"
+    assert route(rest, LIBRARY_PAGE).answer(Request("POST"), "").allowed == "GET"
 
 
 def test_status_route(rest: DppRestApi) -> None:
