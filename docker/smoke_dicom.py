@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,25 +92,32 @@ def step(message: str) -> None:
     print(f"smoke: {message}", flush=True)
 
 
-def echo(client: Client, node: Node) -> None:
-    assoc = client.associate(node, Verification)
+def _ask(
+    client: Client, node: Node, context: str, request: str, send: Callable[[Any], Any]
+) -> None:
+    """Send one request on its own association; anything but Success fails the smoke test."""
+    assoc = client.associate(node, context)
     try:
-        status = assoc.send_c_echo()
+        status = send(assoc)
     finally:
         assoc.release()
     if status.get("Status") != 0x0000:
-        raise SmokeFailure(f"{node.name}: C-ECHO answered {status}")
+        raise SmokeFailure(f"{node.name}: {request} answered {status}")
+
+
+def echo(client: Client, node: Node) -> None:
+    _ask(client, node, Verification, "C-ECHO", lambda assoc: assoc.send_c_echo())
     step(f"C-ECHO {node.name} {node.host}:{node.dpp_port}: Success")
 
 
 def store(client: Client, node: Node, ds: Dataset) -> None:
-    assoc = client.associate(node, CTDefinedProcedureProtocolStorage)
-    try:
-        status = assoc.send_c_store(ds)
-    finally:
-        assoc.release()
-    if status.get("Status") != 0x0000:
-        raise SmokeFailure(f"{node.name}: C-STORE answered {status}")
+    _ask(
+        client,
+        node,
+        CTDefinedProcedureProtocolStorage,
+        "C-STORE",
+        lambda assoc: assoc.send_c_store(ds),
+    )
     step(f"C-STORE {ds.SOPInstanceUID} to {node.name}: Success")
 
 

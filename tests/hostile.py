@@ -24,6 +24,16 @@ def peak_memory_kb(orthanc: OrthancServer) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
 
 
+def rss_kb(orthanc: OrthancServer) -> int:
+    """Resident memory of the Orthanc process in KiB (VmRSS)."""
+    assert orthanc.process is not None
+    with open(f"/proc/{orthanc.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS line")
+
+
 def deflated_bomb(inflated: int) -> bytes:
     """A dataset whose one OB element inflates to ``inflated`` bytes of zeros."""
     head = Dataset()

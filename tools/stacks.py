@@ -70,6 +70,25 @@ HOST_FILES = ["/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt", "/etc/pi
 SKIP = (".venv/", ".stacks/", "data/", ".git/")
 
 
+def copy_checkout(target: Path, skip: tuple[str, ...]) -> None:
+    """Copy the checkout's files (tracked and new, as in the work tree) into ``target``,
+    but those under the folders ``skip`` names: what a fresh clone plus the
+    uncommitted work would hold. tests/docker/test_readme uses it too."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for name in filter(None, listing.split("\0")):
+        source = REPO / name
+        if name.startswith(skip) or not source.is_file():
+            continue
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+
+
 def say(message: str) -> None:
     print(f"[stacks] {message}", flush=True)
 
@@ -237,19 +256,7 @@ class Root:
         for child in target.iterdir():
             if child.name != ".venv":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-        listing = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-        ).stdout.decode()
-        for name in filter(None, listing.split("\0")):
-            source = REPO / name
-            if name.startswith(SKIP) or not source.is_file():
-                continue
-            destination = target / name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination)
+        copy_checkout(target, SKIP)
 
     def ensure_packages(self) -> None:
         """Install what ``PACKAGES`` gained since the root was made."""

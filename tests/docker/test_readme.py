@@ -12,17 +12,16 @@ import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.doc_examples import docker_documentation
-from tests.docker.conftest import HERE, REPO, Node, health, http, run
+from tests.docker.conftest import HERE, Node, health, http, run
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
+from tools.stacks import copy_checkout
 
 WITHIN = 300.0
 
@@ -47,18 +46,7 @@ class Readme:
 
     def __init__(self, tmp: Path) -> None:
         self.checkout = tmp / "checkout"
-        listing = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        ).stdout.decode()
-        for name in filter(None, listing.split("\0")):
-            source = REPO / name
-            if source.is_file() and not name.startswith((".stacks/", ".venv/")):
-                target = self.checkout / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
+        copy_checkout(self.checkout, (".stacks/", ".venv/"))
         self.home = tmp / "home"
         self.home.mkdir()
         self.http_port, self.dpp_port = free_port(), free_port()

@@ -16,7 +16,8 @@ from pydicom import Dataset
 
 from dpp_tools.samples import make_protocol, to_bytes
 from tests.orthanc_server import HttpError, OrthancServer
-from tests.peers import associate, c_find, c_get, find_identifier
+from tests.peers import c_find, c_get, find_identifier
+from tests.stores import c_store
 from tests.waiting import eventually
 
 MODALITIES = {"scu": ["TEST_SCU", "127.0.0.1", 104], "getter": ["GETTER", "127.0.0.1", 104]}
@@ -38,14 +39,6 @@ def keeps_first(tmp_path_factory) -> Iterator[OrthancServer]:
 @pytest.fixture(scope="module")
 def overwrites(tmp_path_factory) -> Iterator[OrthancServer]:
     yield from server(tmp_path_factory, "overwrites", OverwriteInstances=True)
-
-
-def c_store(orthanc: OrthancServer, ds: Dataset) -> Dataset:
-    assoc = associate(orthanc)
-    try:
-        return assoc.send_c_store(ds)
-    finally:
-        assoc.release()
 
 
 def seen(orthanc: OrthancServer, uid: str) -> tuple[list[str], list[str], str]:

@@ -36,6 +36,7 @@ from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
 from orthanc_dpp.keys import APPROVAL_MODEL, DPP_MODEL, KeyRow
+from tests.hostile import rss_kb
 from tests.orthanc_server import OrthancServer
 from tests.peers import c_find, echo_works, find_identifier, store_protocols
 
@@ -426,15 +427,6 @@ def run(orthanc: OrthancServer, case: Case, rng: random.Random) -> Outcome:
         return Outcome(by_listener, time.monotonic() - started, received)
     finally:
         sock.close()
-
-
-def rss_kb(orthanc: OrthancServer) -> int:
-    assert orthanc.process is not None
-    with open(f"/proc/{orthanc.process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
 
 
 CASE_KINDS: list[tuple[str, Callable[[random.Random, OrthancServer], Iterator[Case]]]] = [

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification
 from dpp_tools.samples import make_library
 from orthanc_dpp.connections import LOCAL_LIMIT_EXCEEDED, MAXIMUM_PENDING_MESSAGES, reject_pdu
 from orthanc_dpp.keys import DPP_MODEL
-from tests.hostile import admission_limited
+from tests.hostile import admission_limited, rss_kb
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works
 from tests.waiting import eventually
@@ -169,16 +169,6 @@ def test_orthanc_stops_promptly_with_stalled_connections(make_server) -> None:
     assert time.monotonic() - started < 15
     for sock in stalled:
         sock.close()
-
-
-def rss_kb(orthanc: OrthancServer) -> int:
-    """Resident memory of the Orthanc process in KiB (VmRSS)."""
-    assert orthanc.process is not None
-    with open(f"/proc/{orthanc.process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
 
 
 def flood(raw: socket.socket, pdu: bytes, limit: int) -> int:

@@ -22,7 +22,8 @@ from pydicom import Dataset
 
 from dpp_tools.samples import make_protocol, to_bytes
 from tests.orthanc_server import HttpError, OrthancServer
-from tests.peers import associate, c_find, find_identifier, store_protocols
+from tests.peers import c_find, find_identifier, store_protocols
+from tests.stores import c_store
 from tests.volumes import MountUnavailable, files_bytes, filled, tmpfs
 
 # Room for Orthanc's SQLite index (about 0.3 MB at start) and a few protocols.
@@ -53,14 +54,6 @@ def full_disk(
         orthanc.start()
         stack.callback(orthanc.stop)
         yield key, volume, folders["StorageDirectory"], orthanc
-
-
-def c_store(orthanc: OrthancServer, ds: Dataset) -> Dataset:
-    assoc = associate(orthanc)
-    try:
-        return assoc.send_c_store(ds)
-    finally:
-        assoc.release()
 
 
 def post(orthanc: OrthancServer, ds: Dataset) -> tuple[int, dict]:

@@ -82,6 +82,26 @@ def announced_store(
     return response
 
 
+def refused_as_another_class(
+    orthanc: OrthancServer,
+    ds: Dataset,
+    *,
+    affected_class: str | None = None,
+    context_class: str | None = None,
+) -> Dataset:
+    """Announce ``ds`` under its own instance UID but with another class (in the command or
+    the context); the response, which must be 0xA900."""
+    response = announced_store(
+        orthanc,
+        ds,
+        affected_uid=str(ds.SOPInstanceUID),
+        affected_class=affected_class,
+        context_class=context_class,
+    )
+    assert response.Status == 0xA900
+    return response
+
+
 def nowhere(orthanc: OrthancServer, *uids: str) -> None:
     """Neither C-FIND nor the REST API knows any of ``uids``."""
     for uid in uids:
@@ -134,13 +154,7 @@ def test_dataset_without_sop_instance_uid_is_refused(orthanc, unchanged) -> None
 def test_command_announcing_another_class_is_refused(orthanc, unchanged) -> None:
     # A protocol on its own context, announced by the command as an approval.
     protocol = make_protocol(7703, "CT")
-    response = announced_store(
-        orthanc,
-        protocol,
-        affected_uid=str(protocol.SOPInstanceUID),
-        affected_class=PROTOCOL_APPROVAL_STORAGE,
-    )
-    assert response.Status == 0xA900
+    response = refused_as_another_class(orthanc, protocol, affected_class=PROTOCOL_APPROVAL_STORAGE)
     assert response.ErrorComment == "Affected SOP Class UID is not the presentation context's"
     assert orthanc.wait_for_log(
         f"refused (0xA900): Affected SOP Class UID {PROTOCOL_APPROVAL_STORAGE} is not the "
@@ -152,13 +166,7 @@ def test_command_announcing_another_class_is_refused(orthanc, unchanged) -> None
 def test_dataset_of_another_class_than_announced_is_refused(orthanc, unchanged) -> None:
     # An approval sent on the CT protocol context, the command naming CT protocols.
     approval = make_protocol(7704, "APPROVAL")
-    response = announced_store(
-        orthanc,
-        approval,
-        affected_uid=str(approval.SOPInstanceUID),
-        context_class=CT_DPP_STORAGE,
-    )
-    assert response.Status == 0xA900
+    response = refused_as_another_class(orthanc, approval, context_class=CT_DPP_STORAGE)
     assert response.ErrorComment.startswith(f"SOP Class UID {PROTOCOL_APPROVAL_STORAGE}")
     assert orthanc.wait_for_log(f"does not match the presentation context ({CT_DPP_STORAGE})")
     nowhere(orthanc, str(approval.SOPInstanceUID))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -314,13 +315,22 @@ def test_requests_are_rejected_permanently_without_rights_transiently_over_limit
         assert f"(A-ASSOCIATE-RJ {kind})" in caplog.text
 
 
-def test_a_refused_connection_is_answered_after_its_request_then_closed() -> None:
-    clock = Clock()
+@contextlib.contextmanager
+def refused_connection(
+    clock: Clock,
+) -> Iterator[tuple[ConnectionGuard, socket.socket, socket.socket]]:
+    """A guard whose one connection from 10.1.2.3 is taken, and a second one it refused:
+    the guard, the refused connection's listener side and its peer's side."""
     guard = make_guard(clock, per_address=1)
     guard.on_open(open_event(fake_assoc()))
     left, right = socket.socketpair()
     with left, right:
         assert not guard.verify(left, ("10.1.2.3", 1))
+        yield guard, left, right
+
+
+def test_a_refused_connection_is_answered_after_its_request_then_closed() -> None:
+    with refused_connection(Clock()) as (guard, left, right):
         assert guard.holds(left)  # not closed by the server: the guard answers it
         guard.sweep()
         right.setblocking(False)
@@ -339,11 +349,7 @@ def test_a_refused_connection_is_answered_after_its_request_then_closed() -> Non
 
 def test_a_refused_connection_that_stays_silent_is_closed_without_answer() -> None:
     clock = Clock()
-    guard = make_guard(clock, per_address=1)
-    guard.on_open(open_event(fake_assoc()))
-    left, right = socket.socketpair()
-    with left, right:
-        assert not guard.verify(left, ("10.1.2.3", 1))
+    with refused_connection(clock) as (guard, left, right):
         clock.now += 6
         guard.sweep()
         assert not guard.holds(left)
