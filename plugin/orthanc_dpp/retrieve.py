@@ -21,12 +21,12 @@ generator protocol for ``EVT_C_GET``/``EVT_C_MOVE`` (pynetdicom 3.0.4,
 * the Move Originator AE Title of its C-STORE requests is the SCP's own title,
   not that of the C-MOVE requester (PS3.7 9.1.1.1.6).
 
-So :func:`install` routes the DPP GET/MOVE SOP classes, and only those, to
-:meth:`RetrieveHandler.serve` when the handler bound to the association's
-``EVT_C_GET``/``EVT_C_MOVE`` is a :class:`RetrieveHandler`; any other handler
-keeps pynetdicom's behaviour. The handlers are still bound through
-``evt_handlers`` like any pynetdicom handler, so per-listener wiring is
-unchanged.
+So :func:`orthanc_dpp.routing.route_dpp_services` routes the DPP GET/MOVE SOP
+classes, and only those, to :meth:`RetrieveHandler.serve` when the handler
+bound to the association's ``EVT_C_GET``/``EVT_C_MOVE`` is a
+:class:`RetrieveHandler`; any other handler keeps pynetdicom's behaviour.
+The handlers are still bound through ``evt_handlers`` like any pynetdicom
+handler, so per-listener wiring is unchanged.
 """
 
 from __future__ import annotations
@@ -388,9 +388,9 @@ class RetrieveHandler:
         self.log = log
 
     def __call__(self, event: evt.Event) -> Any:
-        # pynetdicom calls the handler itself only when install() is not in
-        # effect; failing loudly beats silently answering with its own loop.
-        raise RuntimeError("orthanc_dpp.retrieve.install() has not routed this SOP class")
+        # pynetdicom calls the handler itself only when route_dpp_services() is
+        # not in effect; failing loudly beats silently answering with its own loop.
+        raise RuntimeError("orthanc_dpp.routing.route_dpp_services() has not routed this SOP class")
 
     # The DIMSE name, for log lines.
     @property
@@ -400,7 +400,7 @@ class RetrieveHandler:
     def serve(
         self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
     ) -> None:
-        """Answer one request completely (called by pynetdicom's service class, see install)."""
+        """Answer one request completely (pynetdicom's service class calls it: see routing)."""
         reply = _Reply(service, req, context)
         try:
             self._serve(service, req, context, reply)
@@ -685,41 +685,10 @@ class RetrieveHandler:
                 store.release()
 
 
-# --- wiring into pynetdicom ---------------------------------------------------------------
-
-
-def _serve_routed(
-    service: QueryRetrieveServiceClass,
-    req: Any,
-    context: PresentationContext,
-    stock: Callable[..., None],
-) -> None:
-    event = evt.EVT_C_GET if isinstance(req, C_GET) else evt.EVT_C_MOVE
-    bound = service.assoc.get_handlers(event)
-    handler = bound[0] if isinstance(bound, tuple) else None
-    if isinstance(handler, RetrieveHandler):
-        handler.serve(service, req, context)
-    else:
-        stock(req, context)
-
-
-def install() -> None:
-    """Route DPP C-GET/C-MOVE requests to bound :class:`RetrieveHandler` objects.
-
-    Idempotent. Touches only pynetdicom's Defined Procedure Protocol service
-    class, and falls back to pynetdicom's own loop for any other handler, so
-    nothing else in the process changes. The listener checks at start-up
-    that the methods replaced here still exist (:mod:`pynetdicom_private`)
-    and refuses to start otherwise, with the reason in ``/dpp/status``.
-    """
-    private.route_retrieve(_serve_routed)
-
-
 def make_get_handler(
     source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
 ) -> RetrieveHandler:
     """The ``evt.EVT_C_GET`` handler; options as for :class:`RetrieveHandler`."""
-    install()
     return RetrieveHandler("get", source, modalities, policy, **options)
 
 
@@ -727,7 +696,6 @@ def make_move_handler(
     source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
 ) -> RetrieveHandler:
     """The ``evt.EVT_C_MOVE`` handler; options as for :class:`RetrieveHandler`."""
-    install()
     return RetrieveHandler("move", source, modalities, policy, **options)
 
 

@@ -248,7 +248,7 @@ class FindHandler:
 
     Called with an event, it is an ordinary ``evt.EVT_C_FIND`` handler
     yielding datasets. The listener routes its C-FIND requests to
-    :meth:`serve` instead (:func:`install`), which sends the same answers
+    :meth:`serve` instead (:mod:`orthanc_dpp.routing`), which sends the same answers
     with encoded responses reused from ``cache`` and batched writes
     (:mod:`orthanc_dpp.responses`).
     """
@@ -491,28 +491,6 @@ class _PendingSender:
         private.restart_network_timer(self.assoc)
 
 
-def install() -> None:
-    """Route the listener's C-FIND requests to bound :class:`FindHandler` objects.
-
-    Only pynetdicom's Defined Procedure Protocol and Protocol Approval
-    query/retrieve classes change, and any other C-FIND handler keeps
-    pynetdicom's own loop. Idempotent.
-    """
-    private.route_find(_serve_routed)
-
-
-def _serve_routed(
-    service: Any, req: Any, context: PresentationContext, stock: Callable[..., None]
-) -> None:
-    bound = service.assoc.get_handlers(evt.EVT_C_FIND)
-    handler = bound[0] if isinstance(bound, tuple) else None
-    if isinstance(handler, FindHandler):
-        handler.serve(service, req, context)
-    else:
-        stock(req, context)
-
-
 def make_find_handler(index: ProtocolIndex, gate: Gatekeeper, **options: Any) -> FindHandler:
     """The ``evt.EVT_C_FIND`` handler (see :class:`FindHandler` for ``options``)."""
-    install()
     return FindHandler(index, gate, **options)

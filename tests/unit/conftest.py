@@ -12,6 +12,7 @@ from orthanc_dpp.access import AccessPolicy
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.record_cache import RecordCache
 from orthanc_dpp.retrieve import make_retrieve_handlers
+from orthanc_dpp.routing import route_dpp_services
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.fake_orthanc_module import VERSIONS
 from tests.orthanc_server import free_port
@@ -64,7 +65,14 @@ def version(request) -> str:
 
 
 @pytest.fixture
-def harness() -> Iterator[Harness]:
+def routed() -> None:
+    """pynetdicom's DPP C-FIND, C-GET and C-MOVE routed to the plugin's handlers, as
+    ``DppListener.start`` does, for tests that serve handlers from a plain AE."""
+    route_dpp_services()
+
+
+@pytest.fixture
+def harness(routed: None) -> Iterator[Harness]:
     """The C-GET/C-MOVE SCP under test on a free loopback port, serving an empty
     MemorySource; shut down after the test."""
     source = MemorySource({})

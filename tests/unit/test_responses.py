@@ -213,7 +213,7 @@ def library(count: int) -> ProtocolIndex:
 
 
 @pytest.fixture
-def listener() -> Iterator[tuple[int, FindHandler]]:
+def listener(routed: None) -> Iterator[tuple[int, FindHandler]]:
     handler = make_find_handler(
         library(300), gate(), max_results=0, is_ready=lambda: True, cache=ResponseCache(1 << 20)
     )

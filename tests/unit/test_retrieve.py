@@ -347,9 +347,8 @@ def test_concurrent_retrieves(harness: Harness, store_scp: StoreSCP) -> None:
     assert sorted(str(ds.SOPInstanceUID) for ds, _, _ in store_scp.received) == sorted(uids)
 
 
-def test_other_handlers_keep_pynetdicoms_behaviour() -> None:
-    """install() reroutes only RetrieveHandler objects; a plain generator still works."""
-    retrieve.install()
+def test_other_handlers_keep_pynetdicoms_behaviour(routed: None) -> None:
+    """Routing reroutes only RetrieveHandler objects; a plain generator still works."""
 
     def plain(event: evt.Event) -> Iterator[Any]:
         yield 0  # no sub-operations: pynetdicom answers Success by itself
