@@ -90,7 +90,11 @@ def main(argv: list[str]) -> int:
         ("after: FindHandler.serve, warm cache", True, 1 << 28),
     ):
         handler = scp.FindHandler(
-            index, gate, max_results=0, is_ready=lambda: True, cache=ResponseCache(cache)
+            index,
+            gate,
+            scp.FindOptions(max_results=0),
+            is_ready=lambda: True,
+            cache=ResponseCache(cache),
         )
         if cache:
             _profiled(handler, fast, 1)  # fills the cache

@@ -226,10 +226,10 @@ def universal() -> Dataset:
     return identifier
 
 
-def handler(**options: Any):
-    return scp.make_find_handler(
-        make_index(), gate(), max_results=0, is_ready=lambda: True, **options
-    )
+def handler(*, time_limit: float = 600.0, **keywords: Any) -> scp.FindHandler:
+    """A FindHandler over :func:`make_index`, open to everyone, with no result limit."""
+    options = scp.FindOptions(max_results=0, time_limit=time_limit)
+    return scp.FindHandler(make_index(), gate(), options, is_ready=lambda: True, **keywords)
 
 
 def nobody() -> Gatekeeper:

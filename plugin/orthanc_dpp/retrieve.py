@@ -57,7 +57,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
-from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
+from orthanc_dpp.access import Gatekeeper, Service, describe_requestor
 from orthanc_dpp.connections import set_tcp_nodelay
 from orthanc_dpp.keys import (
     DPP_MODEL,
@@ -74,7 +74,7 @@ from orthanc_dpp.limits import (
     decode_dimse_dataset,
 )
 from orthanc_dpp.metrics import Metrics
-from orthanc_dpp.modalities import Modality, ModalityRegistry
+from orthanc_dpp.modalities import Modality
 from orthanc_dpp.outbound import (
     AssociationFailed,
     AssociationRequest,
@@ -354,6 +354,20 @@ class _RequesterGone(Exception):
     """The requesting association ended: nobody to send to or answer."""
 
 
+@dataclass(frozen=True)
+class RetrieveOptions:
+    """What the settings say about C-GET and C-MOVE.
+
+    ``report_missing`` (``ReportMissingInstances``): a requested UID not
+    stored here is a failed sub-operation (True) or silently left out;
+    ``pending_interval`` (``PendingResponseInterval``): the seconds between
+    pending responses (0: after every sub-operation).
+    """
+
+    report_missing: bool = True
+    pending_interval: float = 0.0
+
+
 class RetrieveHandler:
     """Serves one of C-GET or C-MOVE; bind it to ``evt.EVT_C_GET`` or ``evt.EVT_C_MOVE``.
 
@@ -367,11 +381,9 @@ class RetrieveHandler:
         self,
         kind: Literal["get", "move"],
         source: ProtocolSource,
-        modalities: ModalityRegistry,
-        policy: AccessPolicy,
+        gate: Gatekeeper,
+        options: RetrieveOptions = RetrieveOptions(),
         *,
-        report_missing: bool = True,
-        pending_interval: float = 0.0,
         tls_context: ssl.SSLContext | None = None,
         limits: DatasetLimits | None = None,
         metrics: Metrics | None = None,
@@ -381,9 +393,8 @@ class RetrieveHandler:
         self.limits = limits or DatasetLimits()
         self.service = Service.GET if kind == "get" else Service.MOVE
         self.source = source
-        self.gate = Gatekeeper(modalities, policy)
-        self.report_missing = report_missing
-        self.pending_interval = pending_interval
+        self.gate = gate
+        self.options = options
         self.tls_context = tls_context
         self.log = log
 
@@ -476,7 +487,7 @@ class RetrieveHandler:
             reply.refuse(status.UNABLE_TO_PROCESS, f"cannot look up the instances: {exc}")
             return
         plan = [(uid, found.get(uid)) for uid in uids]
-        if not self.report_missing:
+        if not self.options.report_missing:
             plan = [(uid, oid) for uid, oid in plan if oid is not None]
         tally = reply.tally = Tally(len(plan))
         where = f" to {destination.describe()}" if destination else ""
@@ -556,7 +567,7 @@ class RetrieveHandler:
                 send_pending_if_due()
                 self._record(tally, item.uid, outcome)
                 pending_due = tally.remaining > 0 and (
-                    time.monotonic() - last_pending >= self.pending_interval
+                    time.monotonic() - last_pending >= self.options.pending_interval
                 )
         return True
 
@@ -683,27 +694,3 @@ class RetrieveHandler:
         finally:
             if store is not None and store.is_established:
                 store.release()
-
-
-def make_get_handler(
-    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
-) -> RetrieveHandler:
-    """The ``evt.EVT_C_GET`` handler; options as for :class:`RetrieveHandler`."""
-    return RetrieveHandler("get", source, modalities, policy, **options)
-
-
-def make_move_handler(
-    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
-) -> RetrieveHandler:
-    """The ``evt.EVT_C_MOVE`` handler; options as for :class:`RetrieveHandler`."""
-    return RetrieveHandler("move", source, modalities, policy, **options)
-
-
-def make_retrieve_handlers(
-    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
-) -> dict[Any, RetrieveHandler]:
-    """Both handlers, keyed by event, ready for the listener's handler table."""
-    return {
-        evt.EVT_C_GET: make_get_handler(source, modalities, policy, **options),
-        evt.EVT_C_MOVE: make_move_handler(source, modalities, policy, **options),
-    }

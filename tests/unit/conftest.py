@@ -8,10 +8,10 @@ import pytest
 from pynetdicom import AE, evt
 
 from orthanc_dpp import retrieve, sop
-from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.retrieve import make_retrieve_handlers
+from orthanc_dpp.retrieve import RetrieveHandler
 from orthanc_dpp.routing import route_dpp_services
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.fake_orthanc_module import VERSIONS
@@ -77,7 +77,11 @@ def harness(routed: None) -> Iterator[Harness]:
     MemorySource; shut down after the test."""
     source = MemorySource({})
     registry = ModalityRegistry()
-    handlers = make_retrieve_handlers(source, registry, AccessPolicy())
+    gate = Gatekeeper(registry, AccessPolicy())
+    handlers = {
+        evt.EVT_C_GET: RetrieveHandler("get", source, gate),
+        evt.EVT_C_MOVE: RetrieveHandler("move", source, gate),
+    }
     ae = AE(ae_title=SCP_AET)
     ae.add_supported_context(sop.DPP_GET, TRANSFER_SYNTAXES)
     ae.add_supported_context(sop.DPP_MOVE, TRANSFER_SYNTAXES)

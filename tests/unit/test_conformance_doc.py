@@ -321,8 +321,8 @@ RETRIEVE = "2.3.5 Retrieve (C-GET and C-MOVE SCP)"
 @pytest.mark.parametrize(
     ("code", "heading"),
     [
-        (("scp.py", "make_echo_handler"), ECHO),
-        (("scp.py", "make_store_handler"), STORE),
+        (("scp.py", "EchoHandler"), ECHO),
+        (("scp.py", "StoreHandler"), STORE),
         (("library.py", None), STORE),
         (("scp.py", "FindHandler"), FIND),
         (("find.py", None), FIND),

@@ -62,10 +62,12 @@ ROUTING_CHECK = textwrap.dedent(
         return [m.__module__ == "orthanc_dpp.pynetdicom_private" for m in methods]
 
     gate = Gatekeeper(ModalityRegistry(), AccessPolicy())
+    options = scp.FindOptions(max_results=0)
     handlers = {
-        evt.EVT_C_ECHO: scp.make_echo_handler(gate),
-        evt.EVT_C_FIND: scp.make_find_handler(ProtocolIndex(), gate, max_results=0, is_ready=bool),
-        **retrieve.make_retrieve_handlers(None, ModalityRegistry(), AccessPolicy()),
+        evt.EVT_C_ECHO: scp.EchoHandler(gate),
+        evt.EVT_C_FIND: scp.FindHandler(ProtocolIndex(), gate, options, is_ready=bool),
+        evt.EVT_C_GET: retrieve.RetrieveHandler("get", None, gate),
+        evt.EVT_C_MOVE: retrieve.RetrieveHandler("move", None, gate),
     }
     print(routed())
     section = {"Port": PORT, "BindAddress": "127.0.0.1", "AETitle": "DPP_UNDER_TEST"}

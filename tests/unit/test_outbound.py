@@ -22,7 +22,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
 from orthanc_dpp import remote
-from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality, ModalityRegistry
 from orthanc_dpp.outbound import (
@@ -288,7 +288,8 @@ def scu_reason(peer: Modality, sop_class: str = DPP_FIND) -> str:
 
 
 def move_reason(peer: Modality) -> str:
-    handler = RetrieveHandler("move", None, ModalityRegistry(), AccessPolicy())  # type: ignore[arg-type]
+    gate = Gatekeeper(ModalityRegistry(), AccessPolicy())
+    handler = RetrieveHandler("move", None, gate)  # type: ignore[arg-type]
     service = SimpleNamespace(ae=AE(ae_title="DPP_LISTENER"))
     store, why = handler._associate(service, peer, frozenset(DPP_STORAGE_CLASSES))  # type: ignore[arg-type]
     assert store is None
