@@ -39,6 +39,7 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import ApprovedContent
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.http_messages import Request, Response, error, json_response
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.jobs import Jobs
@@ -54,11 +55,12 @@ from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
+from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.responses import ResponseCache
 from orthanc_dpp.rest import DppRestApi, activity_answer, library_page_file
-from orthanc_dpp.retrieve import RetrieveHandler, RetrieveOptions
+from orthanc_dpp.retrieve import RetrieveOptions
 from orthanc_dpp.scp import (
     EchoHandler,
     FindHandler,
@@ -516,11 +518,10 @@ class Plugin:
                 metrics=self.metrics,
                 cache=self.find_cache,
             ),
-            evt.EVT_C_GET: RetrieveHandler(
-                "get", source, gate, retrieve_options, limits=limits, metrics=self.metrics
+            evt.EVT_C_GET: GetHandler(
+                source, gate, retrieve_options, limits=limits, metrics=self.metrics
             ),
-            evt.EVT_C_MOVE: RetrieveHandler(
-                "move",
+            evt.EVT_C_MOVE: MoveHandler(
                 source,
                 gate,
                 retrieve_options,

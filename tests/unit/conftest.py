@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from pynetdicom import AE, evt
 
-from orthanc_dpp import retrieve, sop
+from orthanc_dpp import sop
 from orthanc_dpp.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.connections import set_tcp_nodelay
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.retrieve import RetrieveHandler
 from orthanc_dpp.routing import route_dpp_services
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.fake_orthanc_module import VERSIONS
@@ -79,8 +81,8 @@ def harness(routed: None) -> Iterator[Harness]:
     registry = ModalityRegistry()
     gate = Gatekeeper(registry, AccessPolicy())
     handlers = {
-        evt.EVT_C_GET: RetrieveHandler("get", source, gate),
-        evt.EVT_C_MOVE: RetrieveHandler("move", source, gate),
+        evt.EVT_C_GET: GetHandler(source, gate),
+        evt.EVT_C_MOVE: MoveHandler(source, gate),
     }
     ae = AE(ae_title=SCP_AET)
     ae.add_supported_context(sop.DPP_GET, TRANSFER_SYNTAXES)
@@ -91,7 +93,7 @@ def harness(routed: None) -> Iterator[Harness]:
     server = ae.start_server(
         ("127.0.0.1", port),
         block=False,
-        evt_handlers=[(evt.EVT_CONN_OPEN, retrieve.set_tcp_nodelay), *handlers.items()],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay), *handlers.items()],
     )
     h = Harness(source, registry, port, server, handlers)
     h.set_modalities({})

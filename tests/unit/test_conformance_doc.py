@@ -328,6 +328,7 @@ RETRIEVE = "2.3.5 Retrieve (C-GET and C-MOVE SCP)"
         (("find.py", None), FIND),
         (("query.py", None), FIND),
         (("retrieve.py", None), RETRIEVE),
+        (("move.py", None), RETRIEVE),
     ],
 )
 def test_each_services_statuses_are_in_its_section(

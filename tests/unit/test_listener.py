@@ -48,13 +48,15 @@ ROUTING_CHECK = textwrap.dedent(
         ProtocolApprovalQueryRetrieveServiceClass as APPROVAL,
     )
 
-    from orthanc_dpp import retrieve, scp
+    from orthanc_dpp import scp
     from orthanc_dpp.access import AccessPolicy, Gatekeeper
     from orthanc_dpp.adapter import listener_settings
     from orthanc_dpp.config import parse_settings
+    from orthanc_dpp.get import GetHandler
     from orthanc_dpp.index import ProtocolIndex
     from orthanc_dpp.listener import DppListener
     from orthanc_dpp.modalities import ModalityRegistry
+    from orthanc_dpp.move import MoveHandler
 
     def routed():
         names = ("_c_find_scp", "_get_scp", "_move_scp")
@@ -66,8 +68,8 @@ ROUTING_CHECK = textwrap.dedent(
     handlers = {
         evt.EVT_C_ECHO: scp.EchoHandler(gate),
         evt.EVT_C_FIND: scp.FindHandler(ProtocolIndex(), gate, options, is_ready=bool),
-        evt.EVT_C_GET: retrieve.RetrieveHandler("get", None, gate),
-        evt.EVT_C_MOVE: retrieve.RetrieveHandler("move", None, gate),
+        evt.EVT_C_GET: GetHandler(None, gate),
+        evt.EVT_C_MOVE: MoveHandler(None, gate),
     }
     print(routed())
     section = {"Port": PORT, "BindAddress": "127.0.0.1", "AETitle": "DPP_UNDER_TEST"}

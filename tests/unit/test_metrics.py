@@ -15,14 +15,15 @@ from pynetdicom.sop_class import Verification
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp import adapter, scp, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.http_messages import Request
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
 from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.rest import DppRestApi
-from orthanc_dpp.retrieve import RetrieveHandler
 from tests.datasets import identifier_for
 from tests.doc_examples import DOCS, doc_section
 from tests.fake_orthanc import FakeOrthancApi
@@ -170,8 +171,8 @@ def test_c_get_counts_its_outcome_and_sub_operations(harness: Harness) -> None:
     metrics = Metrics()
     gate = Gatekeeper(harness.registry, AccessPolicy())
     handlers = {
-        evt.EVT_C_GET: RetrieveHandler("get", harness.source, gate, metrics=metrics),
-        evt.EVT_C_MOVE: RetrieveHandler("move", harness.source, gate, metrics=metrics),
+        evt.EVT_C_GET: GetHandler(harness.source, gate, metrics=metrics),
+        evt.EVT_C_MOVE: MoveHandler(harness.source, gate, metrics=metrics),
     }
     for event, handler in handlers.items():
         harness.server.unbind(event, harness.server.get_handlers(event)[0])

@@ -32,11 +32,11 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from dpp_tools.samples import make_library, make_protocol, to_bytes
-from orthanc_dpp import retrieve, sop, status
+from orthanc_dpp import move, sop, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.retrieve import (
-    RetrieveHandler,
     RetrieveOptions,
     Tally,
     parse_identifier,
@@ -279,7 +279,7 @@ def test_c_get_unknown_uids_are_failed_sub_operations(harness: Harness) -> None:
 
 def test_c_get_unknown_uids_can_be_ignored(harness: Harness) -> None:
     gate = Gatekeeper(harness.registry, AccessPolicy())
-    handler = RetrieveHandler("get", harness.source, gate, RetrieveOptions(report_missing=False))
+    handler = GetHandler(harness.source, gate, RetrieveOptions(report_missing=False))
     harness.server.unbind(evt.EVT_C_GET, harness.server.get_handlers(evt.EVT_C_GET)[0])
     harness.server.bind(evt.EVT_C_GET, handler)
     known = add_protocols(harness, [make_protocol(8)])
@@ -401,7 +401,7 @@ def test_c_move_to_a_pynetdicom_storage_scp(
     harness: Harness, store_scp: StoreSCP, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nodelay: list[int] = []
-    real = retrieve.set_tcp_nodelay
+    real = move.set_tcp_nodelay
 
     def probe(event: evt.Event) -> None:
         real(event)
@@ -409,7 +409,7 @@ def test_c_move_to_a_pynetdicom_storage_scp(
             sock = event.assoc.dul.socket.socket  # the C-MOVE sub-association
             nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(retrieve, "set_tcp_nodelay", probe)
+    monkeypatch.setattr(move, "set_tcp_nodelay", probe)
     # Case differs from the request: Orthanc compares AETs case-insensitively.
     harness.set_modalities({"dest": ["Store_Scp", "127.0.0.1", store_scp.port]})
     uids = add_protocols(harness, [make_protocol(20), make_protocol(21, "XA")])
