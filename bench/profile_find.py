@@ -33,6 +33,7 @@ from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.responses import ResponseCache
+from orthanc_dpp.routing import route_dpp_services
 
 
 def _index(count: int) -> ProtocolIndex:
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=3, help="queries per profile (default 3)")
     args = parser.parse_args(argv)
     private.quiet_logging()  # as the listener does: no per-message log formatting
-    scp.install()
+    route_dpp_services()  # as DppListener.start does
     index = _index(args.count)
     gate = Gatekeeper(
         ModalityRegistry(),
@@ -89,7 +90,11 @@ def main(argv: list[str]) -> int:
         ("after: FindHandler.serve, warm cache", True, 1 << 28),
     ):
         handler = scp.FindHandler(
-            index, gate, max_results=0, is_ready=lambda: True, cache=ResponseCache(cache)
+            index,
+            gate,
+            scp.FindOptions(max_results=0),
+            is_ready=lambda: True,
+            cache=ResponseCache(cache),
         )
         if cache:
             _profiled(handler, fast, 1)  # fills the cache

@@ -25,8 +25,9 @@ from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES as DEFAULT
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 
 from dpp_tools.samples import to_bytes
-from orthanc_dpp import retrieve, scp, sop, status
+from orthanc_dpp import scp, sop, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
+from orthanc_dpp.connections import set_tcp_nodelay
 from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.datasets import make_index
@@ -173,7 +174,7 @@ def _query(
         h.port,
         ae_title=SCP_AET,
         ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, retrieve.set_tcp_nodelay)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, set_tcp_nodelay)],
     )
     assert assoc.is_established
     try:
@@ -226,10 +227,10 @@ def universal() -> Dataset:
     return identifier
 
 
-def handler(**options: Any):
-    return scp.make_find_handler(
-        make_index(), gate(), max_results=0, is_ready=lambda: True, **options
-    )
+def handler(*, time_limit: float = 600.0, **keywords: Any) -> scp.FindHandler:
+    """A FindHandler over :func:`make_index`, open to everyone, with no result limit."""
+    options = scp.FindOptions(max_results=0, time_limit=time_limit)
+    return scp.FindHandler(make_index(), gate(), options, is_ready=lambda: True, **keywords)
 
 
 def nobody() -> Gatekeeper:

@@ -39,6 +39,7 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import ApprovedContent
 from orthanc_dpp.config import SECTION, ConfigError, Settings, parse_settings
 from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.http_messages import Request, Response, error
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.jobs import Jobs
@@ -54,13 +55,20 @@ from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
+from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.responses import ResponseCache
 from orthanc_dpp.rest import DppRestApi
-from orthanc_dpp.retrieve import make_retrieve_handlers
+from orthanc_dpp.retrieve import RetrieveOptions
 from orthanc_dpp.routes import Route, dpp_routes, invalid_configuration
-from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
+from orthanc_dpp.scp import (
+    EchoHandler,
+    FindHandler,
+    FindOptions,
+    StoreHandler,
+    StoreOptions,
+)
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp")
@@ -484,32 +492,40 @@ class Plugin:
         )
         client_tls = tls_client_context(settings)
         self.find_cache.max_bytes = settings.find_response_cache_size << 20
+        source = IndexedSource(self.index, self.library)
+        retrieve_options = RetrieveOptions(
+            report_missing=settings.report_missing_instances,
+            pending_interval=settings.pending_response_interval,
+        )
         handlers: dict[Any, Callable[..., Any]] = {
-            evt.EVT_C_ECHO: make_echo_handler(gate, self.metrics),
-            evt.EVT_C_STORE: make_store_handler(
+            evt.EVT_C_ECHO: EchoHandler(gate, self.metrics),
+            evt.EVT_C_STORE: StoreHandler(
                 self.library,
                 gate,
                 self.on_stored,
                 limits,
                 self.metrics,
-                approval_storers=settings.approval_storers,
+                StoreOptions(approval_storers=settings.approval_storers),
             ),
-            evt.EVT_C_FIND: make_find_handler(
+            evt.EVT_C_FIND: FindHandler(
                 self.index,
                 gate,
-                max_results=settings.maximum_find_results,
+                FindOptions(
+                    max_results=settings.maximum_find_results,
+                    time_limit=settings.find_time_limit,
+                ),
                 is_ready=lambda: bool(self.feed and self.feed.ready),
                 limits=limits,
-                time_limit=settings.find_time_limit,
                 metrics=self.metrics,
                 cache=self.find_cache,
             ),
-            **make_retrieve_handlers(
-                IndexedSource(self.index, self.library),
-                self.modalities,
-                policy,
-                report_missing=settings.report_missing_instances,
-                pending_interval=settings.pending_response_interval,
+            evt.EVT_C_GET: GetHandler(
+                source, gate, retrieve_options, limits=limits, metrics=self.metrics
+            ),
+            evt.EVT_C_MOVE: MoveHandler(
+                source,
+                gate,
+                retrieve_options,
                 limits=limits,
                 tls_context=client_tls,
                 metrics=self.metrics,

@@ -1,6 +1,6 @@
 """C-FIND SCP logic for the DPP information model, as a pure generator.
 
-The pynetdicom EVT_C_FIND handler (:func:`orthanc_dpp.scp.make_find_handler`)
+The pynetdicom EVT_C_FIND handler (:class:`orthanc_dpp.scp.FindHandler`)
 checks the caller and decodes the identifier, then calls :func:`handle_find`
 with it and a cancel check and passes on what it yields: ``(status,
 identifier)`` pairs as pynetdicom expects. Kept free of pynetdicom events so

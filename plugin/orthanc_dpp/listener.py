@@ -26,6 +26,7 @@ from orthanc_dpp.access import Caller
 from orthanc_dpp.connections import ConnectionGuard, Limits, set_tcp_nodelay
 from orthanc_dpp.keys import MODELS
 from orthanc_dpp.metrics import Metrics
+from orthanc_dpp.routing import route_dpp_services
 from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from orthanc_dpp.tls import TlsSettings
 
@@ -192,6 +193,7 @@ class DppListener:
                 private.require()
             except private.PynetdicomChanged as exc:
                 return self._failed(str(exc))
+            route_dpp_services()  # the handlers' own loops for DPP C-FIND, C-GET and C-MOVE
             ae = self._make_ae()
             guard = ConnectionGuard(
                 Limits(

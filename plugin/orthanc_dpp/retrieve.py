@@ -21,33 +21,33 @@ generator protocol for ``EVT_C_GET``/``EVT_C_MOVE`` (pynetdicom 3.0.4,
 * the Move Originator AE Title of its C-STORE requests is the SCP's own title,
   not that of the C-MOVE requester (PS3.7 9.1.1.1.6).
 
-So :func:`install` routes the DPP GET/MOVE SOP classes, and only those, to
-:meth:`RetrieveHandler.serve` when the handler bound to the association's
-``EVT_C_GET``/``EVT_C_MOVE`` is a :class:`RetrieveHandler`; any other handler
-keeps pynetdicom's behaviour. The handlers are still bound through
-``evt_handlers`` like any pynetdicom handler, so per-listener wiring is
-unchanged.
+So :func:`orthanc_dpp.routing.route_dpp_services` routes the DPP GET/MOVE SOP
+classes, and only those, to :meth:`RetrieveHandler.serve` when the handler
+bound to the association's ``EVT_C_GET``/``EVT_C_MOVE`` is a
+:class:`RetrieveHandler`; any other handler keeps pynetdicom's behaviour.
+The handlers are still bound through ``evt_handlers`` like any pynetdicom
+handler, so per-listener wiring is unchanged.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import ssl
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Final, Literal, Protocol
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
 )
-from pynetdicom import build_context, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
@@ -57,8 +57,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import status
-from orthanc_dpp.access import AccessPolicy, Gatekeeper, Service, describe_requestor
-from orthanc_dpp.connections import set_tcp_nodelay
+from orthanc_dpp.access import Decision, Gatekeeper, Service, describe_requestor
 from orthanc_dpp.keys import (
     DPP_MODEL,
     QUERY_RETRIEVE_LEVEL,
@@ -74,15 +73,7 @@ from orthanc_dpp.limits import (
     decode_dimse_dataset,
 )
 from orthanc_dpp.metrics import Metrics
-from orthanc_dpp.modalities import Modality, ModalityRegistry
-from orthanc_dpp.outbound import (
-    AssociationFailed,
-    AssociationRequest,
-    Calling,
-    Refusal,
-    request_association,
-)
-from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from orthanc_dpp.modalities import ModalityList
 from orthanc_dpp.status import InvalidIdentifier
 from orthanc_dpp.suboperations import (
     FAILED,
@@ -100,21 +91,6 @@ log = logging.getLogger("orthanc_dpp.retrieve")
 MAX_SUB_OPERATIONS = 65535
 #: Failed sub-operations logged one by one before only the summary counts them.
 LOGGED_FAILURES = 10
-
-
-#: How a C-MOVE words each refusal of its sub-association, after "destination {AET}: "
-#: (the final response's Error Comment) and in the log line of the failed move.
-MOVE_WORDS: Final[Mapping[Refusal, str]] = {
-    Refusal.NO_TLS_SETUP: "UseDicomTls is set but the plugin has no DICOM TLS client setup",
-    Refusal.CANNOT_REQUEST: "cannot request an association: {detail}",
-    Refusal.NOT_CONNECTED: "cannot connect (refused or timed out)",
-    Refusal.REJECTED: "association rejected",
-    Refusal.GUARD_ABORTED: "association aborted: {detail}",
-    Refusal.NO_CONTEXT: "none of the storage contexts accepted",
-    Refusal.ABORTED: "association aborted",
-    # Not requested by moves (no required context); worded like NO_CONTEXT.
-    Refusal.NOT_ACCEPTED: "none of the storage contexts accepted",
-}
 
 
 class ProtocolSource(Protocol):
@@ -263,7 +239,7 @@ class Tally:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
+def message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
     """Message IDs for sub-operations: 1..65535, wrapping, never ``avoid``."""
     for n in itertools.count(after + 1):
         mid = (n - 1) % 65535 + 1
@@ -274,7 +250,7 @@ def _message_ids(after: int, avoid: int | None = None) -> Iterator[int]:
 # --- responses ----------------------------------------------------------------------------
 
 
-class _Reply:
+class Reply:
     """Builds and sends the C-GET/C-MOVE responses of one request."""
 
     def __init__(
@@ -350,74 +326,93 @@ class _Reply:
 # --- the service --------------------------------------------------------------------------
 
 
-class _RequesterGone(Exception):
+#: The request a handler serves, and where its sub-operations go.
+Request = TypeVar("Request", C_GET, C_MOVE)
+Target = TypeVar("Target")
+
+
+class RequesterGone(Exception):
     """The requesting association ended: nobody to send to or answer."""
 
 
-class RetrieveHandler:
-    """Serves one of C-GET or C-MOVE; bind it to ``evt.EVT_C_GET`` or ``evt.EVT_C_MOVE``.
+@dataclass(frozen=True)
+class RetrieveOptions:
+    """What the settings say about C-GET and C-MOVE.
 
-    One instance serves every association of a listener; per-request state
-    lives on the stack of :meth:`serve`, and the modality list is read once
-    per request from the registry, so concurrent retrieves and run-time
-    modality changes do not interfere.
+    ``report_missing`` (``ReportMissingInstances``): a requested UID not
+    stored here is a failed sub-operation (True) or silently left out;
+    ``pending_interval`` (``PendingResponseInterval``): the seconds between
+    pending responses (0: after every sub-operation).
     """
+
+    report_missing: bool = True
+    pending_interval: float = 0.0
+
+
+#: The settings' defaults (``ReportMissingInstances`` true, ``PendingResponseInterval`` 0).
+DEFAULT_OPTIONS: Final = RetrieveOptions()
+
+
+class RetrieveHandler(ABC, Generic[Request, Target]):
+    """What C-GET and C-MOVE share; :class:`~orthanc_dpp.get.GetHandler` and
+    :class:`~orthanc_dpp.move.MoveHandler` bind to ``evt.EVT_C_GET`` and
+    ``evt.EVT_C_MOVE``.
+
+    Permission, the identifier, the instances to send, the sub-operation loop
+    and the counting are the same; a subclass says where the sub-operations
+    go (its ``Target``: how a C-GET may convert, a C-MOVE's destination) and
+    runs them. One instance serves every association of a listener;
+    per-request state lives on the stack of :meth:`serve`, and the modality
+    list is read once per request through the gate, so concurrent retrieves
+    and run-time modality changes do not interfere.
+    """
+
+    #: The right the gate checks, the DIMSE name for log lines, the metrics' service name.
+    permission: ClassVar[Service]
+    name: ClassVar[str]
+    metric: ClassVar[str]
 
     def __init__(
         self,
-        kind: Literal["get", "move"],
         source: ProtocolSource,
-        modalities: ModalityRegistry,
-        policy: AccessPolicy,
+        gate: Gatekeeper,
+        options: RetrieveOptions = DEFAULT_OPTIONS,
         *,
-        report_missing: bool = True,
-        pending_interval: float = 0.0,
-        tls_context: ssl.SSLContext | None = None,
         limits: DatasetLimits | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.kind = kind
         self.metrics = metrics or Metrics(enabled=False)
         self.limits = limits or DatasetLimits()
-        self.service = Service.GET if kind == "get" else Service.MOVE
         self.source = source
-        self.gate = Gatekeeper(modalities, policy)
-        self.report_missing = report_missing
-        self.pending_interval = pending_interval
-        self.tls_context = tls_context
+        self.gate = gate
+        self.options = options
         self.log = log
 
     def __call__(self, event: evt.Event) -> Any:
-        # pynetdicom calls the handler itself only when install() is not in
-        # effect; failing loudly beats silently answering with its own loop.
-        raise RuntimeError("orthanc_dpp.retrieve.install() has not routed this SOP class")
-
-    # The DIMSE name, for log lines.
-    @property
-    def _name(self) -> str:
-        return "C-GET" if self.kind == "get" else "C-MOVE"
+        # pynetdicom calls the handler itself only when route_dpp_services() is
+        # not in effect; failing loudly beats silently answering with its own loop.
+        raise RuntimeError("orthanc_dpp.routing.route_dpp_services() has not routed this SOP class")
 
     def serve(
-        self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
+        self, service: QueryRetrieveServiceClass, req: Request, context: PresentationContext
     ) -> None:
-        """Answer one request completely (called by pynetdicom's service class, see install)."""
-        reply = _Reply(service, req, context)
+        """Answer one request completely (pynetdicom's service class calls it: see routing)."""
+        reply = Reply(service, req, context)
         try:
             self._serve(service, req, context, reply)
         except Exception as exc:  # never leave the requester without a final response
-            self.log.exception("%s failed unexpectedly", self._name)
+            self.log.exception("%s failed unexpectedly", self.name)
             if not reply.finished:
                 reply.refuse(status.UNABLE_TO_PROCESS, f"internal error: {exc}")
         self._count(reply)
 
-    def _count(self, reply: _Reply) -> None:
-        service = "c_get" if self.kind == "get" else "c_move"
+    def _count(self, reply: Reply) -> None:
         if reply.refused:
-            self.metrics.dimse(service, "refused")
+            self.metrics.dimse(self.metric, "refused")
         else:
             # No final status: the requester went away first.
             code = status.CANCEL if reply.final_code is None else reply.final_code
-            self.metrics.dimse_status(service, code)
+            self.metrics.dimse_status(self.metric, code)
         if reply.tally is not None:
             tally = reply.tally
             self.metrics.suboperations(tally.completed, tally.failed, tally.warning)
@@ -425,15 +420,15 @@ class RetrieveHandler:
     def _serve(
         self,
         service: QueryRetrieveServiceClass,
-        req: C_GET | C_MOVE,
+        req: Request,
         context: PresentationContext,
-        reply: _Reply,
+        reply: Reply,
     ) -> None:
         peer = describe_requestor(service.assoc)
         # Routed here for the served models' GET/MOVE SOP classes only.
         model = model_of(str(req.AffectedSOPClassUID)) or DPP_MODEL
         modalities = self.gate.modalities.current  # one snapshot for the whole request
-        decision = self.gate.check(service.assoc, self.service, modalities)
+        decision = self.gate.check(service.assoc, self.permission, modalities)
         if not decision:
             reply.refused = True
             reply.refuse(status.NOT_AUTHORIZED, "Not authorised")  # details in the log only
@@ -444,62 +439,82 @@ class RetrieveHandler:
             check_values_per_key(identifier, self.limits.maximum_values)
             uids = parse_identifier(identifier)
         except LimitExceeded as exc:
-            self.log.warning("%s from %s refused: %s", self._name, peer, exc.comment)
+            self.log.warning("%s from %s refused: %s", self.name, peer, exc.comment)
             code = exc.status
             if code == status.FIND_OUT_OF_RESOURCES:  # C-GET/C-MOVE name it A701
                 code = status.OUT_OF_RESOURCES_NUMBER_OF_MATCHES
             reply.refuse(code, exc.comment)
             return
         except InvalidIdentifier as exc:
-            self.log.warning("%s from %s: bad identifier: %s", self._name, peer, exc.comment)
+            self.log.warning("%s from %s: bad identifier: %s", self.name, peer, exc.comment)
             reply.refuse(exc.status, exc.comment, exc.offending)
             return
         except Exception as exc:
-            self.log.warning("%s from %s: undecodable identifier: %s", self._name, peer, exc)
+            self.log.warning("%s from %s: undecodable identifier: %s", self.name, peer, exc)
             reply.refuse(status.UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}")
             return
-        destination: Modality | None = None
-        if isinstance(req, C_MOVE):
-            aet = (req.MoveDestination or "").strip()
-            destination = modalities.resolve_destination(aet)
-            if destination is None:
-                comment = f"move destination {aet!r} is not in Orthanc's DicomModalities"
-                self.log.warning("C-MOVE from %s refused: %s", peer, comment)
-                reply.refuse(status.MOVE_DESTINATION_UNKNOWN, comment)
-                return
+        target = self._target(req, modalities, decision, peer, reply)
+        if target is None:
+            return  # refused
         try:
             found = dict(self.source.resolve(uids, model.storage_classes))
         except Exception as exc:
             self.log.exception(
-                "%s from %s: cannot look up %d instances", self._name, peer, len(uids)
+                "%s from %s: cannot look up %d instances", self.name, peer, len(uids)
             )
             reply.refuse(status.UNABLE_TO_PROCESS, f"cannot look up the instances: {exc}")
             return
         plan = [(uid, found.get(uid)) for uid in uids]
-        if not self.report_missing:
+        if not self.options.report_missing:
             plan = [(uid, oid) for uid, oid in plan if oid is not None]
         tally = reply.tally = Tally(len(plan))
-        where = f" to {destination.describe()}" if destination else ""
-        self.log.info("%s from %s%s: %d instances requested", self._name, peer, where, len(uids))
-        if isinstance(req, C_MOVE) and destination is not None:
-            self._move(service, req, reply, plan, tally, destination, model)
-        elif isinstance(req, C_GET):
-            allow_conversion = decision.modality is None or decision.modality.allow_transcoding
-            self._get(service, req, reply, plan, tally, allow_conversion)
-        self.log.info("%s from %s%s finished: %s", self._name, peer, where, tally.summary())
+        where = self._where(target)
+        self.log.info("%s from %s%s: %d instances requested", self.name, peer, where, len(uids))
+        self._retrieve(service, req, reply, plan, tally, target, model)
+        self.log.info("%s from %s%s finished: %s", self.name, peer, where, tally.summary())
+
+    # -- what each service does its own way
+
+    @abstractmethod
+    def _target(
+        self,
+        req: Request,
+        modalities: ModalityList,
+        decision: Decision,
+        peer: str,
+        reply: Reply,
+    ) -> Target | None:
+        """Where the sub-operations go, or None once the request is refused through ``reply``."""
+
+    def _where(self, target: Target) -> str:
+        """The target in log lines, after the requester."""
+        return ""
+
+    @abstractmethod
+    def _retrieve(
+        self,
+        service: QueryRetrieveServiceClass,
+        req: Request,
+        reply: Reply,
+        plan: list[tuple[str, str | None]],
+        tally: Tally,
+        target: Target,
+        model: InformationModel,
+    ) -> None:
+        """Run the sub-operations of ``plan`` and send the final response."""
 
     # -- sub-operations
 
     def _record(self, tally: Tally, uid: str, outcome: Outcome) -> None:
         tally.record(uid, outcome.category, outcome.reason)
         if outcome.category == FAILED and tally.failed <= LOGGED_FAILURES:
-            self.log.warning("%s sub-operation for %s failed: %s", self._name, uid, outcome.reason)
+            self.log.warning("%s sub-operation for %s failed: %s", self.name, uid, outcome.reason)
 
     def _run(
         self,
         service: QueryRetrieveServiceClass,
         req: C_GET | C_MOVE,
-        reply: _Reply,
+        reply: Reply,
         plan: list[tuple[str, str | None]],
         tally: Tally,
         sender: Association,
@@ -538,7 +553,7 @@ class RetrieveHandler:
                 if service.is_cancelled(message_id):
                     return False
                 if not service.assoc.is_established:
-                    raise _RequesterGone
+                    raise RequesterGone
                 outcome: Outcome | None
                 if item.failure or lost:
                     outcome = item.failure or Outcome(FAILED, lost)
@@ -552,190 +567,10 @@ class RetrieveHandler:
                     if outcome.fatal:
                         lost = on_lost()
                         if not lost:
-                            raise _RequesterGone
+                            raise RequesterGone
                 send_pending_if_due()
                 self._record(tally, item.uid, outcome)
                 pending_due = tally.remaining > 0 and (
-                    time.monotonic() - last_pending >= self.pending_interval
+                    time.monotonic() - last_pending >= self.options.pending_interval
                 )
         return True
-
-    # -- C-GET: sub-operations on the requesting association
-
-    def _get(
-        self,
-        service: QueryRetrieveServiceClass,
-        req: C_GET,
-        reply: _Reply,
-        plan: list[tuple[str, str | None]],
-        tally: Tally,
-        allow_conversion: bool,
-    ) -> None:
-        assoc = service.assoc
-        preparer = Preparer(
-            self.source.load,
-            assoc,
-            allow_conversion,
-            assoc.dimse.maximum_pdu_size,
-            self.log,
-        )
-
-        def lost() -> str:
-            self.log.error("C-GET: requester stopped answering C-STORE; giving up")
-            return ""  # the association is gone: no one to answer
-
-        ids = _message_ids(int(req.MessageID or 0), avoid=req.MessageID)
-        try:
-            finished = self._run(service, req, reply, plan, tally, assoc, preparer, ids, lost)
-        except _RequesterGone:
-            return
-        if finished:
-            reply.final(tally)
-        else:
-            self.log.info("C-GET cancelled by the requester: %s", tally.summary())
-            reply.cancelled(tally)
-
-    # -- C-MOVE: sub-operations on a new association with the destination
-
-    def _associate(
-        self,
-        service: QueryRetrieveServiceClass,
-        destination: Modality,
-        storage_classes: frozenset[str],
-    ) -> tuple[Association | None, str]:
-        """Open the sub-association; on failure return (None, why)."""
-        contexts = [
-            build_context(sop_class, ts)
-            for sop_class in sorted(storage_classes)
-            for ts in TRANSFER_SYNTAXES  # one context each: instances go out as stored
-        ]
-        request = AssociationRequest(
-            destination,
-            contexts,
-            handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
-            # From the listener's own AE: pynetdicom counts it with the listener's associations.
-            ae=service.ae,
-        )
-        calling = Calling.like(service.ae, self.tls_context, self.limits)
-        try:
-            return request_association(calling, request), ""
-        except AssociationFailed as failed:
-            return None, failed.worded(MOVE_WORDS)
-
-    def _move(
-        self,
-        service: QueryRetrieveServiceClass,
-        req: C_MOVE,
-        reply: _Reply,
-        plan: list[tuple[str, str | None]],
-        tally: Tally,
-        destination: Modality,
-        model: InformationModel,
-    ) -> None:
-        store: Association | None = None
-        if any(orthanc_id for _, orthanc_id in plan):
-            store, why = self._associate(service, destination, model.storage_classes)
-            if store is None:
-                reason = f"destination {destination.aet}: {why}"
-                self.log.error(
-                    "C-MOVE from %s: cannot send to %s: %s",
-                    service.assoc.requestor.ae_title,
-                    destination.describe(),
-                    why,
-                )
-                for uid, orthanc_id in plan:
-                    tally.record(uid, FAILED, reason if orthanc_id else "not stored here")
-                reply.final(tally, comment=reason)
-                return
-        # No store association means nothing is stored here: every
-        # sub-operation fails as prepared and nothing is sent.
-        sender = store if store is not None else service.assoc
-        preparer = Preparer(
-            self.source.load,
-            sender,
-            destination.allow_transcoding,
-            sender.dimse.maximum_pdu_size,
-            self.log,
-            originator=(service.assoc.requestor.ae_title, int(req.MessageID or 0)),
-        )
-
-        def lost() -> str:
-            self.log.error(
-                "C-MOVE to %s: association lost after %d sub-operations",
-                destination.describe(),
-                tally.total - tally.remaining,
-            )
-            return f"destination {destination.aet}: association lost"
-
-        try:
-            finished = self._run(
-                service, req, reply, plan, tally, sender, preparer, _message_ids(0), lost
-            )
-            if store is not None and store.is_established:
-                store.release()  # before the final response: everything is delivered
-            if finished:
-                reply.final(tally)
-            else:
-                self.log.info("C-MOVE cancelled by the requester: %s", tally.summary())
-                reply.cancelled(tally)
-        except _RequesterGone:
-            return  # the finally clause releases
-        finally:
-            if store is not None and store.is_established:
-                store.release()
-
-
-# --- wiring into pynetdicom ---------------------------------------------------------------
-
-
-def _serve_routed(
-    service: QueryRetrieveServiceClass,
-    req: Any,
-    context: PresentationContext,
-    stock: Callable[..., None],
-) -> None:
-    event = evt.EVT_C_GET if isinstance(req, C_GET) else evt.EVT_C_MOVE
-    bound = service.assoc.get_handlers(event)
-    handler = bound[0] if isinstance(bound, tuple) else None
-    if isinstance(handler, RetrieveHandler):
-        handler.serve(service, req, context)
-    else:
-        stock(req, context)
-
-
-def install() -> None:
-    """Route DPP C-GET/C-MOVE requests to bound :class:`RetrieveHandler` objects.
-
-    Idempotent. Touches only pynetdicom's Defined Procedure Protocol service
-    class, and falls back to pynetdicom's own loop for any other handler, so
-    nothing else in the process changes. The listener checks at start-up
-    that the methods replaced here still exist (:mod:`pynetdicom_private`)
-    and refuses to start otherwise, with the reason in ``/dpp/status``.
-    """
-    private.route_retrieve(_serve_routed)
-
-
-def make_get_handler(
-    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
-) -> RetrieveHandler:
-    """The ``evt.EVT_C_GET`` handler; options as for :class:`RetrieveHandler`."""
-    install()
-    return RetrieveHandler("get", source, modalities, policy, **options)
-
-
-def make_move_handler(
-    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
-) -> RetrieveHandler:
-    """The ``evt.EVT_C_MOVE`` handler; options as for :class:`RetrieveHandler`."""
-    install()
-    return RetrieveHandler("move", source, modalities, policy, **options)
-
-
-def make_retrieve_handlers(
-    source: ProtocolSource, modalities: ModalityRegistry, policy: AccessPolicy, **options: Any
-) -> dict[Any, RetrieveHandler]:
-    """Both handlers, keyed by event, ready for the listener's handler table."""
-    return {
-        evt.EVT_C_GET: make_get_handler(source, modalities, policy, **options),
-        evt.EVT_C_MOVE: make_move_handler(source, modalities, policy, **options),
-    }

@@ -11,6 +11,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -50,24 +51,23 @@ log = logging.getLogger("orthanc_dpp.scp")
 NOT_AUTHORISED = "Not authorised"
 
 
-def make_echo_handler(
-    gate: Gatekeeper, metrics: Metrics | None = None
-) -> Callable[[evt.Event], Dataset]:
+class EchoHandler:
     """C-ECHO: success, or a refusal naming why (like Orthanc's AllowEcho)."""
-    counted = metrics or Metrics(enabled=False)
 
-    def handle_echo(event: evt.Event) -> Dataset:
-        decision = gate.check(event.assoc, Service.ECHO)
+    def __init__(self, gate: Gatekeeper, metrics: Metrics | None = None) -> None:
+        self.gate = gate
+        self.metrics = metrics or Metrics(enabled=False)
+
+    def __call__(self, event: evt.Event) -> Dataset:
+        decision = self.gate.check(event.assoc, Service.ECHO)
         if not decision:
-            counted.dimse("c_echo", "refused")
+            self.metrics.dimse("c_echo", "refused")
             # Verification has no "not authorised" status: a failure code
             # with the reason is the clearest answer an SCU can show.
             return status_dataset(status.UNABLE_TO_PROCESS, NOT_AUTHORISED)
         log.info("C-ECHO from %s", describe_requestor(event.assoc))
-        counted.dimse("c_echo", "success")
+        self.metrics.dimse("c_echo", "success")
         return status_dataset(status.SUCCESS)
-
-    return handle_echo
 
 
 def event_dataset(event: evt.Event, limits: DatasetLimits) -> Dataset:
@@ -164,31 +164,50 @@ def check_announced_instance(request: Any, ds: Dataset) -> None:
         )
 
 
-def make_store_handler(
-    library: ProtocolLibrary,
-    gate: Gatekeeper,
-    on_stored: Callable[[Stored], None],
-    limits: DatasetLimits | None = None,
-    metrics: Metrics | None = None,
-    approval_storers: frozenset[str] = frozenset(),
-) -> Callable[[evt.Event], Dataset]:
+@dataclass(frozen=True)
+class StoreOptions:
+    """What the settings say about C-STORE.
+
+    ``approval_storers`` (``ApprovalStorers``): the AE titles that may
+    C-STORE a Protocol Approval.
+    """
+
+    approval_storers: frozenset[str] = frozenset()
+
+
+class StoreHandler:
     """C-STORE: success only once Orthanc has stored the instance.
 
     Storing a Protocol Approval is a right of its own: an approval tells
     people a protocol may be used on patients, so only the AE titles in
-    ``approval_storers`` (``ApprovalStorers``) may C-STORE one, on top of
-    being allowed to store at all.
+    ``options.approval_storers`` may C-STORE one, on top of being allowed to
+    store at all.
     """
-    limits = limits or DatasetLimits()
-    counted = metrics or Metrics(enabled=False)
 
-    def handle_store(event: evt.Event) -> Dataset:
-        if not gate.check(event.assoc, Service.STORE):
+    def __init__(
+        self,
+        library: ProtocolLibrary,
+        gate: Gatekeeper,
+        on_stored: Callable[[Stored], None],
+        limits: DatasetLimits | None = None,
+        metrics: Metrics | None = None,
+        options: StoreOptions = StoreOptions(),
+    ) -> None:
+        self.library = library
+        self.gate = gate
+        self.on_stored = on_stored
+        self.limits = limits or DatasetLimits()
+        self.metrics = metrics or Metrics(enabled=False)
+        self.options = options
+
+    def __call__(self, event: evt.Event) -> Dataset:
+        counted = self.metrics
+        if not self.gate.check(event.assoc, Service.STORE):
             counted.dimse("c_store", "refused")
             return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
         if (
             str(event.context.abstract_syntax) == PROTOCOL_APPROVAL_STORAGE
-            and event.assoc.requestor.ae_title.strip() not in approval_storers
+            and event.assoc.requestor.ae_title.strip() not in self.options.approval_storers
         ):
             counted.dimse("c_store", "refused")
             log.error(
@@ -197,24 +216,24 @@ def make_store_handler(
                 event.assoc.requestor.ae_title.strip(),
             )
             return status_dataset(status.NOT_AUTHORIZED, NOT_AUTHORISED)
-        answer = store(event, time.perf_counter())
+        answer = self._store(event, time.perf_counter())
         counted.dimse_status("c_store", int(answer.Status))
         return answer
 
-    def store(event: evt.Event, started: float) -> Dataset:
+    def _store(self, event: evt.Event, started: float) -> Dataset:
         peer = describe_requestor(event.assoc)
         context_sop_class = str(event.context.abstract_syntax)
         try:
             check_announced_class(event.request, context_sop_class)
             with undecodable_as_store_error():
-                ds, elements = store_dataset(event, limits)
+                ds, elements = store_dataset(event, self.limits)
                 ds.file_meta = event.file_meta
             check_announced_instance(event.request, ds)
-            stored = library.store(
+            stored = self.library.store(
                 ds,
                 context_sop_class=context_sop_class,
                 elements=elements,
-                on_stored=on_stored,  # indexed before the UID's claim is released
+                on_stored=self.on_stored,  # indexed before the UID's claim is released
             )
         except NotAnnounced as exc:
             log.warning("C-STORE from %s refused (0x%04X): %s", peer, exc.status, exc.detail)
@@ -225,7 +244,7 @@ def make_store_handler(
         except Exception as exc:
             log.exception("C-STORE from %s failed unexpectedly", peer)
             return status_dataset(status.STORE_CANNOT_UNDERSTAND, f"internal error: {exc}")
-        counted.store_timed(time.perf_counter() - started, stored.orthanc_seconds)
+        self.metrics.store_timed(time.perf_counter() - started, stored.orthanc_seconds)
         log.info(
             "C-STORE from %s: %s stored as %s (%s)",
             peer,
@@ -235,20 +254,31 @@ def make_store_handler(
         )
         return status_dataset(status.SUCCESS)
 
-    return handle_store
+
+@dataclass(frozen=True)
+class FindOptions:
+    """What the settings say about C-FIND.
+
+    ``max_results`` (``MaximumFindResults``, 0: no limit) caps the matches;
+    ``time_limit`` (``FindTimeLimit``) is the seconds one query may run
+    before it is answered 0xA700 "refine the query".
+    """
+
+    max_results: int
+    time_limit: float = 600.0
 
 
 class FindHandler:
     """C-FIND on the DPP and Protocol Approval models, answered from the index.
 
     Bounded: the identifier by ``limits`` (size, nesting, values per key),
-    the answer by ``time_limit`` seconds (then 0xA700, "refine the query");
+    the answer by ``options`` (see :class:`FindOptions`);
     a C-CANCEL or the association closing stops it at once. Each request
     is counted in ``metrics`` by outcome and timed until its final response.
 
     Called with an event, it is an ordinary ``evt.EVT_C_FIND`` handler
     yielding datasets. The listener routes its C-FIND requests to
-    :meth:`serve` instead (:func:`install`), which sends the same answers
+    :meth:`serve` instead (:mod:`orthanc_dpp.routing`), which sends the same answers
     with encoded responses reused from ``cache`` and batched writes
     (:mod:`orthanc_dpp.responses`).
     """
@@ -257,20 +287,18 @@ class FindHandler:
         self,
         index: ProtocolIndex,
         gate: Gatekeeper,
+        options: FindOptions,
         *,
-        max_results: int,
         is_ready: Callable[[], bool],
         limits: DatasetLimits | None = None,
-        time_limit: float = 600.0,
         metrics: Metrics | None = None,
         cache: ResponseCache | None = None,
     ) -> None:
         self.index = index
         self.gate = gate
-        self.max_results = max_results
+        self.options = options
         self.is_ready = is_ready
         self.limits = limits or DatasetLimits()
-        self.time_limit = time_limit
         self.metrics = metrics or Metrics(enabled=False)
         self.cache = cache if cache is not None else ResponseCache(0)
 
@@ -406,7 +434,7 @@ class FindHandler:
             yield status_dataset(status.UNABLE_TO_PROCESS, "Identifier could not be read"), None
             return
         count = 0
-        deadline = time.monotonic() + self.time_limit
+        deadline = time.monotonic() + self.options.time_limit
         stopped: str | None = None
 
         def is_cancelled() -> bool:
@@ -428,7 +456,7 @@ class FindHandler:
             identifier,
             self.index,
             model=model,
-            max_results=self.max_results,
+            max_results=self.options.max_results,
             is_cancelled=is_cancelled,
             **options,
         ):
@@ -438,7 +466,8 @@ class FindHandler:
                 continue
             final = code if isinstance(code, int) else int(code.Status)
             if stopped == "time" and final == status.CANCEL:
-                comment = f"Query ran longer than FindTimeLimit ({self.time_limit:g} s); refine it"
+                limit = self.options.time_limit
+                comment = f"Query ran longer than FindTimeLimit ({limit:g} s); refine it"
                 log.warning("C-FIND from %s stopped after %d match(es): %s", peer, count, comment)
                 yield status_dataset(status.FIND_OUT_OF_RESOURCES, comment), None
                 return
@@ -489,30 +518,3 @@ class _PendingSender:
             self._drained = True
         self._socket.sendall(data)
         private.restart_network_timer(self.assoc)
-
-
-def install() -> None:
-    """Route the listener's C-FIND requests to bound :class:`FindHandler` objects.
-
-    Only pynetdicom's Defined Procedure Protocol and Protocol Approval
-    query/retrieve classes change, and any other C-FIND handler keeps
-    pynetdicom's own loop. Idempotent.
-    """
-    private.route_find(_serve_routed)
-
-
-def _serve_routed(
-    service: Any, req: Any, context: PresentationContext, stock: Callable[..., None]
-) -> None:
-    bound = service.assoc.get_handlers(evt.EVT_C_FIND)
-    handler = bound[0] if isinstance(bound, tuple) else None
-    if isinstance(handler, FindHandler):
-        handler.serve(service, req, context)
-    else:
-        stock(req, context)
-
-
-def make_find_handler(index: ProtocolIndex, gate: Gatekeeper, **options: Any) -> FindHandler:
-    """The ``evt.EVT_C_FIND`` handler (see :class:`FindHandler` for ``options``)."""
-    install()
-    return FindHandler(index, gate, **options)

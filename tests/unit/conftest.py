@@ -7,11 +7,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from pynetdicom import AE, evt
 
-from orthanc_dpp import retrieve, sop
-from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp import sop
+from orthanc_dpp.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.connections import set_tcp_nodelay
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.retrieve import make_retrieve_handlers
+from orthanc_dpp.routing import route_dpp_services
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
 from tests.fake_orthanc_module import VERSIONS
 from tests.orthanc_server import free_port
@@ -64,12 +67,23 @@ def version(request) -> str:
 
 
 @pytest.fixture
-def harness() -> Iterator[Harness]:
+def routed() -> None:
+    """pynetdicom's DPP C-FIND, C-GET and C-MOVE routed to the plugin's handlers, as
+    ``DppListener.start`` does, for tests that serve handlers from a plain AE."""
+    route_dpp_services()
+
+
+@pytest.fixture
+def harness(routed: None) -> Iterator[Harness]:
     """The C-GET/C-MOVE SCP under test on a free loopback port, serving an empty
     MemorySource; shut down after the test."""
     source = MemorySource({})
     registry = ModalityRegistry()
-    handlers = make_retrieve_handlers(source, registry, AccessPolicy())
+    gate = Gatekeeper(registry, AccessPolicy())
+    handlers = {
+        evt.EVT_C_GET: GetHandler(source, gate),
+        evt.EVT_C_MOVE: MoveHandler(source, gate),
+    }
     ae = AE(ae_title=SCP_AET)
     ae.add_supported_context(sop.DPP_GET, TRANSFER_SYNTAXES)
     ae.add_supported_context(sop.DPP_MOVE, TRANSFER_SYNTAXES)
@@ -79,7 +93,7 @@ def harness() -> Iterator[Harness]:
     server = ae.start_server(
         ("127.0.0.1", port),
         block=False,
-        evt_handlers=[(evt.EVT_CONN_OPEN, retrieve.set_tcp_nodelay), *handlers.items()],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay), *handlers.items()],
     )
     h = Harness(source, registry, port, server, handlers)
     h.set_modalities({})

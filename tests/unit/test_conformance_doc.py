@@ -321,13 +321,14 @@ RETRIEVE = "2.3.5 Retrieve (C-GET and C-MOVE SCP)"
 @pytest.mark.parametrize(
     ("code", "heading"),
     [
-        (("scp.py", "make_echo_handler"), ECHO),
-        (("scp.py", "make_store_handler"), STORE),
+        (("scp.py", "EchoHandler"), ECHO),
+        (("scp.py", "StoreHandler"), STORE),
         (("library.py", None), STORE),
         (("scp.py", "FindHandler"), FIND),
         (("find.py", None), FIND),
         (("query.py", None), FIND),
         (("retrieve.py", None), RETRIEVE),
+        (("move.py", None), RETRIEVE),
     ],
 )
 def test_each_services_statuses_are_in_its_section(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import pytest
@@ -33,6 +37,64 @@ def test_the_listener_settings_are_the_plugins_own_values() -> None:
     assert {name: getattr(built, name) for name in names} == {
         name: getattr(settings, name) for name in names
     }
+
+
+#: Run in a fresh interpreter: routing is process-wide, and other tests route it.
+ROUTING_CHECK = textwrap.dedent(
+    """
+    from pynetdicom import evt
+    from pynetdicom.service_class import (
+        DefinedProcedureProtocolQueryRetrieveServiceClass as DPP,
+        ProtocolApprovalQueryRetrieveServiceClass as APPROVAL,
+    )
+
+    from orthanc_dpp import scp
+    from orthanc_dpp.access import AccessPolicy, Gatekeeper
+    from orthanc_dpp.adapter import listener_settings
+    from orthanc_dpp.config import parse_settings
+    from orthanc_dpp.get import GetHandler
+    from orthanc_dpp.index import ProtocolIndex
+    from orthanc_dpp.listener import DppListener
+    from orthanc_dpp.modalities import ModalityRegistry
+    from orthanc_dpp.move import MoveHandler
+
+    def routed():
+        names = ("_c_find_scp", "_get_scp", "_move_scp")
+        methods = [getattr(c, name) for c in (DPP, APPROVAL) for name in names]
+        return [m.__module__ == "orthanc_dpp.pynetdicom_private" for m in methods]
+
+    gate = Gatekeeper(ModalityRegistry(), AccessPolicy())
+    options = scp.FindOptions(max_results=0)
+    handlers = {
+        evt.EVT_C_ECHO: scp.EchoHandler(gate),
+        evt.EVT_C_FIND: scp.FindHandler(ProtocolIndex(), gate, options, is_ready=bool),
+        evt.EVT_C_GET: GetHandler(None, gate),
+        evt.EVT_C_MOVE: MoveHandler(None, gate),
+    }
+    print(routed())
+    section = {"Port": PORT, "BindAddress": "127.0.0.1", "AETitle": "DPP_UNDER_TEST"}
+    settings = listener_settings(parse_settings({"DefinedProcedureProtocol": section}))
+    dpp = DppListener(settings, handlers)
+    assert dpp.start()
+    dpp.stop()
+    print(routed())
+    """
+)
+
+
+def test_building_handlers_patches_nothing_and_starting_the_listener_routes() -> None:
+    """pynetdicom's DPP query/retrieve classes change when a listener starts, not before."""
+    script = ROUTING_CHECK.replace("PORT", str(free_port()))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str([False] * 6), str([True] * 6)]
 
 
 def refuses_connections(port: int) -> bool:

@@ -9,20 +9,21 @@ from types import SimpleNamespace
 
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp import adapter, scp, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.http_messages import Request
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.library import ProtocolLibrary
 from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
 from orthanc_dpp.modalities import ModalityRegistry
+from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.rest import DppRestApi
-from orthanc_dpp.retrieve import make_retrieve_handlers
 from tests.datasets import identifier_for
 from tests.doc_examples import DOCS, doc_section
 from tests.fake_orthanc import FakeOrthancApi
@@ -141,8 +142,8 @@ def test_echo_counts_success_and_refusal() -> None:
     everyone = Gatekeeper(
         ModalityRegistry(), AccessPolicy.from_orthanc({}, parse_unknown_callers(["Echo"]))
     )
-    assert scp.make_echo_handler(everyone, metrics)(event).Status == status.SUCCESS
-    assert scp.make_echo_handler(nobody(), metrics)(event).Status == status.UNABLE_TO_PROCESS
+    assert scp.EchoHandler(everyone, metrics)(event).Status == status.SUCCESS
+    assert scp.EchoHandler(nobody(), metrics)(event).Status == status.UNABLE_TO_PROCESS
     assert value(metrics, "c_echo_success_total") == 1
     assert value(metrics, "c_echo_refused_total") == 1
 
@@ -152,8 +153,12 @@ def test_find_counts_outcomes_and_times_each_request() -> None:
     list(find_handler(metrics=metrics)(find_event(universal())))
     closed = SimpleNamespace(is_established=False)
     list(find_handler(metrics=metrics)(find_event(universal(), closed)))
-    refused = scp.make_find_handler(
-        ProtocolIndex(), nobody(), max_results=0, is_ready=lambda: True, metrics=metrics
+    refused = scp.FindHandler(
+        ProtocolIndex(),
+        nobody(),
+        scp.FindOptions(max_results=0),
+        is_ready=lambda: True,
+        metrics=metrics,
     )
     list(refused(find_event(universal())))
     assert value(metrics, "c_find_success_total") == 1
@@ -164,9 +169,11 @@ def test_find_counts_outcomes_and_times_each_request() -> None:
 
 def test_c_get_counts_its_outcome_and_sub_operations(harness: Harness) -> None:
     metrics = Metrics()
-    handlers = make_retrieve_handlers(
-        harness.source, harness.registry, AccessPolicy(), metrics=metrics
-    )
+    gate = Gatekeeper(harness.registry, AccessPolicy())
+    handlers = {
+        evt.EVT_C_GET: GetHandler(harness.source, gate, metrics=metrics),
+        evt.EVT_C_MOVE: MoveHandler(harness.source, gate, metrics=metrics),
+    }
     for event, handler in handlers.items():
         harness.server.unbind(event, harness.server.get_handlers(event)[0])
         harness.server.bind(event, handler)

@@ -22,9 +22,10 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
 from orthanc_dpp import remote
-from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality, ModalityRegistry
+from orthanc_dpp.move import MOVE_WORDS, MoveHandler
 from orthanc_dpp.outbound import (
     AssociationFailed,
     AssociationRequest,
@@ -34,7 +35,6 @@ from orthanc_dpp.outbound import (
     request_association,
 )
 from orthanc_dpp.remote import SCU_WORDS, RemoteError
-from orthanc_dpp.retrieve import MOVE_WORDS, RetrieveHandler
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_STORAGE_CLASSES
 from tests.bare_archive import StallingPeer
 from tests.orthanc_server import free_port
@@ -288,7 +288,8 @@ def scu_reason(peer: Modality, sop_class: str = DPP_FIND) -> str:
 
 
 def move_reason(peer: Modality) -> str:
-    handler = RetrieveHandler("move", None, ModalityRegistry(), AccessPolicy())  # type: ignore[arg-type]
+    gate = Gatekeeper(ModalityRegistry(), AccessPolicy())
+    handler = MoveHandler(None, gate)  # type: ignore[arg-type]
     service = SimpleNamespace(ae=AE(ae_title="DPP_LISTENER"))
     store, why = handler._associate(service, peer, frozenset(DPP_STORAGE_CLASSES))  # type: ignore[arg-type]
     assert store is None

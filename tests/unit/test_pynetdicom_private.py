@@ -164,11 +164,11 @@ def test_raw_socket_and_intercepted_reads() -> None:
 
 def test_route_retrieve_is_idempotent() -> None:
     cls = service_class.DefinedProcedureProtocolQueryRetrieveServiceClass
-    from orthanc_dpp import retrieve
+    from orthanc_dpp.routing import route_dpp_services
 
-    retrieve.install()
+    route_dpp_services()
     routed = cls._move_scp
-    retrieve.install()
+    route_dpp_services()
     assert cls._move_scp is routed and routed.__name__ == "_move_scp"
 
 

@@ -22,7 +22,7 @@ from orthanc_dpp import sop
 from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.query import compile_query
 from orthanc_dpp.responses import ENTRY_OVERHEAD, Batch, PendingEncoder, ResponseCache
-from orthanc_dpp.scp import FindHandler, make_find_handler
+from orthanc_dpp.scp import FindHandler, FindOptions
 from tests.datasets import build
 from tests.scp_harness import find_scp, gate
 
@@ -173,7 +173,7 @@ def protocol(name: str) -> Dataset:
 def test_a_new_version_of_a_protocol_is_answered_from_the_new_version() -> None:
     index = ProtocolIndex()
     index.put("o1", protocol("Head old"))
-    handler = FindHandler(index, None, max_results=0, is_ready=lambda: True)  # type: ignore[arg-type]
+    handler = FindHandler(index, None, FindOptions(max_results=0), is_ready=lambda: True)  # type: ignore[arg-type]
     handler.cache = ResponseCache(1 << 20)
     query_ds = Dataset()
     query_ds.ProtocolName = ""
@@ -213,9 +213,13 @@ def library(count: int) -> ProtocolIndex:
 
 
 @pytest.fixture
-def listener() -> Iterator[tuple[int, FindHandler]]:
-    handler = make_find_handler(
-        library(300), gate(), max_results=0, is_ready=lambda: True, cache=ResponseCache(1 << 20)
+def listener(routed: None) -> Iterator[tuple[int, FindHandler]]:
+    handler = FindHandler(
+        library(300),
+        gate(),
+        FindOptions(max_results=0),
+        is_ready=lambda: True,
+        cache=ResponseCache(1 << 20),
     )
     with find_scp(handler, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) as port:
         yield port, handler

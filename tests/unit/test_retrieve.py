@@ -32,12 +32,13 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from dpp_tools.samples import make_library, make_protocol, to_bytes
-from orthanc_dpp import retrieve, sop, status
-from orthanc_dpp.access import AccessPolicy
+from orthanc_dpp import move, sop, status
+from orthanc_dpp.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.get import GetHandler
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.retrieve import (
+    RetrieveOptions,
     Tally,
-    make_retrieve_handlers,
     parse_identifier,
 )
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
@@ -277,11 +278,10 @@ def test_c_get_unknown_uids_are_failed_sub_operations(harness: Harness) -> None:
 
 
 def test_c_get_unknown_uids_can_be_ignored(harness: Harness) -> None:
-    handlers = make_retrieve_handlers(
-        harness.source, harness.registry, AccessPolicy(), report_missing=False
-    )
+    gate = Gatekeeper(harness.registry, AccessPolicy())
+    handler = GetHandler(harness.source, gate, RetrieveOptions(report_missing=False))
     harness.server.unbind(evt.EVT_C_GET, harness.server.get_handlers(evt.EVT_C_GET)[0])
-    harness.server.bind(evt.EVT_C_GET, handlers[evt.EVT_C_GET])
+    harness.server.bind(evt.EVT_C_GET, handler)
     known = add_protocols(harness, [make_protocol(8)])
     final = c_get(harness, identifier_for([generate_uid(), *known])).final
     assert (final.status, final.completed, final.failed) == (status.SUCCESS, 1, 0)
@@ -347,9 +347,8 @@ def test_concurrent_retrieves(harness: Harness, store_scp: StoreSCP) -> None:
     assert sorted(str(ds.SOPInstanceUID) for ds, _, _ in store_scp.received) == sorted(uids)
 
 
-def test_other_handlers_keep_pynetdicoms_behaviour() -> None:
-    """install() reroutes only RetrieveHandler objects; a plain generator still works."""
-    retrieve.install()
+def test_other_handlers_keep_pynetdicoms_behaviour(routed: None) -> None:
+    """Routing reroutes only RetrieveHandler objects; a plain generator still works."""
 
     def plain(event: evt.Event) -> Iterator[Any]:
         yield 0  # no sub-operations: pynetdicom answers Success by itself
@@ -402,7 +401,7 @@ def test_c_move_to_a_pynetdicom_storage_scp(
     harness: Harness, store_scp: StoreSCP, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nodelay: list[int] = []
-    real = retrieve.set_tcp_nodelay
+    real = move.set_tcp_nodelay
 
     def probe(event: evt.Event) -> None:
         real(event)
@@ -410,7 +409,7 @@ def test_c_move_to_a_pynetdicom_storage_scp(
             sock = event.assoc.dul.socket.socket  # the C-MOVE sub-association
             nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(retrieve, "set_tcp_nodelay", probe)
+    monkeypatch.setattr(move, "set_tcp_nodelay", probe)
     # Case differs from the request: Orthanc compares AETs case-insensitively.
     harness.set_modalities({"dest": ["Store_Scp", "127.0.0.1", store_scp.port]})
     uids = add_protocols(harness, [make_protocol(20), make_protocol(21, "XA")])
@@ -589,7 +588,7 @@ def test_pending_responses_are_spaced_by_the_interval(
     harness.set_modalities({"dest": ["STORE_SCP", "127.0.0.1", store_scp.port]})
     uids = add_protocols(harness, list(make_library(30, seed=3030)))
     for handler in harness.handlers.values():
-        handler.pending_interval = 3600
+        handler.options = RetrieveOptions(pending_interval=3600)
     if model == "get":
         result = c_get(harness, identifier_for(uids))
     else:
@@ -597,7 +596,7 @@ def test_pending_responses_are_spaced_by_the_interval(
     assert result.pending == []  # optional (PS3.4 C.4.2.3.1): none within the hour
     assert (result.final.status, result.final.completed) == (status.SUCCESS, 30)
     for handler in harness.handlers.values():
-        handler.pending_interval = 0.05
+        handler.options = RetrieveOptions(pending_interval=0.05)
     store_scp.delay = 0.02
     result = c_move(harness, identifier_for(uids), "STORE_SCP")
     # 30 sub-operations of >= 20 ms with one pending at most every 50 ms.

@@ -123,11 +123,11 @@ def file_meta(ds: Dataset) -> FileMetaDataset:
 @pytest.mark.parametrize("ae_title", ["APPROVER", "MODALITY"])
 def test_approvals_are_stored_over_dicom_only_by_approval_storers(caplog, ae_title) -> None:
     api = FakeOrthancApi()
-    handle = scp.make_store_handler(
+    handle = scp.StoreHandler(
         ProtocolLibrary(api, Normalization()),
         gate(),
         lambda stored: None,
-        approval_storers=frozenset({"APPROVER"}),
+        options=scp.StoreOptions(approval_storers=frozenset({"APPROVER"})),
     )
     protocol = handle(store_event(make_protocol(11, "CT"), ae_title))
     assert int(protocol.Status) == 0x0000  # protocols: whoever may store
