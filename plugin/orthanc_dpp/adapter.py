@@ -54,12 +54,12 @@ from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
-from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.responses import ResponseCache
 from orthanc_dpp.rest import DppRestApi, activity_answer, library_page_file
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
+from orthanc_dpp.scu_retrieve import Caller
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp")

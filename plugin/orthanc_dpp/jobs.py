@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orthanc_dpp import status
-from orthanc_dpp.remote import Control, RemoteError, RetrieveResult
+from orthanc_dpp.scu_retrieve import Control, RemoteError, RetrieveResult
 
 log = logging.getLogger("orthanc_dpp.jobs")
 
