@@ -59,7 +59,7 @@ from orthanc_dpp.responses import ResponseCache
 from orthanc_dpp.rest import DppRestApi, activity_answer, library_page_file
 from orthanc_dpp.retrieve import make_retrieve_handlers
 from orthanc_dpp.scp import make_echo_handler, make_find_handler, make_store_handler
-from orthanc_dpp.scu_retrieve import Caller
+from orthanc_dpp.scu_association import Caller
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp")

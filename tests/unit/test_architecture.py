@@ -388,7 +388,6 @@ LONG_MODULES = {
     "bench/store_bench.py",
     "plugin/orthanc_dpp/adapter.py",
     "plugin/orthanc_dpp/connections.py",
-    "plugin/orthanc_dpp/scu_retrieve.py",
     "plugin/orthanc_dpp/retrieve.py",
     "tests/load.py",
 }

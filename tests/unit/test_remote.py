@@ -1,4 +1,4 @@
-"""The DPP SCU (orthanc_dpp.scu_retrieve) against a bare pynetdicom DPP archive on loopback."""
+"""The DPP SCU (orthanc_dpp.scu_*) against a bare pynetdicom DPP archive on loopback."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_protocol
-from orthanc_dpp import scu_retrieve, status
+from orthanc_dpp import scu_answers, scu_association, scu_query, scu_retrieve, status
 from orthanc_dpp.library import StoreError
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality
-from orthanc_dpp.scu_retrieve import BadKey, Caller, Control, RemoteError, build_identifier
+from orthanc_dpp.scu_answers import RemoteError
+from orthanc_dpp.scu_association import Caller
+from orthanc_dpp.scu_identifiers import BadKey, build_identifier
+from orthanc_dpp.scu_retrieve import Control
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES, QUERY_TRANSFER_SYNTAXES, TRANSFER_SYNTAXES
 from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore, StallingPeer
 from tests.orthanc_server import free_port
@@ -121,10 +124,10 @@ def test_bad_keys_are_named(keys: dict, key: str, reason: str) -> None:
 
 
 def test_status_names() -> None:
-    assert scu_retrieve.status_name(0xC000, "find") == "Failure: Unable to Process"
-    assert scu_retrieve.status_name(0xA801, "move") == "Failure: Move destination unknown"
-    assert scu_retrieve.status_name(0x0124, "") == "Failure: Refused: Not Authorised"
-    assert scu_retrieve.status_name(0xC123, "get") == "Failure: Unable to Process"  # Cxxx
+    assert scu_answers.status_name(0xC000, "find") == "Failure: Unable to Process"
+    assert scu_answers.status_name(0xA801, "move") == "Failure: Move destination unknown"
+    assert scu_answers.status_name(0x0124, "") == "Failure: Refused: Not Authorised"
+    assert scu_answers.status_name(0xC123, "get") == "Failure: Unable to Process"  # Cxxx
 
 
 # -- C-FIND --------------------------------------------------------------------------------
@@ -132,7 +135,7 @@ def test_status_names() -> None:
 
 def test_find_answers_dicom_json_from_the_remote(archive: BareArchive) -> None:
     identifier = build_identifier({"ProtocolName": "", "SOPInstanceUID": ""})
-    result = scu_retrieve.find(CALLER, modality_of(archive), identifier)
+    result = scu_query.find(CALLER, modality_of(archive), identifier)
     assert result.complete
     held = {uid: str(ds.ProtocolName) for uid, ds in archive.held.items()}
     got = {a["00080018"]["Value"][0]: a["00181030"]["Value"][0] for a in result.answers}
@@ -142,13 +145,13 @@ def test_find_answers_dicom_json_from_the_remote(archive: BareArchive) -> None:
 
 
 def test_find_uses_the_modalitys_local_aet(archive: BareArchive) -> None:
-    scu_retrieve.find(CALLER, modality_of(archive, local_aet="SITE_A"), build_identifier({}))
+    scu_query.find(CALLER, modality_of(archive, local_aet="SITE_A"), build_identifier({}))
     assert archive.callers == ["SITE_A"]
 
 
 def test_find_stops_at_the_limit_with_a_cancel(archive: BareArchive) -> None:
     archive.await_cancel_after = 2
-    result = scu_retrieve.find(CALLER, modality_of(archive), build_identifier({}), limit=2)
+    result = scu_query.find(CALLER, modality_of(archive), build_identifier({}), limit=2)
     assert len(result.answers) == 2
     assert result.complete is False
     # Without the C-CANCEL the archive would make all 4 answers after a 10 s wait.
@@ -158,7 +161,7 @@ def test_find_stops_at_the_limit_with_a_cancel(archive: BareArchive) -> None:
 def test_a_refusing_remote_is_reported_with_its_status_and_comment(archive: BareArchive) -> None:
     archive.find_failure = (0xC000, "Protocol index offline")
     with pytest.raises(RemoteError) as caught:
-        scu_retrieve.find(CALLER, modality_of(archive), build_identifier({}))
+        scu_query.find(CALLER, modality_of(archive), build_identifier({}))
     error = caught.value
     assert error.code == 0xC000
     assert error.comment == "Protocol index offline"
@@ -169,20 +172,20 @@ def test_a_refusing_remote_is_reported_with_its_status_and_comment(archive: Bare
 def test_an_unreachable_remote_is_reported() -> None:
     nowhere = Modality("gone", "GONE", "127.0.0.1", free_port())
     with pytest.raises(RemoteError, match="cannot connect"):
-        scu_retrieve.find(CALLER, nowhere, build_identifier({}))
+        scu_query.find(CALLER, nowhere, build_identifier({}))
 
 
 def test_a_rejecting_remote_is_reported(archive: BareArchive) -> None:
     archive.ae.require_calling_aet = ["SOMEONE_ELSE"]
     with pytest.raises(RemoteError, match="association rejected"):
-        scu_retrieve.find(CALLER, modality_of(archive), build_identifier({}))
+        scu_query.find(CALLER, modality_of(archive), build_identifier({}))
 
 
 def test_tls_modality_without_tls_setup_is_refused_before_connecting(
     archive: BareArchive,
 ) -> None:
     with pytest.raises(RemoteError, match="UseDicomTls is set"):
-        scu_retrieve.find(CALLER, modality_of(archive, use_dicom_tls=True), build_identifier({}))
+        scu_query.find(CALLER, modality_of(archive, use_dicom_tls=True), build_identifier({}))
     assert archive.identifiers == []
 
 
@@ -306,13 +309,13 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     assert all(roles[uid] == "SCU" for uid in (DPP_FIND, DPP_GET, DPP_MOVE))
     assert all(roles[uid].startswith("SCP") for uid in DPP_STORAGE_CLASSES)
     # "the four transfer syntaxes of 2.2.3": the listener's, in its order (one list, in sop).
-    assert scu_retrieve.TRANSFER_SYNTAXES is listener.TRANSFER_SYNTAXES is TRANSFER_SYNTAXES
+    assert scu_association.TRANSFER_SYNTAXES is listener.TRANSFER_SYNTAXES is TRANSFER_SYNTAXES
     words = " ".join(text.split())
     assert f"at most {scu_retrieve.MAXIMUM_UIDS})" in words
-    assert f"(at most {scu_retrieve.MAXIMUM_LIMIT})" in words
-    assert f"or {scu_retrieve.FIND_TIME_LIMIT:.0f} s" in words
-    assert f"over {scu_retrieve.FIND_ANSWER_DATASETS} × `MaximumDatasetSize`" in words
-    assert f"goes on answering {scu_retrieve.AFTER_CANCEL} responses" in words
+    assert f"(at most {scu_query.MAXIMUM_LIMIT})" in words
+    assert f"or {scu_query.FIND_TIME_LIMIT:.0f} s" in words
+    assert f"over {scu_query.FIND_ANSWER_DATASETS} × `MaximumDatasetSize`" in words
+    assert f"goes on answering {scu_answers.AFTER_CANCEL} responses" in words
     assert f"After {scu_retrieve.UNREQUESTED_LIMIT} refused sub-operations" in words
     assert "except Deflated Explicit VR Little Endian" in words
 
@@ -335,9 +338,9 @@ def test_a_remote_that_never_stops_answering_is_cut_off() -> None:
     modality = Modality("chatty", "CHATTY", "127.0.0.1", 104)
     received = 0
     with pytest.raises(RemoteError, match="goes on answering"):
-        for _ in scu_retrieve._responses(endless(), 10, modality):
+        for _ in scu_answers.bounded_responses(endless(), 10, modality):
             received += 1
-    assert received == 10 + scu_retrieve.AFTER_CANCEL + 1
+    assert received == 10 + scu_answers.AFTER_CANCEL + 1
 
 
 # -- a hostile archive ----------------------------------------------------------------------
@@ -453,7 +456,7 @@ def test_an_oversize_dataset_from_the_archive_aborts_while_it_arrives(
 def test_an_endless_find_is_cut_off(archive: BareArchive) -> None:
     archive.endless_find = True
     with pytest.raises(RemoteError, match="goes on answering") as caught:
-        scu_retrieve.find(CALLER, modality_of(archive), build_identifier({}), limit=5)
+        scu_query.find(CALLER, modality_of(archive), build_identifier({}), limit=5)
     assert len(caught.value.partial) == 5
     assert archive.find_answers < ENDLESS_FIND_BOUND
 
@@ -468,7 +471,7 @@ def find_in_thread(modality: Modality) -> list[BaseException]:
 
     def run() -> None:
         try:
-            scu_retrieve.find(CALLER, modality, build_identifier({}))
+            scu_query.find(CALLER, modality, build_identifier({}))
         except BaseException as exc:
             errors.append(exc)
 
