@@ -27,7 +27,7 @@ The same rules judge an association before it is accepted
 (:func:`judge_caller`): a caller they would refuse every service is
 rejected at once, and callers not declared in the list share only
 ``UnknownCallersMaximumAssociations`` of the association slots (see
-:mod:`orthanc_dpp.connections`).
+:mod:`orthanc_dpp.admission`).
 
 One deliberate difference: writing the protocol library is a privilege.
 ``DicomAlwaysAllowStore`` (true by default, meant for images) does not open

@@ -56,7 +56,6 @@ from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.metrics import METRICS, Metrics
 from orthanc_dpp.modalities import ModalityRegistry, matching_options
 from orthanc_dpp.move import MoveHandler
-from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.responses import ResponseCache
 from orthanc_dpp.rest import DppRestApi
@@ -69,6 +68,7 @@ from orthanc_dpp.scp import (
     StoreHandler,
     StoreOptions,
 )
+from orthanc_dpp.scu_association import Caller
 from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 
 log = logging.getLogger("orthanc_dpp")

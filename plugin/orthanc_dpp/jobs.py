@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orthanc_dpp import status
-from orthanc_dpp.remote import Control, RemoteError, RetrieveResult
+from orthanc_dpp.scu_answers import RemoteError
+from orthanc_dpp.scu_retrieve import Control, RetrieveResult
 
 log = logging.getLogger("orthanc_dpp.jobs")
 

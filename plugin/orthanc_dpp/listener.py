@@ -23,7 +23,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp import tls as tls_module
 from orthanc_dpp.access import Caller
-from orthanc_dpp.connections import ConnectionGuard, Limits, set_tcp_nodelay
+from orthanc_dpp.admission import Limits
+from orthanc_dpp.connections import ConnectionGuard, set_tcp_nodelay
 from orthanc_dpp.keys import MODELS
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.routing import route_dpp_services

@@ -1,10 +1,10 @@
 """Requesting an association with another node: the one way the plugin does it.
 
-The plugin calls other nodes as an SCU (:mod:`orthanc_dpp.remote`: C-FIND,
-C-GET and C-MOVE on another DPP archive) and as the sender of C-MOVE
-sub-operations (:mod:`orthanc_dpp.retrieve`). Both go through
-:func:`request_association`, which holds the rules every outbound
-association follows:
+The plugin calls other nodes as an SCU (:mod:`orthanc_dpp.scu_query` and
+:mod:`orthanc_dpp.scu_retrieve`: C-FIND, C-GET and C-MOVE on another DPP
+archive) and as the sender of C-MOVE sub-operations
+(:mod:`orthanc_dpp.retrieve`). Both go through :func:`request_association`,
+which holds the rules every outbound association follows:
 
 - Orthanc's ``LocalAet`` and ``Timeout`` of the modality win: pynetdicom
   keeps both per AE, so a modality with either is called from an AE of its

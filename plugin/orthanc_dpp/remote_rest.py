@@ -3,10 +3,11 @@
 ``POST /dpp/modalities/{id}/find`` and ``POST /dpp/modalities/{id}/retrieve``
 work on the modalities of Orthanc's modality list, as Orthanc's own
 ``/modalities/{id}/query`` and ``/move`` do for images; the DICOM work is in
-:mod:`orthanc_dpp.remote`. Errors are JSON like every ``/dpp/`` answer:
-404 for an unknown modality, 400 for a bad request (naming the key), 502
-when the remote archive cannot be reached or refuses (with the DIMSE status
-and its name), 503 when too many background jobs run.
+:mod:`orthanc_dpp.scu_query` and :mod:`orthanc_dpp.scu_retrieve`. Errors are
+JSON like every ``/dpp/`` answer: 404 for an unknown modality, 400 for a
+bad request (naming the key), 502 when the remote archive cannot be
+reached or refuses (with the DIMSE status and its name), 503 when too many
+background jobs run.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from orthanc_dpp import remote
+from orthanc_dpp import scu_identifiers, scu_query, scu_retrieve
 from orthanc_dpp.http_messages import Request, Response, error, json_response
 from orthanc_dpp.jobs import Job, Jobs, TooManyJobs
 from orthanc_dpp.modalities import Modality, ModalityRegistry
-from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, RetrieveResult
+from orthanc_dpp.scu_answers import RemoteError
+from orthanc_dpp.scu_association import Caller
+from orthanc_dpp.scu_identifiers import BadKey
+from orthanc_dpp.scu_retrieve import Control, RetrieveResult
 
 log = logging.getLogger("orthanc_dpp.remote")
 
@@ -41,7 +45,7 @@ class RemoteArchives:
         self,
         caller: Caller,
         modalities: ModalityRegistry,
-        store: remote.Store,
+        store: scu_retrieve.Store,
         is_stored: Callable[[str], bool],
         jobs: Jobs,
         *,
@@ -70,14 +74,14 @@ class RemoteArchives:
             return error(404, f"no modality {name!r} in Orthanc's modality list")
         try:
             keys = _json_object(request.body, allow_empty=True)
-            limit = _limit(keys.pop("Limit", remote.DEFAULT_LIMIT))
-            identifier = remote.build_identifier(keys)
+            limit = _limit(keys.pop("Limit", scu_query.DEFAULT_LIMIT))
+            identifier = scu_identifiers.build_identifier(keys)
         except BadKey as exc:
             return error(400, f"bad query key {exc.key!r}: {exc.reason}", Key=exc.key)
         except ValueError as exc:
             return error(400, str(exc))
         try:
-            result = remote.find(self.caller, modality, identifier, limit=limit)
+            result = scu_query.find(self.caller, modality, identifier, limit=limit)
         except RemoteError as exc:
             log.error("DPP C-FIND on %s failed: %s", modality.describe(), exc.reason)
             answers = exc.partial if isinstance(exc.partial, list) else []
@@ -113,8 +117,8 @@ class RemoteArchives:
 
         def work(control: Control) -> RetrieveResult:
             if method == "C-GET":
-                return remote.get(self.caller, modality, uids, self.store, control)
-            return remote.move(self.caller, modality, uids, destination or "", control)
+                return scu_retrieve.get(self.caller, modality, uids, self.store, control)
+            return scu_retrieve.move(self.caller, modality, uids, destination or "", control)
 
         if asynchronous:
             try:
@@ -145,12 +149,12 @@ class RemoteArchives:
         uids = body.get("SOPInstanceUIDs")
         if not isinstance(uids, list) or not uids:
             raise ValueError("SOPInstanceUIDs must be a non-empty list of SOP Instance UIDs")
-        if len(uids) > remote.MAXIMUM_UIDS:
+        if len(uids) > scu_retrieve.MAXIMUM_UIDS:
             raise ValueError(
-                f"at most {remote.MAXIMUM_UIDS} SOPInstanceUIDs per request, got {len(uids)}"
+                f"at most {scu_retrieve.MAXIMUM_UIDS} SOPInstanceUIDs per request, got {len(uids)}"
             )
         for uid in uids:
-            if not isinstance(uid, str) or not remote.is_uid(uid):
+            if not isinstance(uid, str) or not scu_identifiers.is_uid(uid):
                 raise ValueError(f"SOPInstanceUIDs: not a UID: {uid!r}")
         uids = list(dict.fromkeys(uids))
         method = body.get("Method", "C-GET")
@@ -160,7 +164,7 @@ class RemoteArchives:
         if destination is not None:
             if method != "C-MOVE":
                 raise ValueError("Destination is for Method C-MOVE only")
-            if not isinstance(destination, str) or not remote.is_ae_title(destination):
+            if not isinstance(destination, str) or not scu_identifiers.is_ae_title(destination):
                 raise ValueError(f"Destination must be an AE title, got {destination!r}")
         elif method == "C-MOVE":
             destination = self.caller.ae_title  # this plugin's own listener
@@ -219,12 +223,12 @@ def _json_object(body: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
 def _limit(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"Limit must be a whole number, got {value!r}")
-    if not 1 <= value <= remote.MAXIMUM_LIMIT:
-        raise ValueError(f"Limit must be between 1 and {remote.MAXIMUM_LIMIT}, got {value}")
+    if not 1 <= value <= scu_query.MAXIMUM_LIMIT:
+        raise ValueError(f"Limit must be between 1 and {scu_query.MAXIMUM_LIMIT}, got {value}")
     return value
 
 
 def _counters(partial: Any) -> dict[str, Any]:
-    if isinstance(partial, remote.Progress):
+    if isinstance(partial, scu_retrieve.Progress):
         return {"Completed": partial.completed, "Failed": partial.failed}
     return {}

@@ -145,7 +145,7 @@ def check_announced_instance(request: Any, ds: Dataset) -> None:
     Otherwise a peer stores (or replaces) one protocol while its command,
     the response and every log line name another. Refused with 0xC000
     (PS3.4 B.2.3 "Cannot understand"), as the C-GET intake does
-    (:mod:`orthanc_dpp.remote`).
+    (:mod:`orthanc_dpp.scu_retrieve`).
     """
     affected = str(getattr(request, "AffectedSOPInstanceUID", "") or "").strip()
     own = str(ds.get("SOPInstanceUID", "") or "").strip()

@@ -22,7 +22,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
-from orthanc_dpp.connections import LOCAL_LIMIT_EXCEEDED, MAXIMUM_PENDING_MESSAGES, reject_pdu
+from orthanc_dpp.admission import LOCAL_LIMIT_EXCEEDED, reject_pdu
+from orthanc_dpp.connections import MAXIMUM_PENDING_MESSAGES
 from orthanc_dpp.keys import DPP_MODEL
 from tests.hostile import admission_limited, rss_kb
 from tests.orthanc_server import OrthancServer

@@ -387,8 +387,6 @@ MAXIMUM_LINES = 600
 LONG_MODULES = {
     "bench/store_bench.py",
     "plugin/orthanc_dpp/adapter.py",
-    "plugin/orthanc_dpp/connections.py",
-    "plugin/orthanc_dpp/remote.py",
     "tests/load.py",
 }
 

@@ -15,21 +15,23 @@ from pydicom import Dataset
 from pynetdicom.dsutils import encode
 
 from orthanc_dpp.access import Caller, Service
-from orthanc_dpp.connections import (
+from orthanc_dpp.admission import (
     CALLING_AE_NOT_RECOGNIZED,
     LOCAL_LIMIT_EXCEEDED,
+    PERMANENTLY_REFUSED,
+    Limits,
+    reject_pdu,
+)
+from orthanc_dpp.connections import (
     MAXIMUM_COMMAND_SIZE,
     MAXIMUM_OTHER_PDU,
     MAXIMUM_PENDING_MESSAGES,
     MINIMUM_FRAGMENTS,
-    PERMANENTLY_REFUSED,
     ConnectionGuard,
-    Limits,
     MessageMeter,
     PduTooLarge,
     abort_pdu,
     associate_rq_problem,
-    reject_pdu,
 )
 
 
@@ -197,10 +199,10 @@ def test_abort_pdu_is_a_provider_abort() -> None:
 
 
 def test_refusal_bookkeeping_stays_bounded_with_many_addresses(monkeypatch) -> None:
-    from orthanc_dpp import connections
+    from orthanc_dpp import admission
 
-    monkeypatch.setattr(connections, "MAXIMUM_REFUSING_ADDRESSES", 10)
-    monkeypatch.setattr(connections, "EVICTION_AGE", 1e9)  # the waiting one stays
+    monkeypatch.setattr(admission, "MAXIMUM_REFUSING_ADDRESSES", 10)
+    monkeypatch.setattr(admission, "EVICTION_AGE", 1e9)  # the waiting one stays
     clock = Clock()
     guard = make_guard(clock, per_address=1, waiting=1)
     guard.on_open(open_event(fake_assoc()))  # full: everyone else is refused

@@ -2,7 +2,7 @@
 
 Two things are pinned here: how a failure is classified (a :class:`Refusal`,
 with real peers that fail each way), and the exact text each caller makes of
-each refusal: the SCU side (``remote``: REST "Error", job errors) and the
+each refusal: the SCU side (``scu_answers``: REST "Error", job errors) and the
 C-MOVE sub-association (``retrieve``: Error Comment and log line). Those
 texts were written separately before the two callers shared this module, and
 logs and statuses must not change.
@@ -21,7 +21,7 @@ import pytest
 from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp import remote
+from orthanc_dpp import scu_answers, scu_association
 from orthanc_dpp.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality, ModalityRegistry
@@ -34,7 +34,7 @@ from orthanc_dpp.outbound import (
     guard_for,
     request_association,
 )
-from orthanc_dpp.remote import SCU_WORDS, RemoteError
+from orthanc_dpp.scu_answers import SCU_WORDS, RemoteError
 from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_STORAGE_CLASSES
 from tests.bare_archive import StallingPeer
 from tests.orthanc_server import free_port
@@ -107,7 +107,7 @@ def test_each_caller_words_each_refusal_as_before(
 ) -> None:
     failed = AssociationFailed(refusal, detail)
     modality = Modality("far", "FAR", "10.0.0.9", 104)
-    assert remote.refusal_reason(modality, failed) == f"far (FAR@10.0.0.9:104): {scu}"
+    assert scu_answers.refusal_reason(modality, failed) == f"far (FAR@10.0.0.9:104): {scu}"
     assert failed.worded(MOVE_WORDS) == move
 
 
@@ -283,7 +283,7 @@ def test_the_given_ae_is_used_unless_local_aet_or_timeout_need_one_of_their_own(
 
 def scu_reason(peer: Modality, sop_class: str = DPP_FIND) -> str:
     with pytest.raises(RemoteError) as caught:
-        remote.open_association(CALLING, peer, sop_class, storage=sop_class == DPP_GET)
+        scu_association.open_association(CALLING, peer, sop_class, storage=sop_class == DPP_GET)
     return caught.value.reason
 
 

@@ -1,4 +1,4 @@
-"""The DPP SCU (orthanc_dpp.remote) against a bare pynetdicom DPP archive on loopback."""
+"""The DPP SCU (orthanc_dpp.scu_*) against a bare pynetdicom DPP archive on loopback."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_protocol
-from orthanc_dpp import remote, status
+from orthanc_dpp import scu_answers, scu_association, scu_query, scu_retrieve, status
 from orthanc_dpp.library import StoreError
 from orthanc_dpp.limits import DatasetLimits
 from orthanc_dpp.modalities import Modality
-from orthanc_dpp.remote import BadKey, Caller, Control, RemoteError, build_identifier
+from orthanc_dpp.scu_answers import RemoteError
+from orthanc_dpp.scu_association import Caller
+from orthanc_dpp.scu_identifiers import BadKey, build_identifier
+from orthanc_dpp.scu_retrieve import Control
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES, QUERY_TRANSFER_SYNTAXES, TRANSFER_SYNTAXES
 from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore, StallingPeer
 from tests.orthanc_server import free_port
@@ -121,10 +124,10 @@ def test_bad_keys_are_named(keys: dict, key: str, reason: str) -> None:
 
 
 def test_status_names() -> None:
-    assert remote.status_name(0xC000, "find") == "Failure: Unable to Process"
-    assert remote.status_name(0xA801, "move") == "Failure: Move destination unknown"
-    assert remote.status_name(0x0124, "") == "Failure: Refused: Not Authorised"
-    assert remote.status_name(0xC123, "get") == "Failure: Unable to Process"  # Cxxx
+    assert scu_answers.status_name(0xC000, "find") == "Failure: Unable to Process"
+    assert scu_answers.status_name(0xA801, "move") == "Failure: Move destination unknown"
+    assert scu_answers.status_name(0x0124, "") == "Failure: Refused: Not Authorised"
+    assert scu_answers.status_name(0xC123, "get") == "Failure: Unable to Process"  # Cxxx
 
 
 # -- C-FIND --------------------------------------------------------------------------------
@@ -132,7 +135,7 @@ def test_status_names() -> None:
 
 def test_find_answers_dicom_json_from_the_remote(archive: BareArchive) -> None:
     identifier = build_identifier({"ProtocolName": "", "SOPInstanceUID": ""})
-    result = remote.find(CALLER, modality_of(archive), identifier)
+    result = scu_query.find(CALLER, modality_of(archive), identifier)
     assert result.complete
     held = {uid: str(ds.ProtocolName) for uid, ds in archive.held.items()}
     got = {a["00080018"]["Value"][0]: a["00181030"]["Value"][0] for a in result.answers}
@@ -142,13 +145,13 @@ def test_find_answers_dicom_json_from_the_remote(archive: BareArchive) -> None:
 
 
 def test_find_uses_the_modalitys_local_aet(archive: BareArchive) -> None:
-    remote.find(CALLER, modality_of(archive, local_aet="SITE_A"), build_identifier({}))
+    scu_query.find(CALLER, modality_of(archive, local_aet="SITE_A"), build_identifier({}))
     assert archive.callers == ["SITE_A"]
 
 
 def test_find_stops_at_the_limit_with_a_cancel(archive: BareArchive) -> None:
     archive.await_cancel_after = 2
-    result = remote.find(CALLER, modality_of(archive), build_identifier({}), limit=2)
+    result = scu_query.find(CALLER, modality_of(archive), build_identifier({}), limit=2)
     assert len(result.answers) == 2
     assert result.complete is False
     # Without the C-CANCEL the archive would make all 4 answers after a 10 s wait.
@@ -158,7 +161,7 @@ def test_find_stops_at_the_limit_with_a_cancel(archive: BareArchive) -> None:
 def test_a_refusing_remote_is_reported_with_its_status_and_comment(archive: BareArchive) -> None:
     archive.find_failure = (0xC000, "Protocol index offline")
     with pytest.raises(RemoteError) as caught:
-        remote.find(CALLER, modality_of(archive), build_identifier({}))
+        scu_query.find(CALLER, modality_of(archive), build_identifier({}))
     error = caught.value
     assert error.code == 0xC000
     assert error.comment == "Protocol index offline"
@@ -169,20 +172,20 @@ def test_a_refusing_remote_is_reported_with_its_status_and_comment(archive: Bare
 def test_an_unreachable_remote_is_reported() -> None:
     nowhere = Modality("gone", "GONE", "127.0.0.1", free_port())
     with pytest.raises(RemoteError, match="cannot connect"):
-        remote.find(CALLER, nowhere, build_identifier({}))
+        scu_query.find(CALLER, nowhere, build_identifier({}))
 
 
 def test_a_rejecting_remote_is_reported(archive: BareArchive) -> None:
     archive.ae.require_calling_aet = ["SOMEONE_ELSE"]
     with pytest.raises(RemoteError, match="association rejected"):
-        remote.find(CALLER, modality_of(archive), build_identifier({}))
+        scu_query.find(CALLER, modality_of(archive), build_identifier({}))
 
 
 def test_tls_modality_without_tls_setup_is_refused_before_connecting(
     archive: BareArchive,
 ) -> None:
     with pytest.raises(RemoteError, match="UseDicomTls is set"):
-        remote.find(CALLER, modality_of(archive, use_dicom_tls=True), build_identifier({}))
+        scu_query.find(CALLER, modality_of(archive, use_dicom_tls=True), build_identifier({}))
     assert archive.identifiers == []
 
 
@@ -197,7 +200,7 @@ def test_get_hands_every_protocol_to_the_store(archive: BareArchive) -> None:
         stored[str(ds.SOPInstanceUID)] = ds
 
     uids = list(archive.held)[:3]
-    result = remote.get(CALLER, modality_of(archive), uids, store)
+    result = scu_retrieve.get(CALLER, modality_of(archive), uids, store)
     assert result.code == status.SUCCESS
     assert (result.progress.completed, result.progress.failed) == (3, 0)
     assert sorted(stored) == sorted(uids)
@@ -213,7 +216,7 @@ def test_a_protocol_not_stored_here_is_a_failed_sub_operation(archive: BareArchi
         if ds.SOPInstanceUID == refused_uid:
             raise StoreError(status.DUPLICATE_SOP_INSTANCE, 409, "stored with other content")
 
-    result = remote.get(CALLER, modality_of(archive), uids, store)
+    result = scu_retrieve.get(CALLER, modality_of(archive), uids, store)
     assert result.code == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     assert (result.progress.completed, result.progress.failed) == (len(uids) - 1, 1)
     assert result.failed_uids == [refused_uid]
@@ -225,7 +228,7 @@ def test_get_can_be_cancelled_between_sub_operations() -> None:
     gate = threading.Event()
     with BareArchive(protocols(4), pending_gate=gate) as archive:
         control = Control()
-        results: list[remote.RetrieveResult] = []
+        results: list[scu_retrieve.RetrieveResult] = []
 
         def store(ds: Dataset, sop_class: str) -> None:
             control.cancel()  # after the first protocol
@@ -233,7 +236,7 @@ def test_get_can_be_cancelled_between_sub_operations() -> None:
 
         worker = threading.Thread(
             target=lambda: results.append(
-                remote.get(CALLER, modality_of(archive), list(archive.held), store, control)
+                scu_retrieve.get(CALLER, modality_of(archive), list(archive.held), store, control)
             )
         )
         worker.start()
@@ -255,14 +258,14 @@ def test_move_sends_the_protocols_to_the_destination(destination) -> None:
     port, received = destination
     with BareArchive(protocols(3), destinations={"DEST": ("127.0.0.1", port)}) as archive:
         uids = list(archive.held)
-        result = remote.move(CALLER, modality_of(archive), uids, "DEST")
+        result = scu_retrieve.move(CALLER, modality_of(archive), uids, "DEST")
     assert result.code == status.SUCCESS and result.progress.completed == 3
     assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(uids)
 
 
 def test_unknown_move_destination_is_reported_by_name(archive: BareArchive) -> None:
     with pytest.raises(RemoteError) as caught:
-        remote.move(CALLER, modality_of(archive), list(archive.held), "NOBODY")
+        scu_retrieve.move(CALLER, modality_of(archive), list(archive.held), "NOBODY")
     assert caught.value.code == status.MOVE_DESTINATION_UNKNOWN
     assert "Move destination unknown" in caught.value.reason
 
@@ -275,7 +278,7 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
 
         def run() -> None:
             try:
-                remote.get(
+                scu_retrieve.get(
                     CALLER, modality_of(archive), list(archive.held), lambda *a: None, control
                 )
             except RemoteError as exc:
@@ -306,14 +309,14 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     assert all(roles[uid] == "SCU" for uid in (DPP_FIND, DPP_GET, DPP_MOVE))
     assert all(roles[uid].startswith("SCP") for uid in DPP_STORAGE_CLASSES)
     # "the four transfer syntaxes of 2.2.3": the listener's, in its order (one list, in sop).
-    assert remote.TRANSFER_SYNTAXES is listener.TRANSFER_SYNTAXES is TRANSFER_SYNTAXES
+    assert scu_association.TRANSFER_SYNTAXES is listener.TRANSFER_SYNTAXES is TRANSFER_SYNTAXES
     words = " ".join(text.split())
-    assert f"at most {remote.MAXIMUM_UIDS})" in words
-    assert f"(at most {remote.MAXIMUM_LIMIT})" in words
-    assert f"or {remote.FIND_TIME_LIMIT:.0f} s" in words
-    assert f"over {remote.FIND_ANSWER_DATASETS} × `MaximumDatasetSize`" in words
-    assert f"goes on answering {remote.AFTER_CANCEL} responses" in words
-    assert f"After {remote.UNREQUESTED_LIMIT} refused sub-operations" in words
+    assert f"at most {scu_retrieve.MAXIMUM_UIDS})" in words
+    assert f"(at most {scu_query.MAXIMUM_LIMIT})" in words
+    assert f"or {scu_query.FIND_TIME_LIMIT:.0f} s" in words
+    assert f"over {scu_query.FIND_ANSWER_DATASETS} × `MaximumDatasetSize`" in words
+    assert f"goes on answering {scu_answers.AFTER_CANCEL} responses" in words
+    assert f"After {scu_retrieve.UNREQUESTED_LIMIT} refused sub-operations" in words
     assert "except Deflated Explicit VR Little Endian" in words
 
 
@@ -321,7 +324,7 @@ def test_a_retrieve_stopped_before_its_request_is_not_sent(archive: BareArchive)
     control = Control()
     control.abort()  # the plugin stops while the job is still connecting
     with pytest.raises(RemoteError, match="C-GET stopped before it was sent"):
-        remote.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
+        scu_retrieve.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
     assert archive.identifiers == []
 
 
@@ -335,9 +338,9 @@ def test_a_remote_that_never_stops_answering_is_cut_off() -> None:
     modality = Modality("chatty", "CHATTY", "127.0.0.1", 104)
     received = 0
     with pytest.raises(RemoteError, match="goes on answering"):
-        for _ in remote._responses(endless(), 10, modality):
+        for _ in scu_answers.bounded_responses(endless(), 10, modality):
             received += 1
-    assert received == 10 + remote.AFTER_CANCEL + 1
+    assert received == 10 + scu_answers.AFTER_CANCEL + 1
 
 
 # -- a hostile archive ----------------------------------------------------------------------
@@ -351,7 +354,7 @@ SMALL = Caller(
 )
 
 
-def storing() -> tuple[dict[str, Dataset], remote.Store]:
+def storing() -> tuple[dict[str, Dataset], scu_retrieve.Store]:
     stored: dict[str, Dataset] = {}
 
     def store(ds: Dataset, sop_class: str) -> None:
@@ -366,7 +369,7 @@ def test_get_stores_only_the_requested_instance(
     wanted, other = list(archive.held.values())[:2]
     archive.get_sends = [RawStore.of(wanted), RawStore.of(other)]
     stored, store = storing()
-    result = remote.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
+    result = scu_retrieve.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
     assert sorted(stored) == [str(wanted.SOPInstanceUID)]  # the unrequested one was not stored
     assert archive.store_statuses == [status.SUCCESS, status.NOT_AUTHORIZED]
     assert archive.store_comments[1] == "SOP Instance not requested by this C-GET"
@@ -384,7 +387,7 @@ def test_get_refuses_a_dataset_that_is_not_the_announced_instance(archive: BareA
     uid = str(wanted.SOPInstanceUID)
     archive.get_sends = [RawStore.of(other, affected_uid=uid)]
     stored, store = storing()
-    result = remote.get(CALLER, modality_of(archive), [uid], store)
+    result = scu_retrieve.get(CALLER, modality_of(archive), [uid], store)
     assert stored == {}
     assert archive.store_statuses == [status.STORE_CANNOT_UNDERSTAND]
     assert archive.store_comments == ["SOP Instance UID is not the Affected SOP Instance UID"]
@@ -396,7 +399,7 @@ def test_get_takes_each_requested_instance_once(archive: BareArchive) -> None:
     uids = [str(first.SOPInstanceUID), str(second.SOPInstanceUID)]
     archive.get_sends = [RawStore.of(first), RawStore.of(first), RawStore.of(third)]
     stored, store = storing()
-    result = remote.get(CALLER, modality_of(archive), uids, store)
+    result = scu_retrieve.get(CALLER, modality_of(archive), uids, store)
     assert sorted(stored) == [uids[0]]
     assert archive.store_statuses == [status.SUCCESS, status.NOT_AUTHORIZED, status.NOT_AUTHORIZED]
     assert archive.store_comments[1] == "SOP Instance already received in this C-GET"
@@ -405,12 +408,12 @@ def test_get_takes_each_requested_instance_once(archive: BareArchive) -> None:
 
 def test_a_flood_of_unrequested_instances_aborts_the_get(archive: BareArchive) -> None:
     wanted, other = list(archive.held.values())[:2]
-    archive.get_sends = [RawStore.of(other)] * (remote.UNREQUESTED_LIMIT + 5)
+    archive.get_sends = [RawStore.of(other)] * (scu_retrieve.UNREQUESTED_LIMIT + 5)
     stored, store = storing()
     with pytest.raises(RemoteError, match="not requested") as caught:
-        remote.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
+        scu_retrieve.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
     assert stored == {}
-    assert len(archive.store_statuses) <= remote.UNREQUESTED_LIMIT + 1
+    assert len(archive.store_statuses) <= scu_retrieve.UNREQUESTED_LIMIT + 1
     assert "association aborted" in caught.value.reason
 
 
@@ -431,7 +434,7 @@ def test_a_deflate_bomb_from_the_archive_is_refused_while_inflating(
     deflated = packer.compress(raw.data) + packer.flush()
     archive.get_sends = [RawStore(uid, raw.sop_class, deflated, DeflatedExplicitVRLittleEndian)]
     stored, store = storing()
-    result = remote.get(SMALL, modality_of(archive), [uid], store)
+    result = scu_retrieve.get(SMALL, modality_of(archive), [uid], store)
     assert stored == {}
     assert archive.store_statuses == [status.STORE_OUT_OF_RESOURCES]
     assert archive.store_comments[0].startswith("Dataset inflates to more than MaximumDatasetSize")
@@ -445,7 +448,7 @@ def test_an_oversize_dataset_from_the_archive_aborts_while_it_arrives(
     archive.get_sends = [RawStore.of(big)]
     stored, store = storing()
     with pytest.raises(RemoteError, match="MaximumDatasetSize"):
-        remote.get(SMALL, modality_of(archive), [str(big.SOPInstanceUID)], store)
+        scu_retrieve.get(SMALL, modality_of(archive), [str(big.SOPInstanceUID)], store)
     assert stored == {}
     assert archive.store_statuses == [-1]  # no response: the association was aborted
 
@@ -453,7 +456,7 @@ def test_an_oversize_dataset_from_the_archive_aborts_while_it_arrives(
 def test_an_endless_find_is_cut_off(archive: BareArchive) -> None:
     archive.endless_find = True
     with pytest.raises(RemoteError, match="goes on answering") as caught:
-        remote.find(CALLER, modality_of(archive), build_identifier({}), limit=5)
+        scu_query.find(CALLER, modality_of(archive), build_identifier({}), limit=5)
     assert len(caught.value.partial) == 5
     assert archive.find_answers < ENDLESS_FIND_BOUND
 
@@ -468,7 +471,7 @@ def find_in_thread(modality: Modality) -> list[BaseException]:
 
     def run() -> None:
         try:
-            remote.find(CALLER, modality, build_identifier({}))
+            scu_query.find(CALLER, modality, build_identifier({}))
         except BaseException as exc:
             errors.append(exc)
 

@@ -13,10 +13,10 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.http_messages import Request, Response
 from orthanc_dpp.jobs import Jobs
 from orthanc_dpp.modalities import ModalityRegistry
-from orthanc_dpp.remote import Caller
 from orthanc_dpp.remote_rest import RemoteArchives
 from orthanc_dpp.rest import DppRestApi
 from orthanc_dpp.routes import LIBRARY_PAGE, SEGMENT, Route, dpp_routes, invalid_configuration
+from orthanc_dpp.scu_association import Caller
 from tests.fake_orthanc import rest_api
 from tests.fake_orthanc_module import FakeOrthancModule
 
