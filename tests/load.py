@@ -42,10 +42,9 @@ from types import TracebackType
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom import AE, Association, build_role, evt
+from pynetdicom import AE, Association, evt
 
 from dpp_tools.samples import make_library
-from orthanc_dpp import pynetdicom_private as private
 from orthanc_dpp.connections import set_tcp_nodelay
 from orthanc_dpp.sop import (
     DPP_FIND,
@@ -55,6 +54,7 @@ from orthanc_dpp.sop import (
     STORAGE_CLASSES,
     TRANSFER_SYNTAXES,
 )
+from tests import dicom_client
 from tests.orthanc_server import OrthancServer, free_port
 
 KINDS = ("store", "find", "get", "move")
@@ -187,33 +187,22 @@ def associate(
     error to count rather than an assertion: under load a frozen listener
     must become a failure message, not a hang.
     """
-    ae = AE(ae_title=ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    roles = []
-    for sop_class in contexts:
-        ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-    for sop_class in scp_role_for:
-        ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-        roles.append(build_role(sop_class, scp_role=True))
-    assoc = ae.associate(
-        "127.0.0.1",
-        server.dpp_port,
-        ae_title=server.aet,
-        ext_neg=roles or None,
-        bind_address=(source, 0),
-        evt_handlers=[
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
-            # pynetdicom's own pause can lose a response under load (see
-            # tests/unit/test_pynetdicom_private.py): the requester's race, not the listener's.
-            (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
-            *handlers,
-        ],
-    )
-    if not assoc.is_established:
-        how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise OperationError(f"association {how} (connect/ACSE timeout {timeout:g} s)")
-    return assoc
+    try:
+        return dicom_client.associate(
+            "127.0.0.1",
+            server.dpp_port,
+            server.aet,
+            calling_aet=ae_title,
+            contexts=contexts,
+            scp_role_for=scp_role_for,
+            handlers=handlers,
+            timeout=timeout,
+            source=source,
+        )
+    except dicom_client.AssociationRefused as refused:
+        raise OperationError(
+            f"association {refused.how} (connect/ACSE timeout {timeout:g} s)"
+        ) from None
 
 
 def _status_code(status: Dataset, what: str) -> int:
