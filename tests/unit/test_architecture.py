@@ -390,7 +390,6 @@ LONG_MODULES = {
     "plugin/orthanc_dpp/connections.py",
     "plugin/orthanc_dpp/remote.py",
     "plugin/orthanc_dpp/retrieve.py",
-    "tests/load.py",
 }
 
 
