@@ -31,8 +31,8 @@ from pynetdicom import _config as pynetdicom_config
 
 from bench import library
 from bench.child import rss_kib
-from bench.dimse import TRANSFER_SYNTAXES, set_nodelay
-from orthanc_dpp.sop import DPP_FIND
+from orthanc_dpp.connections import set_tcp_nodelay
+from orthanc_dpp.sop import DPP_FIND, TRANSFER_SYNTAXES
 
 SKIP = {0x00080005, 0x00080052}  # Specific Character Set, Query/Retrieve Level
 
@@ -128,7 +128,7 @@ def main(port: int, aet: str, count: int) -> None:
     # answer longer than it (100,000 responses) would be aborted midway.
     ae.network_timeout = None
     ae.add_supported_context(DPP_FIND, TRANSFER_SYNTAXES)
-    handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_FIND, on_find)]
+    handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_C_FIND, on_find)]
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
     ready = {
         "event": "ready",

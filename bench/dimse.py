@@ -9,31 +9,22 @@ peer waits on delayed ACKs and the benchmark would measure the kernel.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, Association, build_role, evt
+from pynetdicom import Association, evt
 
-#: What the benchmark clients offer: what Orthanc and the plugin store in.
-TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+from tests import dicom_client
+
 SCU_AET = "BENCH_SCU"
 #: Longest silence tolerated inside one operation: a hung peer fails the run, not the machine.
 DIMSE_TIMEOUT = 300.0
 
 PENDING = (0xFF00, 0xFF01)
-
-
-def set_nodelay(event: evt.Event) -> None:
-    """Send each PDU at once, on requested and accepted associations alike."""
-    with contextlib.suppress(AttributeError, OSError):
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class DimseError(RuntimeError):
@@ -46,7 +37,7 @@ def connect(
     contexts: Iterable[str],
     *,
     scp_role_for: Iterable[str] = (),
-    handlers: list[tuple[evt.EventType, object]] | None = None,
+    handlers: Sequence[dicom_client.Handler] = (),
 ) -> Association:
     """An established association on 127.0.0.1:`port`, or :class:`DimseError`.
 
@@ -54,26 +45,21 @@ def connect(
     (SCP/SCU Role Selection), which a C-GET requester needs to receive the
     instances on its own association.
     """
-    ae = AE(ae_title=SCU_AET)
-    ae.dimse_timeout = DIMSE_TIMEOUT
-    ae.network_timeout = DIMSE_TIMEOUT
-    ae.maximum_pdu_size = 0  # receive whatever the peer sends
-    roles = []
-    for sop_class in contexts:
-        ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-    for sop_class in scp_role_for:
-        ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-        roles.append(build_role(sop_class, scp_role=True))
-    assoc = ae.associate(
-        "127.0.0.1",
-        port,
-        ae_title=called_aet,
-        ext_neg=roles or None,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *(handlers or [])],
-    )
-    if not assoc.is_established:
-        raise DimseError(f"association with {called_aet} on port {port} was not accepted")
-    return assoc
+    try:
+        return dicom_client.associate(
+            "127.0.0.1",
+            port,
+            called_aet,
+            calling_aet=SCU_AET,
+            contexts=list(contexts),
+            scp_role_for=list(scp_role_for),
+            handlers=handlers,
+            timeout=DIMSE_TIMEOUT,
+            steady_pause=False,
+            maximum_pdu_size=0,  # receive whatever the peer sends
+        )
+    except dicom_client.AssociationRefused:
+        raise DimseError(f"association with {called_aet} on port {port} was not accepted") from None
 
 
 def accepted(port: int, called_aet: str, sop_classes: Iterable[str]) -> set[str]:

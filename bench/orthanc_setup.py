@@ -34,11 +34,10 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
 from pynetdicom.sop_class import RawDataStorage
 
 from bench import RESULTS, STACK, library
-from bench.dimse import SCU_AET, TRANSFER_SYNTAXES, set_nodelay
+from bench.dimse import SCU_AET, DimseError, connect
 from orthanc_dpp import normalize
 from orthanc_dpp.library import encode_part10, parse_part10
 from orthanc_dpp.normalize import Normalization
@@ -225,17 +224,10 @@ def store_dimse(orthanc: OrthancServer, paths: list[Path]) -> None:
     """C-STORE to the plugin's listener (PLUGIN_STREAMS associations)."""
 
     def work(todo: queue.Queue[Path | None]) -> None:
-        ae = AE(ae_title=SCU_AET)
-        for sop_class in STORAGE_CLASSES:
-            ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-        assoc = ae.associate(
-            "127.0.0.1",
-            orthanc.dpp_port,
-            ae_title=orthanc.aet,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-        )
-        if not assoc.is_established:
-            raise RuntimeError("the DPP listener refused the loading association")
+        try:
+            assoc = connect(orthanc.dpp_port, orthanc.aet, list(STORAGE_CLASSES))
+        except DimseError:
+            raise RuntimeError("the DPP listener refused the loading association") from None
         try:
             while (path := todo.get()) is not None:
                 status = assoc.send_c_store(path)

@@ -85,8 +85,8 @@ def bare_scp(port: int, aet: str) -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 
-    from bench.dimse import TRANSFER_SYNTAXES, set_nodelay
-    from orthanc_dpp.sop import STORAGE_CLASSES
+    from orthanc_dpp.connections import set_tcp_nodelay
+    from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
     kept: list[Any] = []
     lock = threading.Lock()
@@ -104,7 +104,7 @@ def bare_scp(port: int, aet: str) -> None:
     ae.network_timeout = None
     for sop_class in STORAGE_CLASSES:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
-    handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, on_store)]
+    handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_C_STORE, on_store)]
     serve_until_stopped(ae, port, handlers)
 
 

@@ -17,8 +17,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import RawDataStorage
 
 from bench.child import serve_until_stopped
-from bench.dimse import TRANSFER_SYNTAXES, set_nodelay
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.connections import set_tcp_nodelay
+from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
 
 def main(port: int, aet: str) -> None:
@@ -45,7 +45,7 @@ def main(port: int, aet: str) -> None:
     for sop_class in [*STORAGE_CLASSES, RawDataStorage]:  # Raw Data: Orthanc's twins
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     handlers = [
-        (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         (evt.EVT_C_STORE, on_store),
         (evt.EVT_RELEASED, on_end),
         (evt.EVT_ABORTED, on_end),

@@ -82,6 +82,7 @@ class Client:
         ae = AE(ae_title=CALLING_AET)
         for context in contexts:
             ae.add_requested_context(context)
+        # Raw pynetdicom: this runs in the image, where the tests' client is not installed.
         assoc = ae.associate(node.host, node.dpp_port, ae_title=self.aet)
         if not assoc.is_established:
             raise SmokeFailure(f"{node.name}: association with {self.aet} was not accepted")

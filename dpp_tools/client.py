@@ -103,6 +103,7 @@ def association(
         if isinstance(primitive, A_ASSOCIATE) and primitive.result is not None:
             seen["accepted" if primitive.result == 0 else "rejection"] = primitive
 
+    # Raw pynetdicom: a shipped tool, which may not import the tests' client.
     assoc = ae.associate(
         peer.host,
         peer.port,

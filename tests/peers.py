@@ -12,13 +12,12 @@ from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, Association, build_role, evt
+from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, Association, evt
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp import pynetdicom_private as private
-from orthanc_dpp.connections import set_tcp_nodelay
 from orthanc_dpp.keys import DPP_MODEL, InformationModel
 from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES, TRANSFER_SYNTAXES
+from tests import dicom_client
 from tests.orthanc_server import OrthancServer, free_port
 from tests.waiting import eventually
 
@@ -30,20 +29,14 @@ def associate(
     ae_title: str = "TEST_SCU",
 ) -> Association:
     """An established association with the plugin's DPP listener."""
-    ae = AE(ae_title=ae_title)
-    for context in contexts or [Verification, *STORAGE_CLASSES]:
-        ae.add_requested_context(context, transfer_syntaxes or TRANSFER_SYNTAXES)
-    assoc = ae.associate(
+    return dicom_client.associate(
         "127.0.0.1",
         orthanc.dpp_port,
-        ae_title=orthanc.aet,
-        evt_handlers=[
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
-            (evt.EVT_CONN_OPEN, private.steady_reactor_pause),
-        ],
+        orthanc.aet,
+        calling_aet=ae_title,
+        contexts=contexts or [Verification, *STORAGE_CLASSES],
+        transfer_syntaxes=transfer_syntaxes or TRANSFER_SYNTAXES,
     )
-    assert assoc.is_established, "association with the DPP listener was not accepted"
-    return assoc
 
 
 def store_protocols(
@@ -97,18 +90,18 @@ def echo_works(
     False, not an assertion, when the listener refuses: the hostile-peer and
     TLS tests check refusals as well as service.
     """
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = timeout
-    tls = (tls_context, "127.0.0.1") if tls_context else None
-    assoc = ae.associate(
-        "127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet, bind_address=(source, 0), tls_args=tls
-    )
-    if not assoc.is_established:
+    try:
+        status = dicom_client.echo(
+            orthanc.dpp_port,
+            orthanc.aet,
+            calling_aet="TEST_SCU",
+            timeout=timeout,
+            source=source,
+            tls=tls_context,
+        )
+    except dicom_client.AssociationRefused:
         return False
-    ok = assoc.send_c_echo().Status == 0x0000
-    assoc.release()
-    return ok
+    return status == 0x0000
 
 
 def library_digest(orthanc: OrthancServer) -> dict[str, str]:
@@ -250,21 +243,16 @@ def c_get(
         received.append(ds)
         return 0x0000
 
-    ae = AE(ae_title=ae_title)
-    ae.add_requested_context(model.get)
-    roles = []
-    if storage:
-        for sop_class in sorted(model.storage_classes):
-            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-            roles.append(build_role(sop_class, scp_role=True))
-    assoc = ae.associate(
+    assoc = dicom_client.associate(
         "127.0.0.1",
         orthanc.dpp_port,
-        ae_title=orthanc.aet,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        orthanc.aet,
+        calling_aet=ae_title,
+        contexts=[(model.get, DEFAULT_TRANSFER_SYNTAXES)],
+        transfer_syntaxes=[ExplicitVRLittleEndian],
+        scp_role_for=sorted(model.storage_classes) if storage else (),
+        handlers=[(evt.EVT_C_STORE, on_store)],
     )
-    assert assoc.is_established
     identifier = Dataset()
     identifier.SOPInstanceUID = uids if len(uids) > 1 else uids[0]
     final = None

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES as DEFAULT
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
@@ -27,9 +27,9 @@ from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 from dpp_tools.samples import to_bytes
 from orthanc_dpp import scp, sop, status
 from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
-from orthanc_dpp.connections import set_tcp_nodelay
 from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from tests import dicom_client
 from tests.datasets import make_index
 
 DPP_CLASSES = sorted(sop.DPP_STORAGE_CLASSES)
@@ -160,23 +160,18 @@ def _query(
         received.append((ds, str(event.context.transfer_syntax), None))
         return status.SUCCESS
 
-    ae = AE(ae_title=aet)
-    ae.dimse_timeout = 10  # a missing response fails the test, not hangs it
-    ae.add_requested_context(model, query_ts)
-    roles = []
-    if storage_ts and model == sop.DPP_GET:
-        for sop_class in DPP_CLASSES:
-            for ts in storage_ts:  # one context per syntax: the SCP may send as stored
-                ae.add_requested_context(sop_class, [ts])
-            roles.append(build_role(sop_class, scp_role=True))
-    assoc = ae.associate(
+    storage = storage_ts if storage_ts and model == sop.DPP_GET else []
+    assoc = dicom_client.associate(
         "127.0.0.1",
         h.port,
-        ae_title=SCP_AET,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+        SCP_AET,
+        calling_aet=aet,
+        # one storage context per syntax: the SCP may send as stored
+        contexts=[(model, query_ts), *((c, [ts]) for c in DPP_CLASSES for ts in storage)],
+        scp_role_for=DPP_CLASSES if storage else (),
+        handlers=[(evt.EVT_C_STORE, on_store)],
+        timeout=10,  # a missing response fails the test, not hangs it
     )
-    assert assoc.is_established
     try:
         if model == sop.DPP_GET:
             answers = assoc.send_c_get(identifier, model, msg_id=7)

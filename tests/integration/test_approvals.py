@@ -11,13 +11,20 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
-from pynetdicom import AE
 
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.keys import APPROVAL_MODEL, DPP_MODEL
-from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE, TRANSFER_SYNTAXES
+from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
 from tests.orthanc_server import HttpError, OrthancServer, free_port
-from tests.peers import STORE_AET, c_find, c_get, qr_modalities, store_protocols, storescp
+from tests.peers import (
+    STORE_AET,
+    associate,
+    c_find,
+    c_get,
+    qr_modalities,
+    store_protocols,
+    storescp,
+)
 
 
 def approval_of(
@@ -163,10 +170,7 @@ def test_c_move_sends_approvals_to_a_declared_destination(
 ) -> None:
     uid = library["abdomen old"].SOPInstanceUID
     with storescp(tmp_path, profile=True, port=orthanc.store_port, aet=STORE_AET) as (_, out):
-        ae = AE(ae_title="TEST_SCU")
-        ae.add_requested_context(APPROVAL_MODEL.move, TRANSFER_SYNTAXES)
-        assoc = ae.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet)
-        assert assoc.is_established
+        assoc = associate(orthanc, [APPROVAL_MODEL.move])
         identifier = Dataset()
         identifier.SOPInstanceUID = uid
         statuses = [

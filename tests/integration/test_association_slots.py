@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pynetdicom import AE, Association
+from pynetdicom import Association
 from pynetdicom.sop_class import (
     DefinedProcedureProtocolInformationModelFind as DPP_FIND,
 )
@@ -27,6 +27,7 @@ from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
 from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from tests import dicom_client
 from tests.hostile import admission_limited
 from tests.orthanc_server import OrthancServer
 from tests.peers import echo_works, find_identifier
@@ -68,16 +69,19 @@ def request(
     called: str | None = None,
 ) -> Association:
     """An association request from ``source``: established, rejected or aborted."""
-    ae = AE(ae_title=ae_title)
-    for context in contexts or [Verification]:
-        ae.add_requested_context(context, TRANSFER_SYNTAXES)
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 20
-    return ae.associate(
-        "127.0.0.1",
-        orthanc.dpp_port,
-        ae_title=called or orthanc.aet,
-        bind_address=(source, 0),
-    )
+    try:
+        return dicom_client.associate(
+            "127.0.0.1",
+            orthanc.dpp_port,
+            called or orthanc.aet,
+            calling_aet=ae_title,
+            contexts=contexts or [Verification],
+            transfer_syntaxes=TRANSFER_SYNTAXES,
+            timeout=20,
+            source=source,
+        )
+    except dicom_client.AssociationRefused as refused:
+        return refused.association
 
 
 def rejection(assoc: Association) -> tuple[int | None, int | None, int | None]:

@@ -13,7 +13,6 @@ import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
@@ -21,6 +20,7 @@ from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as 
 from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp.pynetdicom_private import reactor_paused
 from orthanc_dpp.sop import CT_DPP_STORAGE
+from tests import dicom_client
 from tests.hostile import deflated_bomb, peak_memory_kb
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, store_protocols
@@ -42,11 +42,15 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 
 def raw_c_store(orthanc: OrthancServer, data: bytes, transfer_syntax: str) -> Dataset | None:
     """C-STORE already encoded dataset bytes; the response status, None if aborted."""
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(CT_DPP_STORAGE, [transfer_syntax])
-    ae.dimse_timeout = ae.network_timeout = 60
-    assoc = ae.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet)
-    assert assoc.is_established
+    assoc = dicom_client.associate(
+        "127.0.0.1",
+        orthanc.dpp_port,
+        orthanc.aet,
+        calling_aet="TEST_SCU",
+        contexts=[CT_DPP_STORAGE],
+        transfer_syntaxes=[transfer_syntax],
+        timeout=60,
+    )
     request = C_STORE()
     request.MessageID = 1
     request.AffectedSOPClassUID = CT_DPP_STORAGE

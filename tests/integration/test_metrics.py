@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import (
     DefinedProcedureProtocolInformationModelMove as DPP_MOVE,
 )
@@ -109,10 +108,7 @@ def test_echo_and_stores_move_their_counters(orthanc) -> None:
     assert before[PREFIX + "c_store_orthanc_seconds_sum"] > 0
     assert before[PREFIX + "c_store_orthanc_seconds_sum"] < before[PREFIX + "c_store_seconds_sum"]
 
-    stranger = AE(ae_title="STRANGER")
-    for sop_class in STORAGE_CLASSES:
-        stranger.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-    assoc = stranger.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet)
+    assoc = associate(orthanc, list(STORAGE_CLASSES), ae_title="STRANGER")
     assert assoc.send_c_store(make_protocol(902)).Status == 0x0124
     assoc.release()
     moves(orthanc, before, associations_served_total=1, c_store_refused_total=1)

@@ -14,7 +14,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import (
     DefinedProcedureProtocolInformationModelFind as DPP_FIND,
 )
@@ -111,9 +111,7 @@ def test_c_find_code_sequence_match(qr, library) -> None:
 
 
 def test_unknown_caller_is_refused_with_the_reason_in_the_log(qr) -> None:
-    ae = AE(ae_title="STRANGER")
-    ae.add_requested_context(DPP_FIND)
-    assoc = ae.associate("127.0.0.1", qr.dpp_port, ae_title=qr.aet)
+    assoc = associate(qr, [DPP_FIND], DEFAULT_TRANSFER_SYNTAXES, ae_title="STRANGER")
     ((status, _),) = list(assoc.send_c_find(find_identifier(), DPP_FIND))
     assoc.release()
     assert status.Status == 0xC000

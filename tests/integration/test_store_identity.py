@@ -15,13 +15,13 @@ from io import BytesIO
 import pytest
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp.pynetdicom_private import reactor_paused
 from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE, STORAGE_CLASSES
+from tests import dicom_client
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import c_find, find_identifier, library_unchanged, store_protocols
 
@@ -59,12 +59,15 @@ def announced_store(
     that lies builds the command itself, as here.
     """
     own_class = str(ds.SOPClassUID)
-    ae = AE(ae_title="TEST_SCU")
-    for sop_class in STORAGE_CLASSES:
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
-    ae.dimse_timeout = ae.network_timeout = 60
-    assoc = ae.associate("127.0.0.1", orthanc.dpp_port, ae_title=orthanc.aet)
-    assert assoc.is_established
+    assoc = dicom_client.associate(
+        "127.0.0.1",
+        orthanc.dpp_port,
+        orthanc.aet,
+        calling_aet="TEST_SCU",
+        contexts=list(STORAGE_CLASSES),
+        transfer_syntaxes=[ExplicitVRLittleEndian],
+        timeout=60,
+    )
     context = next(
         cx for cx in assoc.accepted_contexts if cx.abstract_syntax == (context_class or own_class)
     )

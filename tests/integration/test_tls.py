@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelMove as DPP_MOVE
 
 from dpp_tools.samples import make_library
+from tests import dicom_client
 from tests.certificates import make_ca, make_leaf
 from tests.orthanc_server import OrthancServer, free_port
 from tests.peers import STORESCP_PROFILE, echo_works, wait_for_port
@@ -104,17 +105,15 @@ def test_dcmtk_echoscu_over_tls(orthanc, pki) -> None:
 
 def test_c_move_to_a_tls_storescp(orthanc, pki, tmp_path: Path) -> None:
     library = list(make_library(3, seed=7400))
-    ae = AE(ae_title="TEST_SCU")
-    for ds in library:
-        ae.add_requested_context(ds.SOPClassUID)
-    ae.add_requested_context(DPP_MOVE)
-    assoc = ae.associate(
+    assoc = dicom_client.associate(
         "127.0.0.1",
         orthanc.dpp_port,
-        ae_title=orthanc.aet,
-        tls_args=(client_context(pki, "client"), "127.0.0.1"),
+        orthanc.aet,
+        calling_aet="TEST_SCU",
+        contexts=[*(ds.SOPClassUID for ds in library), DPP_MOVE],
+        transfer_syntaxes=DEFAULT_TRANSFER_SYNTAXES,
+        tls=client_context(pki, "client"),
     )
-    assert assoc.is_established
     for ds in library:
         assert assoc.send_c_store(ds).Status == 0x0000
     out = tmp_path / "received"

@@ -13,13 +13,12 @@ import pydicom
 import pynetdicom
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp import adapter, rest, routes
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import METADATA
+from tests import dicom_client
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
 from tests.waiting import eventually
 
@@ -69,12 +68,7 @@ def test_bad_configuration_keeps_orthanc_up_and_is_reported(version, make_config
 
 def test_started_listener_answers_echo_and_stops(running) -> None:
     orthanc, plugin = running
-    ae = AE(ae_title="UNIT_SCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", plugin.settings.port, ae_title="DPP_UNIT")
-    assert assoc.is_established
-    assert assoc.send_c_echo().Status == 0
-    assoc.release()
+    assert dicom_client.echo(plugin.settings.port, "DPP_UNIT", calling_aet="UNIT_SCU") == 0
     status = orthanc.call_route("/dpp/status").json()
     assert status["Listener"]["State"] == "running"
     assert status["Index"]["Ready"] is True

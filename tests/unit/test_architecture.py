@@ -387,7 +387,6 @@ MAXIMUM_LINES = 600
 LONG_MODULES = {
     "bench/store_bench.py",
     "plugin/orthanc_dpp/adapter.py",
-    "tests/load.py",
 }
 
 

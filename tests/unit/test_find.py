@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 
@@ -18,6 +18,7 @@ from orthanc_dpp import find as find_module
 from orthanc_dpp import status
 from orthanc_dpp.find import handle_find
 from orthanc_dpp.index import ProtocolIndex
+from tests import dicom_client
 from tests.datasets import CT, build, make_index, raw_identifiers
 from tests.scp_harness import find_scp
 
@@ -191,11 +192,15 @@ def scp() -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def find_over_network(port: int, identifier: Dataset) -> list[tuple[Dataset, Dataset | None]]:
-    ae = AE(ae_title="SCU")
-    ae.add_requested_context(DefinedProcedureProtocolInformationModelFind)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title="DPPTEST")
-    assert assoc.is_established
+    assoc = dicom_client.associate(
+        "127.0.0.1",
+        port,
+        "DPPTEST",
+        calling_aet="SCU",
+        contexts=[DefinedProcedureProtocolInformationModelFind],
+        transfer_syntaxes=DEFAULT_TRANSFER_SYNTAXES,
+        timeout=5,
+    )
     try:
         return list(assoc.send_c_find(identifier, DefinedProcedureProtocolInformationModelFind))
     finally:

@@ -12,7 +12,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
@@ -20,6 +20,7 @@ from orthanc_dpp.adapter import listener_settings
 from orthanc_dpp.config import Settings, parse_settings
 from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES, TRANSFER_SYNTAXES
+from tests import dicom_client
 from tests.orthanc_server import free_port
 
 
@@ -107,13 +108,18 @@ def test_started_listener_answers_echo_and_offers_storage() -> None:
     dpp = listener(port)
     assert dpp.start() and dpp.status.state == "running"
     try:
-        scu = AE(ae_title="SCU")
-        scu.add_requested_context(Verification)
-        for sop_class in STORAGE_CLASSES:
-            scu.add_requested_context(sop_class, TRANSFER_SYNTAXES[0])
-        scu.add_requested_context(DPP_FIND)  # no handler: not offered
-        assoc = scu.associate("127.0.0.1", port, ae_title="DPP_UNDER_TEST")
-        assert assoc.is_established
+        assoc = dicom_client.associate(
+            "127.0.0.1",
+            port,
+            "DPP_UNDER_TEST",
+            calling_aet="SCU",
+            contexts=[
+                Verification,
+                *((sop_class, TRANSFER_SYNTAXES[:1]) for sop_class in STORAGE_CLASSES),
+                DPP_FIND,  # no handler: not offered
+            ],
+            transfer_syntaxes=DEFAULT_TRANSFER_SYNTAXES,
+        )
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         assert int(assoc.send_c_echo().Status) == 0
         assoc.release()

@@ -9,8 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import evt
 
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp import adapter, scp, status
@@ -24,6 +23,7 @@ from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.normalize import Normalization
 from orthanc_dpp.rest import DppRestApi
+from tests import dicom_client
 from tests.datasets import identifier_for
 from tests.doc_examples import DOCS, doc_section
 from tests.fake_orthanc import FakeOrthancApi
@@ -227,12 +227,7 @@ def stop(orthanc: FakeOrthancModule) -> None:
 
 
 def echo(plugin: adapter.Plugin) -> None:
-    ae = AE(ae_title="UNIT_SCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", plugin.settings.port, ae_title="DPP_UNIT")
-    assert assoc.is_established
-    assert assoc.send_c_echo().Status == 0
-    assoc.release()
+    assert dicom_client.echo(plugin.settings.port, "DPP_UNIT", calling_aet="UNIT_SCU") == 0
 
 
 def test_the_adapter_publishes_every_metric_with_its_type(version, make_configuration) -> None:

@@ -37,6 +37,7 @@ def established() -> Iterator[Association]:
     scu.add_requested_context(CT_DPP_STORAGE, [ExplicitVRLittleEndian])
     scu.add_requested_context(CT_DPP_STORAGE, [ImplicitVRLittleEndian])
     scu.add_requested_context(XA_DPP_STORAGE, [ExplicitVRLittleEndian])
+    # Raw pynetdicom, not tests.dicom_client: these tests pin pynetdicom's own behaviour.
     assoc = scu.associate("127.0.0.1", port, ae_title="SCP")
     assert assoc.is_established
     try:
@@ -236,6 +237,7 @@ def _echo_through_the_window(checkpoint_class: type) -> Any:
     scu = AE(ae_title="SCU")
     scu.dimse_timeout = 3
     scu.add_requested_context(Verification)
+    # Raw pynetdicom, not tests.dicom_client: these tests pin pynetdicom's own behaviour.
     assoc = scu.associate(
         "127.0.0.1", port, ae_title="SCP", evt_handlers=[(evt.EVT_CONN_OPEN, install)]
     )

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, Association
+from pynetdicom import Association
 from pynetdicom.dimse_messages import C_FIND_RSP, DIMSEMessage
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
@@ -23,8 +23,9 @@ from orthanc_dpp.index import ProtocolIndex
 from orthanc_dpp.query import compile_query
 from orthanc_dpp.responses import ENTRY_OVERHEAD, Batch, PendingEncoder, ResponseCache
 from orthanc_dpp.scp import FindHandler, FindOptions
+from tests import dicom_client
 from tests.datasets import build
-from tests.scp_harness import find_scp, gate
+from tests.scp_harness import find_scp, gate, universal
 
 
 def identifier(name: str = "CT Head", size: int = 0) -> bytes:
@@ -226,20 +227,16 @@ def listener(routed: None) -> Iterator[tuple[int, FindHandler]]:
 
 
 def associate(port: int, syntax: str, max_pdu: int) -> Association:
-    ae = AE(ae_title="SCU")
-    ae.add_requested_context(DPP_FIND, [syntax])
-    ae.maximum_pdu_size = max_pdu
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    assoc = ae.associate("127.0.0.1", port, ae_title="DPPTEST")
-    assert assoc.is_established
-    return assoc
-
-
-def names_query() -> Dataset:
-    ds = Dataset()
-    ds.SOPInstanceUID = ""
-    ds.ProtocolName = ""
-    return ds
+    return dicom_client.associate(
+        "127.0.0.1",
+        port,
+        "DPPTEST",
+        calling_aet="SCU",
+        contexts=[DPP_FIND],
+        transfer_syntaxes=[syntax],
+        timeout=10,
+        maximum_pdu_size=max_pdu,
+    )
 
 
 @pytest.mark.parametrize(
@@ -254,7 +251,7 @@ def test_every_match_arrives_once_in_order_and_again_from_the_cache(
     assoc = associate(port, syntax, max_pdu)
     try:
         for _ in range(2):  # the second answer comes from the cache
-            answers = list(assoc.send_c_find(names_query(), DPP_FIND))
+            answers = list(assoc.send_c_find(universal(), DPP_FIND))
             *pending, (final, _) = answers
             assert final.Status == 0x0000
             assert all(s.Status == 0xFF00 for s, _ in pending)
@@ -286,7 +283,7 @@ def test_a_cancel_stops_the_fast_path_with_fe00(listener: tuple[int, FindHandler
     handler.index = slow
     assoc = associate(port, ExplicitVRLittleEndian, 0)
     try:
-        responses = assoc.send_c_find(names_query(), DPP_FIND, msg_id=5)
+        responses = assoc.send_c_find(universal(), DPP_FIND, msg_id=5)
         first, _ = next(responses)
         assert first.Status == 0xFF00
         assoc.send_c_cancel(5, query_model=DPP_FIND)
