@@ -106,7 +106,8 @@ RETRY_AFTER_SECONDS = 5
 # test_scale_out.py): a full storage folder is 14 "Cannot write to file"; a
 # full index folder is an SQLite error (1009: SQLite's own "full" is only in
 # Orthanc's log); PostgreSQL gone is 36 "The database is currently not
-# available".
+# available", or 6 "Bad sequence of calls" for a store its fast shutdown
+# caught half-way on a loaded machine (Orthanc 1.10.1, orthanc-postgresql 4.0).
 _OUT_OF_STORAGE: Final = {
     4: "Orthanc is out of memory",  # NotEnoughMemory
     14: "Orthanc's storage is full or not writable",  # CannotWriteFile
@@ -114,6 +115,7 @@ _OUT_OF_STORAGE: Final = {
 }
 _SQLITE_ERRORS = range(1000, 1100)  # SQLiteNotOpened ... SQLiteTransactionBegin
 _DATABASE_DOWN: Final = {
+    6: "Orthanc's store was interrupted",  # BadSequenceOfCalls
     11: "Orthanc's database failed",  # Database
     31: "Orthanc's database plugin failed",  # DatabasePlugin
     32: "Orthanc's storage plugin failed",  # StorageAreaPlugin

@@ -188,6 +188,13 @@ def test_context_mismatch_is_a_dataset_sop_class_mismatch(library):
             "Orthanc's database is unavailable, try again (error 36: The data",
         ),
         (
+            # A store caught by PostgreSQL's fast shutdown on a loaded machine.
+            (6, "Bad sequence of calls"),
+            status.STORE_OUT_OF_RESOURCES,
+            503,
+            "Orthanc's store was interrupted, try again (error 6: Bad sequenc",
+        ),
+        (
             (19, "The file storage is full"),
             status.STORE_OUT_OF_RESOURCES,
             507,
@@ -200,7 +207,14 @@ def test_context_mismatch_is_a_dataset_sop_class_mismatch(library):
             "Orthanc did not store the instance: (15, 'Bad file format')",
         ),
     ],
-    ids=["storage full", "index full", "database gone", "full storage", "bad file"],
+    ids=[
+        "storage full",
+        "index full",
+        "database gone",
+        "store interrupted",
+        "full storage",
+        "bad file",
+    ],
 )
 def test_orthanc_failure_is_not_success(library, api, orthanc_error, code, http, comment):
     api.fail_next_post = orthanc_error
