@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from bench import find_bench, orthanc_setup, report, retrieve_bench, store_bench
+from bench import find_bench, orthanc_setup, report, retrieve_bench, store_bench, store_report
 
 
 def _sizes(text: str) -> list[int]:
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
                 args.store_count, args.senders, args.rest_threads, args.rest_batch, args.profile
             )
             results["store"] = stored
-            printed.append(store_bench.tables(stored))
+            printed.append(store_report.tables(stored))
     finally:
         results["elapsed_s"] = time.monotonic() - started
         path = report.save(results)

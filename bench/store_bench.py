@@ -25,7 +25,8 @@ refuses a DPP file.
 
 ``profile`` runs py-spy on Orthanc during the one-sender C-STORE and the
 first REST measurement and prints where the plugin's time goes
-(bench/README.md, "Profiles").
+(bench/README.md, "Profiles"; bench/store_profile.py). The report printed
+after the run is bench/store_report.py's.
 """
 
 from __future__ import annotations
@@ -40,27 +41,21 @@ import os
 import queue
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench import STACK, library, orthanc_setup
 from bench.child import Child, serve_until_stopped
-from bench.report import ratio, table
+from bench.store_profile import Profiler
+from bench.store_report import BARE, NATIVE, PLUGIN, REST, one_line
 from tests.orthanc_server import OrthancServer, free_port
 
-BARE = "bare SCP"
-PLUGIN = "plugin"
-NATIVE = "Orthanc POST /instances"
-REST = "plugin POST /dpp/protocols"
 SENDERS = (1, 2, 4, 8)
 REST_THREADS = (1, 2)
 BARE_AET = "BENCH_STORE"
@@ -273,19 +268,6 @@ def _platform(orthanc: OrthancServer) -> dict[str, Any]:
     }
 
 
-def _describe_platform(platform: dict[str, Any] | None) -> str:
-    """One line naming the stack a store measurement ran on (empty if unknown)."""
-    if not platform:
-        return ""
-    released = platform.get("lock_released_in_calls")
-    lock = {True: "released", False: "held"}.get(released, "unknown")
-    return (
-        f"Orthanc {platform.get('orthanc')}, Python plugin {platform.get('python_plugin')}, "
-        f"Python {platform.get('python')} ({platform.get('stack')}); interpreter lock during "
-        f"calls into Orthanc: {lock}"
-    )
-
-
 #: The plugin's C-STORE timing metrics (docs/operations.md, "Metrics"), as Orthanc prints them.
 _STORE_METRIC = re.compile(
     r"^orthanc_dpp_(c_store_seconds_count|c_store_(?:orthanc_)?seconds_sum) (\S+)"
@@ -331,75 +313,6 @@ def _decode_ms(paths: Sequence[Path]) -> float:
     return (time.perf_counter() - started) / len(datas) * 1000 if datas else math.nan
 
 
-class Profiler:
-    """py-spy sampling Orthanc (the embedded interpreter) until :meth:`stop`."""
-
-    def __init__(self, pid: int, output: Path) -> None:
-        self.output = output
-        spy = Path(sys.executable).with_name("py-spy")
-        self.process: subprocess.Popen[bytes] | None = None
-        if not spy.exists():
-            print("  py-spy not installed (requirements-dev.txt): no profile", flush=True)
-            return
-        self.process = subprocess.Popen(
-            [
-                *(str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "250"),
-                *("--output", str(output), "--nonblocking"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)  # py-spy attaches
-
-    def stop(self, root: str) -> dict[str, Any] | None:
-        """Stop sampling; the summary of the samples inside function `root`."""
-        if self.process is None:
-            return None
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        return summarize(self.output, root) if self.output.exists() else None
-
-
-def summarize(raw: Path, root: str, top: int = 25) -> dict[str, Any]:
-    """One path of the plugin in a py-spy raw profile: share of samples per function.
-
-    Only samples inside the function named `root` count (``handle_store``,
-    the C-STORE handler; ``_upload``, ``POST /dpp/protocols``), so idle
-    threads and Orthanc's own do not dilute the figures. ``inclusive``: the
-    function is on the stack; ``self``: it is the innermost frame.
-    """
-    inclusive: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if f"{root} (" not in stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = [_frame(f) for f in stack.split(";")]
-        seen = frames[frames.index(next(f for f in frames if f.endswith(f".{root}"))) :]
-        for name in set(seen):
-            inclusive[name] += count
-        own[seen[-1]] += count
-    return {
-        "samples": total,
-        "inclusive": [(name, n / total) for name, n in inclusive.most_common(top)] if total else [],
-        "self": [(name, n / total) for name, n in own.most_common(top)] if total else [],
-    }
-
-
-def _frame(text: str) -> str:
-    """``function (path/to/module.py:line)`` as ``module.function``."""
-    name, _, where = text.partition(" (")
-    module = where.split(":")[0].rsplit("/", 1)[-1].removesuffix(".py")
-    return f"{module}.{name}" if module else name
-
-
 def _normalized(paths: Sequence[Path]) -> list[bytes]:
     workers = max(1, os.cpu_count() or 1)
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -439,7 +352,7 @@ def run(
         for number, n in enumerate(senders):
             part = slices[number]
             bare = _send(scp_port, BARE_AET, n, part, work)
-            print(f"  C-STORE {n} sender(s) {BARE:<8} {_line(bare)}", flush=True)
+            print(f"  C-STORE {n} sender(s) {BARE:<8} {one_line(bare)}", flush=True)
             with _orthanc(work / f"c-store-{n}", enabled=True) as plugin:
                 assert plugin.process is not None
                 spy = (
@@ -453,7 +366,7 @@ def run(
                 _check_held(ours, _instances(plugin))
                 ours.update(_store_times(plugin))
                 result.setdefault("platform", _platform(plugin))
-            print(f"  C-STORE {n} sender(s) {PLUGIN:<8} {_line(ours)}", flush=True)
+            print(f"  C-STORE {n} sender(s) {PLUGIN:<8} {one_line(ours)}", flush=True)
             result["c_store"][str(n)] = {BARE: bare, PLUGIN: ours}
     finally:
         scp.stop()
@@ -466,7 +379,7 @@ def run(
                 singles = [(data, "application/dicom", 1) for data in files]
                 baseline = _rest_post(native, "/instances", singles, threads)
                 _check_held(baseline, _instances(native))
-            print(f"  REST {threads} thread(s) {NATIVE}: {_line(baseline)}", flush=True)
+            print(f"  REST {threads} thread(s) {NATIVE}: {one_line(baseline)}", flush=True)
             bodies = [
                 _multipart([p.read_bytes() for p in part[i : i + rest_batch]])
                 for i in range(0, len(part), rest_batch)
@@ -479,7 +392,7 @@ def run(
                 if spy is not None:
                     result["profile_rest"] = spy.stop("_upload")
                 _check_held(uploaded, _instances(plugin))
-            print(f"  REST {threads} thread(s) {REST}: {_line(uploaded)}", flush=True)
+            print(f"  REST {threads} thread(s) {REST}: {one_line(uploaded)}", flush=True)
             result["rest"][str(threads)] = {NATIVE: baseline, REST: uploaded}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -507,118 +420,6 @@ def _check_held(figures: dict[str, Any], held: int) -> None:
     figures["orthanc_holds"] = held
     if held != figures.get("stored", 0) and not figures.get("error"):
         figures["error"] = f"{figures.get('stored')} acknowledged but Orthanc holds {held}"
-
-
-def _line(figures: dict[str, Any]) -> str:
-    text = f"{figures.get('stored', 0):,} stored, {figures.get('failed', 0)} failed"
-    if figures.get("seconds"):
-        text += f" in {figures['seconds']:.1f} s ({figures['per_s']:.0f}/s)"
-    if figures.get("error"):
-        text += f"; error: {figures['error']}"
-    return text
-
-
-def _ceiling(result: dict[str, Any]) -> str:
-    """Where one association's time goes, and the most it could do without answering early.
-
-    The plugin may answer a C-STORE only once Orthanc has stored it, so on
-    one association (one request at a time) each instance costs at least
-    the bare SCP's whole cycle, minus the decoding the plugin does not need
-    to do as the bare SCP does, plus Orthanc's own store: the lesser of its
-    time inside the plugin and Orthanc's whole ``POST /instances`` of one
-    file over HTTP (the REST baseline of the same run), so that the floor
-    does not count any slowness of the plugin's own.
-    """
-    sides = result.get("c_store", {}).get("1", {})
-    bare, ours = sides.get(BARE, {}), sides.get(PLUGIN, {})
-    native = result.get("rest", {}).get("1", {}).get(NATIVE, {})
-    decode = result.get("bare_decode_ms")
-    if bare.get("error") or ours.get("error"):
-        return ""  # a stalled or failed measurement says nothing about the floor
-    if not (bare.get("per_s") and ours.get("per_s") and "orthanc_store_ms" in ours and decode):
-        return ""
-    bare_ms, ours_ms = 1000 / bare["per_s"], 1000 / ours["per_s"]
-    store_ms = ours["orthanc_store_ms"]
-    text = (
-        f"\nOne association, per instance: plugin {ours_ms:.1f} ms (its handler "
-        f"{ours['handler_ms']:.1f} ms, of which Orthanc's own store {store_ms:.1f} ms); "
-        f"bare SCP {bare_ms:.1f} ms (its decode {decode:.1f} ms)"
-    )
-    if native.get("per_s") and not native.get("error"):
-        http_ms = 1000 / native["per_s"]
-        text += f"; Orthanc's POST /instances of one file over HTTP {http_ms:.1f} ms"
-        store_ms = min(store_ms, http_ms)
-    floor_ms = bare_ms - decode + store_ms
-    return text + (
-        f".\nAnswering only after Orthanc has stored, one association needs at least "
-        f"{bare_ms:.1f} - {decode:.1f} + {store_ms:.1f} = {floor_ms:.1f} ms per instance: "
-        f"at most {1000 / floor_ms:.0f}/s, {ratio(1000 / floor_ms, bare['per_s']):.2f}x the bare "
-        "SCP (target 0.8x).\n"
-    )
-
-
-def tables(result: dict[str, Any]) -> str:
-    rows = []
-    stores = result.get("c_store", {})
-    alone = stores.get("1", {}).get(PLUGIN, {})
-    single = None if alone.get("error") else alone.get("per_s")
-    for n, sides in stores.items():
-        bare, ours = sides.get(BARE, {}), sides.get(PLUGIN, {})
-        rows.append(
-            [
-                int(n),
-                bare.get("per_s"),
-                ours.get("per_s"),
-                ratio(ours.get("per_s"), bare.get("per_s")),
-                None if ours.get("error") else ratio(ours.get("per_s"), single),
-                ours.get("orthanc_holds"),
-                ours.get("error") or bare.get("error") or "",
-            ]
-        )
-    on = _describe_platform(result.get("platform"))
-    out = f"\nStore measurements on {on}\n" if on else ""
-    out += table(
-        f"C-STORE, {result['count']:,} protocols per measurement "
-        f"(mean {result['mean_size_kib']:.1f} KiB); target plugin >= 0.8x bare SCP (1 sender), "
-        "and growing with senders (x 1 sender)",
-        ["senders", f"{BARE} /s", f"{PLUGIN} /s", "x bare", "x 1 sender", "Orthanc holds", "error"],
-        rows,
-    )
-    rows = []
-    for threads, sides in result.get("rest", {}).items():
-        native, ours = sides.get(NATIVE, {}), sides.get(REST, {})
-        rows.append(
-            [
-                int(threads),
-                native.get("per_s"),
-                ours.get("per_s"),
-                ratio(ours.get("per_s"), native.get("per_s")),
-                ours.get("orthanc_holds"),
-                ours.get("error") or native.get("error") or "",
-            ]
-        )
-    if rows:
-        out += table(
-            f"REST upload, {result['count']:,} protocols per measurement, keep-alive clients; "
-            f"POST /dpp/protocols {result['rest_batch']} files a request (multipart), "
-            "Orthanc's POST /instances one; target >= 0.8x Orthanc",
-            ["threads", "Orthanc /s", "plugin /s", "x Orthanc", "Orthanc holds", "error"],
-            rows,
-        )
-    out += _ceiling(result)
-    for key, what in (
-        ("profile_c_store", "C-STORE handler, 1 sender"),
-        ("profile_rest", "POST /dpp/protocols"),
-    ):
-        profile = result.get(key)
-        if profile and profile.get("samples"):
-            rows = [[name, share * 100] for name, share in profile["inclusive"]]
-            out += table(
-                f"Profile of the plugin's {what} ({profile['samples']:,} samples, py-spy)",
-                ["function (on the stack)", "% of samples"],
-                rows,
-            )
-    return out
 
 
 if __name__ == "__main__":
