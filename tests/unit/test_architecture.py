@@ -386,7 +386,6 @@ MAXIMUM_LINES = 600
 #: Today's modules over MAXIMUM_LINES; each split takes its module off.
 LONG_MODULES = {
     "bench/store_bench.py",
-    "plugin/orthanc_dpp/adapter.py",
 }
 
 

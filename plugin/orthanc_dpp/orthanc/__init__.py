@@ -1,0 +1,5 @@
+"""The Orthanc glue: the only code of the package, besides ``adapter``, that touches ``orthanc``.
+
+Owns: what the running Python plugin offers (``platform``).
+May import: every other module of the package; nothing below imports it.
+"""
