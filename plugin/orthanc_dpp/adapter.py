@@ -20,31 +20,24 @@ import os
 import threading
 import time
 import traceback
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from orthanc_dpp import __version__, csrf, library_page, snapshot
+from orthanc_dpp import __version__, csrf, library_page
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.app import DppApp, OrthancFacts, Ports, status_report
 from orthanc_dpp.config import SECTION, ConfigError, parse_settings
 from orthanc_dpp.http_messages import Request, Response, error
-from orthanc_dpp.library import (
-    OrthancError,
-    StoreError,
-    normalize_received,
-)
-from orthanc_dpp.metrics import METRICS, Metrics
+from orthanc_dpp.library import StoreError, normalize_received
+from orthanc_dpp.metrics import Metrics
+from orthanc_dpp.orthanc.logs import OrthancLogHandler, quiet_pydicom_warnings
 from orthanc_dpp.orthanc.platform import RunningPlugin
+from orthanc_dpp.orthanc.ports import GlobalPropertySnapshots, OrthancRestApi
+from orthanc_dpp.orthanc.publisher import MetricsPublisher
 from orthanc_dpp.routes import Route, invalid_configuration
 
 log = logging.getLogger("orthanc_dpp")
-
-#: Seconds between two publications of the plugin's metrics.
-METRICS_INTERVAL = 1.0
-
 
 #: Every callable handed to Orthanc, kept alive until the interpreter ends.
 #: Python plugins 4.3 and later drop their references to REST callbacks
@@ -53,195 +46,6 @@ METRICS_INTERVAL = 1.0
 #: state and Orthanc would crash on every stop (SIGSEGV, measured on 1.12.7
 #: and 1.13.0). With this reference the plugin's release only decrements.
 _REGISTERED: list[Any] = []
-
-
-def printable(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped.
-
-    Log messages carry what peers send (AE titles, UIDs, file names, error
-    texts); escaped, none of it can start a forged line in Orthanc's log.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-class OrthancLogHandler(logging.Handler):
-    """Send Python log records to Orthanc's log, prefixed so they are findable.
-
-    Closed once the plugin has stopped: nothing may call into Orthanc while
-    the Python plugin finalizes.
-    """
-
-    def __init__(self, orthanc: ModuleType) -> None:
-        super().__init__()
-        self.orthanc = orthanc
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-        super().close()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.closed:
-            return
-        try:
-            message = "DPP: " + printable(record.getMessage())
-            if record.exc_info and record.name.startswith("pynetdicom"):
-                # pynetdicom logs a traceback for each malformed PDU a peer
-                # sends: one line says it, and a stranger cannot flood the log.
-                error = record.exc_info[1]
-                message += f" ({type(error).__name__}: {printable(str(error))[:200]})"
-            elif record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
-            if record.levelno >= logging.ERROR:
-                self.orthanc.LogError(message)
-            elif record.levelno >= logging.WARNING:
-                self.orthanc.LogWarning(message)
-            else:
-                self.orthanc.LogInfo(message)
-        except Exception:  # logging must never break a caller
-            pass
-
-
-def orthanc_error(method: str, uri: str, exc: BaseException) -> OrthancError:
-    """``orthanc.OrthancException`` as :class:`OrthancError`, with Orthanc's error code.
-
-    The Python plugin raises it with the arguments (code, description), as
-    in ``(14, 'Cannot write to file')``; the code is what tells a full disk
-    or a lost database from a bad file.
-    """
-    code = description = None
-    if len(exc.args) == 2 and isinstance(exc.args[0], int) and isinstance(exc.args[1], str):
-        code, description = int(exc.args[0]), exc.args[1]
-    return OrthancError(method, uri, str(exc), code, description)
-
-
-class OrthancRestApi:
-    """:class:`orthanc_dpp.library.OrthancApi` over the in-process REST API."""
-
-    def __init__(self, orthanc: ModuleType) -> None:
-        self.orthanc = orthanc
-        self._posting = threading.local()  # .instances: this thread is in post("/instances")
-
-    def posting_instances(self) -> bool:
-        """True while this thread is inside this object's ``POST /instances``.
-
-        Orthanc runs its received-instance hook on the thread that stores, so
-        the hook can tell a file the library has just normalized (nothing to
-        do, no need to read it again) from one arriving by Orthanc's routes.
-        """
-        return getattr(self._posting, "instances", False)
-
-    def _call(self, method: str, uri: str, *args: Any) -> Any:
-        function = getattr(self.orthanc, f"RestApi{method.title()}")
-        try:
-            return function(uri, *args)
-        except self.orthanc.OrthancException as exc:
-            raise orthanc_error(method, uri, exc) from exc
-
-    def get(self, uri: str) -> bytes:
-        return self._call("GET", uri)
-
-    def stored_file(self, orthanc_id: str) -> bytes:
-        """An instance's stored file, as ``GET /instances/{id}/file`` answers it.
-
-        Through ``GetDicomForInstance`` where the plugin has it (the index's
-        start-up reads every file: this skips Orthanc's HTTP layer).
-        """
-        read = getattr(self.orthanc, "GetDicomForInstance", None)
-        if read is None:
-            return self.get(f"/instances/{orthanc_id}/file")
-        try:
-            return bytes(read(orthanc_id))
-        except self.orthanc.OrthancException as exc:
-            raise orthanc_error("GET", f"/instances/{orthanc_id}/file", exc) from exc
-
-    def post(self, uri: str, body: bytes) -> bytes:
-        if uri != "/instances":
-            return self._call("POST", uri, body)
-        self._posting.instances = True
-        try:
-            return self._call("POST", uri, body)
-        finally:
-            self._posting.instances = False
-
-    def put(self, uri: str, body: bytes) -> None:
-        self._call("PUT", uri, body)
-
-    def delete(self, uri: str) -> None:
-        self._call("DELETE", uri)
-
-
-class GlobalPropertySnapshots:
-    """:class:`orthanc_dpp.snapshot.SnapshotStore` in an Orthanc global property.
-
-    Global properties live in Orthanc's database, so every node sharing a
-    PostgreSQL database starts from the same snapshot.
-    """
-
-    def __init__(self, orthanc: ModuleType) -> None:
-        self.orthanc = orthanc
-
-    def read(self) -> str:
-        return self.orthanc.GetGlobalProperty(snapshot.PROPERTY, "")
-
-    def write(self, text: str) -> None:
-        self.orthanc.SetGlobalProperty(snapshot.PROPERTY, text)
-
-
-class MetricsPublisher:
-    """Copies :class:`Metrics` into Orthanc's metrics registry every ``interval`` seconds.
-
-    None of the recorded Python plugins (4.0, 5.0, 7.1) lets a plugin refresh
-    its metrics when ``/tools/metrics-prometheus`` is read, so a thread
-    publishes them. Every value is published each time, changed or not:
-    Orthanc prints the time of the last publication with each value, and a
-    Prometheus server stops showing a value whose time no longer moves.
-    """
-
-    def __init__(
-        self,
-        orthanc: ModuleType,
-        metrics: Metrics,
-        protocols: Callable[[], int],
-        interval: float = METRICS_INTERVAL,
-    ) -> None:
-        self.orthanc = orthanc
-        self.metrics = metrics
-        self.protocols = protocols
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def publish(self) -> None:
-        """Every metric into Orthanc's registry, once."""
-        kinds = {m.name: getattr(self.orthanc.MetricsType, m.kind.value) for m in METRICS}
-        for name, value in self.metrics.snapshot(self.protocols()).items():
-            self.orthanc.SetMetricsValue(name, float(value), kinds[name])
-
-    def _run(self) -> None:
-        reported = ""  # a lasting failure is logged once, not every second
-        while not self._stop.is_set():
-            try:
-                self.publish()
-                reported = ""
-            except Exception as exc:
-                if repr(exc) != reported:
-                    reported = repr(exc)
-                    log.error("Publishing the DPP metrics failed: %s", traceback.format_exc())
-            self._stop.wait(self.interval)
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="dpp-metrics", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
 
 
 def _wait_for_python_threads(grace: float) -> None:
@@ -472,18 +276,6 @@ def _extend_orthanc_explorer(orthanc: ModuleType) -> None:
         orthanc.ExtendOrthancExplorer(library_page.explorer_extension())
     except Exception as exc:  # the page stays reachable at /dpp/ui/
         log.error("Orthanc Explorer not extended with the protocol library button: %s", exc)
-
-
-def quiet_pydicom_warnings() -> None:
-    """Drop pydicom's warnings about invalid values in this process.
-
-    Peers choose those values (UIDs in an A-ASSOCIATE-RQ, elements of a
-    dataset): each distinct one printed two lines to Orthanc's log and
-    stayed in the warnings registry for good, so a stranger could grow both
-    without limit. What matters of them, the plugin answers in DICOM
-    statuses and HTTP errors.
-    """
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
 
 
 def install(orthanc: ModuleType) -> Plugin:

@@ -18,7 +18,7 @@ from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp import adapter, rest, routes
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import METADATA
-from orthanc_dpp.orthanc import platform
+from orthanc_dpp.orthanc import logs, platform, ports
 from tests import dicom_client
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
 from tests.waiting import eventually
@@ -376,7 +376,7 @@ def test_stored_files_are_read_without_rest_where_possible(direct: bool) -> None
     from orthanc_dpp.library import OrthancError
 
     module = _FileReader({"id1": b"file one"}, direct)
-    api = adapter.OrthancRestApi(module)  # type: ignore[arg-type]
+    api = ports.OrthancRestApi(module)  # type: ignore[arg-type]
     assert api.stored_file("id1") == b"file one"
     assert module.rest == ([] if direct else ["/instances/id1/file"])
     with pytest.raises(OrthancError):
@@ -404,7 +404,7 @@ class _Recorder:
         pass
 
     def __init__(self) -> None:
-        self.api: adapter.OrthancRestApi | None = None
+        self.api: ports.OrthancRestApi | None = None
         self.seen: list[tuple[str, bool, bool]] = []
 
     def RestApiPost(self, uri: str, body: bytes) -> bytes:
@@ -420,7 +420,7 @@ class _Recorder:
 def test_the_port_knows_when_this_thread_posts_instances() -> None:
     """What the received-instance hook asks: only this thread, only ``POST /instances``."""
     module = _Recorder()
-    api = module.api = adapter.OrthancRestApi(module)  # type: ignore[arg-type]
+    api = module.api = ports.OrthancRestApi(module)  # type: ignore[arg-type]
     assert not api.posting_instances()
     api.post("/instances", b"...")
     api.post("/tools/find", b"{}")
@@ -432,7 +432,7 @@ def test_orthanc_error_codes_reach_the_library() -> None:
     """The code of ``OrthancException(code, description)`` is what the library maps."""
     from orthanc_dpp.library import OrthancError
 
-    api = adapter.OrthancRestApi(_FullDisk())  # type: ignore[arg-type]
+    api = ports.OrthancRestApi(_FullDisk())  # type: ignore[arg-type]
     with pytest.raises(OrthancError) as full:
         api.post("/instances", b"...")
     assert (full.value.code, full.value.description) == (14, "Cannot write to file")
@@ -449,7 +449,7 @@ def test_pynetdicom_tracebacks_become_one_line_in_orthancs_log() -> None:
 
     lines: list[str] = []
     sink = type("Orthanc", (), {"LogError": lines.append, "LogWarning": lines.append})()
-    handler = adapter.OrthancLogHandler(sink)  # type: ignore[arg-type]
+    handler = logs.OrthancLogHandler(sink)  # type: ignore[arg-type]
     for name in ("pynetdicom.dul", "orthanc_dpp.listener"):
         try:
             raise KeyError(0)
@@ -472,7 +472,7 @@ def test_pydicom_warnings_about_peer_values_are_dropped() -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        adapter.quiet_pydicom_warnings()
+        logs.quiet_pydicom_warnings()
         for n in range(100):
             validate_value("UI", f"1.2.{n}x", 1)
     assert caught == []

@@ -22,6 +22,7 @@ from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.orthanc.publisher import MetricsPublisher
 from orthanc_dpp.rest import DppRestApi
 from tests import dicom_client
 from tests.datasets import identifier_for
@@ -289,7 +290,7 @@ def test_a_lasting_publishing_failure_is_logged_once(caplog: pytest.LogCaptureFi
         raise orthanc.OrthancException("registry unavailable")
 
     orthanc.SetMetricsValue = refuse  # type: ignore[method-assign]
-    publisher = adapter.MetricsPublisher(orthanc, Metrics(), lambda: 0, interval=0.01)
+    publisher = MetricsPublisher(orthanc, Metrics(), lambda: 0, interval=0.01)
     with caplog.at_level(logging.ERROR, logger="orthanc_dpp"):
         publisher.start()
         try:
