@@ -18,6 +18,7 @@ from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp import adapter, rest, routes
 from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import METADATA
+from orthanc_dpp.orthanc import logs, platform, ports
 from tests import dicom_client
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
 from tests.waiting import eventually
@@ -37,7 +38,8 @@ def running(version, make_configuration):
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
     # Stores are refused until the index has loaded.
-    assert eventually(lambda: plugin.listener.status.state == "running" and plugin.feed.ready)
+    app = plugin.app
+    assert eventually(lambda: app.listener.status.state == "running" and app.feed.ready)
     yield orthanc, plugin
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
 
@@ -45,7 +47,7 @@ def running(version, make_configuration):
 def test_bad_configuration_keeps_orthanc_up_and_is_reported(version, make_configuration) -> None:
     orthanc = FakeOrthancModule(make_configuration(Port="eleven", AETitle=""), version=version)
     plugin = adapter.install(orthanc)
-    assert plugin.settings is None
+    assert plugin.app is None
     log = orthanc.log_text()
     assert (
         "DPP: Configuration error, DPP listener not started: DefinedProcedureProtocol.Port" in log
@@ -63,19 +65,19 @@ def test_bad_configuration_keeps_orthanc_up_and_is_reported(version, make_config
     events = orthanc.call_route("/dpp/activity").json()["Events"]
     assert any("DefinedProcedureProtocol.Port" in e["Message"] for e in events)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    assert plugin.listener is None
+    assert plugin.app is None
 
 
 def test_started_listener_answers_echo_and_stops(running) -> None:
     orthanc, plugin = running
-    assert dicom_client.echo(plugin.settings.port, "DPP_UNIT", calling_aet="UNIT_SCU") == 0
+    assert dicom_client.echo(plugin.app.settings.port, "DPP_UNIT", calling_aet="UNIT_SCU") == 0
     status = orthanc.call_route("/dpp/status").json()
     assert status["Listener"]["State"] == "running"
     assert status["Index"]["Ready"] is True
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
-    assert plugin.listener.status.state == "stopped"
+    assert plugin.app.listener.status.state == "stopped"
     with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", plugin.settings.port)) != 0
+        assert s.connect_ex(("127.0.0.1", plugin.app.settings.port)) != 0
 
 
 def test_port_in_use_is_reported_and_orthanc_continues(version, make_configuration) -> None:
@@ -88,7 +90,7 @@ def test_port_in_use_is_reported_and_orthanc_continues(version, make_configurati
         orthanc.change_callback(
             orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, ""
         )
-        assert eventually(lambda: plugin.listener.status.state == "failed")
+        assert eventually(lambda: plugin.app.listener.status.state == "failed")
         status = orthanc.call_route("/dpp/status").json()
         assert status["Listener"]["Error"].startswith(f"cannot listen on 127.0.0.1:{port}")
         assert "DPP: DPP listener not started: cannot listen on" in orthanc.log_text()
@@ -139,11 +141,11 @@ def test_uploads_and_deletions_reach_the_index(running) -> None:
     )
     assert stored.status == 200
     orthanc_id = stored.json()["Files"][0]["OrthancID"]
-    assert plugin.index.get(ds.SOPInstanceUID).orthanc_id == orthanc_id
+    assert plugin.app.index.get(ds.SOPInstanceUID).orthanc_id == orthanc_id
     # Deleted through Orthanc itself: the DELETED callback has the worker drop it.
     orthanc.api.delete(f"/instances/{orthanc_id}")
     orthanc.change_callback(orthanc.ChangeType.DELETED, orthanc.ResourceType.INSTANCE, orthanc_id)
-    assert eventually(lambda: plugin.index.get(ds.SOPInstanceUID) is None)
+    assert eventually(lambda: plugin.app.index.get(ds.SOPInstanceUID) is None)
     missing = orthanc.call_route(f"/dpp/protocols/{ds.SOPInstanceUID}")
     assert missing.status == 404
     assert missing.headers["Content-Type"] == "application/json"
@@ -245,7 +247,7 @@ def test_status_reports_the_versions_of_everything(running, version) -> None:
 @pytest.mark.parametrize("releases", [True, False])
 def test_interpreter_lock_probe_tells_the_two_behaviours_apart(version, releases) -> None:
     orthanc = FakeOrthancModule({}, version=version, releases_interpreter_lock=releases)
-    assert adapter.probe_interpreter_lock(orthanc) is releases
+    assert platform.probe_interpreter_lock(orthanc) is releases
 
 
 @pytest.mark.parametrize(
@@ -267,7 +269,7 @@ def test_received_instance_hook_only_where_it_cannot_deadlock(
     )
     plugin = adapter.install(orthanc)
     assert (orthanc.received_callback is not None) is installed
-    assert plugin.received_hook is installed
+    assert plugin.app.received_hook is installed
     log = orthanc.log_text()
     if setting == "auto" and not installed:
         assert "received-instance hook is not installed" in log
@@ -374,7 +376,7 @@ def test_stored_files_are_read_without_rest_where_possible(direct: bool) -> None
     from orthanc_dpp.library import OrthancError
 
     module = _FileReader({"id1": b"file one"}, direct)
-    api = adapter.OrthancRestApi(module)  # type: ignore[arg-type]
+    api = ports.OrthancRestApi(module)  # type: ignore[arg-type]
     assert api.stored_file("id1") == b"file one"
     assert module.rest == ([] if direct else ["/instances/id1/file"])
     with pytest.raises(OrthancError):
@@ -402,7 +404,7 @@ class _Recorder:
         pass
 
     def __init__(self) -> None:
-        self.api: adapter.OrthancRestApi | None = None
+        self.api: ports.OrthancRestApi | None = None
         self.seen: list[tuple[str, bool, bool]] = []
 
     def RestApiPost(self, uri: str, body: bytes) -> bytes:
@@ -418,7 +420,7 @@ class _Recorder:
 def test_the_port_knows_when_this_thread_posts_instances() -> None:
     """What the received-instance hook asks: only this thread, only ``POST /instances``."""
     module = _Recorder()
-    api = module.api = adapter.OrthancRestApi(module)  # type: ignore[arg-type]
+    api = module.api = ports.OrthancRestApi(module)  # type: ignore[arg-type]
     assert not api.posting_instances()
     api.post("/instances", b"...")
     api.post("/tools/find", b"{}")
@@ -430,7 +432,7 @@ def test_orthanc_error_codes_reach_the_library() -> None:
     """The code of ``OrthancException(code, description)`` is what the library maps."""
     from orthanc_dpp.library import OrthancError
 
-    api = adapter.OrthancRestApi(_FullDisk())  # type: ignore[arg-type]
+    api = ports.OrthancRestApi(_FullDisk())  # type: ignore[arg-type]
     with pytest.raises(OrthancError) as full:
         api.post("/instances", b"...")
     assert (full.value.code, full.value.description) == (14, "Cannot write to file")
@@ -447,7 +449,7 @@ def test_pynetdicom_tracebacks_become_one_line_in_orthancs_log() -> None:
 
     lines: list[str] = []
     sink = type("Orthanc", (), {"LogError": lines.append, "LogWarning": lines.append})()
-    handler = adapter.OrthancLogHandler(sink)  # type: ignore[arg-type]
+    handler = logs.OrthancLogHandler(sink)  # type: ignore[arg-type]
     for name in ("pynetdicom.dul", "orthanc_dpp.listener"):
         try:
             raise KeyError(0)
@@ -470,7 +472,7 @@ def test_pydicom_warnings_about_peer_values_are_dropped() -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        adapter.quiet_pydicom_warnings()
+        logs.quiet_pydicom_warnings()
         for n in range(100):
             validate_value("UI", f"1.2.{n}x", 1)
     assert caught == []

@@ -30,7 +30,8 @@ def running(request, make_configuration):
     orthanc = FakeOrthancModule(make_configuration(), version=request.param)
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    assert eventually(lambda: plugin.listener.status.state == "running" and plugin.feed.ready)
+    app = plugin.app
+    assert eventually(lambda: app.listener.status.state == "running" and app.feed.ready)
     yield orthanc, plugin
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
 
@@ -39,7 +40,7 @@ def test_find_and_c_get_from_another_archive_store_like_a_c_store(running) -> No
     orthanc, plugin = running
     held = [make_protocol(seed, "CT", charset="") for seed in (21, 22)]
     with BareArchive(held) as archive:
-        plugin.modalities.replace(parse_modalities({"site-b": archive.modality()}))
+        plugin.app.modalities.replace(parse_modalities({"site-b": archive.modality()}))
         found = orthanc.call_route(
             "/dpp/modalities/site-b/find",
             "POST",
@@ -55,7 +56,7 @@ def test_find_and_c_get_from_another_archive_store_like_a_c_store(running) -> No
     assert got.status == 200, got.body
     assert got.json()["StoredHere"] == 2
     for ds in held:
-        entry = plugin.index.get(ds.SOPInstanceUID)
+        entry = plugin.app.index.get(ds.SOPInstanceUID)
         assert entry is not None
         kept = pydicom.dcmread(io.BytesIO(orthanc.api.files[entry.orthanc_id]))
         assert kept.PatientID == "DPP-PROTOCOL-LIBRARY"  # normalized as a C-STORE would be
@@ -96,7 +97,7 @@ def test_every_route_refuses_changes_a_browser_marks_as_from_another_site(
     running, method: str
 ) -> None:
     orthanc, plugin = running
-    before = len(plugin.index)
+    before = len(plugin.app.index)
     for route in plugin.routes():
         uri = concrete(route.uri)
         for browser in (
@@ -107,7 +108,7 @@ def test_every_route_refuses_changes_a_browser_marks_as_from_another_site(
             answer = orthanc.call_route(uri, method, body=b"{}", headers={**JSON, **browser})
             assert answer.status == 403, (uri, method, browser, answer.body)
             assert "another web site" in answer.json()["Error"]
-    assert len(plugin.index) == before
+    assert len(plugin.app.index) == before
 
 
 def test_routes_that_read_a_body_refuse_other_types(running) -> None:

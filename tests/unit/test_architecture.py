@@ -383,10 +383,9 @@ SOURCE_ROOTS = ("plugin", "dpp_tools", "bench", "tools", "docker")
 #: The sample generator: PS3.4 protocols written out as data.
 SOURCE_EXCEPTIONS = {"dpp_tools/samples.py"}
 MAXIMUM_LINES = 600
-#: Today's modules over MAXIMUM_LINES; each split takes its module off.
-LONG_MODULES = {
-    "plugin/orthanc_dpp/adapter.py",
-}
+#: Modules allowed over MAXIMUM_LINES: none any more (the ratchet still fails
+#: on an entry that no longer offends, should one ever be added for a while).
+LONG_MODULES: frozenset[str] = frozenset()
 
 
 def source_modules() -> list[Path]:

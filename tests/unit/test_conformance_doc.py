@@ -24,7 +24,7 @@ from pydicom.sequence import Sequence
 from pynetdicom import evt
 
 from orthanc_dpp import __version__, config, keys, status
-from orthanc_dpp.adapter import listener_settings
+from orthanc_dpp.app import listener_settings
 from orthanc_dpp.config import SECTION, Settings, parse_settings
 from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, TABLE_II_6_1, KeyRow
 from orthanc_dpp.listener import DppListener

@@ -16,7 +16,7 @@ from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp.adapter import listener_settings
+from orthanc_dpp.app import listener_settings
 from orthanc_dpp.config import Settings, parse_settings
 from orthanc_dpp.listener import DppListener, ListenerSettings
 from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES, TRANSFER_SYNTAXES
@@ -51,7 +51,7 @@ ROUTING_CHECK = textwrap.dedent(
 
     from orthanc_dpp import scp
     from orthanc_dpp.access import AccessPolicy, Gatekeeper
-    from orthanc_dpp.adapter import listener_settings
+    from orthanc_dpp.app import listener_settings
     from orthanc_dpp.config import parse_settings
     from orthanc_dpp.get import GetHandler
     from orthanc_dpp.index import ProtocolIndex

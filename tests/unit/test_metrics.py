@@ -22,6 +22,7 @@ from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
 from orthanc_dpp.modalities import ModalityRegistry
 from orthanc_dpp.move import MoveHandler
 from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.orthanc.publisher import MetricsPublisher
 from orthanc_dpp.rest import DppRestApi
 from tests import dicom_client
 from tests.datasets import identifier_for
@@ -218,7 +219,8 @@ def test_rest_uploads_count_stored_and_refused_files() -> None:
 def start(orthanc: FakeOrthancModule) -> adapter.Plugin:
     plugin = adapter.install(orthanc)
     orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    assert eventually(lambda: plugin.listener.status.state == "running" and plugin.feed.ready)
+    app = plugin.app
+    assert eventually(lambda: app.listener.status.state == "running" and app.feed.ready)
     return plugin
 
 
@@ -227,7 +229,7 @@ def stop(orthanc: FakeOrthancModule) -> None:
 
 
 def echo(plugin: adapter.Plugin) -> None:
-    assert dicom_client.echo(plugin.settings.port, "DPP_UNIT", calling_aet="UNIT_SCU") == 0
+    assert dicom_client.echo(plugin.app.settings.port, "DPP_UNIT", calling_aet="UNIT_SCU") == 0
 
 
 def test_the_adapter_publishes_every_metric_with_its_type(version, make_configuration) -> None:
@@ -246,7 +248,7 @@ def test_the_adapter_publishes_every_metric_with_its_type(version, make_configur
             body=to_bytes(make_protocol(2)),
         )
         assert upload.status == 200
-        assert eventually(lambda: plugin.metrics.snapshot(0)[PREFIX + "associations_open"] == 0)
+        assert eventually(lambda: plugin.app.metrics.snapshot(0)[PREFIX + "associations_open"] == 0)
         plugin.publisher.publish()
         published = orthanc.metrics
         assert set(published) == {m.name for m in METRICS}
@@ -274,7 +276,7 @@ def test_metrics_enabled_false_publishes_and_counts_nothing(version, make_config
         echo(plugin)
         assert plugin.publisher is None
         assert orthanc.metrics == {}
-        assert set(plugin.metrics.snapshot(0).values()) == {0.0}
+        assert set(plugin.app.metrics.snapshot(0).values()) == {0.0}
     finally:
         stop(orthanc)
 
@@ -288,7 +290,7 @@ def test_a_lasting_publishing_failure_is_logged_once(caplog: pytest.LogCaptureFi
         raise orthanc.OrthancException("registry unavailable")
 
     orthanc.SetMetricsValue = refuse  # type: ignore[method-assign]
-    publisher = adapter.MetricsPublisher(orthanc, Metrics(), lambda: 0, interval=0.01)
+    publisher = MetricsPublisher(orthanc, Metrics(), lambda: 0, interval=0.01)
     with caplog.at_level(logging.ERROR, logger="orthanc_dpp"):
         publisher.start()
         try:
