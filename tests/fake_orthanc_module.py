@@ -15,16 +15,20 @@ Each instance follows one recording of a real Python plugin
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from orthanc_dpp import adapter
 from orthanc_dpp.library import OrthancError
 from tests.fake_orthanc import FakeOrthancApi
+from tests.waiting import eventually
 
 DATA = Path(__file__).parent / "data"
 #: The recorded plugin versions, oldest first.
@@ -264,3 +268,23 @@ class FakeOrthancModule:
                 callback(output, uri, method=method, groups=groups, **request)
                 return output
         raise KeyError(uri)
+
+
+@contextlib.contextmanager
+def started_plugin(orthanc: FakeOrthancModule) -> Iterator[adapter.Plugin]:
+    """The plugin installed into ``orthanc`` and started as Orthanc starts it; stopped after.
+
+    It yields once the listener runs and the index has loaded: stores are
+    refused until then.
+    """
+    plugin = adapter.install(orthanc)
+    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
+    try:
+        app = plugin.app
+        assert app is not None, "the configuration was refused"
+        assert eventually(lambda: app.listener.status.state == "running" and app.feed.ready)
+        yield plugin
+    finally:
+        orthanc.change_callback(
+            orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, ""
+        )

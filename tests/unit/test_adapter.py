@@ -20,7 +20,13 @@ from orthanc_dpp.activity import ActivityLog
 from orthanc_dpp.bindings import METADATA
 from orthanc_dpp.orthanc import logs, platform, ports
 from tests import dicom_client
-from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, FakeOutput, recording
+from tests.fake_orthanc_module import (
+    VERSIONS,
+    FakeOrthancModule,
+    FakeOutput,
+    recording,
+    started_plugin,
+)
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")  # install() takes over the loggers
@@ -35,13 +41,8 @@ def running(version, make_configuration):
     orthanc = FakeOrthancModule(
         make_configuration(), version=version, releases_interpreter_lock=True
     )
-    plugin = adapter.install(orthanc)
-    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    # Stores are refused until the index has loaded.
-    app = plugin.app
-    assert eventually(lambda: app.listener.status.state == "running" and app.feed.ready)
-    yield orthanc, plugin
-    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
+    with started_plugin(orthanc) as plugin:
+        yield orthanc, plugin
 
 
 def test_bad_configuration_keeps_orthanc_up_and_is_reported(version, make_configuration) -> None:

@@ -14,11 +14,9 @@ import pydicom
 import pytest
 
 from dpp_tools.samples import make_protocol, to_bytes
-from orthanc_dpp import adapter
 from orthanc_dpp.modalities import parse_modalities
 from tests.bare_archive import BareArchive
-from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule
-from tests.waiting import eventually
+from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, started_plugin
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")  # install() takes over the loggers
 
@@ -28,12 +26,8 @@ JSON = {"Content-Type": "application/json"}
 @pytest.fixture(params=VERSIONS)
 def running(request, make_configuration):
     orthanc = FakeOrthancModule(make_configuration(), version=request.param)
-    plugin = adapter.install(orthanc)
-    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STARTED, orthanc.ResourceType.PATIENT, "")
-    app = plugin.app
-    assert eventually(lambda: app.listener.status.state == "running" and app.feed.ready)
-    yield orthanc, plugin
-    orthanc.change_callback(orthanc.ChangeType.ORTHANC_STOPPED, orthanc.ResourceType.PATIENT, "")
+    with started_plugin(orthanc) as plugin:
+        yield orthanc, plugin
 
 
 def test_find_and_c_get_from_another_archive_store_like_a_c_store(running) -> None:
