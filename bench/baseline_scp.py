@@ -31,8 +31,8 @@ from pynetdicom import _config as pynetdicom_config
 
 from bench import library
 from bench.child import rss_kib
-from orthanc_dpp.connections import set_tcp_nodelay
-from orthanc_dpp.sop import DPP_FIND, TRANSFER_SYNTAXES
+from orthanc_dpp.dicom.connections import set_tcp_nodelay
+from orthanc_dpp.model.sop import DPP_FIND, TRANSFER_SYNTAXES
 
 SKIP = {0x00080005, 0x00080052}  # Specific Character Set, Query/Retrieve Level
 

@@ -34,8 +34,8 @@ from bench.child import Child, rss_kib
 from bench.counting_scu import CountingAssociation
 from bench.dimse import DimseError, accepted, connect, find
 from bench.report import percentile, ratio, table
-from orthanc_dpp import snapshot
-from orthanc_dpp.sop import DPP_FIND
+from orthanc_dpp.model import snapshot
+from orthanc_dpp.model.sop import DPP_FIND
 from tests.orthanc_server import free_port
 
 BASELINE_AET = "BASELINE_FIND"

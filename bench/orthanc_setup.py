@@ -38,10 +38,10 @@ from pynetdicom.sop_class import RawDataStorage
 
 from bench import RESULTS, STACK, library
 from bench.dimse import SCU_AET, DimseError, connect
-from orthanc_dpp import normalize
-from orthanc_dpp.library import encode_part10, parse_part10
-from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.model import normalization as normalize
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.model.sop import STORAGE_CLASSES
+from orthanc_dpp.storage.part10 import encode_part10, parse_part10
 from tests.orthanc_server import HttpError, OrthancServer
 
 DESTINATION_AET = "BENCH_DEST"

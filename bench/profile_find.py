@@ -4,7 +4,7 @@ Profiles (cProfile) the SCP side of the `universal` query of
 bench/find_bench.py over generated protocols, in this process: once through
 pynetdicom's own C-FIND loop (what the plugin did before its fast path:
 one dataset built and encoded per response, two PDUs each), then through
-:meth:`orthanc_dpp.scp.FindHandler.serve` (cold cache, then warm). The
+:meth:`orthanc_dpp.dicom.scp.handlers.FindHandler.serve` (cold cache, then warm). The
 requester is bench/counting_scu.py, so the requester's cost stays out of
 the figures. Prints the functions with the most own time for each.
 """
@@ -27,13 +27,13 @@ from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as
 from bench.counting_scu import CountingAssociation
 from bench.find_bench import queries
 from dpp_tools.samples import make_library
-from orthanc_dpp import pynetdicom_private as private
-from orthanc_dpp import scp
-from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.modalities import ModalityRegistry
-from orthanc_dpp.responses import ResponseCache
-from orthanc_dpp.routing import route_dpp_services
+from orthanc_dpp.dicom import pynetdicom_private as private
+from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper, parse_unknown_callers
+from orthanc_dpp.dicom.modalities import ModalityRegistry
+from orthanc_dpp.dicom.scp import handlers
+from orthanc_dpp.dicom.scp.find_responses import ResponseCache
+from orthanc_dpp.dicom.scp.routing import route_dpp_services
+from orthanc_dpp.model.index import ProtocolIndex
 
 
 def _index(count: int) -> ProtocolIndex:
@@ -89,10 +89,10 @@ def main(argv: list[str]) -> int:
         ("after: FindHandler.serve, cold cache", True, 0),
         ("after: FindHandler.serve, warm cache", True, 1 << 28),
     ):
-        handler = scp.FindHandler(
+        handler = handlers.FindHandler(
             index,
             gate,
-            scp.FindOptions(max_results=0),
+            handlers.FindOptions(max_results=0),
             is_ready=lambda: True,
             cache=ResponseCache(cache),
         )

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from orthanc_dpp import stored_record
-from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.storage import stored_record
 
 
 def stored_files(folder: Path) -> list[bytes]:

@@ -35,7 +35,7 @@ from bench import library, orthanc_setup
 from bench.child import Child
 from bench.dimse import DimseError, RetrieveResult, accepted, get, move
 from bench.report import percentile, ratio, table
-from orthanc_dpp.sop import DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES
+from orthanc_dpp.model.sop import DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES
 from tests.orthanc_server import free_port
 
 ORTHANC_AET = "ORTHANC"

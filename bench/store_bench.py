@@ -80,8 +80,8 @@ def bare_scp(port: int, aet: str) -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 
-    from orthanc_dpp.connections import set_tcp_nodelay
-    from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
+    from orthanc_dpp.dicom.connections import set_tcp_nodelay
+    from orthanc_dpp.model.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
     kept: list[Any] = []
     lock = threading.Lock()
@@ -112,7 +112,7 @@ def sender(port: int, aet: str, list_file: str, start_at: float) -> None:
     wall-clock times of the first C-STORE and of the last response.
     """
     from bench.dimse import DimseError, connect
-    from orthanc_dpp.sop import STORAGE_CLASSES
+    from orthanc_dpp.model.sop import STORAGE_CLASSES
 
     paths = [p for p in Path(list_file).read_text().split("\n") if p]
     try:

@@ -17,8 +17,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import RawDataStorage
 
 from bench.child import serve_until_stopped
-from orthanc_dpp.connections import set_tcp_nodelay
-from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.dicom.connections import set_tcp_nodelay
+from orthanc_dpp.model.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
 
 def main(port: int, aet: str) -> None:

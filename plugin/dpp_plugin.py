@@ -1,7 +1,7 @@
 """Entry script of the Orthanc DPP plugin: point Orthanc's ``PythonScript`` here.
 
 It only makes the plugin's package and its dependencies importable, then
-hands over to ``orthanc_dpp.adapter``. Any failure is logged and swallowed:
+hands over to ``orthanc_dpp.orthanc.adapter``. Any failure is logged and swallowed:
 an exception escaping this script stops Orthanc altogether.
 """
 
@@ -41,7 +41,7 @@ def _load() -> None:
     for path in reversed([HERE, *_python_path()]):
         if os.path.isdir(path) and path not in sys.path:
             sys.path.insert(0, path)
-    from orthanc_dpp import adapter
+    from orthanc_dpp.orthanc import adapter
 
     adapter.install(orthanc)
 

@@ -30,7 +30,13 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, DPP_STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.model.sop import (
+    DPP_FIND,
+    DPP_GET,
+    DPP_MOVE,
+    DPP_STORAGE_CLASSES,
+    TRANSFER_SYNTAXES,
+)
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
 

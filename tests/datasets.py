@@ -20,9 +20,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dpp_tools.samples import to_bytes
-from orthanc_dpp import normalize, sop
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.model import normalization, sop
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.normalization import Normalization
 
 CT = sop.CT_DPP_STORAGE
 
@@ -129,7 +129,7 @@ LABELS = Normalization()
 
 def stored(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
     """``ds`` as Orthanc stores it from the plugin: normalized, then encoded."""
-    normalize.normalize(ds, LABELS)
+    normalization.normalize(ds, LABELS)
     return to_bytes(ds, syntax)
 
 

@@ -15,9 +15,9 @@ from typing import Any
 from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, Association, build_role, evt
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp import pynetdicom_private as private
-from orthanc_dpp.connections import set_tcp_nodelay
-from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from orthanc_dpp.dicom import pynetdicom_private as private
+from orthanc_dpp.dicom.connections import set_tcp_nodelay
+from orthanc_dpp.model.sop import TRANSFER_SYNTAXES
 
 Handler = tuple[Any, Callable[..., Any]]
 #: A requested context: an abstract syntax with ``associate``'s transfer syntaxes, or with its own.

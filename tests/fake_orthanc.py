@@ -17,16 +17,16 @@ from typing import Any
 
 import pydicom
 
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.library import OrthancError, ProtocolLibrary, orthanc_resource_id
-from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.rest import DppRestApi
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.rest.protocols import DppRestApi
+from orthanc_dpp.storage.library import OrthancError, ProtocolLibrary, orthanc_resource_id
 
 orthanc_id = orthanc_resource_id
 
 
 class FakeOrthancApi:
-    """Implements ``orthanc_dpp.library.OrthancApi``."""
+    """Implements ``orthanc_dpp.storage.library.OrthancApi``."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -131,7 +131,7 @@ class FakeOrthancApi:
 
 
 class MemorySnapshots:
-    """Implements ``orthanc_dpp.snapshot.SnapshotStore`` in memory; counts the writes."""
+    """Implements ``orthanc_dpp.model.snapshot.SnapshotStore`` in memory; counts the writes."""
 
     def __init__(self) -> None:
         self.text = ""

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from orthanc_dpp import adapter
-from orthanc_dpp.library import OrthancError
+from orthanc_dpp.orthanc import adapter
+from orthanc_dpp.storage.library import OrthancError
 from tests.fake_orthanc import FakeOrthancApi
 from tests.waiting import eventually
 

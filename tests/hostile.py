@@ -12,7 +12,7 @@ from typing import Any
 from pydicom import Dataset
 from pynetdicom.dsutils import encode
 
-from orthanc_dpp.sop import CT_DPP_STORAGE
+from orthanc_dpp.model.sop import CT_DPP_STORAGE
 from tests.orthanc_server import OrthancServer
 from tests.peers import store_protocols
 

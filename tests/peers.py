@@ -15,8 +15,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, Association, evt
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp.keys import DPP_MODEL, InformationModel
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.model.key_table import DPP_MODEL, InformationModel
+from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests import dicom_client
 from tests.orthanc_server import OrthancServer, free_port
 from tests.waiting import eventually

@@ -25,10 +25,11 @@ from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES as DEFAULT
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 
 from dpp_tools.samples import to_bytes
-from orthanc_dpp import scp, sop, status
-from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
-from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
-from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper, parse_unknown_callers
+from orthanc_dpp.dicom.modalities import ModalityRegistry, parse_modalities
+from orthanc_dpp.dicom.scp import handlers as scp
+from orthanc_dpp.model import dimse_status, sop
+from orthanc_dpp.model.sop import TRANSFER_SYNTAXES
 from tests import dicom_client
 from tests.datasets import make_index
 
@@ -120,7 +121,7 @@ class Result:
 
     @property
     def pending(self) -> list[Response]:
-        return [r for r in self.responses if r.status == status.PENDING]
+        return [r for r in self.responses if r.status == dimse_status.PENDING]
 
 
 def _response(st: Dataset, identifier: Dataset | None) -> Response:
@@ -158,7 +159,7 @@ def _query(
         ds = event.dataset
         ds.file_meta = event.file_meta
         received.append((ds, str(event.context.transfer_syntax), None))
-        return status.SUCCESS
+        return dimse_status.SUCCESS
 
     storage = storage_ts if storage_ts and model == sop.DPP_GET else []
     assoc = dicom_client.associate(

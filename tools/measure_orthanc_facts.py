@@ -40,7 +40,7 @@ MARK = b"FACTS-HOOK"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 ORTHANC = "/usr/sbin/Orthanc"
 
-#: Callables handed to Orthanc stay referenced (see orthanc_dpp.adapter._REGISTERED).
+#: Callables handed to Orthanc stay referenced (see orthanc_dpp.orthanc.adapter._REGISTERED).
 _REGISTERED: list[object] = []
 
 
@@ -225,7 +225,7 @@ def measure_probe(folder: Path, results: Results) -> None:
     from pynetdicom.sop_class import Verification
 
     from dpp_tools.samples import make_protocol, to_bytes
-    from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
+    from orthanc_dpp.model.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
 
     # A DPP file without patient, study and series, and the copy the hook
     # stores instead: the same with them added, as the plugin's normalization does.

@@ -64,7 +64,7 @@ PROBES: list[tuple[str, list[str]]] = [
 ]
 
 #: Callables handed to Orthanc, kept alive: plugins 4.3+ drop theirs at
-#: finalization without the interpreter lock (see orthanc_dpp.adapter).
+#: finalization without the interpreter lock (see orthanc_dpp.orthanc.adapter).
 _REGISTERED: list[object] = []
 
 #: A global property number of our own for the probes (plugins use >= 1024).

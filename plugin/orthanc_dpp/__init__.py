@@ -1,6 +1,6 @@
 """Defined Procedure Protocol Query/Retrieve SCP for Orthanc.
 
-Every module in this package is plain Python; only ``orthanc_dpp.adapter``
+Every module in this package is plain Python; only ``orthanc_dpp.orthanc.adapter``
 talks to the ``orthanc`` module that Orthanc's Python plugin provides.
 """
 

@@ -2,7 +2,7 @@
 
 :class:`DppApp` is what the plugin runs once its configuration is valid; an
 invalid configuration gives no ``DppApp`` (the adapter registers
-:func:`orthanc_dpp.routes.invalid_configuration` instead). It knows Orthanc
+:func:`orthanc_dpp.rest.routes.invalid_configuration` instead). It knows Orthanc
 only through :class:`OrthancFacts` (what it reads of Orthanc's
 configuration) and :class:`Ports` (the objects that call into Orthanc, built
 by the adapter), so nothing here imports ``orthanc``.
@@ -22,30 +22,37 @@ from typing import Any, Protocol
 import pydicom
 from pynetdicom import evt
 
-from orthanc_dpp import __version__, tls
-from orthanc_dpp.access import AccessPolicy, Gatekeeper
-from orthanc_dpp.activity import ActivityLog
-from orthanc_dpp.bindings import ApprovedContent, ContentApi
+from orthanc_dpp import __version__
 from orthanc_dpp.config import Settings
-from orthanc_dpp.feed import FreshInstances, IndexFeed, report_duplicate
-from orthanc_dpp.get import GetHandler
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.jobs import Jobs
-from orthanc_dpp.library import IndexedSource, OrthancApi, ProtocolLibrary, Stored
-from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.listener import DppListener, ListenerSettings
+from orthanc_dpp.dicom import tls
+from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.dicom.modalities import ModalityRegistry, matching_options
+from orthanc_dpp.dicom.scp.find_responses import ResponseCache
+from orthanc_dpp.dicom.scp.get import GetHandler
+from orthanc_dpp.dicom.scp.handlers import (
+    EchoHandler,
+    FindHandler,
+    FindOptions,
+    StoreHandler,
+    StoreOptions,
+)
+from orthanc_dpp.dicom.scp.listener import DppListener, ListenerSettings
+from orthanc_dpp.dicom.scp.move import MoveHandler
+from orthanc_dpp.dicom.scp.retrieve import RetrieveOptions
+from orthanc_dpp.dicom.scu.association import Caller
+from orthanc_dpp.dicom.scu.jobs import Jobs
 from orthanc_dpp.metrics import Metrics
-from orthanc_dpp.modalities import ModalityRegistry, matching_options
-from orthanc_dpp.move import MoveHandler
-from orthanc_dpp.remote_rest import RemoteArchives
-from orthanc_dpp.responses import ResponseCache
-from orthanc_dpp.rest import DppRestApi
-from orthanc_dpp.retrieve import RetrieveOptions
-from orthanc_dpp.routes import Route, dpp_routes
-from orthanc_dpp.scp import EchoHandler, FindHandler, FindOptions, StoreHandler, StoreOptions
-from orthanc_dpp.scu_association import Caller
-from orthanc_dpp.snapshot import SnapshotStore
-from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.snapshot import SnapshotStore
+from orthanc_dpp.model.sop import PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.rest.activity import ActivityLog
+from orthanc_dpp.rest.archives import RemoteArchives
+from orthanc_dpp.rest.protocols import DppRestApi
+from orthanc_dpp.rest.routes import Route, dpp_routes
+from orthanc_dpp.storage.approved_content import ApprovedContent, ContentApi
+from orthanc_dpp.storage.decoding import DatasetLimits
+from orthanc_dpp.storage.feed import FreshInstances, IndexFeed, report_duplicate
+from orthanc_dpp.storage.library import IndexedSource, OrthancApi, ProtocolLibrary, Stored
 
 log = logging.getLogger("orthanc_dpp")
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from orthanc_dpp.access import Service, parse_unknown_callers
-from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.tls import TlsSettings, parse_tls
+from orthanc_dpp.dicom.access import Service, parse_unknown_callers
+from orthanc_dpp.dicom.tls import TlsSettings, parse_tls
+from orthanc_dpp.model.normalization import Normalization
 
 SECTION = "DefinedProcedureProtocol"
 

@@ -20,8 +20,8 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_protocol, to_bytes
-from orthanc_dpp.keys import DPP_MODEL
-from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.model.key_table import DPP_MODEL
+from orthanc_dpp.model.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.doc_examples import docker_documentation
 from tests.docker.conftest import (
     CLIENT_AET,

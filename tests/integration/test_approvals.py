@@ -13,8 +13,8 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 
 from dpp_tools.samples import make_protocol, to_bytes
-from orthanc_dpp.keys import APPROVAL_MODEL, DPP_MODEL
-from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.model.key_table import APPROVAL_MODEL, DPP_MODEL
+from orthanc_dpp.model.sop import PROTOCOL_APPROVAL_STORAGE
 from tests.orthanc_server import HttpError, OrthancServer, free_port
 from tests.peers import (
     STORE_AET,

@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
-from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from orthanc_dpp.model.sop import TRANSFER_SYNTAXES
 from tests import dicom_client
 from tests.hostile import admission_limited
 from tests.orthanc_server import OrthancServer

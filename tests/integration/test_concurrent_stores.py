@@ -27,7 +27,7 @@ import pytest
 from pydicom import Dataset
 
 from dpp_tools.samples import make_library, make_protocol, to_bytes
-from orthanc_dpp import snapshot
+from orthanc_dpp.model import snapshot
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import associate, c_find, c_get, find_identifier
 

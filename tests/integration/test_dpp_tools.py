@@ -28,7 +28,7 @@ from pynetdicom.sop_class import Verification
 
 from dpp_tools import cli
 from dpp_tools.samples import make_non_dpp, to_bytes, write_library
-from orthanc_dpp.sop import PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.model.sop import PROTOCOL_APPROVAL_STORAGE
 from tests.orthanc_server import OrthancServer, free_port
 from tests.peers import wait_for_port
 

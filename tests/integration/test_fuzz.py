@@ -35,7 +35,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
-from orthanc_dpp.keys import APPROVAL_MODEL, DPP_MODEL, KeyRow
+from orthanc_dpp.model.key_table import APPROVAL_MODEL, DPP_MODEL, KeyRow
 from tests.hostile import rss_kb
 from tests.orthanc_server import OrthancServer
 from tests.peers import c_find, echo_works, find_identifier, store_protocols

@@ -22,9 +22,9 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_library
-from orthanc_dpp.admission import LOCAL_LIMIT_EXCEEDED, reject_pdu
-from orthanc_dpp.connections import MAXIMUM_PENDING_MESSAGES
-from orthanc_dpp.keys import DPP_MODEL
+from orthanc_dpp.dicom.admission import LOCAL_LIMIT_EXCEEDED, reject_pdu
+from orthanc_dpp.dicom.connections import MAXIMUM_PENDING_MESSAGES
+from orthanc_dpp.model.key_table import DPP_MODEL
 from tests.hostile import admission_limited, rss_kb
 from tests.orthanc_server import OrthancServer
 from tests.peers import associate, echo_works

@@ -11,8 +11,8 @@ from typing import Any
 from pydicom import Dataset
 
 from dpp_tools.samples import make_library, make_non_dpp, make_protocol, to_bytes
-from orthanc_dpp import snapshot
-from orthanc_dpp.keys import TABLE_HH_6_1
+from orthanc_dpp.model import snapshot
+from orthanc_dpp.model.key_table import TABLE_HH_6_1
 from tests.orthanc_server import OrthancServer
 from tests.peers import c_find, store_protocols
 

@@ -18,8 +18,8 @@ from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelGet as DPP_GET
 
 from dpp_tools.samples import make_library, make_protocol
-from orthanc_dpp.pynetdicom_private import reactor_paused
-from orthanc_dpp.sop import CT_DPP_STORAGE
+from orthanc_dpp.dicom.pynetdicom_private import reactor_paused
+from orthanc_dpp.model.sop import CT_DPP_STORAGE
 from tests import dicom_client
 from tests.hostile import deflated_bomb, peak_memory_kb
 from tests.orthanc_server import OrthancServer

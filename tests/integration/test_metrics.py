@@ -16,7 +16,7 @@ from pynetdicom.sop_class import (
 
 from dpp_tools.samples import make_library, make_protocol, to_bytes
 from orthanc_dpp.metrics import METRICS, PREFIX
-from orthanc_dpp.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.model.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.orthanc_server import OrthancServer, free_port
 from tests.peers import associate, c_find, c_get, echo_works, find_identifier, storescp
 from tests.waiting import eventually

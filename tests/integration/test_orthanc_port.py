@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dpp_tools.samples import make_protocol, to_bytes
-from orthanc_dpp.sop import STORAGE_CLASSES
+from orthanc_dpp.model.sop import STORAGE_CLASSES
 from tests.orthanc_server import OrthancServer
 from tests.peers import c_find, find_identifier
 from tests.waiting import eventually

@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (
 )
 
 from dpp_tools.samples import make_library, make_protocol
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.orthanc_server import HttpError, OrthancServer, free_port
 from tests.peers import (
     STORE_AET,

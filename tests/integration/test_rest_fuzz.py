@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from dpp_tools.samples import make_library
-from orthanc_dpp.rest import LIST_PARAMETERS
+from orthanc_dpp.rest.protocols import LIST_PARAMETERS
 from tests.orthanc_server import OrthancServer
 from tests.peers import library_unchanged, store_protocols
 

@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 import pydicom
 import pytest
 
-from orthanc_dpp.http_messages import Request
-from orthanc_dpp.rest import DppRestApi
-from orthanc_dpp.routes import Route, protocol_routes
+from orthanc_dpp.rest.http import Request
+from orthanc_dpp.rest.protocols import DppRestApi
+from orthanc_dpp.rest.routes import Route, protocol_routes
 from tests.doc_examples import (
     APPROVAL_UID,
     CT_UID,

@@ -30,7 +30,7 @@ import pytest
 from pydicom import Dataset
 
 from dpp_tools.samples import make_library, make_protocol, to_bytes
-from orthanc_dpp.sop import DPP_FIND
+from orthanc_dpp.model.sop import DPP_FIND
 from tests.orthanc_server import PYTHON_PLUGIN, HttpError, OrthancServer
 from tests.peers import associate, c_get
 from tests.postgres import (

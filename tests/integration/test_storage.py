@@ -21,7 +21,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dpp_tools.samples import make_library, make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.config import KEYS
-from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.model.sop import CT_DPP_STORAGE, STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import associate, store_protocols
 from tests.waiting import eventually

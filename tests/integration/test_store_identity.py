@@ -19,8 +19,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from dpp_tools.samples import make_library, make_protocol
-from orthanc_dpp.pynetdicom_private import reactor_paused
-from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE, STORAGE_CLASSES
+from orthanc_dpp.dicom.pynetdicom_private import reactor_paused
+from orthanc_dpp.model.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE, STORAGE_CLASSES
 from tests import dicom_client
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import c_find, find_identifier, library_unchanged, store_protocols

@@ -18,8 +18,8 @@ from pydicom import Dataset
 from pynetdicom import AE, Association, evt
 
 from dpp_tools.samples import make_library
-from orthanc_dpp.connections import set_tcp_nodelay
-from orthanc_dpp.sop import (
+from orthanc_dpp.dicom.connections import set_tcp_nodelay
+from orthanc_dpp.model.sop import (
     DPP_FIND,
     DPP_GET,
     DPP_MOVE,

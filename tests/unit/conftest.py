@@ -7,15 +7,15 @@ from collections.abc import Callable, Iterator
 import pytest
 from pynetdicom import AE, evt
 
-from orthanc_dpp import sop
-from orthanc_dpp.access import AccessPolicy, Gatekeeper
-from orthanc_dpp.connections import set_tcp_nodelay
-from orthanc_dpp.get import GetHandler
-from orthanc_dpp.modalities import ModalityRegistry
-from orthanc_dpp.move import MoveHandler
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.routing import route_dpp_services
-from orthanc_dpp.sop import TRANSFER_SYNTAXES
+from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.dicom.connections import set_tcp_nodelay
+from orthanc_dpp.dicom.modalities import ModalityRegistry
+from orthanc_dpp.dicom.scp.get import GetHandler
+from orthanc_dpp.dicom.scp.move import MoveHandler
+from orthanc_dpp.dicom.scp.routing import route_dpp_services
+from orthanc_dpp.model import sop
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.model.sop import TRANSFER_SYNTAXES
 from tests.fake_orthanc_module import VERSIONS
 from tests.orthanc_server import free_port
 from tests.scp_harness import DPP_CLASSES, SCP_AET, Harness, MemorySource

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orthanc_dpp.access import (
+from orthanc_dpp.dicom.access import (
     AccessPolicy,
     Caller,
     Service,
@@ -12,7 +12,7 @@ from orthanc_dpp.access import (
     judge_caller,
     parse_unknown_callers,
 )
-from orthanc_dpp.modalities import parse_modalities
+from orthanc_dpp.dicom.modalities import parse_modalities
 
 MODALITIES = {
     "ct": {"AET": "CT1", "Host": "10.0.0.1", "Port": 104, "AllowStore": False},

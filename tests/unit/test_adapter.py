@@ -15,10 +15,11 @@ import pytest
 from pydicom import Dataset
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
-from orthanc_dpp import adapter, rest, routes
-from orthanc_dpp.activity import ActivityLog
-from orthanc_dpp.bindings import METADATA
-from orthanc_dpp.orthanc import logs, platform, ports
+from orthanc_dpp.orthanc import adapter, logs, platform, ports
+from orthanc_dpp.rest import protocols as rest
+from orthanc_dpp.rest import routes
+from orthanc_dpp.rest.activity import ActivityLog
+from orthanc_dpp.storage.approved_content import METADATA
 from tests import dicom_client
 from tests.fake_orthanc_module import (
     VERSIONS,
@@ -374,7 +375,7 @@ class _FileReader:
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_stored_files_are_read_without_rest_where_possible(direct: bool) -> None:
-    from orthanc_dpp.library import OrthancError
+    from orthanc_dpp.storage.library import OrthancError
 
     module = _FileReader({"id1": b"file one"}, direct)
     api = ports.OrthancRestApi(module)  # type: ignore[arg-type]
@@ -431,7 +432,7 @@ def test_the_port_knows_when_this_thread_posts_instances() -> None:
 
 def test_orthanc_error_codes_reach_the_library() -> None:
     """The code of ``OrthancException(code, description)`` is what the library maps."""
-    from orthanc_dpp.library import OrthancError
+    from orthanc_dpp.storage.library import OrthancError
 
     api = ports.OrthancRestApi(_FullDisk())  # type: ignore[arg-type]
     with pytest.raises(OrthancError) as full:

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from dpp_tools.samples import make_protocol, to_bytes
-from orthanc_dpp.modalities import parse_modalities
+from orthanc_dpp.dicom.modalities import parse_modalities
 from tests.bare_archive import BareArchive
 from tests.fake_orthanc_module import VERSIONS, FakeOrthancModule, started_plugin
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pydicom import Dataset
 
 from dpp_tools.samples import make_protocol
-from orthanc_dpp import approvals
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.record_reading import to_record
+from orthanc_dpp.model import approvals
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.model.record_reading import to_record
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

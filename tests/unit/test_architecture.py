@@ -35,7 +35,7 @@ DOCS = REPO / "docs"
 ARCHITECTURE = DOCS / "architecture.md"
 
 #: Modules that import Orthanc's ``orthanc`` module (each must, and no other may)...
-ORTHANC_USERS = {"dpp_plugin.py", "orthanc_dpp/adapter.py"}
+ORTHANC_USERS = {"dpp_plugin.py", "orthanc_dpp/orthanc/adapter.py"}
 #: ...besides the modules of this subpackage, the Orthanc glue once the package has folders.
 ORTHANC_PACKAGE = "orthanc_dpp/orthanc/"
 
@@ -74,7 +74,7 @@ def module_files() -> dict[str, Path]:
 def module_name(key: str) -> str:
     """The name the table's Imports column gives a module, dotted below the package.
 
-    'orthanc_dpp/find.py' -> 'find', 'orthanc_dpp/model/record.py' -> 'model.record',
+    'orthanc_dpp/config.py' -> 'config', 'orthanc_dpp/model/record.py' -> 'model.record',
     'orthanc_dpp/model/__init__.py' -> 'model'; the package itself is '__init__'.
     """
     parts = list(Path(key).with_suffix("").parts)
@@ -216,10 +216,10 @@ def test_only_the_adapter_and_the_entry_script_import_orthanc(
 
 
 def test_orthanc_users_are_recognised_by_name_or_folder() -> None:
-    assert may_use_orthanc("orthanc_dpp/adapter.py") and may_use_orthanc("dpp_plugin.py")
+    assert may_use_orthanc("orthanc_dpp/orthanc/adapter.py") and may_use_orthanc("dpp_plugin.py")
     assert may_use_orthanc("orthanc_dpp/orthanc/entry.py")
     assert not may_use_orthanc("orthanc_dpp/rest/orthanc.py")
-    assert not may_use_orthanc("orthanc_dpp/listener.py")
+    assert not may_use_orthanc("orthanc_dpp/dicom/scp/listener.py")
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -294,6 +294,111 @@ def test_imports_go_to_the_same_layer_or_below(rows: dict[str, Row]) -> None:
     assert not upward + unknown, "\n".join(upward + unknown)
 
 
+# -- packages -------------------------------------------------------------------------------
+
+
+def unit_of(name: str) -> str:
+    """The row of the Packages table a module belongs to: 'dicom.scp.get' -> 'dicom.scp'.
+
+    A module of a subpackage belongs to it ('model.record' -> 'model'); one
+    of dicom's subpackages to that subpackage; a top-level module is its own
+    row ('config').
+    """
+    parts = name.split(".")
+    if parts[0] == "dicom" and len(parts) > 1 and parts[1] in ("scp", "scu"):
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def package_rows(text: str) -> dict[str, frozenset[str]]:
+    """The table under '## Packages' (Package | Owns | May import), by unit name."""
+    section = text.split("\n## Packages\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == ["Package", "Owns", "May import"], header
+    rows: dict[str, frozenset[str]] = {}
+    for line in lines[2:]:
+        package, _, allowed = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        (name,) = _CODE.findall(package)
+        unit = name.removesuffix("/").removesuffix(".py").replace("/", ".")
+        rows[unit] = frozenset() if allowed == "none" else frozenset(_CODE.findall(allowed))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def packages() -> dict[str, frozenset[str]]:
+    return package_rows(ARCHITECTURE.read_text())
+
+
+def crossings(imports: dict[str, Imports]) -> dict[tuple[str, str], set[str]]:
+    """Imports from one unit to another (the package's own __init__ aside), with examples."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for key, seen in imports.items():
+        name = module_name(key)
+        for target in seen.project - {"__init__"}:
+            if unit_of(target) != unit_of(name):
+                found.setdefault((unit_of(name), unit_of(target)), set()).add(f"{name} -> {target}")
+    return found
+
+
+def test_every_package_and_top_module_has_a_row(packages: dict[str, frozenset[str]]) -> None:
+    units = {unit_of(module_name(key)) for key in module_files()} - {"__init__", "dpp_plugin"}
+    assert units == set(packages), f"Packages table: {sorted(units ^ set(packages))}"
+
+
+def test_imports_between_packages_are_allowed_ones(
+    imports: dict[str, Imports], packages: dict[str, frozenset[str]]
+) -> None:
+    wrong = [
+        f"{sorted(examples)[0]}: {source} may not import {target}"
+        for (source, target), examples in sorted(crossings(imports).items())
+        if source != "dpp_plugin" and target not in packages.get(source, frozenset())
+    ]
+    assert not wrong, "docs/architecture.md, Packages:\n" + "\n".join(wrong)
+    assert crossings(imports)[("dpp_plugin", "orthanc")] == {"dpp_plugin -> orthanc.adapter"}
+
+
+def test_the_packages_form_no_cycle(packages: dict[str, frozenset[str]]) -> None:
+    cycle = find_cycle({unit: set(allowed) for unit, allowed in packages.items()})
+    assert cycle is None, "the Packages table allows a cycle: " + " -> ".join(cycle or [])
+
+
+def test_each_package_docstring_says_what_the_table_says(
+    packages: dict[str, frozenset[str]],
+) -> None:
+    """Every subpackage's __init__ owns something and may import the table's packages."""
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        if init.parent == PACKAGE:
+            continue
+        unit = ".".join(init.parent.relative_to(PACKAGE).parts)
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "Owns:" in doc, f"{init.relative_to(REPO)}: no 'Owns:' in its docstring"
+        said = (
+            doc.split("May import:", 1)[1].split(";")[0].split(".\n")[0]
+            if ("May import:" in doc)
+            else ""
+        )
+        named = set(re.findall(r"[a-z][a-z.]*[a-z]", said)) - {"nothing", "else", "of", "the"}
+        named -= {"package"}
+        assert named == set(packages[unit]), (
+            f"{init.relative_to(REPO)} says it may import {sorted(named)}, "
+            f"docs/architecture.md says {sorted(packages[unit])}"
+        )
+
+
+def test_unit_of_names_the_row_of_a_module() -> None:
+    assert unit_of("dicom.scp.get") == "dicom.scp"
+    assert unit_of("dicom.access") == "dicom"
+    assert unit_of("model.record") == "model"
+    assert unit_of("config") == "config"
+    text = (
+        "# T\n\n## Packages\n\n| Package | Owns | May import |\n|---|---|---|\n"
+        "| `dicom/scp/` | SCP. | `dicom`, `model` |\n| `model/` | M. | none |\n\n## Next\n"
+    )
+    assert package_rows(text) == {"dicom.scp": {"dicom", "model"}, "model": frozenset()}
+    assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
 def test_the_table_parser_reads_the_layers_and_imports() -> None:
     text = (
         "# T\n\n## Modules\n\n| Layer | Module | Owns | Imports |\n|---|---|---|---|\n"
@@ -310,22 +415,29 @@ def test_the_table_parser_reads_the_layers_and_imports() -> None:
 
 def test_read_imports_sees_every_form(tmp_path: Path) -> None:
     source = tmp_path / "sample.py"
-    assert not read_imports(PACKAGE / "find.py").uses_orthanc
+    assert not read_imports(PACKAGE / "model" / "query.py").uses_orthanc
     handed = tmp_path / "handed.py"
     handed.write_text("def install(orthanc):\n    return 1\n")
     assert read_imports(handed).uses_orthanc
     source.write_text(
         "import orthanc\n"
-        "from orthanc_dpp import __version__, status\n"
-        "from orthanc_dpp.keys import KeyRow\n"
-        "import orthanc_dpp.sop\n"
+        "from orthanc_dpp import __version__, config\n"
+        "from orthanc_dpp.model.key_table import KeyRow\n"
+        "import orthanc_dpp.model.sop\n"
         "def later():\n"
-        "    from .match import compile_query\n"
-        "    from . import record\n"
+        "    from .model.query import compile_query\n"
+        "    from .model import record\n"
     )
     found = read_imports(source)
     assert found.uses_orthanc
-    assert found.project == {"__init__", "status", "keys", "sop", "match", "record"}
+    assert found.project == {
+        "__init__",
+        "config",
+        "model.key_table",
+        "model.sop",
+        "model.query",
+        "model.record",
+    }
 
 
 def test_read_imports_names_modules_of_subpackages_by_dotted_names(tmp_path: Path) -> None:
@@ -354,7 +466,7 @@ def test_read_imports_names_modules_of_subpackages_by_dotted_names(tmp_path: Pat
     assert module_name("orthanc_dpp/model/record.py") == "model.record"
     assert module_name("orthanc_dpp/model/__init__.py") == "model"
     assert module_name("orthanc_dpp/__init__.py") == "__init__"
-    assert module_name("orthanc_dpp/find.py") == "find"
+    assert module_name("orthanc_dpp/dicom/scp/find_matches.py") == "dicom.scp.find_matches"
     assert module_name("dpp_plugin.py") == "dpp_plugin"
 
 
@@ -441,9 +553,9 @@ MUTABLE_FACTORIES = {
 CACHING_DECORATORS = {"lru_cache", "cache"}
 #: Today's module-level state, as 'module.name'; moving each into an object takes it off.
 MODULE_STATE = {
-    "adapter._REGISTERED",  # the callbacks Orthanc holds, kept alive (a documented seam)
-    "encoded._dictionary_vr",  # pydicom's dictionary, cached (a documented seam)
-    "pynetdicom_private._route_lock",  # the one process-wide patch (a documented seam)
+    "orthanc.adapter._REGISTERED",  # the callbacks Orthanc holds, kept alive (a documented seam)
+    "storage.encoded._dictionary_vr",  # pydicom's dictionary, cached (a documented seam)
+    "dicom.pynetdicom_private._route_lock",  # the one process-wide patch (a documented seam)
 }
 
 
@@ -618,7 +730,7 @@ def test_citation_checker_catches_bad_citations() -> None:
 
 def test_every_citation_points_into_the_repository() -> None:
     files = text_files()
-    assert PACKAGE / "feed.py" in files and DOCS / "design.md" in files
+    assert PACKAGE / "storage" / "feed.py" in files and DOCS / "design.md" in files
     problems = [
         f"{path.relative_to(REPO)}: {problem}"
         for path in files

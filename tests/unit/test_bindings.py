@@ -8,10 +8,10 @@ import json
 from pydicom import Dataset
 
 from dpp_tools.samples import make_protocol
-from orthanc_dpp.bindings import METADATA, ApprovedContent
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.storage.approved_content import METADATA, ApprovedContent
+from orthanc_dpp.storage.library import ProtocolLibrary
 from tests.fake_orthanc import FakeOrthancApi
 
 

@@ -23,15 +23,22 @@ from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
 from pynetdicom import evt
 
-from orthanc_dpp import __version__, config, keys, status
+from orthanc_dpp import __version__, config
 from orthanc_dpp.app import listener_settings
 from orthanc_dpp.config import SECTION, Settings, parse_settings
-from orthanc_dpp.keys import BASIC_CODED_ENTRY, CODED_ENTRY, TABLE_HH_6_1, TABLE_II_6_1, KeyRow
-from orthanc_dpp.listener import DppListener
-from orthanc_dpp.matching import SequenceKey
-from orthanc_dpp.query import compile_query
-from orthanc_dpp.sop import TRANSFER_SYNTAXES
-from orthanc_dpp.status import InvalidIdentifier
+from orthanc_dpp.dicom.scp.listener import DppListener
+from orthanc_dpp.model import dimse_status, key_table
+from orthanc_dpp.model.dimse_status import InvalidIdentifier
+from orthanc_dpp.model.key_table import (
+    BASIC_CODED_ENTRY,
+    CODED_ENTRY,
+    TABLE_HH_6_1,
+    TABLE_II_6_1,
+    KeyRow,
+)
+from orthanc_dpp.model.matching import SequenceKey
+from orthanc_dpp.model.query import compile_query
+from orthanc_dpp.model.sop import TRANSFER_SYNTAXES
 from tests.doc_examples import doc_section, tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,7 +195,7 @@ def test_every_table_ii_6_1_key_is_documented_with_its_tag_types_and_matching() 
 
 def test_the_coded_entry_macro_is_documented_once_with_its_matching() -> None:
     documented = only_table("Coded entry macro keys")
-    code_sequence = keys.TOP_LEVEL[0x00189906]  # Potential Scheduled Protocol Code Sequence
+    code_sequence = key_table.TOP_LEVEL[0x00189906]  # Potential Scheduled Protocol Code Sequence
     note = " (items: the rows above without this one)"
     expected = list(expected_rows(CODED_ENTRY, BASIC_CODED_ENTRY, note, (code_sequence,)))
     assert documented == expected
@@ -198,7 +205,7 @@ def test_the_coded_entry_macro_is_documented_once_with_its_matching() -> None:
 
 def test_the_matching_probe_tells_matching_types_apart() -> None:
     """The probe itself: a date key is a range, a UID key a list, a name a wild card."""
-    top = keys.TOP_LEVEL
+    top = key_table.TOP_LEVEL
     assert observed_matching((), top[0x00080012]) == "single value, range, universal"
     assert observed_matching((), top[0x00080018]) == "single value, list of UID, universal"
     assert observed_matching((), top[0x00181030]) == "single value, wild card, universal"
@@ -266,7 +273,7 @@ def test_implementation_identity_and_pdu_size_are_what_the_listener_sends() -> N
 
 
 def status_codes_used(module: Path, function: str | None = None) -> set[int]:
-    """Codes of :mod:`orthanc_dpp.status` that ``module`` (or one function) answers with."""
+    """Codes of :mod:`~orthanc_dpp.model.dimse_status` ``module`` (or one function) answers with."""
     tree: ast.AST = ast.parse(module.read_text())
     if function is not None:
         tree = next(
@@ -274,7 +281,7 @@ def status_codes_used(module: Path, function: str | None = None) -> set[int]:
             for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == function
         )
-    # A code only compared with (``if code == status.X``) is not an answer.
+    # A code only compared with (``if code == dimse_status.X``) is not an answer.
     compared = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Compare) for n in ast.walk(c)}
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -283,13 +290,13 @@ def status_codes_used(module: Path, function: str | None = None) -> set[int]:
         if (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name)
-            and node.value.id == "status"
+            and node.value.id == "dimse_status"
         ):
             names.add(node.attr)
-        if isinstance(node, ast.ImportFrom) and node.module == "orthanc_dpp.status":
+        if isinstance(node, ast.ImportFrom) and node.module == "orthanc_dpp.model.dimse_status":
             names.update(alias.name for alias in node.names)
-    values = {getattr(status, name, None) for name in names if name.isupper()}
-    return {v for v in values if isinstance(v, int) and v != status.ERROR_COMMENT_LENGTH}
+    values = {getattr(dimse_status, name, None) for name in names if name.isupper()}
+    return {v for v in values if isinstance(v, int) and v != dimse_status.ERROR_COMMENT_LENGTH}
 
 
 def documented_codes(text: str) -> set[int]:
@@ -301,7 +308,7 @@ def documented_codes(text: str) -> set[int]:
 
 
 ALL_USED = set().union(
-    *(status_codes_used(p) for p in PLUGIN.glob("*.py") if p.name != "status.py")
+    *(status_codes_used(p) for p in PLUGIN.rglob("*.py") if p.name != "dimse_status.py")
 )
 
 
@@ -321,14 +328,15 @@ RETRIEVE = "2.3.5 Retrieve (C-GET and C-MOVE SCP)"
 @pytest.mark.parametrize(
     ("code", "heading"),
     [
-        (("scp.py", "EchoHandler"), ECHO),
-        (("scp.py", "StoreHandler"), STORE),
-        (("library.py", None), STORE),
-        (("scp.py", "FindHandler"), FIND),
-        (("find.py", None), FIND),
-        (("query.py", None), FIND),
-        (("retrieve.py", None), RETRIEVE),
-        (("move.py", None), RETRIEVE),
+        (("dicom/scp/handlers.py", "EchoHandler"), ECHO),
+        (("dicom/scp/handlers.py", "StoreHandler"), STORE),
+        (("storage/library.py", None), STORE),
+        (("storage/part10.py", None), STORE),
+        (("dicom/scp/handlers.py", "FindHandler"), FIND),
+        (("dicom/scp/find_matches.py", None), FIND),
+        (("model/query.py", None), FIND),
+        (("dicom/scp/retrieve.py", None), RETRIEVE),
+        (("dicom/scp/move.py", None), RETRIEVE),
     ],
 )
 def test_each_services_statuses_are_in_its_section(

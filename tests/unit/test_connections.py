@@ -14,15 +14,15 @@ import pytest
 from pydicom import Dataset
 from pynetdicom.dsutils import encode
 
-from orthanc_dpp.access import Caller, Service
-from orthanc_dpp.admission import (
+from orthanc_dpp.dicom.access import Caller, Service
+from orthanc_dpp.dicom.admission import (
     CALLING_AE_NOT_RECOGNIZED,
     LOCAL_LIMIT_EXCEEDED,
     PERMANENTLY_REFUSED,
     Limits,
     reject_pdu,
 )
-from orthanc_dpp.connections import (
+from orthanc_dpp.dicom.connections import (
     MAXIMUM_COMMAND_SIZE,
     MAXIMUM_OTHER_PDU,
     MAXIMUM_PENDING_MESSAGES,
@@ -199,7 +199,7 @@ def test_abort_pdu_is_a_provider_abort() -> None:
 
 
 def test_refusal_bookkeeping_stays_bounded_with_many_addresses(monkeypatch) -> None:
-    from orthanc_dpp import admission
+    from orthanc_dpp.dicom import admission
 
     monkeypatch.setattr(admission, "MAXIMUM_REFUSING_ADDRESSES", 10)
     monkeypatch.setattr(admission, "EVICTION_AGE", 1e9)  # the waiting one stays
@@ -536,7 +536,7 @@ def test_p_data_without_our_size_limit_is_bounded_by_the_dataset_limit(sock) -> 
 
 
 def test_an_exception_in_the_state_machine_aborts_and_closes(monkeypatch, caplog) -> None:
-    from orthanc_dpp import pynetdicom_private
+    from orthanc_dpp.dicom import pynetdicom_private
 
     def action(event: str) -> None:
         raise ValueError("Invalid A-ABORT 'Source' value '114'")

@@ -1,10 +1,10 @@
-"""The rule against requests another web site makes a browser send (``orthanc_dpp.csrf``)."""
+"""The rule against requests another web site makes a browser send (``orthanc_dpp.rest.csrf``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from orthanc_dpp.csrf import check, same_origin
+from orthanc_dpp.rest.csrf import check, same_origin
 
 UPLOAD = ("application/dicom", "multipart/related")
 DICOM = {"content-type": "application/dicom"}

@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 
-from orthanc_dpp.access import AccessPolicy, Service, decide
 from orthanc_dpp.config import KEYS, NORMALIZATION_KEYS, SECTION, parse_settings
-from orthanc_dpp.modalities import parse_modalities
+from orthanc_dpp.dicom.access import AccessPolicy, Service, decide
+from orthanc_dpp.dicom.modalities import parse_modalities
 from tests.doc_examples import DOCS, doc_section, docker_documentation
 from tests.docker_files import (
     BASE_IMAGE,

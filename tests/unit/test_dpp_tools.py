@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (
 
 from dpp_tools import cli, query, status
 from dpp_tools.samples import SAMPLE_KINDS, make_library, to_bytes, write_library
-from orthanc_dpp.keys import TOP_LEVEL
+from orthanc_dpp.model.key_table import TOP_LEVEL
 from tests.doc_examples import README, doc_section, strip_json_comments
 from tests.orthanc_server import free_port
 

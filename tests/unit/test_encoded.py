@@ -11,17 +11,13 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from orthanc_dpp import encoded, normalize
-from orthanc_dpp.library import (
-    ProtocolLibrary,
-    encode_part10,
-    parse_part10,
-    read_part10,
-    spliced_part10,
-)
-from orthanc_dpp.limits import DatasetLimits, LimitExceeded, nesting_depth
-from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.sop import CT_DPP_STORAGE
+from orthanc_dpp.model import normalization
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.model.sop import CT_DPP_STORAGE
+from orthanc_dpp.storage import encoded
+from orthanc_dpp.storage.decoding import DatasetLimits, LimitExceeded, nesting_depth
+from orthanc_dpp.storage.library import ProtocolLibrary
+from orthanc_dpp.storage.part10 import encode_part10, parse_part10, read_part10, spliced_part10
 from tests.datasets import nested
 from tests.fake_orthanc import FakeOrthancApi
 
@@ -102,18 +98,18 @@ def test_spliced_file_equals_the_encoded_one(transfer_syntax: str, attributes: d
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     data = encode_part10(ds)
     old = parse_part10(data)
-    old_result = normalize.normalize(old, Normalization())
+    old_result = normalization.normalize(old, Normalization())
     expected = pydicom.dcmread(io.BytesIO(encode_part10(old)))
     new, elements = read_part10(data, 8)
     assert elements is not None
-    result = normalize.normalize(new, Normalization())
+    result = normalization.normalize(new, Normalization())
     assert result.added == old_result.added and result.filled == old_result.filled
     spliced = spliced_part10(new, elements, result)
     assert spliced is not None
     stored = pydicom.dcmread(io.BytesIO(spliced))
     assert stored == expected
     assert stored.file_meta.TransferSyntaxUID == transfer_syntax
-    assert normalize.reverse(stored) == parse_part10(data)
+    assert normalization.reverse(stored) == parse_part10(data)
 
 
 def test_non_ascii_labels_are_encoded_whole() -> None:
@@ -121,7 +117,7 @@ def test_non_ascii_labels_are_encoded_whole() -> None:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     new, elements = read_part10(encode_part10(ds), 8)
     assert elements is not None
-    result = normalize.normalize(new, Normalization(patient_name="Protocoles^Tête"))
+    result = normalization.normalize(new, Normalization(patient_name="Protocoles^Tête"))
     assert spliced_part10(new, elements, result) is None  # the caller encodes it all
 
 
@@ -152,7 +148,7 @@ def test_the_library_stores_the_spliced_file_and_indexes_the_original() -> None:
 def test_a_c_store_too_deep_is_refused_as_before() -> None:
     from types import SimpleNamespace
 
-    from orthanc_dpp.scp import store_dataset
+    from orthanc_dpp.dicom.scp.handlers import store_dataset
 
     raw = dataset_bytes(nested(9), False)
     event = SimpleNamespace(

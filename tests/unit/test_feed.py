@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dpp_tools.samples import make_library, make_non_dpp, make_protocol, to_bytes
-from orthanc_dpp.feed import CHANGES_PAGE, IndexFeed
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.record_cache import RecordCache
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.storage.feed import CHANGES_PAGE, IndexFeed
+from orthanc_dpp.storage.library import ProtocolLibrary
 from tests.fake_orthanc import FakeOrthancApi, MemorySnapshots
 from tests.waiting import eventually
 
@@ -123,7 +123,7 @@ def test_a_failing_orthanc_is_reported_not_fatal(caplog) -> None:
 
 def test_a_store_read_from_the_log_before_it_is_indexed_holds_the_snapshot_back() -> None:
     """A crash between the two must not leave an instance nobody will index."""
-    from orthanc_dpp.feed import FreshInstances
+    from orthanc_dpp.storage.feed import FreshInstances
 
     fresh = FreshInstances()
     fresh.mark("a")
@@ -142,7 +142,7 @@ def test_a_store_read_from_the_log_before_it_is_indexed_holds_the_snapshot_back(
 
 def test_a_change_of_ours_whose_file_was_replaced_meanwhile_is_read() -> None:
     """Overwriting drops the old copy's changes: the one left may be the other copy's."""
-    from orthanc_dpp.feed import FreshInstances
+    from orthanc_dpp.storage.feed import FreshInstances
 
     fresh = FreshInstances()
     fresh.mark("d", "md5-of-ours")

@@ -14,10 +14,10 @@ from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind
 
-from orthanc_dpp import find as find_module
-from orthanc_dpp import status
-from orthanc_dpp.find import handle_find
-from orthanc_dpp.index import ProtocolIndex
+from orthanc_dpp.dicom.scp import find_matches as find_module
+from orthanc_dpp.dicom.scp.find_matches import handle_find
+from orthanc_dpp.model import dimse_status
+from orthanc_dpp.model.index import ProtocolIndex
 from tests import dicom_client
 from tests.datasets import CT, build, make_index, raw_identifiers
 from tests.scp_harness import find_scp
@@ -40,27 +40,27 @@ def code_of(result: Any) -> int:
 def test_pending_responses_then_success() -> None:
     results = run({"ProtocolName": "CT*", "SOPInstanceUID": ""})
     *pending, final = results
-    assert final == (status.SUCCESS, None)
-    assert [code_of(s) for s, _ in pending] == [status.PENDING] * 5
+    assert final == (dimse_status.SUCCESS, None)
+    assert [code_of(s) for s, _ in pending] == [dimse_status.PENDING] * 5
     assert [ds.ProtocolName for _, ds in pending] == [f"CT Kopf {n}" for n in (1, 3, 5, 7, 9)]
     assert all(set(ds.keys()) == {0x00080018, 0x00181030} for _, ds in pending)
 
 
 def test_no_match_is_plain_success() -> None:
-    assert run({"ProtocolName": "MR*"}) == [(status.SUCCESS, None)]
+    assert run({"ProtocolName": "MR*"}) == [(dimse_status.SUCCESS, None)]
 
 
 def test_approvals_are_not_answered() -> None:
     results = run({"SOPInstanceUID": "1.2.3.9"})
-    assert results == [(status.SUCCESS, None)]
+    assert results == [(dimse_status.SUCCESS, None)]
 
 
 def test_unsupported_optional_key_gives_ff01() -> None:
     identifier = build({"ProtocolName": "CT Kopf 1"})
     identifier.add_new(0x00091001, "LO", "private")
     (pending, _), final = run(identifier)
-    assert code_of(pending) == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
-    assert final == (status.SUCCESS, None)
+    assert code_of(pending) == dimse_status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
+    assert final == (dimse_status.SUCCESS, None)
 
 
 @pytest.mark.parametrize(
@@ -68,13 +68,13 @@ def test_unsupported_optional_key_gives_ff01() -> None:
     [
         (
             {"QueryRetrieveLevel": "IMAGE"},
-            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "QueryRetrieveLevel",
         ),
-        ({"InstanceCreationDate": "2024"}, status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
+        ({"InstanceCreationDate": "2024"}, dimse_status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
         (
             {"PotentialScheduledProtocolCodeSequence": [{"CodeValue": "A"}, {"CodeValue": "B"}]},
-            status.UNABLE_TO_PROCESS,
+            dimse_status.UNABLE_TO_PROCESS,
             "PotentialScheduledProtocolCodeSequence",
         ),
     ],
@@ -89,13 +89,17 @@ def test_bad_identifiers_answer_with_a_comment(spec: dict[str, Any], code: int, 
 
 @pytest.mark.parametrize(
     ("limit", "pendings", "final"),
-    [(3, 3, status.FIND_OUT_OF_RESOURCES), (5, 5, status.SUCCESS), (0, 5, status.SUCCESS)],
+    [
+        (3, 3, dimse_status.FIND_OUT_OF_RESOURCES),
+        (5, 5, dimse_status.SUCCESS),
+        (0, 5, dimse_status.SUCCESS),
+    ],
 )
 def test_max_results(limit: int, pendings: int, final: int) -> None:
     results = run({"ProtocolName": "CT*"}, max_results=limit)
     assert len(results) == pendings + 1
     assert code_of(results[-1][0]) == final
-    if final == status.FIND_OUT_OF_RESOURCES:
+    if final == dimse_status.FIND_OUT_OF_RESOURCES:
         assert "3" in results[-1][0].ErrorComment
 
 
@@ -107,12 +111,16 @@ def test_cancel_stops_with_fe00() -> None:
     )
     for result in generator:
         sent.append(result)
-    assert [code_of(s) for s, _ in sent] == [status.PENDING, status.PENDING, status.CANCEL]
-    assert sent[-1] == (status.CANCEL, None)
+    assert [code_of(s) for s, _ in sent] == [
+        dimse_status.PENDING,
+        dimse_status.PENDING,
+        dimse_status.CANCEL,
+    ]
+    assert sent[-1] == (dimse_status.CANCEL, None)
 
 
 def test_cancel_before_the_first_match() -> None:
-    assert run({"ProtocolName": "*"}, is_cancelled=lambda: True) == [(status.CANCEL, None)]
+    assert run({"ProtocolName": "*"}, is_cancelled=lambda: True) == [(dimse_status.CANCEL, None)]
 
 
 def test_unexpected_errors_become_c000_and_are_logged(
@@ -124,7 +132,7 @@ def test_unexpected_errors_become_c000_and_are_logged(
     monkeypatch.setattr(find_module, "compile_query", broken)
     with caplog.at_level(logging.ERROR, logger="orthanc_dpp.find"):
         ((result, _),) = run({"ProtocolName": ""})
-    assert result.Status == status.UNABLE_TO_PROCESS and result.ErrorComment
+    assert result.Status == dimse_status.UNABLE_TO_PROCESS and result.ErrorComment
     assert any("boom" in (r.exc_text or "") for r in caplog.records)
 
 
@@ -139,7 +147,10 @@ def test_failure_while_streaming(caplog: pytest.LogCaptureFixture) -> None:
         index.put(f"o{n}", ds)
     with caplog.at_level(logging.ERROR, logger="orthanc_dpp.find"):
         results = run({"ProtocolName": "A"}, index)
-    assert [code_of(s) for s, _ in results] == [status.PENDING, status.UNABLE_TO_PROCESS]
+    assert [code_of(s) for s, _ in results] == [
+        dimse_status.PENDING,
+        dimse_status.UNABLE_TO_PROCESS,
+    ]
     assert caplog.records
 
 
@@ -158,13 +169,16 @@ def test_no_identifier_makes_it_raise(data: bytes) -> None:
     *pending, (final, dataset) = results
     assert dataset is None
     assert code_of(final) in (
-        status.SUCCESS,
-        status.FIND_OUT_OF_RESOURCES,
-        status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-        status.UNABLE_TO_PROCESS,
+        dimse_status.SUCCESS,
+        dimse_status.FIND_OUT_OF_RESOURCES,
+        dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        dimse_status.UNABLE_TO_PROCESS,
     )
     for result, response in pending:
-        assert code_of(result) in (status.PENDING, status.PENDING_OPTIONAL_KEYS_UNSUPPORTED)
+        assert code_of(result) in (
+            dimse_status.PENDING,
+            dimse_status.PENDING_OPTIONAL_KEYS_UNSUPPORTED,
+        )
         assert isinstance(response, Dataset) and len(response) > 0
 
 
@@ -219,18 +233,18 @@ def test_real_association(scp: tuple[int, dict[str, Any]]) -> None:
     )
     results = find_over_network(port, identifier)
     *pending, (final, _) = results
-    assert final.Status == status.SUCCESS
+    assert final.Status == dimse_status.SUCCESS
     assert len(pending) == 3
     for rsp_status, response in pending:
-        assert rsp_status.Status == status.PENDING
+        assert rsp_status.Status == dimse_status.PENDING
         assert response.InstitutionName == "Hôpital Nord"
         assert response.SpecificCharacterSet == "ISO_IR 100"
         assert response.PotentialScheduledProtocolCodeSequence[0].CodeMeaning == "Head"
 
     ((bad, _),) = find_over_network(port, build({"QueryRetrieveLevel": "STUDY"}))
-    assert bad.Status == status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    assert bad.Status == dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     assert "QueryRetrieveLevel" in bad.ErrorComment
 
     options["max_results"] = 1
     *_, (limited, _) = find_over_network(port, build({"ProtocolName": ""}))
-    assert limited.Status == status.FIND_OUT_OF_RESOURCES and limited.ErrorComment
+    assert limited.Status == dimse_status.FIND_OUT_OF_RESOURCES and limited.ErrorComment

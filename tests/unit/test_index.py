@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from dpp_tools.samples import make_library, make_protocol
-from orthanc_dpp import index as index_module
-from orthanc_dpp import sop
-from orthanc_dpp.index import Entry, ProtocolIndex
-from orthanc_dpp.query import Query, compile_query
-from orthanc_dpp.record import BULK_TEXT, Record
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.record_reading import to_record
+from orthanc_dpp.model import index as index_module
+from orthanc_dpp.model import sop
+from orthanc_dpp.model.index import Entry, ProtocolIndex
+from orthanc_dpp.model.query import Query, compile_query
+from orthanc_dpp.model.record import BULK_TEXT, Record
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.model.record_reading import to_record
 from tests.datasets import build, code
 
 CT, XA, APPROVAL = sop.CT_DPP_STORAGE, sop.XA_DPP_STORAGE, sop.PROTOCOL_APPROVAL_STORAGE

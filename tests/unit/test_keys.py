@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orthanc_dpp import keys
-from orthanc_dpp.keys import CODED_ENTRY, TABLE_HH_6_1, TOP_LEVEL, Matching, walk
+from orthanc_dpp.model import key_table
+from orthanc_dpp.model.key_table import CODED_ENTRY, TABLE_HH_6_1, TOP_LEVEL, Matching, walk
 
 CODE_SEQUENCES = {
     "ResponsibleGroupCodeSequence",
@@ -108,8 +108,8 @@ def test_code_sequences_include_the_coded_entry_macro() -> None:
     assert macro["CodeMeaning"] == ("-", "1")
     assert macro["ContextGroupVersion"] == ("-", "3")
     equivalent = next(r for r in CODED_ENTRY if r.keyword == "EquivalentCodeSequence")
-    assert equivalent.items == keys.BASIC_CODED_ENTRY
+    assert equivalent.items == key_table.BASIC_CODED_ENTRY
 
 
 def test_standard_is_cited() -> None:
-    assert "HH.6-1" in keys.STANDARD and "PS3.4" in keys.STANDARD
+    assert "HH.6-1" in key_table.STANDARD and "PS3.4" in key_table.STANDARD

@@ -8,18 +8,13 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from orthanc_dpp import status
-from orthanc_dpp.library import (
-    ProtocolLibrary,
-    StoreError,
-    encode_part10,
-    normalize_received,
-    parse_part10,
-)
-from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.normalize import Normalization, has_record
-from orthanc_dpp.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE
-from orthanc_dpp.status import error_comment
+from orthanc_dpp.model import dimse_status as status
+from orthanc_dpp.model.dimse_status import error_comment
+from orthanc_dpp.model.normalization import Normalization, has_record
+from orthanc_dpp.model.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.storage.decoding import DatasetLimits
+from orthanc_dpp.storage.library import ProtocolLibrary, StoreError, normalize_received
+from orthanc_dpp.storage.part10 import encode_part10, parse_part10
 from tests.fake_orthanc import FakeOrthancApi
 from tests.part10_faults import deflated_bomb, lying_about_syntax, meta_end
 

@@ -10,9 +10,9 @@ from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
-from orthanc_dpp import status
-from orthanc_dpp.connections import MessageMeter
-from orthanc_dpp.limits import (
+from orthanc_dpp.dicom.connections import MessageMeter
+from orthanc_dpp.model import dimse_status
+from orthanc_dpp.storage.decoding import (
     DatasetLimits,
     LimitExceeded,
     check_values_per_key,
@@ -44,7 +44,7 @@ def test_a_deflate_bomb_stops_at_the_limit() -> None:
     with pytest.raises(LimitExceeded) as refused:
         inflate(bomb, 1 << 20)
     assert refused.value.key == "MaximumDatasetSize"
-    assert refused.value.status == status.STORE_OUT_OF_RESOURCES
+    assert refused.value.status == dimse_status.STORE_OUT_OF_RESOURCES
     assert "inflates to more than MaximumDatasetSize (1048576 bytes)" in refused.value.comment
 
 
@@ -73,7 +73,7 @@ def test_nesting_depth(depth: int, refused: bool) -> None:
         return
     with pytest.raises(LimitExceeded) as too_deep:
         decode_dimse_dataset(raw, ExplicitVRLittleEndian, limits)
-    assert too_deep.value.status == status.STORE_CANNOT_UNDERSTAND
+    assert too_deep.value.status == dimse_status.STORE_CANNOT_UNDERSTAND
     assert too_deep.value.comment == "Sequences nested deeper than MaximumNestingDepth (8)"
 
 
@@ -86,7 +86,7 @@ def test_values_per_key() -> None:
     assert refused.value.comment == (
         "SOPInstanceUID has 11 values, more than MaximumValuesPerKey (10)"
     )
-    assert refused.value.status == status.FIND_OUT_OF_RESOURCES
+    assert refused.value.status == dimse_status.FIND_OUT_OF_RESOURCES
 
 
 def pdv(data: bytes, *, command: bool = False, last: bool = False) -> bytes:

@@ -18,8 +18,8 @@ from pynetdicom.sop_class import Verification
 
 from orthanc_dpp.app import listener_settings
 from orthanc_dpp.config import Settings, parse_settings
-from orthanc_dpp.listener import DppListener, ListenerSettings
-from orthanc_dpp.sop import DPP_FIND, STORAGE_CLASSES, TRANSFER_SYNTAXES
+from orthanc_dpp.dicom.scp.listener import DppListener, ListenerSettings
+from orthanc_dpp.model.sop import DPP_FIND, STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests import dicom_client
 from tests.orthanc_server import free_port
 
@@ -49,20 +49,20 @@ ROUTING_CHECK = textwrap.dedent(
         ProtocolApprovalQueryRetrieveServiceClass as APPROVAL,
     )
 
-    from orthanc_dpp import scp
-    from orthanc_dpp.access import AccessPolicy, Gatekeeper
+    from orthanc_dpp.dicom.scp import handlers as scp
+    from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper
     from orthanc_dpp.app import listener_settings
     from orthanc_dpp.config import parse_settings
-    from orthanc_dpp.get import GetHandler
-    from orthanc_dpp.index import ProtocolIndex
-    from orthanc_dpp.listener import DppListener
-    from orthanc_dpp.modalities import ModalityRegistry
-    from orthanc_dpp.move import MoveHandler
+    from orthanc_dpp.dicom.scp.get import GetHandler
+    from orthanc_dpp.model.index import ProtocolIndex
+    from orthanc_dpp.dicom.scp.listener import DppListener
+    from orthanc_dpp.dicom.modalities import ModalityRegistry
+    from orthanc_dpp.dicom.scp.move import MoveHandler
 
     def routed():
         names = ("_c_find_scp", "_get_scp", "_move_scp")
         methods = [getattr(c, name) for c in (DPP, APPROVAL) for name in names]
-        return [m.__module__ == "orthanc_dpp.pynetdicom_private" for m in methods]
+        return [m.__module__ == "orthanc_dpp.dicom.pynetdicom_private" for m in methods]
 
     gate = Gatekeeper(ModalityRegistry(), AccessPolicy())
     options = scp.FindOptions(max_results=0)

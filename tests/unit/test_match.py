@@ -20,13 +20,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom.dsutils import decode, encode
 
-from orthanc_dpp import sop, status
-from orthanc_dpp.keys import APPROVAL_MODEL, TABLE_HH_6_1, KeyRow
-from orthanc_dpp.query import Query, compile_query
-from orthanc_dpp.record import BULK_BYTES, Record
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.record_reading import to_record
-from orthanc_dpp.status import InvalidIdentifier
+from orthanc_dpp.model import dimse_status, sop
+from orthanc_dpp.model.dimse_status import InvalidIdentifier
+from orthanc_dpp.model.key_table import APPROVAL_MODEL, TABLE_HH_6_1, KeyRow
+from orthanc_dpp.model.query import Query, compile_query
+from orthanc_dpp.model.record import BULK_BYTES, Record
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.model.record_reading import to_record
 from tests.datasets import build, code
 
 CT = sop.CT_DPP_STORAGE
@@ -314,7 +314,7 @@ MATCHING_CASES = [
 )
 def test_matching_types(spec: dict[str, Any], expected: bool) -> None:
     assert matches(spec) is expected
-    assert query(spec).status == status.PENDING
+    assert query(spec).status == dimse_status.PENDING
 
 
 def test_each_model_answers_with_its_own_instances(records: RecordCache) -> None:
@@ -509,38 +509,46 @@ def test_latin1_instance_matches_utf8_query(records: RecordCache) -> None:
 INVALID_CASES = [
     (
         {"QueryRetrieveLevel": "STUDY"},
-        status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
         "QueryRetrieveLevel",
     ),
-    ({"StudyInstanceUID": ""}, status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "StudyInstanceUID"),
+    (
+        {"StudyInstanceUID": ""},
+        dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        "StudyInstanceUID",
+    ),
     (
         {"PatientID": "", "ProtocolName": ""},
-        status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
         "PatientID",
     ),
-    ({}, status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "no keys"),
-    ({"SpecificCharacterSet": "ISO_IR 100"}, status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "no keys"),
-    ({"InstanceCreationDate": "20241301"}, status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
-    ({"InstanceCreationDate": "2024*"}, status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
+    ({}, dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "no keys"),
+    (
+        {"SpecificCharacterSet": "ISO_IR 100"},
+        dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        "no keys",
+    ),
+    ({"InstanceCreationDate": "20241301"}, dimse_status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
+    ({"InstanceCreationDate": "2024*"}, dimse_status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
     (
         {"InstanceCreationDate": "20240110-20240101"},
-        status.UNABLE_TO_PROCESS,
+        dimse_status.UNABLE_TO_PROCESS,
         "InstanceCreationDate",
     ),
-    ({"InstanceCreationDate": "-"}, status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
-    ({"InstanceCreationTime": "2500"}, status.UNABLE_TO_PROCESS, "InstanceCreationTime"),
-    ({"InstanceCreationTime": "1200-1100"}, status.UNABLE_TO_PROCESS, "InstanceCreationTime"),
-    ({"SOPInstanceUID": "1.2.*"}, status.UNABLE_TO_PROCESS, "SOPInstanceUID"),
-    ({"SOPInstanceUID": "1.02.3"}, status.UNABLE_TO_PROCESS, "SOPInstanceUID"),
-    ({"EquipmentModality": "ct"}, status.UNABLE_TO_PROCESS, "EquipmentModality"),
+    ({"InstanceCreationDate": "-"}, dimse_status.UNABLE_TO_PROCESS, "InstanceCreationDate"),
+    ({"InstanceCreationTime": "2500"}, dimse_status.UNABLE_TO_PROCESS, "InstanceCreationTime"),
+    ({"InstanceCreationTime": "1200-1100"}, dimse_status.UNABLE_TO_PROCESS, "InstanceCreationTime"),
+    ({"SOPInstanceUID": "1.2.*"}, dimse_status.UNABLE_TO_PROCESS, "SOPInstanceUID"),
+    ({"SOPInstanceUID": "1.02.3"}, dimse_status.UNABLE_TO_PROCESS, "SOPInstanceUID"),
+    ({"EquipmentModality": "ct"}, dimse_status.UNABLE_TO_PROCESS, "EquipmentModality"),
     (
         {"PotentialScheduledProtocolCodeSequence": [{"CodeValue": "A"}, {"CodeValue": "B"}]},
-        status.UNABLE_TO_PROCESS,
+        dimse_status.UNABLE_TO_PROCESS,
         "PotentialScheduledProtocolCodeSequence",
     ),
     (
         {"PredecessorProtocolSequence": [{"ReferencedSOPInstanceUID": "x.y"}]},
-        status.UNABLE_TO_PROCESS,
+        dimse_status.UNABLE_TO_PROCESS,
         "ReferencedSOPInstanceUID",
     ),
 ]
@@ -563,7 +571,7 @@ def test_wrong_vr_is_unprocessable() -> None:
     ds.add(DataElement(0x00181030, "SQ", Sequence([Dataset()])))  # Protocol Name as a sequence
     with pytest.raises(InvalidIdentifier) as caught:
         compile_query(ds)
-    assert caught.value.status == status.UNABLE_TO_PROCESS
+    assert caught.value.status == dimse_status.UNABLE_TO_PROCESS
     assert "ProtocolName" in caught.value.comment
 
 
@@ -587,7 +595,7 @@ def test_undecodable_values_are_unprocessable(tag: int, vr: str, value: bytes, n
         data = explicit_element(tag, vr, value) + explicit_element(0x00181030, "LO", b"")
     with pytest.raises(InvalidIdentifier) as caught:
         compile_query(decode(io.BytesIO(data), False, True))
-    assert caught.value.status == status.UNABLE_TO_PROCESS
+    assert caught.value.status == dimse_status.UNABLE_TO_PROCESS
     assert named in caught.value.comment
 
 
@@ -599,7 +607,7 @@ def test_private_keys_are_not_supported() -> None:
     ds.add_new(0x00090010, "LO", "ACME 1.0")
     ds.add_new(0x00091001, "LO", "anything")
     q = compile_query(ds)
-    assert q.status == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
+    assert q.status == dimse_status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
     assert q.matches(RECORD)  # ignored for matching (K.2.2.1.1.2)
     assert 0x00091001 not in q.respond(RECORD)[1]
 
@@ -608,7 +616,7 @@ def test_binary_keys_are_returned_but_not_matched(records: RecordCache) -> None:
     spec = {**STORED_SPEC, "SelectorOBValue": b"\x01\x02"}
     record = to_record(build(spec), records)
     q = query({"SelectorOBValue": b"\x09\x09"})
-    assert q.status == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
+    assert q.status == dimse_status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
     assert q.matches(record)
     assert q.respond(record)[1].SelectorOBValue == b"\x01\x02"
 
@@ -618,6 +626,6 @@ def test_bulk_values_are_not_returned(records: RecordCache) -> None:
         build({**STORED_SPEC, "SelectorOBValue": b"\x00" * (BULK_BYTES + 2)}), records
     )
     code, response = query({"SelectorOBValue": "", "ProtocolName": ""}).respond(record)
-    assert code == status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
+    assert code == dimse_status.PENDING_OPTIONAL_KEYS_UNSUPPORTED
     assert "SelectorOBValue" not in response and response.ProtocolName == "CT Kopf nativ"
-    assert query({"ProtocolName": ""}).respond(record)[0] == status.PENDING
+    assert query({"ProtocolName": ""}).respond(record)[0] == dimse_status.PENDING

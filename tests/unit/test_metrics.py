@@ -12,18 +12,20 @@ from pydicom.uid import generate_uid
 from pynetdicom import evt
 
 from dpp_tools.samples import make_protocol, to_bytes
-from orthanc_dpp import adapter, scp, status
-from orthanc_dpp.access import AccessPolicy, Gatekeeper, parse_unknown_callers
-from orthanc_dpp.get import GetHandler
-from orthanc_dpp.http_messages import Request
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.library import ProtocolLibrary
+from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper, parse_unknown_callers
+from orthanc_dpp.dicom.modalities import ModalityRegistry
+from orthanc_dpp.dicom.scp import handlers as scp
+from orthanc_dpp.dicom.scp.get import GetHandler
+from orthanc_dpp.dicom.scp.move import MoveHandler
 from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
-from orthanc_dpp.modalities import ModalityRegistry
-from orthanc_dpp.move import MoveHandler
-from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.model import dimse_status as status
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.orthanc import adapter
 from orthanc_dpp.orthanc.publisher import MetricsPublisher
-from orthanc_dpp.rest import DppRestApi
+from orthanc_dpp.rest.http import Request
+from orthanc_dpp.rest.protocols import DppRestApi
+from orthanc_dpp.storage.library import ProtocolLibrary
 from tests import dicom_client
 from tests.datasets import identifier_for
 from tests.doc_examples import DOCS, doc_section

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from orthanc_dpp.modalities import (
+from orthanc_dpp.dicom.modalities import (
     Modality,
     ModalityError,
     ModalityList,

@@ -11,8 +11,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 
-from orthanc_dpp.library import encode_part10
-from orthanc_dpp.normalize import (
+from orthanc_dpp.model.normalization import (
     RECORD_CREATOR,
     RECORD_GROUP,
     Normalization,
@@ -22,7 +21,8 @@ from orthanc_dpp.normalize import (
     normalize,
     reverse,
 )
-from orthanc_dpp.sop import CT_DPP_STORAGE, STORAGE_CLASSES, TRANSFER_SYNTAXES, XA_DPP_STORAGE
+from orthanc_dpp.model.sop import CT_DPP_STORAGE, STORAGE_CLASSES, TRANSFER_SYNTAXES, XA_DPP_STORAGE
+from orthanc_dpp.storage.part10 import encode_part10
 
 LABELS = Normalization()
 

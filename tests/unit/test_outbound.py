@@ -1,4 +1,5 @@
-"""One way to request an association (orthanc_dpp.outbound), against pynetdicom peers on loopback.
+"""One way to request an association (orthanc_dpp.dicom.outbound),
+against pynetdicom peers on loopback.
 
 Two things are pinned here: how a failure is classified (a :class:`Refusal`,
 with real peers that fail each way), and the exact text each caller makes of
@@ -21,12 +22,9 @@ import pytest
 from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
-from orthanc_dpp import scu_answers, scu_association
-from orthanc_dpp.access import AccessPolicy, Gatekeeper
-from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.modalities import Modality, ModalityRegistry
-from orthanc_dpp.move import MOVE_WORDS, MoveHandler
-from orthanc_dpp.outbound import (
+from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.dicom.modalities import Modality, ModalityRegistry
+from orthanc_dpp.dicom.outbound import (
     AssociationFailed,
     AssociationRequest,
     Calling,
@@ -34,8 +32,12 @@ from orthanc_dpp.outbound import (
     guard_for,
     request_association,
 )
-from orthanc_dpp.scu_answers import SCU_WORDS, RemoteError
-from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_STORAGE_CLASSES
+from orthanc_dpp.dicom.scp.move import MOVE_WORDS, MoveHandler
+from orthanc_dpp.dicom.scu import answers
+from orthanc_dpp.dicom.scu import association as scu_association
+from orthanc_dpp.dicom.scu.answers import SCU_WORDS, RemoteError
+from orthanc_dpp.model.sop import DPP_FIND, DPP_GET, DPP_STORAGE_CLASSES
+from orthanc_dpp.storage.decoding import DatasetLimits
 from tests.bare_archive import StallingPeer
 from tests.orthanc_server import free_port
 
@@ -107,7 +109,7 @@ def test_each_caller_words_each_refusal_as_before(
 ) -> None:
     failed = AssociationFailed(refusal, detail)
     modality = Modality("far", "FAR", "10.0.0.9", 104)
-    assert scu_answers.refusal_reason(modality, failed) == f"far (FAR@10.0.0.9:104): {scu}"
+    assert answers.refusal_reason(modality, failed) == f"far (FAR@10.0.0.9:104): {scu}"
     assert failed.worded(MOVE_WORDS) == move
 
 

@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from orthanc_dpp import status
-from orthanc_dpp.http_messages import Request
-from orthanc_dpp.library import StoreError, read_part10
-from orthanc_dpp.limits import DatasetLimits, LimitExceeded, Malformed, check_part10
-from orthanc_dpp.rest import DppRestApi
+from orthanc_dpp.model import dimse_status
+from orthanc_dpp.rest.http import Request
+from orthanc_dpp.rest.protocols import DppRestApi
+from orthanc_dpp.storage.decoding import DatasetLimits, LimitExceeded, Malformed, check_part10
+from orthanc_dpp.storage.library import StoreError
+from orthanc_dpp.storage.part10 import read_part10
 from tests.fake_orthanc import rest_api
 from tests.part10_faults import (
     DEFLATED,
@@ -98,7 +99,7 @@ def test_repeated_transfer_syntax_is_refused() -> None:
         check_part10(twice, LIMITS)
     assert refused.value.comment == "file meta element (0002,0010) repeated or out of order"
     assert refused.value.http_status == 400
-    assert refused.value.status == status.STORE_CANNOT_UNDERSTAND
+    assert refused.value.status == dimse_status.STORE_CANNOT_UNDERSTAND
 
 
 def test_command_elements_after_the_meta_are_refused() -> None:

@@ -21,8 +21,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
-from orthanc_dpp import pynetdicom_private as private
-from orthanc_dpp.sop import CT_DPP_STORAGE, XA_DPP_STORAGE
+from orthanc_dpp.dicom import pynetdicom_private as private
+from orthanc_dpp.model.sop import CT_DPP_STORAGE, XA_DPP_STORAGE
 from tests.orthanc_server import free_port
 
 
@@ -165,7 +165,7 @@ def test_raw_socket_and_intercepted_reads() -> None:
 
 def test_route_retrieve_is_idempotent() -> None:
     cls = service_class.DefinedProcedureProtocolQueryRetrieveServiceClass
-    from orthanc_dpp.routing import route_dpp_services
+    from orthanc_dpp.dicom.scp.routing import route_dpp_services
 
     route_dpp_services()
     routed = cls._move_scp

@@ -1,4 +1,5 @@
-"""Records: compact, immutable copies of a protocol's public attributes (orthanc_dpp.record)."""
+"""Records: compact, immutable copies of a protocol's public attributes
+(orthanc_dpp.model.record)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import pytest
 from pydicom import dcmread
 
 from dpp_tools.samples import CHARSETS, TRANSFER_SYNTAXES, make_protocol, to_bytes
-from orthanc_dpp import sop
-from orthanc_dpp.record import BULK_BYTES, BULK_TEXT
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.record_reading import to_record
+from orthanc_dpp.model import sop
+from orthanc_dpp.model.record import BULK_BYTES, BULK_TEXT
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.model.record_reading import to_record
 from tests.datasets import build
 
 CT = sop.CT_DPP_STORAGE
@@ -57,7 +58,7 @@ def test_identical_items_are_shared_between_records(records: RecordCache) -> Non
 
 
 def test_sequence_cache_is_bounded_in_bytes(monkeypatch, records: RecordCache) -> None:
-    from orthanc_dpp import record_cache
+    from orthanc_dpp.model import record_cache
 
     monkeypatch.setattr(record_cache, "SEQUENCE_CACHE_BYTES", 64 << 10)
     for seed in range(60):  # read from bytes: sequences still encoded, as from Orthanc

@@ -1,4 +1,4 @@
-"""Records read straight from encoded bytes during a start-up (orthanc_dpp.record_reading).
+"""Records read straight from encoded bytes during a start-up (orthanc_dpp.model.record_reading).
 
 A start without a snapshot reads every stored protocol under
 ``RecordCache.bulk_reading``, which remembers items by their bytes (each test
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from dpp_tools.samples import make_library
-from orthanc_dpp import record, record_reading
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.stored_record import fast_record, full_record
+from orthanc_dpp.model import record, record_reading
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.storage.stored_record import fast_record, full_record
 from tests.datasets import stored
 
 CODE_SEQUENCE = 0x00400260  # Performed Protocol Code Sequence

@@ -11,15 +11,19 @@ from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_protocol
-from orthanc_dpp import scu_answers, scu_association, scu_query, scu_retrieve, status
-from orthanc_dpp.library import StoreError
-from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.modalities import Modality
-from orthanc_dpp.scu_answers import RemoteError
-from orthanc_dpp.scu_association import Caller
-from orthanc_dpp.scu_identifiers import BadKey, build_identifier
-from orthanc_dpp.scu_retrieve import Control
-from orthanc_dpp.sop import DPP_STORAGE_CLASSES, QUERY_TRANSFER_SYNTAXES, TRANSFER_SYNTAXES
+from orthanc_dpp.dicom.modalities import Modality
+from orthanc_dpp.dicom.scu import answers as scu_answers
+from orthanc_dpp.dicom.scu import association as scu_association
+from orthanc_dpp.dicom.scu import query as scu_query
+from orthanc_dpp.dicom.scu import retrieve
+from orthanc_dpp.dicom.scu.answers import RemoteError
+from orthanc_dpp.dicom.scu.association import Caller
+from orthanc_dpp.dicom.scu.identifiers import BadKey, build_identifier
+from orthanc_dpp.dicom.scu.retrieve import Control
+from orthanc_dpp.model import dimse_status
+from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, QUERY_TRANSFER_SYNTAXES, TRANSFER_SYNTAXES
+from orthanc_dpp.storage.decoding import DatasetLimits
+from orthanc_dpp.storage.library import StoreError
 from tests.bare_archive import ENDLESS_FIND_BOUND, BareArchive, RawStore, StallingPeer
 from tests.orthanc_server import free_port
 from tests.peers import collecting_storescp
@@ -200,8 +204,8 @@ def test_get_hands_every_protocol_to_the_store(archive: BareArchive) -> None:
         stored[str(ds.SOPInstanceUID)] = ds
 
     uids = list(archive.held)[:3]
-    result = scu_retrieve.get(CALLER, modality_of(archive), uids, store)
-    assert result.code == status.SUCCESS
+    result = retrieve.get(CALLER, modality_of(archive), uids, store)
+    assert result.code == dimse_status.SUCCESS
     assert (result.progress.completed, result.progress.failed) == (3, 0)
     assert sorted(stored) == sorted(uids)
     for uid in uids:
@@ -214,10 +218,10 @@ def test_a_protocol_not_stored_here_is_a_failed_sub_operation(archive: BareArchi
 
     def store(ds: Dataset, sop_class: str) -> None:
         if ds.SOPInstanceUID == refused_uid:
-            raise StoreError(status.DUPLICATE_SOP_INSTANCE, 409, "stored with other content")
+            raise StoreError(dimse_status.DUPLICATE_SOP_INSTANCE, 409, "stored with other content")
 
-    result = scu_retrieve.get(CALLER, modality_of(archive), uids, store)
-    assert result.code == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    result = retrieve.get(CALLER, modality_of(archive), uids, store)
+    assert result.code == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     assert (result.progress.completed, result.progress.failed) == (len(uids) - 1, 1)
     assert result.failed_uids == [refused_uid]
     assert result.refused == {refused_uid: "stored with other content"}
@@ -228,7 +232,7 @@ def test_get_can_be_cancelled_between_sub_operations() -> None:
     gate = threading.Event()
     with BareArchive(protocols(4), pending_gate=gate) as archive:
         control = Control()
-        results: list[scu_retrieve.RetrieveResult] = []
+        results: list[retrieve.RetrieveResult] = []
 
         def store(ds: Dataset, sop_class: str) -> None:
             control.cancel()  # after the first protocol
@@ -236,12 +240,12 @@ def test_get_can_be_cancelled_between_sub_operations() -> None:
 
         worker = threading.Thread(
             target=lambda: results.append(
-                scu_retrieve.get(CALLER, modality_of(archive), list(archive.held), store, control)
+                retrieve.get(CALLER, modality_of(archive), list(archive.held), store, control)
             )
         )
         worker.start()
         worker.join(30)
-    assert results and results[0].code == status.CANCEL
+    assert results and results[0].code == dimse_status.CANCEL
     assert results[0].progress.completed < 4
 
 
@@ -258,15 +262,15 @@ def test_move_sends_the_protocols_to_the_destination(destination) -> None:
     port, received = destination
     with BareArchive(protocols(3), destinations={"DEST": ("127.0.0.1", port)}) as archive:
         uids = list(archive.held)
-        result = scu_retrieve.move(CALLER, modality_of(archive), uids, "DEST")
-    assert result.code == status.SUCCESS and result.progress.completed == 3
+        result = retrieve.move(CALLER, modality_of(archive), uids, "DEST")
+    assert result.code == dimse_status.SUCCESS and result.progress.completed == 3
     assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(uids)
 
 
 def test_unknown_move_destination_is_reported_by_name(archive: BareArchive) -> None:
     with pytest.raises(RemoteError) as caught:
-        scu_retrieve.move(CALLER, modality_of(archive), list(archive.held), "NOBODY")
-    assert caught.value.code == status.MOVE_DESTINATION_UNKNOWN
+        retrieve.move(CALLER, modality_of(archive), list(archive.held), "NOBODY")
+    assert caught.value.code == dimse_status.MOVE_DESTINATION_UNKNOWN
     assert "Move destination unknown" in caught.value.reason
 
 
@@ -278,7 +282,7 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
 
         def run() -> None:
             try:
-                scu_retrieve.get(
+                retrieve.get(
                     CALLER, modality_of(archive), list(archive.held), lambda *a: None, control
                 )
             except RemoteError as exc:
@@ -298,8 +302,8 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
 
 
 def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
-    from orthanc_dpp import listener
-    from orthanc_dpp.sop import DPP_FIND, DPP_GET, DPP_MOVE
+    from orthanc_dpp.dicom.scp import listener
+    from orthanc_dpp.model.sop import DPP_FIND, DPP_GET, DPP_MOVE
     from tests.doc_examples import REPO, doc_section, tables
 
     text = doc_section(REPO / "CONFORMANCE.md", "2.4 AE specification: the DPP SCU")
@@ -311,12 +315,12 @@ def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     # "the four transfer syntaxes of 2.2.3": the listener's, in its order (one list, in sop).
     assert scu_association.TRANSFER_SYNTAXES is listener.TRANSFER_SYNTAXES is TRANSFER_SYNTAXES
     words = " ".join(text.split())
-    assert f"at most {scu_retrieve.MAXIMUM_UIDS})" in words
+    assert f"at most {retrieve.MAXIMUM_UIDS})" in words
     assert f"(at most {scu_query.MAXIMUM_LIMIT})" in words
     assert f"or {scu_query.FIND_TIME_LIMIT:.0f} s" in words
     assert f"over {scu_query.FIND_ANSWER_DATASETS} × `MaximumDatasetSize`" in words
     assert f"goes on answering {scu_answers.AFTER_CANCEL} responses" in words
-    assert f"After {scu_retrieve.UNREQUESTED_LIMIT} refused sub-operations" in words
+    assert f"After {retrieve.UNREQUESTED_LIMIT} refused sub-operations" in words
     assert "except Deflated Explicit VR Little Endian" in words
 
 
@@ -324,7 +328,7 @@ def test_a_retrieve_stopped_before_its_request_is_not_sent(archive: BareArchive)
     control = Control()
     control.abort()  # the plugin stops while the job is still connecting
     with pytest.raises(RemoteError, match="C-GET stopped before it was sent"):
-        scu_retrieve.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
+        retrieve.get(CALLER, modality_of(archive), list(archive.held), lambda *a: None, control)
     assert archive.identifiers == []
 
 
@@ -354,7 +358,7 @@ SMALL = Caller(
 )
 
 
-def storing() -> tuple[dict[str, Dataset], scu_retrieve.Store]:
+def storing() -> tuple[dict[str, Dataset], retrieve.Store]:
     stored: dict[str, Dataset] = {}
 
     def store(ds: Dataset, sop_class: str) -> None:
@@ -369,9 +373,9 @@ def test_get_stores_only_the_requested_instance(
     wanted, other = list(archive.held.values())[:2]
     archive.get_sends = [RawStore.of(wanted), RawStore.of(other)]
     stored, store = storing()
-    result = scu_retrieve.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
+    result = retrieve.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
     assert sorted(stored) == [str(wanted.SOPInstanceUID)]  # the unrequested one was not stored
-    assert archive.store_statuses == [status.SUCCESS, status.NOT_AUTHORIZED]
+    assert archive.store_statuses == [dimse_status.SUCCESS, dimse_status.NOT_AUTHORIZED]
     assert archive.store_comments[1] == "SOP Instance not requested by this C-GET"
     assert result.unrequested == {str(other.SOPInstanceUID): "not requested by this C-GET"}
     assert result.as_json()["Unrequested"] == result.unrequested
@@ -387,9 +391,9 @@ def test_get_refuses_a_dataset_that_is_not_the_announced_instance(archive: BareA
     uid = str(wanted.SOPInstanceUID)
     archive.get_sends = [RawStore.of(other, affected_uid=uid)]
     stored, store = storing()
-    result = scu_retrieve.get(CALLER, modality_of(archive), [uid], store)
+    result = retrieve.get(CALLER, modality_of(archive), [uid], store)
     assert stored == {}
-    assert archive.store_statuses == [status.STORE_CANNOT_UNDERSTAND]
+    assert archive.store_statuses == [dimse_status.STORE_CANNOT_UNDERSTAND]
     assert archive.store_comments == ["SOP Instance UID is not the Affected SOP Instance UID"]
     assert str(other.SOPInstanceUID) in result.refused[uid]
 
@@ -399,21 +403,25 @@ def test_get_takes_each_requested_instance_once(archive: BareArchive) -> None:
     uids = [str(first.SOPInstanceUID), str(second.SOPInstanceUID)]
     archive.get_sends = [RawStore.of(first), RawStore.of(first), RawStore.of(third)]
     stored, store = storing()
-    result = scu_retrieve.get(CALLER, modality_of(archive), uids, store)
+    result = retrieve.get(CALLER, modality_of(archive), uids, store)
     assert sorted(stored) == [uids[0]]
-    assert archive.store_statuses == [status.SUCCESS, status.NOT_AUTHORIZED, status.NOT_AUTHORIZED]
+    assert archive.store_statuses == [
+        dimse_status.SUCCESS,
+        dimse_status.NOT_AUTHORIZED,
+        dimse_status.NOT_AUTHORIZED,
+    ]
     assert archive.store_comments[1] == "SOP Instance already received in this C-GET"
     assert set(result.unrequested) == {uids[0], str(third.SOPInstanceUID)}
 
 
 def test_a_flood_of_unrequested_instances_aborts_the_get(archive: BareArchive) -> None:
     wanted, other = list(archive.held.values())[:2]
-    archive.get_sends = [RawStore.of(other)] * (scu_retrieve.UNREQUESTED_LIMIT + 5)
+    archive.get_sends = [RawStore.of(other)] * (retrieve.UNREQUESTED_LIMIT + 5)
     stored, store = storing()
     with pytest.raises(RemoteError, match="not requested") as caught:
-        scu_retrieve.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
+        retrieve.get(CALLER, modality_of(archive), [str(wanted.SOPInstanceUID)], store)
     assert stored == {}
-    assert len(archive.store_statuses) <= scu_retrieve.UNREQUESTED_LIMIT + 1
+    assert len(archive.store_statuses) <= retrieve.UNREQUESTED_LIMIT + 1
     assert "association aborted" in caught.value.reason
 
 
@@ -434,9 +442,9 @@ def test_a_deflate_bomb_from_the_archive_is_refused_while_inflating(
     deflated = packer.compress(raw.data) + packer.flush()
     archive.get_sends = [RawStore(uid, raw.sop_class, deflated, DeflatedExplicitVRLittleEndian)]
     stored, store = storing()
-    result = scu_retrieve.get(SMALL, modality_of(archive), [uid], store)
+    result = retrieve.get(SMALL, modality_of(archive), [uid], store)
     assert stored == {}
-    assert archive.store_statuses == [status.STORE_OUT_OF_RESOURCES]
+    assert archive.store_statuses == [dimse_status.STORE_OUT_OF_RESOURCES]
     assert archive.store_comments[0].startswith("Dataset inflates to more than MaximumDatasetSize")
     assert "MaximumDatasetSize" in result.refused[uid]
 
@@ -448,7 +456,7 @@ def test_an_oversize_dataset_from_the_archive_aborts_while_it_arrives(
     archive.get_sends = [RawStore.of(big)]
     stored, store = storing()
     with pytest.raises(RemoteError, match="MaximumDatasetSize"):
-        scu_retrieve.get(SMALL, modality_of(archive), [str(big.SOPInstanceUID)], store)
+        retrieve.get(SMALL, modality_of(archive), [str(big.SOPInstanceUID)], store)
     assert stored == {}
     assert archive.store_statuses == [-1]  # no response: the association was aborted
 

@@ -11,13 +11,13 @@ import pytest
 from pydicom import Dataset
 
 from dpp_tools.samples import make_protocol
-from orthanc_dpp.http_messages import Request, Response
-from orthanc_dpp.jobs import Jobs
-from orthanc_dpp.modalities import ModalityRegistry, parse_modalities
-from orthanc_dpp.remote_rest import RemoteArchives
-from orthanc_dpp.routes import FIND, RETRIEVE, remote_routes
-from orthanc_dpp.scu_association import Caller
-from orthanc_dpp.scu_retrieve import MAXIMUM_UIDS
+from orthanc_dpp.dicom.modalities import ModalityRegistry, parse_modalities
+from orthanc_dpp.dicom.scu.association import Caller
+from orthanc_dpp.dicom.scu.jobs import Jobs
+from orthanc_dpp.dicom.scu.retrieve import MAXIMUM_UIDS
+from orthanc_dpp.rest.archives import RemoteArchives
+from orthanc_dpp.rest.http import Request, Response
+from orthanc_dpp.rest.routes import FIND, RETRIEVE, remote_routes
 from tests.bare_archive import BareArchive
 from tests.orthanc_server import free_port
 from tests.waiting import eventually

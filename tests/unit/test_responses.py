@@ -18,11 +18,16 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import DefinedProcedureProtocolInformationModelFind as DPP_FIND
 
-from orthanc_dpp import sop
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.query import compile_query
-from orthanc_dpp.responses import ENTRY_OVERHEAD, Batch, PendingEncoder, ResponseCache
-from orthanc_dpp.scp import FindHandler, FindOptions
+from orthanc_dpp.dicom.scp.find_responses import (
+    ENTRY_OVERHEAD,
+    Batch,
+    PendingEncoder,
+    ResponseCache,
+)
+from orthanc_dpp.dicom.scp.handlers import FindHandler, FindOptions
+from orthanc_dpp.model import sop
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.query import compile_query
 from tests import dicom_client
 from tests.datasets import build
 from tests.scp_harness import find_scp, gate, universal

@@ -12,13 +12,11 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
-from orthanc_dpp.http_messages import Request, Response
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.rest import DppRestApi, split_upload
-from orthanc_dpp.routes import (
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.rest.http import Request, Response
+from orthanc_dpp.rest.protocols import DppRestApi, split_upload
+from orthanc_dpp.rest.routes import (
     ACTIVITY,
     LIBRARY_PAGE,
     PROTOCOL,
@@ -29,6 +27,8 @@ from orthanc_dpp.routes import (
     Route,
     protocol_routes,
 )
+from orthanc_dpp.storage.decoding import DatasetLimits
+from orthanc_dpp.storage.library import ProtocolLibrary
 from tests.fake_orthanc import FakeOrthancApi, rest_api
 
 
@@ -294,7 +294,7 @@ def test_tree_names_every_attribute_of_the_protocol_as_received(rest: DppRestApi
 
 
 def test_tree_describes_binary_values_and_cuts_long_texts() -> None:
-    from orthanc_dpp.attributes import MAXIMUM_TEXT, dataset_tree
+    from orthanc_dpp.rest.dataset_tree import MAXIMUM_TEXT, dataset_tree
 
     ds = pydicom.Dataset()
     ds.add_new(0x00091010, "OB", b"\x00" * 10)  # private, binary
@@ -310,7 +310,7 @@ def test_tree_describes_binary_values_and_cuts_long_texts() -> None:
 def test_activity_keeps_the_recent_log_lines_newest_first() -> None:
     import logging
 
-    from orthanc_dpp.activity import MAXIMUM_MESSAGE, ActivityLog
+    from orthanc_dpp.rest.activity import MAXIMUM_MESSAGE, ActivityLog
 
     activity = ActivityLog(capacity=3)
     logger = logging.getLogger("orthanc_dpp.test_activity")

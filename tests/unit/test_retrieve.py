@@ -32,18 +32,19 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from dpp_tools.samples import make_library, make_protocol, to_bytes
-from orthanc_dpp import move, sop, status
-from orthanc_dpp.access import AccessPolicy, Gatekeeper
-from orthanc_dpp.get import GetHandler
-from orthanc_dpp.modalities import ModalityRegistry
-from orthanc_dpp.retrieve import (
+from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper
+from orthanc_dpp.dicom.modalities import ModalityRegistry
+from orthanc_dpp.dicom.scp import move
+from orthanc_dpp.dicom.scp.get import GetHandler
+from orthanc_dpp.dicom.scp.retrieve import (
     RetrieveOptions,
     Tally,
     parse_identifier,
 )
-from orthanc_dpp.sop import TRANSFER_SYNTAXES
-from orthanc_dpp.status import InvalidIdentifier
-from orthanc_dpp.suboperations import conversion_loss
+from orthanc_dpp.dicom.scp.suboperations import conversion_loss
+from orthanc_dpp.model import dimse_status, sop
+from orthanc_dpp.model.dimse_status import InvalidIdentifier
+from orthanc_dpp.model.sop import TRANSFER_SYNTAXES
 from tests.bare_archive import StallingPeer
 from tests.datasets import identifier_for
 from tests.orthanc_server import free_port
@@ -99,7 +100,7 @@ class StoreSCP:
         aet: str = "STORE_SCP",
         classes: list[str] = DPP_CLASSES,
         transfer_syntaxes: list[str] = TRANSFER_SYNTAXES,
-        answer: int = status.SUCCESS,
+        answer: int = dimse_status.SUCCESS,
         abort_after: int | None = None,
     ) -> None:
         self.received: list[tuple[Dataset, str, str | None]] = []
@@ -149,7 +150,7 @@ def store_scp() -> Iterator[StoreSCP]:
 @pytest.mark.parametrize(
     ("build", "code", "words"),
     [
-        (lambda ds: None, status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "missing"),
+        (lambda ds: None, dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "missing"),
         (lambda ds: setattr(ds, "SOPInstanceUID", ""), 0xA900, "empty"),
         (lambda ds: setattr(ds, "SOPInstanceUID", "1.02.3"), 0xA900, "ill-formed"),
         (lambda ds: setattr(ds, "SOPInstanceUID", ["1.2", "x.y"]), 0xA900, "ill-formed"),
@@ -191,19 +192,19 @@ def test_tally_final_status() -> None:
     t = Tally(3)
     for uid in "abc":
         t.record(uid, "Success", None)
-    assert t.final_status() == status.SUCCESS and t.remaining == 0
+    assert t.final_status() == dimse_status.SUCCESS and t.remaining == 0
     t = Tally(2)
     t.record("a", "Success", None)
     t.record("b", "Failure", "not stored here")
-    assert t.final_status() == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    assert t.final_status() == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     assert t.failed_uids == ["b"]
     t = Tally(1)
     t.record("a", "Warning", "coerced")
-    assert t.final_status() == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    assert t.final_status() == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     t = Tally(2)
     t.record("a", "Failure", "x")
     t.record("b", "Failure", "x")
-    assert t.final_status() == status.OUT_OF_RESOURCES_SUB_OPERATIONS
+    assert t.final_status() == dimse_status.OUT_OF_RESOURCES_SUB_OPERATIONS
     assert "2x x" in t.summary()
 
 
@@ -240,7 +241,7 @@ def test_c_get_without_storage_contexts_fails_every_sub_operation(harness: Harne
     uids = add_protocols(harness, [make_protocol(s) for s in range(3)])
     result = c_get(harness, identifier_for(uids), storage_ts=None)
     final = result.final
-    assert final.status == status.OUT_OF_RESOURCES_SUB_OPERATIONS
+    assert final.status == dimse_status.OUT_OF_RESOURCES_SUB_OPERATIONS
     assert (final.completed, final.failed, final.warning) == (0, 3, 0)
     assert final.failed_uids == uids
     assert "no accepted context" in final.comment
@@ -254,7 +255,7 @@ def test_c_get_converts_explicit_to_implicit_when_lossless(harness: Harness) -> 
     uids = add_protocols(harness, [plain, private])
     result = c_get(harness, identifier_for(uids), storage_ts=[ImplicitVRLittleEndian])
     final = result.final
-    assert final.status == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    assert final.status == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     assert (final.completed, final.failed) == (1, 1)
     assert final.failed_uids == [uids[1]]
     assert "private" in final.comment
@@ -268,12 +269,12 @@ def test_c_get_unknown_uids_are_failed_sub_operations(harness: Harness) -> None:
     unknown = [generate_uid(), generate_uid()]
     result = c_get(harness, identifier_for([unknown[0], *known, unknown[1]]))
     final = result.final
-    assert final.status == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    assert final.status == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     assert (final.completed, final.failed) == (1, 2)
     assert final.failed_uids == unknown
     assert "not stored here" in final.comment
     only_unknown = c_get(harness, identifier_for(unknown)).final
-    assert only_unknown.status == status.OUT_OF_RESOURCES_SUB_OPERATIONS
+    assert only_unknown.status == dimse_status.OUT_OF_RESOURCES_SUB_OPERATIONS
     assert only_unknown.failed == 2 and only_unknown.failed_uids == unknown
 
 
@@ -284,9 +285,9 @@ def test_c_get_unknown_uids_can_be_ignored(harness: Harness) -> None:
     harness.server.bind(evt.EVT_C_GET, handler)
     known = add_protocols(harness, [make_protocol(8)])
     final = c_get(harness, identifier_for([generate_uid(), *known])).final
-    assert (final.status, final.completed, final.failed) == (status.SUCCESS, 1, 0)
+    assert (final.status, final.completed, final.failed) == (dimse_status.SUCCESS, 1, 0)
     final = c_get(harness, identifier_for(generate_uid())).final
-    assert (final.status, final.completed, final.failed) == (status.SUCCESS, 0, 0)
+    assert (final.status, final.completed, final.failed) == (dimse_status.SUCCESS, 0, 0)
 
 
 def test_c_get_unreadable_instance_fails_alone(harness: Harness) -> None:
@@ -303,7 +304,7 @@ def test_c_get_bad_identifier(harness: Harness, value: str | None) -> None:
     identifier = only_charset() if value is None else identifier_for(value)
     result = c_get(harness, identifier)
     (final,) = result.responses
-    assert final.status == status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    assert final.status == dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     assert final.comment and final.offending == 0x00080018
     assert final.completed is None and final.failed is None  # nothing was attempted
 
@@ -314,12 +315,12 @@ def test_undecodable_identifier(harness: Harness) -> None:
     ds._dict[tag] = RawDataElement(tag, "FD", 3, b"abc", 0, False, True)
     with pytest.raises(InvalidIdentifier) as caught:
         parse_identifier(ds)
-    assert caught.value.status == status.UNABLE_TO_PROCESS
+    assert caught.value.status == dimse_status.UNABLE_TO_PROCESS
     # Over the network: 4 bytes sent as OB in implicit VR, read back as FD.
     ds = identifier_for("1.2.3")
     ds.add_new(tag, "OB", b"abcd")
     (final,) = c_get(harness, ds, query_ts=[ImplicitVRLittleEndian]).responses
-    assert final.status == status.UNABLE_TO_PROCESS
+    assert final.status == dimse_status.UNABLE_TO_PROCESS
     assert final.comment.startswith("cannot decode the identifier")
 
 
@@ -364,7 +365,7 @@ def test_other_handlers_keep_pynetdicoms_behaviour(routed: None) -> None:
         (final,) = c_get(h, identifier_for("1.2.3"), storage_ts=None).responses
     finally:
         server.shutdown()
-    assert (final.status, final.completed) == (status.SUCCESS, 0)
+    assert (final.status, final.completed) == (dimse_status.SUCCESS, 0)
 
 
 def test_c_get_extra_keys_and_query_level(harness: Harness) -> None:
@@ -383,14 +384,14 @@ def test_c_get_refuses_unknown_callers(harness: Harness, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="orthanc_dpp.retrieve"):
         (final,) = c_get(harness, identifier_for(uids), aet="STRANGER").responses
     # Generic on the wire, precise in the log.
-    assert final.status == status.NOT_AUTHORIZED and final.comment == "Not authorised"
+    assert final.status == dimse_status.NOT_AUTHORIZED and final.comment == "Not authorised"
     assert "STRANGER" in caplog.text and "not in Orthanc's DicomModalities" in caplog.text
     harness.set_modalities(
         {"retriever": {"AET": SCU_AET, "Host": "127.0.0.1", "Port": 1, "AllowGet": False}}
     )
     with caplog.at_level(logging.WARNING, logger="orthanc_dpp.retrieve"):
         (final,) = c_get(harness, identifier_for(uids)).responses
-    assert final.status == status.NOT_AUTHORIZED and final.comment == "Not authorised"
+    assert final.status == dimse_status.NOT_AUTHORIZED and final.comment == "Not authorised"
     assert "modality retriever does not allow Get" in caplog.text
 
 
@@ -430,7 +431,7 @@ def test_c_move_to_a_pynetdicom_storage_scp(
 def test_c_move_unknown_destination(harness: Harness) -> None:
     uids = add_protocols(harness, [make_protocol(24)])
     (final,) = c_move(harness, identifier_for(uids), "NOWHERE").responses
-    assert final.status == status.MOVE_DESTINATION_UNKNOWN
+    assert final.status == dimse_status.MOVE_DESTINATION_UNKNOWN
     assert "NOWHERE" in final.comment
     assert harness.source.loads == 0
 
@@ -439,7 +440,7 @@ def test_c_move_destination_added_at_run_time(harness: Harness, store_scp: Store
     uids = add_protocols(harness, [make_protocol(25)])
     assert c_move(harness, identifier_for(uids), "LATE").final.status == 0xA801
     harness.set_modalities({"late": ["LATE", "127.0.0.1", store_scp.port]})
-    assert c_move(harness, identifier_for(uids), "LATE").final.status == status.SUCCESS
+    assert c_move(harness, identifier_for(uids), "LATE").final.status == dimse_status.SUCCESS
     assert len(store_scp.received) == 1
 
 
@@ -452,7 +453,7 @@ def test_c_move_to_a_destination_that_is_down(
     with caplog.at_level(logging.INFO, logger="orthanc_dpp.retrieve"):
         result = c_move(harness, identifier_for([*uids, missing]), "DOWN")
     (final,) = result.responses
-    assert final.status == status.OUT_OF_RESOURCES_SUB_OPERATIONS
+    assert final.status == dimse_status.OUT_OF_RESOURCES_SUB_OPERATIONS
     assert (final.completed, final.failed, final.warning) == (0, 4, 0)
     assert final.failed_uids == [*uids, missing]
     assert "DOWN" in final.comment and "cannot connect" in final.comment
@@ -501,7 +502,7 @@ def test_c_move_destination_aborting_midway(harness: Harness) -> None:
         final = c_move(harness, identifier_for(uids), "FLAKY").final
     finally:
         peer.stop()
-    assert final.status == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    assert final.status == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     assert (final.completed, final.failed, final.warning) == (2, 3, 0)
     assert final.failed_uids == uids[2:]
     assert len(peer.received) == 2
@@ -523,10 +524,13 @@ def test_c_move_uses_local_aet_and_refuses_tls_without_setup(
         }
     )
     uids = add_protocols(harness, [make_protocol(39)])
-    assert c_move(harness, identifier_for(uids), "STORE_SCP").final.status == status.SUCCESS
+    assert c_move(harness, identifier_for(uids), "STORE_SCP").final.status == dimse_status.SUCCESS
     assert store_scp.callers == ["ORTHANC_LOCAL"]  # as Orthanc calls that modality
     final = c_move(harness, identifier_for(uids), "TLS").final
-    assert final.status == status.OUT_OF_RESOURCES_SUB_OPERATIONS and "UseDicomTls" in final.comment
+    assert (
+        final.status == dimse_status.OUT_OF_RESOURCES_SUB_OPERATIONS
+        and "UseDicomTls" in final.comment
+    )
 
 
 def test_c_move_requires_allow_move_and_a_good_identifier(
@@ -539,12 +543,12 @@ def test_c_move_requires_allow_move_and_a_good_identifier(
         }
     )
     (final,) = c_move(harness, identifier_for("1.2.3"), "STORE_SCP").responses
-    assert final.status == status.NOT_AUTHORIZED
+    assert final.status == dimse_status.NOT_AUTHORIZED
     harness.set_modalities({"dest": ["STORE_SCP", "127.0.0.1", store_scp.port]})
     ds = identifier_for("1.2.3")
     ds.QueryRetrieveLevel = "IMAGE"
     (final,) = c_move(harness, ds, "STORE_SCP").responses
-    assert final.status == status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    assert final.status == dimse_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     assert not store_scp.received
 
 
@@ -571,7 +575,7 @@ def test_cancel_in_the_middle_of_500(
         result = c_move(harness, identifier_for(uids), "STORE_SCP", cancel_after=10)
         delivered = len(store_scp.received)
     final = result.final
-    assert final.status == status.CANCEL
+    assert final.status == dimse_status.CANCEL
     assert 10 <= final.completed < 100  # stopped promptly, not after the lot
     assert final.failed == 0 and final.warning == 0
     assert final.remaining == 500 - final.completed
@@ -594,7 +598,7 @@ def test_pending_responses_are_spaced_by_the_interval(
     else:
         result = c_move(harness, identifier_for(uids), "STORE_SCP")
     assert result.pending == []  # optional (PS3.4 C.4.2.3.1): none within the hour
-    assert (result.final.status, result.final.completed) == (status.SUCCESS, 30)
+    assert (result.final.status, result.final.completed) == (dimse_status.SUCCESS, 30)
     for handler in harness.handlers.values():
         handler.options = RetrieveOptions(pending_interval=0.05)
     store_scp.delay = 0.02
@@ -614,7 +618,7 @@ def test_500_instance_move_holds_one_dataset_at_a_time(
     harness.set_modalities({"dest": ["STORE_SCP", "127.0.0.1", store_scp.port]})
     uids = list(library_500)
     result = c_move(harness, identifier_for(uids), "STORE_SCP")
-    assert result.final.status == status.SUCCESS and result.final.completed == 500
+    assert result.final.status == dimse_status.SUCCESS and result.final.completed == 500
     assert len(result.pending) == 499
     assert len(store_scp.received) == 500
     assert harness.source.max_alive <= 2
@@ -634,7 +638,7 @@ def test_c_move_to_dcmtk_storescp(harness: Harness, tmp_path: Path) -> None:
     with storescp(tmp_path, profile=True) as (port, out):
         harness.set_modalities({"dcmtk": ["DCMTK", "127.0.0.1", port]})
         final = c_move(harness, identifier_for(uids), "DCMTK").final
-        assert (final.status, final.completed) == (status.SUCCESS, 3)
+        assert (final.status, final.completed) == (dimse_status.SUCCESS, 3)
     written = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, sorted(out.iterdir()))}
     assert sorted(written) == sorted(uids)
     for uid, ds in written.items():

@@ -8,15 +8,15 @@ from collections.abc import Callable
 
 import pytest
 
-from orthanc_dpp import adapter
-from orthanc_dpp.activity import ActivityLog
-from orthanc_dpp.http_messages import Request, Response
-from orthanc_dpp.jobs import Jobs
-from orthanc_dpp.modalities import ModalityRegistry
-from orthanc_dpp.remote_rest import RemoteArchives
-from orthanc_dpp.rest import DppRestApi
-from orthanc_dpp.routes import LIBRARY_PAGE, SEGMENT, Route, dpp_routes, invalid_configuration
-from orthanc_dpp.scu_association import Caller
+from orthanc_dpp.dicom.modalities import ModalityRegistry
+from orthanc_dpp.dicom.scu.association import Caller
+from orthanc_dpp.dicom.scu.jobs import Jobs
+from orthanc_dpp.orthanc import adapter
+from orthanc_dpp.rest.activity import ActivityLog
+from orthanc_dpp.rest.archives import RemoteArchives
+from orthanc_dpp.rest.http import Request, Response
+from orthanc_dpp.rest.protocols import DppRestApi
+from orthanc_dpp.rest.routes import LIBRARY_PAGE, SEGMENT, Route, dpp_routes, invalid_configuration
 from tests.fake_orthanc import rest_api
 from tests.fake_orthanc_module import FakeOrthancModule
 

@@ -15,10 +15,11 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
 from dpp_tools.samples import make_protocol
-from orthanc_dpp import scp, sop
-from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.limits import DatasetLimits
-from orthanc_dpp.normalize import Normalization
+from orthanc_dpp.dicom.scp import handlers
+from orthanc_dpp.model import sop
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.storage.decoding import DatasetLimits
+from orthanc_dpp.storage.library import ProtocolLibrary
 from tests.datasets import raw_identifiers
 from tests.fake_orthanc import FakeOrthancApi
 from tests.scp_harness import find_event, gate, handler, universal
@@ -30,7 +31,7 @@ def codes(responses: list) -> list[int]:
 
 def test_a_query_past_its_time_limit_ends_with_refine(monkeypatch) -> None:
     clock = iter(range(0, 10_000, 3))  # every reading 3 s later than the last
-    monkeypatch.setattr(scp.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: next(clock))
     responses = list(handler(time_limit=5)(find_event(universal())))
     *pending, (final, _) = responses
     assert len(pending) < 10  # stopped before all ten matches
@@ -123,11 +124,11 @@ def file_meta(ds: Dataset) -> FileMetaDataset:
 @pytest.mark.parametrize("ae_title", ["APPROVER", "MODALITY"])
 def test_approvals_are_stored_over_dicom_only_by_approval_storers(caplog, ae_title) -> None:
     api = FakeOrthancApi()
-    handle = scp.StoreHandler(
+    handle = handlers.StoreHandler(
         ProtocolLibrary(api, Normalization()),
         gate(),
         lambda stored: None,
-        options=scp.StoreOptions(approval_storers=frozenset({"APPROVER"})),
+        options=handlers.StoreOptions(approval_storers=frozenset({"APPROVER"})),
     )
     protocol = handle(store_event(make_protocol(11, "CT"), ae_title))
     assert int(protocol.Status) == 0x0000  # protocols: whoever may store
@@ -153,8 +154,8 @@ def test_a_dataset_that_is_the_announced_instance_passes() -> None:
     request = SimpleNamespace(
         AffectedSOPClassUID=sop.CT_DPP_STORAGE, AffectedSOPInstanceUID="1.2.3"
     )
-    scp.check_announced_class(request, sop.CT_DPP_STORAGE)
-    scp.check_announced_instance(request, ds)
+    handlers.check_announced_class(request, sop.CT_DPP_STORAGE)
+    handlers.check_announced_instance(request, ds)
 
 
 @pytest.mark.parametrize(
@@ -184,8 +185,8 @@ def test_a_dataset_that_is_another_instance_is_refused(own, affected, comment, d
     ds = Dataset()
     if own is not None:
         ds.SOPInstanceUID = own
-    with pytest.raises(scp.NotAnnounced) as caught:
-        scp.check_announced_instance(SimpleNamespace(AffectedSOPInstanceUID=affected), ds)
+    with pytest.raises(handlers.NotAnnounced) as caught:
+        handlers.check_announced_instance(SimpleNamespace(AffectedSOPInstanceUID=affected), ds)
     assert (caught.value.status, caught.value.comment, caught.value.detail) == (
         0xC000,
         comment,
@@ -195,8 +196,8 @@ def test_a_dataset_that_is_another_instance_is_refused(own, affected, comment, d
 
 def test_a_command_naming_another_class_than_its_context_is_refused() -> None:
     request = SimpleNamespace(AffectedSOPClassUID=sop.PROTOCOL_APPROVAL_STORAGE)
-    with pytest.raises(scp.NotAnnounced) as caught:
-        scp.check_announced_class(request, sop.CT_DPP_STORAGE)
+    with pytest.raises(handlers.NotAnnounced) as caught:
+        handlers.check_announced_class(request, sop.CT_DPP_STORAGE)
     assert caught.value.status == 0xA900
     assert caught.value.comment == "Affected SOP Class UID is not the presentation context's"
     assert caught.value.detail == (

@@ -12,15 +12,15 @@ import pytest
 from pydicom import Dataset
 
 from dpp_tools.samples import make_library, make_protocol
-from orthanc_dpp import snapshot
-from orthanc_dpp.feed import IndexFeed
-from orthanc_dpp.index import ProtocolIndex
-from orthanc_dpp.library import ProtocolLibrary
-from orthanc_dpp.normalize import Normalization
-from orthanc_dpp.query import compile_query
-from orthanc_dpp.record import BULK, Record
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.record_reading import to_record
+from orthanc_dpp.model import snapshot
+from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.model.query import compile_query
+from orthanc_dpp.model.record import BULK, Record
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.model.record_reading import to_record
+from orthanc_dpp.storage.feed import IndexFeed
+from orthanc_dpp.storage.library import ProtocolLibrary
 from tests.fake_orthanc import FakeOrthancApi, MemorySnapshots
 
 

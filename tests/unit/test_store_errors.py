@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orthanc_dpp import status
-from orthanc_dpp.limits import LimitExceeded
-from orthanc_dpp.store_errors import StoreError, undecodable_as_store_error
+from orthanc_dpp.model import dimse_status as status
+from orthanc_dpp.storage.decoding import LimitExceeded
+from orthanc_dpp.storage.errors import StoreError, undecodable_as_store_error
 
 
 def test_a_limit_keeps_its_own_statuses_and_comment() -> None:

@@ -1,4 +1,5 @@
-"""Records read from stored files equal those of the general way (orthanc_dpp.stored_record).
+"""Records read from stored files equal those of the general way
+(orthanc_dpp.storage.stored_record).
 
 The index's start-up reads every stored protocol with ``fast_record``; C-FIND
 must answer exactly as if each had been read with pydicom, normalization
@@ -20,13 +21,14 @@ from dpp_tools.samples import (
     make_protocol,
     to_bytes,
 )
-from orthanc_dpp import normalize, record, record_cache
-from orthanc_dpp.keys import tag
-from orthanc_dpp.normalize import RECORD_CREATOR
-from orthanc_dpp.record import BULK_BYTES, BULK_TEXT
-from orthanc_dpp.record_cache import RecordCache
-from orthanc_dpp.record_reading import UnreadableBytes
-from orthanc_dpp.stored_record import fast_record, full_record, original_record
+from orthanc_dpp.model import normalization as normalize
+from orthanc_dpp.model import record, record_cache
+from orthanc_dpp.model.key_table import tag
+from orthanc_dpp.model.normalization import RECORD_CREATOR
+from orthanc_dpp.model.record import BULK_BYTES, BULK_TEXT
+from orthanc_dpp.model.record_cache import RecordCache
+from orthanc_dpp.model.record_reading import UnreadableBytes
+from orthanc_dpp.storage.stored_record import fast_record, full_record, original_record
 from tests.datasets import LABELS, stored
 
 READABLE = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)

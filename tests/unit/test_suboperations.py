@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orthanc_dpp.suboperations import Lookahead, Prepared
+from orthanc_dpp.dicom.scp.suboperations import Lookahead, Prepared
 
 
 def test_lookahead_prepares_at_most_one_ahead_and_keeps_the_order() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orthanc_dpp.config import ConfigError, parse_settings
-from orthanc_dpp.tls import TlsSettings, parse_tls
+from orthanc_dpp.dicom.tls import TlsSettings, parse_tls
 
 
 def files(folder: Path) -> dict[str, str]:

@@ -1,7 +1,9 @@
-"""The Orthanc glue: the only code of the package, besides ``adapter``, that touches ``orthanc``.
+"""The Orthanc glue: the only code of the package that touches ``orthanc``.
 
-Owns: what the running Python plugin offers (``platform``), the ports that
-reach Orthanc (``ports``), the log handler (``logs``) and the metrics
-publisher (``publisher``).
-May import: every other module of the package; nothing below imports it.
+Owns: ``adapter`` (install, the REST callbacks, the received-instance hook,
+start and stop), what the running Python plugin offers (``platform``), the
+ports that reach Orthanc (``ports``), the log handler (``logs``) and the
+metrics publisher (``publisher``).
+May import: app, config, rest, storage, model, metrics; nothing of the
+package imports it.
 """

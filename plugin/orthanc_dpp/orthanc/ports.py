@@ -1,8 +1,8 @@
 """The small interfaces through which the lower layers reach Orthanc.
 
-:class:`OrthancRestApi` is :class:`orthanc_dpp.library.OrthancApi` over the
+:class:`OrthancRestApi` is :class:`orthanc_dpp.storage.library.OrthancApi` over the
 in-process REST API; :class:`GlobalPropertySnapshots` is
-:class:`orthanc_dpp.snapshot.SnapshotStore` in a global property.
+:class:`orthanc_dpp.model.snapshot.SnapshotStore` in a global property.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from orthanc_dpp import snapshot
-from orthanc_dpp.library import OrthancError
+from orthanc_dpp.model import snapshot
+from orthanc_dpp.storage.library import OrthancError
 
 
 def orthanc_error(method: str, uri: str, exc: BaseException) -> OrthancError:
@@ -29,7 +29,7 @@ def orthanc_error(method: str, uri: str, exc: BaseException) -> OrthancError:
 
 
 class OrthancRestApi:
-    """:class:`orthanc_dpp.library.OrthancApi` over the in-process REST API."""
+    """:class:`orthanc_dpp.storage.library.OrthancApi` over the in-process REST API."""
 
     def __init__(self, orthanc: ModuleType) -> None:
         self.orthanc = orthanc
@@ -85,7 +85,7 @@ class OrthancRestApi:
 
 
 class GlobalPropertySnapshots:
-    """:class:`orthanc_dpp.snapshot.SnapshotStore` in an Orthanc global property.
+    """:class:`orthanc_dpp.model.snapshot.SnapshotStore` in an Orthanc global property.
 
     Global properties live in Orthanc's database, so every node sharing a
     PostgreSQL database starts from the same snapshot.

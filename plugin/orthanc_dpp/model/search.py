@@ -1,0 +1,166 @@
+"""Searching the protocol index for people: the ``GET /dpp/protocols`` parameters.
+
+C-FIND follows DICOM's matching rules (exact values, ``*`` and ``?`` wild
+cards, case-sensitive). Someone typing into the protocol library page's
+search box expects something else: part of a name, in any case. So these
+criteria match a case-insensitive part of a value, except the modality
+(a code: equal, in any case) and the date (a range). They are answered from
+the in-memory index, never by asking Orthanc.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from orthanc_dpp.model.index import CODE_SEQUENCES, Entry, ProtocolIndex
+from orthanc_dpp.model.key_table import tag
+from orthanc_dpp.model.record import Record
+
+#: The text criteria, by query parameter.
+TEXT_PARAMETERS: Final = ("name", "modality", "manufacturer", "model", "code")
+PARAMETERS: Final = (*TEXT_PARAMETERS, "date")
+#: Longer search texts are refused: nothing indexed is that long.
+MAXIMUM_LENGTH: Final = 256
+
+_NAME: Final = tag("ProtocolName")
+_MODALITY: Final = tag("EquipmentModality")
+_MANUFACTURER: Final = tag("Manufacturer")
+_MODEL: Final = tag("ManufacturerModelName")
+_MODELS: Final = tag("ModelSpecificationSequence")
+_DATE: Final = tag("InstanceCreationDate")
+_CODE_FIELDS: Final = (tag("CodeValue"), tag("LongCodeValue"), tag("CodeMeaning"))
+
+
+class SearchError(ValueError):
+    """A search parameter cannot be understood; ``parameter`` names it."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"query parameter '{parameter}' {message}")
+        self.parameter = parameter
+
+
+def _texts(record: Record, attribute: int) -> list[str]:
+    return [str(v) for v in record.values(attribute) or () if v is not None]
+
+
+def _items(record: Record, sequence: int) -> list[Record]:
+    return [item for item in record.values(sequence) or () if isinstance(item, Record)]
+
+
+def _contains(needle: str, values: Iterable[str]) -> bool:
+    return any(needle in value.casefold() for value in values)
+
+
+def _parse_date(parameter: str, text: str) -> str:
+    try:
+        datetime.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        raise SearchError(
+            parameter,
+            "must be a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD (either end may be left "
+            f"out), got {text!r}",
+        ) from None
+    return text
+
+
+@dataclass(frozen=True)
+class ProtocolSearch:
+    """What to look for; a field left None matches everything."""
+
+    name: str | None = None
+    modality: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    code: str | None = None
+    date_from: str | None = None  # YYYYMMDD, inclusive
+    date_to: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> ProtocolSearch:
+        """The criteria of a request's query parameters (others are the caller's to check)."""
+        values: dict[str, Any] = {}
+        for parameter in TEXT_PARAMETERS:
+            text = query.get(parameter, "").strip()
+            if len(text) > MAXIMUM_LENGTH:
+                raise SearchError(parameter, f"is longer than {MAXIMUM_LENGTH} characters")
+            if text:
+                values[parameter] = text.casefold()
+        date = query.get("date", "").strip()
+        if date:
+            low, dash, high = date.partition("-")
+            if dash and not (low or high):
+                raise SearchError("date", "must name at least one end of the range, got '-'")
+            values["date_from"] = _parse_date("date", low) if low else None
+            if dash:
+                values["date_to"] = _parse_date("date", high) if high else None
+            else:
+                values["date_to"] = values["date_from"]
+            if (
+                values["date_from"]
+                and values["date_to"]
+                and values["date_from"] > values["date_to"]
+            ):
+                raise SearchError("date", f"is a range that ends before it starts: {date!r}")
+        return cls(**values)
+
+    @property
+    def is_empty(self) -> bool:
+        return self == ProtocolSearch()
+
+    def matches(self, entry: Entry) -> bool:
+        r = entry.record
+        if self.name is not None and not _contains(self.name, _texts(r, _NAME)):
+            return False
+        if self.modality is not None and self.modality not in (
+            value.strip().casefold() for value in _texts(r, _MODALITY)
+        ):
+            return False
+        models = _items(r, _MODELS)
+        if self.manufacturer is not None and not _contains(
+            self.manufacturer,
+            [*_texts(r, _MANUFACTURER), *(v for m in models for v in _texts(m, _MANUFACTURER))],
+        ):
+            return False
+        if self.model is not None and not _contains(
+            self.model, [*_texts(r, _MODEL), *(v for m in models for v in _texts(m, _MODEL))]
+        ):
+            return False
+        if self.code is not None and not _contains(
+            self.code,
+            (
+                value
+                for sequence in CODE_SEQUENCES
+                for item in _items(r, sequence)
+                for field in _CODE_FIELDS
+                for value in _texts(item, field)
+            ),
+        ):
+            return False
+        if self.date_from is not None or self.date_to is not None:
+            date = (_texts(r, _DATE) or [""])[0].strip()
+            if not date:
+                return False
+            if self.date_from is not None and date < self.date_from:
+                return False
+            if self.date_to is not None and date > self.date_to:
+                return False
+        return True
+
+
+def search(
+    index: ProtocolIndex, criteria: ProtocolSearch, offset: int, limit: int
+) -> tuple[int, list[Entry]]:
+    """(how many entries match, the page of them from ``offset``), in the index's order."""
+    if criteria.is_empty:
+        return len(index), index.page(offset, limit)
+    total = 0
+    page: list[Entry] = []
+    for entry in index.snapshot():
+        if criteria.matches(entry):
+            if offset <= total < offset + limit:
+                page.append(entry)
+            total += 1
+    return total, page
