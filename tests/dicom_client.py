@@ -59,7 +59,7 @@ def associate(
     ``timeout`` bounds every wait (TCP connect, ACSE, DIMSE, network); None
     keeps pynetdicom's defaults. ``steady_pause`` replaces pynetdicom's own
     reactor pause, which can lose a response under load (see
-    tests/unit/test_pynetdicom_private.py): the requester's race, not the
+    tests/unit/dicom/test_pynetdicom_private.py): the requester's race, not the
     listener's.
     """
     ae = AE(ae_title=calling_aet)

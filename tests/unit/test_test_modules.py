@@ -1,10 +1,15 @@
-"""No test module imports another test module.
+"""No test module imports another test module, and tests/unit mirrors the package.
 
 Shared fixtures live in ``conftest.py`` files and shared helpers in helper
 modules (``tests/*.py``): a test module that imports another one also
 collects its fixtures and runs its module-level code, and moving or splitting
 the imported module breaks the importer. Every ``tests/**/*.py`` is parsed
 (never imported), so a module that cannot be imported here is checked too.
+
+The unit tests of a module of ``orthanc_dpp/dicom/scp/`` live in
+``tests/unit/dicom/scp/``, and so on for every subpackage; the tests of the
+top-level modules and the checks of the repository (documents, layout)
+stay in ``tests/unit/`` itself.
 """
 
 from __future__ import annotations
@@ -112,3 +117,24 @@ def test_a_planted_import_is_an_offender(tmp_path: Path) -> None:
     (planted / "test_a.py").write_text("from tests.unit.test_b import helper\n")
     (planted / "test_b.py").write_text("def helper() -> None: ...\n")
     assert offenders(tmp_path) == {("tests/unit/test_a.py", "tests.unit.test_b")}
+
+
+UNIT = REPO / "tests" / "unit"
+PACKAGE = REPO / "plugin" / "orthanc_dpp"
+
+
+def folders(root: Path) -> set[str]:
+    """The folders below ``root`` that hold Python files, as relative paths."""
+    return {
+        path.parent.relative_to(root).as_posix()
+        for path in root.rglob("*.py")
+        if path.parent != root and "__pycache__" not in path.parts
+    }
+
+
+def test_unit_test_folders_mirror_the_package() -> None:
+    tested = folders(UNIT)
+    assert tested == folders(PACKAGE), "tests/unit/ and plugin/orthanc_dpp/ differ in folders"
+    for folder in sorted(tested):
+        assert (UNIT / folder / "__init__.py").is_file(), f"tests/unit/{folder}: no __init__.py"
+        assert list((UNIT / folder).glob("test_*.py")), f"tests/unit/{folder}: no tests"
