@@ -27,6 +27,7 @@ from orthanc_dpp.config import Settings
 from orthanc_dpp.dicom import tls
 from orthanc_dpp.dicom.access import AccessPolicy, Gatekeeper
 from orthanc_dpp.dicom.modalities import ModalityRegistry, matching_options
+from orthanc_dpp.dicom.outbound import Calling
 from orthanc_dpp.dicom.scp.find_responses import ResponseCache
 from orthanc_dpp.dicom.scp.get import GetHandler
 from orthanc_dpp.dicom.scp.handlers import (
@@ -39,7 +40,6 @@ from orthanc_dpp.dicom.scp.handlers import (
 from orthanc_dpp.dicom.scp.listener import DppListener, ListenerSettings
 from orthanc_dpp.dicom.scp.move import MoveHandler
 from orthanc_dpp.dicom.scp.retrieve import RetrieveOptions
-from orthanc_dpp.dicom.scu.association import Caller
 from orthanc_dpp.dicom.scu.jobs import Jobs
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.model.index import ProtocolIndex
@@ -259,7 +259,7 @@ class DppApp:
         )
         # This plugin as the SCU of other DPP archives (Orthanc's modalities).
         self.remote = RemoteArchives(
-            Caller(
+            Calling(
                 settings.ae_title,
                 acse_timeout=settings.acse_timeout,
                 dimse_timeout=settings.dimse_timeout,

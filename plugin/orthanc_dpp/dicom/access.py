@@ -206,7 +206,7 @@ def decide(
 
 
 @dataclass(frozen=True)
-class Caller:
+class Standing:
     """Who is asking for an association, judged before it is accepted.
 
     ``declared``: the calling AET is in the modality list and, with
@@ -230,14 +230,14 @@ class Caller:
 
 def judge_caller(
     policy: AccessPolicy, modalities: ModalityList, calling_aet: str, peer_host: str
-) -> Caller:
-    """The :class:`Caller` standing of ``calling_aet`` at ``peer_host``."""
+) -> Standing:
+    """The :class:`Standing` of ``calling_aet`` at ``peer_host``."""
     found = modalities.matching_aet(calling_aet)
     declared = bool(found) and (
         not modalities.check_modality_host or any(m.host == peer_host for m in found)
     )
     rights = frozenset(s for s in Service if decide(policy, modalities, s, calling_aet, peer_host))
-    return Caller(declared, rights)
+    return Standing(declared, rights)
 
 
 def describe_requestor(assoc: Any) -> str:
@@ -279,6 +279,6 @@ class Gatekeeper:
             )
         return decision
 
-    def caller(self, calling_aet: str, peer_host: str) -> Caller:
+    def caller(self, calling_aet: str, peer_host: str) -> Standing:
         """The standing of an association requestor, from the current modality list."""
         return judge_caller(self.policy, self.modalities.current, calling_aet, peer_host)

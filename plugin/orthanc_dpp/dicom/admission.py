@@ -49,7 +49,7 @@ from pynetdicom import evt
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from orthanc_dpp.dicom import pynetdicom_private as private
-from orthanc_dpp.dicom.access import Caller
+from orthanc_dpp.dicom.access import Standing
 
 log = logging.getLogger("orthanc_dpp.listener")
 
@@ -88,7 +88,7 @@ _REFUSAL_LINES: Final = {
     "evicted": "Dropped %d waiting connection(s) from %s to make room for a new connection: %s",
 }
 
-Judge = Callable[[str, str], Caller]
+Judge = Callable[[str, str], Standing]
 
 
 @dataclass

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from orthanc_dpp.dicom.modalities import Modality, ModalityRegistry
+from orthanc_dpp.dicom.outbound import Calling
 from orthanc_dpp.dicom.scu import identifiers
 from orthanc_dpp.dicom.scu import query as scu_query
 from orthanc_dpp.dicom.scu import retrieve as scu_retrieve
 from orthanc_dpp.dicom.scu.answers import RemoteError
-from orthanc_dpp.dicom.scu.association import Caller
 from orthanc_dpp.dicom.scu.identifiers import BadKey
 from orthanc_dpp.dicom.scu.jobs import Job, Jobs, TooManyJobs
 from orthanc_dpp.dicom.scu.retrieve import Control, RetrieveResult
@@ -45,7 +45,7 @@ class RemoteArchives:
 
     def __init__(
         self,
-        caller: Caller,
+        caller: Calling,
         modalities: ModalityRegistry,
         store: scu_retrieve.Store,
         is_stored: Callable[[str], bool],

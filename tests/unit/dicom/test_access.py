@@ -6,8 +6,8 @@ import pytest
 
 from orthanc_dpp.dicom.access import (
     AccessPolicy,
-    Caller,
     Service,
+    Standing,
     decide,
     judge_caller,
     parse_unknown_callers,
@@ -147,12 +147,12 @@ def test_a_requestor_is_judged_by_aet_and_with_the_host_check_by_address() -> No
     mods = parse_modalities(MODALITIES)
     judged = judge_caller(ORTHANC, mods, "ct1", "10.9.9.9")  # case-insensitive, any host
     assert judged.declared and Service.FIND in judged.rights
-    assert judge_caller(ORTHANC, mods, "STRANGER", "10.0.0.1") == Caller(
+    assert judge_caller(ORTHANC, mods, "STRANGER", "10.0.0.1") == Standing(
         False, frozenset({Service.ECHO})
     )
     checked = parse_modalities(MODALITIES, check_modality_host=True)
     # Claiming CT1's AE title from another host makes a stranger (echo only, by Orthanc's rule).
-    assert judge_caller(ORTHANC, checked, "CT1", "10.9.9.9") == Caller(
+    assert judge_caller(ORTHANC, checked, "CT1", "10.9.9.9") == Standing(
         False, frozenset({Service.ECHO})
     )
     assert judge_caller(ORTHANC, checked, "CT1", "10.0.0.1").declared
@@ -175,8 +175,8 @@ def test_a_requestor_without_any_right_is_told_why() -> None:
     )
     closed = AccessPolicy(always_allowed=frozenset(), unknown_callers=frozenset())
     stranger = judge_caller(closed, mods, "STRANGER", "10.0.0.1")
-    assert stranger == Caller(False, frozenset())
+    assert stranger == Standing(False, frozenset())
     assert "not in Orthanc's DicomModalities" in stranger.reason
     mute = judge_caller(closed, mods, "MUTE", "10.0.0.5")
-    assert mute == Caller(True, frozenset())
+    assert mute == Standing(True, frozenset())
     assert "allows no DIMSE service" in mute.reason

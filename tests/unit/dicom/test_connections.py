@@ -14,7 +14,7 @@ import pytest
 from pydicom import Dataset
 from pynetdicom.dsutils import encode
 
-from orthanc_dpp.dicom.access import Caller, Service
+from orthanc_dpp.dicom.access import Service, Standing
 from orthanc_dpp.dicom.admission import (
     CALLING_AE_NOT_RECOGNIZED,
     LOCAL_LIMIT_EXCEEDED,
@@ -288,14 +288,14 @@ class Requested:
 @pytest.mark.parametrize(
     ("caller", "rejection"),
     [
-        (Caller(False, frozenset()), CALLING_AE_NOT_RECOGNIZED),
-        (Caller(True, frozenset()), PERMANENTLY_REFUSED),
-        (Caller(False, frozenset({Service.ECHO})), LOCAL_LIMIT_EXCEEDED),  # share taken
-        (Caller(True, frozenset({Service.FIND})), None),
+        (Standing(False, frozenset()), CALLING_AE_NOT_RECOGNIZED),
+        (Standing(True, frozenset()), PERMANENTLY_REFUSED),
+        (Standing(False, frozenset({Service.ECHO})), LOCAL_LIMIT_EXCEEDED),  # share taken
+        (Standing(True, frozenset({Service.FIND})), None),
     ],
 )
 def test_requests_are_rejected_permanently_without_rights_transiently_over_limits(
-    caller: Caller, rejection: tuple[int, int, int] | None, caplog
+    caller: Standing, rejection: tuple[int, int, int] | None, caplog
 ) -> None:
     guard = ConnectionGuard(
         Limits(30, 60, 16382, per_address=5, waiting=5, associations=5, unknown_associations=1),
@@ -377,7 +377,7 @@ def test_connections_count_from_admission_before_their_thread_opens_them() -> No
 
 
 def test_a_failing_judge_counts_the_caller_among_the_unknown() -> None:
-    def judge(aet: str, host: str) -> Caller:
+    def judge(aet: str, host: str) -> Standing:
         raise RuntimeError("modality list unreadable")
 
     guard = ConnectionGuard(

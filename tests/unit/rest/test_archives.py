@@ -12,7 +12,7 @@ from pydicom import Dataset
 
 from dpp_tools.samples import make_protocol
 from orthanc_dpp.dicom.modalities import ModalityRegistry, parse_modalities
-from orthanc_dpp.dicom.scu.association import Caller
+from orthanc_dpp.dicom.outbound import Calling
 from orthanc_dpp.dicom.scu.jobs import Jobs
 from orthanc_dpp.dicom.scu.retrieve import MAXIMUM_UIDS
 from orthanc_dpp.rest.archives import RemoteArchives
@@ -22,7 +22,7 @@ from tests.bare_archive import BareArchive
 from tests.orthanc_server import free_port
 from tests.waiting import eventually
 
-CALLER = Caller("DPP_REST_UNIT", acse_timeout=5, dimse_timeout=5, network_timeout=5)
+CALLER = Calling("DPP_REST_UNIT", acse_timeout=5, dimse_timeout=5, network_timeout=5)
 
 
 class Site:

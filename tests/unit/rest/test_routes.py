@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from orthanc_dpp.dicom.modalities import ModalityRegistry
-from orthanc_dpp.dicom.scu.association import Caller
+from orthanc_dpp.dicom.outbound import Calling
 from orthanc_dpp.dicom.scu.jobs import Jobs
 from orthanc_dpp.orthanc import adapter
 from orthanc_dpp.rest.activity import ActivityLog
@@ -30,7 +30,7 @@ JSON_BODY = ("application/json",)
 def owners() -> tuple[DppRestApi, RemoteArchives]:
     rest, _, _ = rest_api()
     remote = RemoteArchives(
-        Caller("DPP_ROUTES"), ModalityRegistry(), print, lambda uid: False, Jobs()
+        Calling("DPP_ROUTES"), ModalityRegistry(), print, lambda uid: False, Jobs()
     )
     return rest, remote
 

@@ -22,7 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from orthanc_dpp.dicom import pynetdicom_private as private
 from orthanc_dpp.dicom import tls as tls_module
-from orthanc_dpp.dicom.access import Caller
+from orthanc_dpp.dicom.access import Standing
 from orthanc_dpp.dicom.admission import Limits
 from orthanc_dpp.dicom.connections import ConnectionGuard, set_tcp_nodelay
 from orthanc_dpp.dicom.scp.routing import route_dpp_services
@@ -121,7 +121,7 @@ class DppListener:
         settings: ListenerSettings,
         handlers: dict[Any, Handler],
         metrics: Metrics | None = None,
-        judge: Callable[[str, str], Caller] | None = None,
+        judge: Callable[[str, str], Standing] | None = None,
     ) -> None:
         """``judge(calling_aet, peer_host)``: the standing of an association
         requestor (``access.Gatekeeper.caller``); without it every caller

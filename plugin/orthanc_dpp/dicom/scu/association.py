@@ -31,9 +31,6 @@ from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, QUERY_TRANSFER_SYNTAXES, 
 #: Message ID of our one request per association (C-CANCEL names it).
 MESSAGE_ID = 1
 
-#: The SCU side's name for :class:`~orthanc_dpp.dicom.outbound.Calling`, as its users import it.
-Caller = Calling
-
 
 def open_association(
     caller: Calling,

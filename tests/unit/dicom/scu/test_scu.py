@@ -12,12 +12,12 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dpp_tools.samples import make_protocol
 from orthanc_dpp.dicom.modalities import Modality
+from orthanc_dpp.dicom.outbound import Calling
 from orthanc_dpp.dicom.scu import answers as scu_answers
 from orthanc_dpp.dicom.scu import association as scu_association
 from orthanc_dpp.dicom.scu import query as scu_query
 from orthanc_dpp.dicom.scu import retrieve
 from orthanc_dpp.dicom.scu.answers import RemoteError
-from orthanc_dpp.dicom.scu.association import Caller
 from orthanc_dpp.dicom.scu.identifiers import BadKey, build_identifier
 from orthanc_dpp.dicom.scu.retrieve import Control
 from orthanc_dpp.model import dimse_status
@@ -29,7 +29,7 @@ from tests.orthanc_server import free_port
 from tests.peers import collecting_storescp
 from tests.waiting import eventually
 
-CALLER = Caller("DPP_SCU_UNIT", acse_timeout=5, dimse_timeout=5, network_timeout=5)
+CALLER = Calling("DPP_SCU_UNIT", acse_timeout=5, dimse_timeout=5, network_timeout=5)
 
 
 def protocols(count: int) -> list[Dataset]:
@@ -349,7 +349,7 @@ def test_a_remote_that_never_stops_answering_is_cut_off() -> None:
 
 # -- a hostile archive ----------------------------------------------------------------------
 
-SMALL = Caller(
+SMALL = Calling(
     "DPP_SCU_UNIT",
     acse_timeout=5,
     dimse_timeout=5,
