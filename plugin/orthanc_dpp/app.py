@@ -289,7 +289,7 @@ class DppApp:
         if other is not None:  # stored through another node meanwhile
             report_duplicate(stored.sop_instance_uid, other, stored.orthanc_id, self.index)
         if stored.sop_class_uid == PROTOCOL_APPROVAL_STORAGE:
-            # What it approves is the content its protocols hold now (bindings.py).
+            # What it approves is the content its protocols hold now (approved_content.py).
             entry = self.index.get_by_orthanc_id(stored.orthanc_id)
             if entry is not None:
                 self.approved_content.bind(entry)

@@ -89,7 +89,7 @@ def scan(data: bytes, implicit: bool, maximum_depth: int) -> Elements:
     """The top-level elements of ``data`` (little endian), every level checked.
 
     Raises :class:`TooDeep` when a sequence sits deeper than ``maximum_depth``
-    levels (a top-level sequence is level 1, as ``limits.nesting_depth``
+    levels (a top-level sequence is level 1, as ``decoding.nesting_depth``
     counts), :class:`Unreadable` when a length runs past its container, a
     delimiter is missing, top-level tags are not ascending, or the dataset
     holds Pixel Data (encapsulated fragments are not datasets).

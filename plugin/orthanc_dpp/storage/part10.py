@@ -85,7 +85,7 @@ class _WholeReads(io.BytesIO):
 def read_part10(data: bytes, maximum_depth: int) -> tuple[Dataset, encoded.Elements | None]:
     """A Part 10 file as :func:`parse_part10` reads it, and its walked elements if it could.
 
-    The file meta is the one :func:`limits.read_file_meta` reads (pydicom's
+    The file meta is the one :func:`decoding.read_file_meta` reads (pydicom's
     reading, which the inflation check used too); one with faults is
     refused. A little endian file whose every element :func:`encoded.scan`
     vouches for (lengths within their containers at every level, at most

@@ -33,7 +33,7 @@ _LONG_HEADER: Final = frozenset(
 )
 _META_HEADER = struct.Struct("<HH2sH")
 _LONG_LENGTH = struct.Struct("<I")
-_ADDED: Final = 0x01  # element of the normalization record (normalize.py) listing added tags
+_ADDED: Final = 0x01  # element of the normalization record (normalization.py) listing added tags
 _FILLED: Final = 0x02  # ... and filled ones
 
 
