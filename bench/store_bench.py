@@ -362,7 +362,7 @@ def run(
                 )
                 ours = _send(plugin.dpp_port, plugin.aet, n, part, work)
                 if spy is not None:
-                    result["profile_c_store"] = spy.stop("handle_store")
+                    result["profile_c_store"] = spy.stop("handlers._store")
                 _check_held(ours, _instances(plugin))
                 ours.update(_store_times(plugin))
                 result.setdefault("platform", _platform(plugin))
@@ -390,7 +390,7 @@ def run(
                 spy = Profiler(plugin.process.pid, work / "rest.txt") if profile and first else None
                 uploaded = _rest_post(plugin, "/dpp/protocols", bodies, threads)
                 if spy is not None:
-                    result["profile_rest"] = spy.stop("_upload")
+                    result["profile_rest"] = spy.stop("protocols.upload")
                 _check_held(uploaded, _instances(plugin))
             print(f"  REST {threads} thread(s) {REST}: {one_line(uploaded)}", flush=True)
             result["rest"][str(threads)] = {NATIVE: baseline, REST: uploaded}

@@ -52,9 +52,10 @@ class Profiler:
 def summarize(raw: Path, root: str, top: int = 25) -> dict[str, Any]:
     """One path of the plugin in a py-spy raw profile: share of samples per function.
 
-    Only samples inside the function named `root` count (``handle_store``,
-    the C-STORE handler; ``_upload``, ``POST /dpp/protocols``), so idle
-    threads and Orthanc's own do not dilute the figures. ``inclusive``: the
+    Only samples inside ``root``, a function named ``module.function``, count
+    (``handlers._store``, the C-STORE handler's work; ``protocols.upload``,
+    ``POST /dpp/protocols``), so idle threads, Orthanc's own and the index
+    feed do not dilute the figures. ``inclusive``: the
     function is on the stack; ``self``: it is the innermost frame.
     """
     inclusive: Counter[str] = Counter()
@@ -62,12 +63,14 @@ def summarize(raw: Path, root: str, top: int = 25) -> dict[str, Any]:
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if f"{root} (" not in stack or not count_text.isdigit():
+        if f"{root.rsplit('.', 1)[-1]} (" not in stack or not count_text.isdigit():
+            continue
+        frames = [_frame(f) for f in stack.split(";")]
+        if root not in frames:
             continue
         count = int(count_text)
         total += count
-        frames = [_frame(f) for f in stack.split(";")]
-        seen = frames[frames.index(next(f for f in frames if f.endswith(f".{root}"))) :]
+        seen = frames[frames.index(root) :]
         for name in set(seen):
             inclusive[name] += count
         own[seen[-1]] += count

@@ -39,9 +39,8 @@ from orthanc_dpp.model.key_table import (
 from orthanc_dpp.model.matching import SequenceKey
 from orthanc_dpp.model.query import compile_query
 from orthanc_dpp.model.sop import TRANSFER_SYNTAXES
-from tests.doc_examples import doc_section, tables
+from tests.doc_examples import REPO, doc_section, tables
 
-REPO = Path(__file__).resolve().parents[2]
 CONFORMANCE = REPO / "CONFORMANCE.md"
 DOC = CONFORMANCE.read_text()
 PLUGIN = REPO / "plugin" / "orthanc_dpp"
