@@ -8,6 +8,8 @@ these from here, never from each other.
 
 from __future__ import annotations
 
+import copy
+import datetime
 import struct
 from typing import Any
 
@@ -17,9 +19,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dpp_tools.samples import to_bytes
+from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.model import normalization, sop
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.normalization import Normalization
@@ -137,3 +139,53 @@ def identifier_for(uids: list[str] | str) -> Dataset:
     ds = Dataset()
     ds.SOPInstanceUID = uids
     return ds
+
+
+KVP = 0x00180060
+#: The predecessor the first version of a :func:`version_chain` names: never stored.
+LOST_PREDECESSOR = "1.2.826.0.1.3680043.8.498.990"
+
+
+def kvp_constraint(ds: Dataset) -> Dataset:
+    """The first acquisition element's constraint on KVP (0018,0060), as sample protocols have."""
+    element = ds.AcquisitionProtocolElementSpecificationSequence[0]
+    return next(p for p in element.ParametersSpecificationSequence if p.SelectorAttribute == KVP)
+
+
+def version_chain(seed: int, count: int, kind: str = "CT") -> list[Dataset]:
+    """``count`` versions of ``make_protocol(seed, kind)``, oldest first, as a physicist makes them.
+
+    Each later version is a copy of the one before with its own SOP Instance
+    UID, made a day later, naming the one before in its Predecessor Protocol
+    Sequence, and with the tube voltage of its first acquisition element
+    raised by 10 kV. The first names :data:`LOST_PREDECESSOR`, which is not stored.
+    """
+    first = make_protocol(seed, kind)
+    first.PredecessorProtocolSequence = [
+        build(
+            {
+                "ReferencedSOPClassUID": first.SOPClassUID,
+                "ReferencedSOPInstanceUID": LOST_PREDECESSOR,
+            }
+        )
+    ]
+    chain = [first]
+    for number in range(1, count):
+        before = chain[-1]
+        ds = copy.deepcopy(before)
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(seed), kind, "version", str(number)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        made = datetime.datetime.strptime(before.InstanceCreationDate, "%Y%m%d")
+        ds.InstanceCreationDate = (made + datetime.timedelta(days=1)).strftime("%Y%m%d")
+        ds.PredecessorProtocolSequence = [
+            build(
+                {
+                    "ReferencedSOPClassUID": before.SOPClassUID,
+                    "ReferencedSOPInstanceUID": before.SOPInstanceUID,
+                }
+            )
+        ]
+        constraint = kvp_constraint(ds).ConstraintValueSequence[0]
+        constraint.SelectorDSValue = f"{float(constraint.SelectorDSValue) + 10:g}"
+        chain.append(ds)
+    return chain

@@ -20,6 +20,7 @@ from typing import Any
 import pydicom
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
+from tests.datasets import kvp_constraint
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -32,6 +33,8 @@ MAKE_RUN_URL = "http://127.0.0.1:8043"
 CT_UID = "2.25.119546327322774435051676743357352962937"
 XA_UID = "2.25.198965325642171815000894312853115304275"
 APPROVAL_UID = "2.25.19217924375929687950232765645835280542"
+#: ``ct-protocol-next.dcm``: the next version of the CT protocol.
+NEXT_UID = "2.25.271828182845904523536028747135266249"
 
 _HEADING = re.compile(r"(#+) (.+?)\s*$")
 
@@ -184,6 +187,12 @@ def write_samples(folder: Path) -> None:
     changed = make_protocol(1, "CT")
     changed.ProtocolName = f"{changed.ProtocolName} v2"
     save(changed, CT_UID, "ct-protocol-v2.dcm")
+    # The next version: its own UID, naming the CT protocol as its
+    # predecessor, 10 kV more in its first acquisition element (100 kV).
+    following = make_protocol(1, "CT")
+    following.PredecessorProtocolSequence[0].ReferencedSOPInstanceUID = CT_UID
+    kvp_constraint(following).ConstraintValueSequence[0].SelectorDSValue = "110"
+    save(following, NEXT_UID, "ct-protocol-next.dcm")
     save(make_protocol(2, "XA"), XA_UID, "xa-protocol.dcm")
     save(make_protocol(1, "APPROVAL"), APPROVAL_UID, "approval.dcm")
     (folder / "ct-image.dcm").write_bytes(to_bytes(make_non_dpp(1)))

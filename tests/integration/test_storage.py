@@ -22,6 +22,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from dpp_tools.samples import make_library, make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.config import KEYS
 from orthanc_dpp.model.sop import CT_DPP_STORAGE, STORAGE_CLASSES, TRANSFER_SYNTAXES
+from tests.datasets import LOST_PREDECESSOR, kvp_constraint, version_chain
 from tests.orthanc_server import HttpError, OrthancServer
 from tests.peers import associate, store_protocols
 from tests.waiting import eventually
@@ -43,6 +44,38 @@ def as_received(ds: Dataset, transfer_syntax: str) -> Dataset:
 
 def original(server: OrthancServer, uid: str) -> Dataset:
     return pydicom.dcmread(io.BytesIO(server.get(f"/dpp/protocols/{uid}/file")))
+
+
+def test_versions_stored_by_c_store_and_rest_are_compared_and_chained(
+    server: OrthancServer,
+) -> None:
+    first, second, third = version_chain(8100, 3, "XA")
+    store_protocols(server, [first, second])
+    assert server.post("/dpp/protocols", to_bytes(third))["Stored"] == 1
+    uids = [str(ds.SOPInstanceUID) for ds in (first, second, third)]
+    # Normalization gave each a patient, study and series; the diff sees the protocols as sent.
+    (change,) = server.get_json(f"/dpp/protocols/{uids[0]}/diff/{uids[2]}")["Differences"]
+    kv = float(kvp_constraint(first).ConstraintValueSequence[0].SelectorDSValue)
+    assert change["Path"].startswith("AcquisitionProtocolElementSpecificationSequence[0].")
+    assert (change["Keyword"], change["Tag"]) == ("SelectorDSValue", "00720072")
+    assert (change["A"], change["B"]) == (
+        {"vr": "DS", "Value": [kv]},
+        {"vr": "DS", "Value": [kv + 20]},
+    )
+    assert server.get_json(f"/dpp/protocols/{uids[1]}/diff/{uids[1]}") == {"Differences": []}
+    versions = server.get_json(f"/dpp/protocols/{uids[1]}/versions")
+    assert [(v["SOPInstanceUID"], v["Stored"]) for v in versions["Predecessors"]] == [
+        (uids[0], True),
+        (LOST_PREDECESSOR, False),
+    ]
+    assert [v["SOPInstanceUID"] for v in versions["Successors"]] == [uids[2]]
+    assert versions["Successors"][0]["ProtocolName"] == third.ProtocolName
+    with pytest.raises(HttpError) as unknown:
+        server.get(f"/dpp/protocols/{uids[0]}/diff/1.2.3.4")
+    assert unknown.value.status == 404 and unknown.value.json()["Unknown"] == ["1.2.3.4"]
+    server.delete(f"/dpp/protocols/{uids[2]}")
+    assert server.get_json(f"/dpp/protocols/{uids[1]}/versions")["Successors"] == []
+    assert server.status_of("GET", f"/dpp/protocols/{uids[2]}/versions") == 404
 
 
 def test_c_echo_pynetdicom_and_dcmtk(server: OrthancServer) -> None:

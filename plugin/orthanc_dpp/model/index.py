@@ -45,6 +45,10 @@ CODE_SEQUENCES: Final = (
 #: Where a Protocol Approval names the protocols it is about (PS3.4 II.6.1.3.2.1
 #: suggests indexing it: "which approvals does this protocol have" is the usual query).
 APPROVAL_SUBJECT: Final = (tag("ApprovalSubjectSequence"), tag("ReferencedSOPInstanceUID"))
+#: Where a protocol names the protocols it replaces (PS3.3 C.34.2, Protocol
+#: Context: SOP Instance Reference Macro items); indexed so that the versions
+#: after a protocol are found without reading a file.
+PREDECESSOR: Final = (tag("PredecessorProtocolSequence"), tag("ReferencedSOPInstanceUID"))
 
 #: Top-level attributes with a value index.
 INDEXED: Final = (
@@ -63,6 +67,7 @@ INDEXED_ITEMS: Final = (
     (tag("ModelSpecificationSequence"), tag("ManufacturerModelName")),
     (tag("CustodialOrganizationSequence"), tag("InstitutionName")),
     APPROVAL_SUBJECT,
+    PREDECESSOR,
 )
 
 # A wild card or range is tried on each distinct value of an index only when
@@ -319,9 +324,16 @@ class ProtocolIndex:
 
     def approvals_of(self, sop_instance_uid: str) -> list[Entry]:
         """The Protocol Approval entries whose Approval Subject Sequence names this UID."""
-        key = _NORMS[APPROVAL_SUBJECT[1]](sop_instance_uid)
+        return self._naming(APPROVAL_SUBJECT, sop_instance_uid)
+
+    def successors_of(self, sop_instance_uid: str) -> list[Entry]:
+        """The entries whose Predecessor Protocol Sequence names this UID, in the stable order."""
+        return self._naming(PREDECESSOR, sop_instance_uid)
+
+    def _naming(self, path: tuple[int, int], sop_instance_uid: str) -> list[Entry]:
+        key = _NORMS[path[1]](sop_instance_uid)
         with self._lock:
-            numbers = sorted(_ids(self._values[APPROVAL_SUBJECT].get(key)))
+            numbers = sorted(_ids(self._values[path].get(key)))
             return [self._entries[n] for n in numbers]
 
     def orthanc_ids(self) -> set[str]:

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orthanc_dpp.metrics import Metrics
-from orthanc_dpp.model import approvals
+from orthanc_dpp.model import approvals, versions
+from orthanc_dpp.model.comparison import differences
 from orthanc_dpp.model.index import Entry, ProtocolIndex
 from orthanc_dpp.model.search import PARAMETERS, ProtocolSearch, SearchError, search
 from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, PROTOCOL_APPROVAL_STORAGE
@@ -302,6 +303,34 @@ class DppRestApi:
                 "Attributes": dataset_tree(ds),
             },
         )
+
+    # GET /dpp/protocols/{a}/diff/{b}
+    def protocol_diff(self, request: Request, first: str, second: str) -> Response:
+        """What differs between two protocols as received, identity aside (``model.comparison``)."""
+        entries = [(identifier, self._lookup(identifier)) for identifier in (first, second)]
+        unknown = list(dict.fromkeys(i for i, entry in entries if entry is None))
+        if unknown:
+            names = " and ".join(repr(i) for i in unknown)
+            return error(
+                404, f"no protocol with SOP Instance UID or Orthanc ID {names}", Unknown=unknown
+            )
+        datasets = []
+        for _, entry in entries:
+            assert entry is not None
+            try:
+                datasets.append(self.library.original_dataset(entry.orthanc_id))
+            except OrthancError as exc:
+                return error(404, f"the file of {entry.orthanc_id} cannot be read: {exc.message}")
+        found = differences(*datasets)
+        return json_response(200, {"Differences": [d.as_json() for d in found]})
+
+    # GET /dpp/protocols/{uid}/versions
+    def protocol_versions(self, request: Request, identifier: str) -> Response:
+        """The protocols before and after this one, from the index (``model.versions``)."""
+        entry = self._lookup(identifier)
+        if entry is None:
+            return self._missing(identifier)
+        return json_response(200, versions.versions(self.index, entry))
 
     # GET /dpp/activity
     def recent_activity(self, request: Request) -> Response:

@@ -46,6 +46,8 @@ PROTOCOLS: Final = "/dpp/protocols"
 PROTOCOL: Final = f"/dpp/protocols/{SEGMENT}"
 PROTOCOL_FILE: Final = f"/dpp/protocols/{SEGMENT}/file"
 PROTOCOL_TREE: Final = f"/dpp/protocols/{SEGMENT}/tree"
+PROTOCOL_DIFF: Final = f"/dpp/protocols/{SEGMENT}/diff/{SEGMENT}"
+PROTOCOL_VERSIONS: Final = f"/dpp/protocols/{SEGMENT}/versions"
 ACTIVITY: Final = "/dpp/activity"
 LIBRARY_PAGE: Final = f"/dpp/ui/({_UTF8_CHARACTER}*)"
 FIND: Final = f"/dpp/modalities/{SEGMENT}/find"
@@ -99,6 +101,8 @@ def protocol_routes(api: DppRestApi) -> list[Route]:
         Route(PROTOCOL, {"GET": api.protocol, "DELETE": api.delete_protocol}),
         Route(PROTOCOL_FILE, {"GET": api.protocol_file}),
         Route(PROTOCOL_TREE, {"GET": api.protocol_tree}),
+        Route(PROTOCOL_DIFF, {"GET": api.protocol_diff}),
+        Route(PROTOCOL_VERSIONS, {"GET": api.protocol_versions}),
         Route(ACTIVITY, {"GET": api.recent_activity}),
         Route(LIBRARY_PAGE, {"GET": api.library_page}),
     ]
@@ -142,6 +146,8 @@ def invalid_configuration(
         refused(PROTOCOL),
         refused(PROTOCOL_FILE),
         refused(PROTOCOL_TREE),
+        refused(PROTOCOL_DIFF),
+        refused(PROTOCOL_VERSIONS),
         Route(ACTIVITY, {"GET": lambda request: activity_answer(activity)}),
         Route(LIBRARY_PAGE, {"GET": library_page_file}),
         refused(FIND, JSON_TYPES),

@@ -20,8 +20,10 @@ from orthanc_dpp.rest.routes import (
     ACTIVITY,
     LIBRARY_PAGE,
     PROTOCOL,
+    PROTOCOL_DIFF,
     PROTOCOL_FILE,
     PROTOCOL_TREE,
+    PROTOCOL_VERSIONS,
     PROTOCOLS,
     STATUS,
     Route,
@@ -29,6 +31,7 @@ from orthanc_dpp.rest.routes import (
 )
 from orthanc_dpp.storage.decoding import DatasetLimits
 from orthanc_dpp.storage.library import ProtocolLibrary
+from tests.datasets import LOST_PREDECESSOR, version_chain
 from tests.fake_orthanc import FakeOrthancApi, rest_api
 
 
@@ -420,3 +423,64 @@ def test_uploads_while_the_index_loads_are_refused_with_retry_after(api, index) 
     assert not api.files
     loaded = True
     assert upload(rest, to_bytes(make_protocol(1, "CT"))).status == 200
+
+
+def test_diff_of_two_stored_versions_compares_them_as_received(
+    rest: DppRestApi, api: FakeOrthancApi
+) -> None:
+    first, second = version_chain(2, 2)
+    for ds in (first, second):
+        upload(rest, to_bytes(ds))
+    a, b = str(first.SOPInstanceUID), str(second.SOPInstanceUID)
+    answer = rest.protocol_diff(Request("GET"), a, b)
+    assert answer.status == 200
+    # Normalization gave both a patient, study and series: not a difference.
+    assert body(answer) == {
+        "Differences": [
+            {
+                "Path": "AcquisitionProtocolElementSpecificationSequence[0]"
+                ".ParametersSpecificationSequence[2].ConstraintValueSequence[0].SelectorDSValue",
+                "Tag": "00720072",
+                "Keyword": "SelectorDSValue",
+                "A": {"vr": "DS", "Value": [100.0]},
+                "B": {"vr": "DS", "Value": [110.0]},
+            }
+        ]
+    }
+    orthanc_id = body(rest.protocol(Request("GET"), b))["OrthancID"]
+    assert body(rest.protocol_diff(Request("GET"), a, a)) == {"Differences": []}
+    assert body(rest.protocol_diff(Request("GET"), b, orthanc_id)) == {"Differences": []}
+    assert route(rest, PROTOCOL_DIFF).answer(Request("POST"), a, b).allowed == "GET"
+    del api.files[orthanc_id]  # indexed, but its file is gone
+    unreadable = rest.protocol_diff(Request("GET"), a, b)
+    assert unreadable.status == 404 and orthanc_id in body(unreadable)["Error"]
+
+
+def test_diff_of_unknown_protocols_names_them(rest: DppRestApi) -> None:
+    ds = make_protocol(3, "XA")
+    upload(rest, to_bytes(ds))
+    one = rest.protocol_diff(Request("GET"), ds.SOPInstanceUID, "1.2.3")
+    assert one.status == 404
+    assert body(one)["Unknown"] == ["1.2.3"] and "'1.2.3'" in body(one)["Error"]
+    both = body(rest.protocol_diff(Request("GET"), "9.8", "9.9"))
+    assert both["Unknown"] == ["9.8", "9.9"]
+    assert both["Error"] == "no protocol with SOP Instance UID or Orthanc ID '9.8' and '9.9'"
+
+
+def test_versions_of_a_stored_chain(rest: DppRestApi) -> None:
+    chain = version_chain(5, 3, "XA")
+    for ds in chain:
+        upload(rest, to_bytes(ds))
+    uids = [str(ds.SOPInstanceUID) for ds in chain]
+    answer = body(rest.protocol_versions(Request("GET"), uids[1]))
+    assert [(v["SOPInstanceUID"], v["Stored"]) for v in answer["Predecessors"]] == [
+        (uids[0], True),
+        (LOST_PREDECESSOR, False),
+    ]
+    assert [v["SOPInstanceUID"] for v in answer["Successors"]] == [uids[2]]
+    assert answer["Successors"][0]["ProtocolName"] == chain[2].ProtocolName
+    rest.delete_protocol(Request("DELETE"), uids[2])
+    assert body(rest.protocol_versions(Request("GET"), uids[1]))["Successors"] == []
+    missing = rest.protocol_versions(Request("GET"), uids[2])
+    assert missing.status == 404 and uids[2] in body(missing)["Error"]
+    assert route(rest, PROTOCOL_VERSIONS).answer(Request("PUT"), uids[0]).allowed == "GET"
