@@ -20,6 +20,7 @@ from typing import Any, Final
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from orthanc_dpp.model.normalization import DESCRIPTIVE, REQUIRED
 
@@ -122,4 +123,14 @@ def _compared(ds: Dataset, ignored: frozenset[int]) -> set[int]:
 
 def _json(element: DataElement | None) -> dict[str, Any] | None:
     """The element in DICOM JSON, binary values inline (protocols hold no bulk data)."""
-    return None if element is None else element.to_json_dict(None, 0)
+    if element is None:
+        return None
+    try:
+        return element.to_json_dict(None, 0)
+    except (TypeError, ValueError):
+        # A value the listener kept although it breaks its VR (a DS of "abc"):
+        # pydicom reads it but cannot write it as a JSON number. Still shown,
+        # and compared, as the text it holds.
+        value = element.value
+        values = value if isinstance(value, list | tuple | MultiValue) else [value]
+        return {"vr": element.VR, "Value": [str(v) for v in values]}

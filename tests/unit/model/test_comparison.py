@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import io
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dpp_tools.samples import to_bytes
 from orthanc_dpp.model import normalization
 from orthanc_dpp.model.comparison import IDENTITY, differences
 from tests.datasets import build, kvp_constraint, version_chain
@@ -137,3 +140,24 @@ def test_an_item_only_one_side_has_is_reported_whole() -> None:
     assert [d["Path"] for d in whole] == ["AcquisitionProtocolElementSpecificationSequence"]
     assert whole[0]["A"]["vr"] == "SQ" and whole[0]["B"] is None
     assert len(whole[0]["A"]["Value"]) == count and element.ProtocolElementNumber == 1
+
+
+def test_a_value_that_breaks_its_vr_is_compared_as_its_text() -> None:
+    """The listener keeps such a value; pydicom reads it but cannot write it as a JSON number."""
+    ds = version_chain(1, 1)[0]
+    ds.KVP = ["999", "100"]  # one value too many, too
+    data = to_bytes(ds)
+    sound = pydicom.dcmread(io.BytesIO(data))
+    broken = pydicom.dcmread(
+        io.BytesIO(data.replace(b"DS\x08\x00999\\100 ", b"DS\x08\x00abc\\100 "))
+    )
+    assert as_json(sound, broken) == [
+        {
+            "Path": "KVP",
+            "Tag": "00180060",
+            "Keyword": "KVP",
+            "A": {"vr": "DS", "Value": [999.0, 100.0]},
+            "B": {"vr": "DS", "Value": ["abc", "100"]},
+        }
+    ]
+    assert differences(broken, broken) == []
