@@ -95,7 +95,10 @@ def assertion(item: Record, now: datetime) -> dict[str, Any]:
             "CodingSchemeDesignator": _text(code.first(tag("CodingSchemeDesignator"))),
             "CodeMeaning": _text(code.first(tag("CodeMeaning"))),
         },
-        "Asserter": None if asserter is None else _text(asserter.first(tag("PersonName"))),
+        # A person by name; a device (observer type DEV) by its AE title.
+        "Asserter": None
+        if asserter is None
+        else _text(asserter.first(tag("PersonName")) or asserter.first(tag("StationAETitle"))),
         "AsserterRole": _text(roles[0].first(tag("CodeMeaning"))) if roles else None,
         "AssertionDateTime": _text(item.first(tag("AssertionDateTime"))),
         "AssertionExpirationDateTime": expires,

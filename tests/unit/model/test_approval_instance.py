@@ -81,6 +81,7 @@ def test_what_the_plugin_makes_is_read_back_as_the_word_asked_for(
     (assertion,) = summary["Assertions"]
     assert (assertion["Approves"], assertion["Withdraws"]) == (approves, not approves)
     assert approvals.state([summary]) == word
+    assert assertion["Asserter"] == "DPP_ARCHIVE"  # a device, by its AE title
 
 
 def test_a_user_name_with_name_delimiters_stays_one_name() -> None:

@@ -584,3 +584,29 @@ def test_a_bad_approval_body_is_400_naming_the_member(
     assert answer.status == 400
     assert body(answer).get("Field") == field
     assert not approving.index.approvals_of(str(protocol.SOPInstanceUID))
+
+
+@pytest.mark.parametrize(
+    ("authorization", "user"),
+    [
+        ("Basic " + base64.b64encode(b"alice:pa:ss").decode(), "alice"),
+        ("basic " + base64.b64encode("Zoë:x".encode()).decode(), "Zoë"),
+        ("Bearer abc.def", None),
+        ("Basic not-base64!", None),
+        ("Basic " + base64.b64encode(b":nouser").decode(), None),
+        ("", None),
+    ],
+)
+def test_the_asserter_is_the_basic_user_orthanc_authenticated(
+    approving: Approving, authorization: str, user: str | None
+) -> None:
+    protocol = make_protocol(889, "CT")
+    upload(approving.rest, to_bytes(protocol))
+    headers = {"authorization": authorization} if authorization else {}
+    answer = approving.post(str(protocol.SOPInstanceUID), {"Assertion": "approved"}, headers)
+    entry = approving.index.get(body(answer)["SOPInstanceUID"])
+    assert entry is not None
+    stored = pydicom.dcmread(io.BytesIO(approving.api.files[entry.orthanc_id]))
+    asserter = stored.ApprovalSequence[0].AsserterIdentificationSequence[0]
+    assert asserter.get("PersonName") == user
+    assert asserter.ObserverType == ("PSN" if user else "DEV")
