@@ -300,7 +300,8 @@ class DppRestApi:
         try:
             wanted = approval_instance.parse_request(payload)
         except approval_instance.BadApproval as exc:
-            return error(400, str(exc), Field=exc.field)
+            named = {} if exc.field is None else {"Field": exc.field}
+            return error(400, str(exc), **named)
         asserter = approval_instance.Asserter(
             basic_user(request.headers), self.ae_title, self.software_version
         )
