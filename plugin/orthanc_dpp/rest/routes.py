@@ -46,6 +46,7 @@ PROTOCOLS: Final = "/dpp/protocols"
 PROTOCOL: Final = f"/dpp/protocols/{SEGMENT}"
 PROTOCOL_FILE: Final = f"/dpp/protocols/{SEGMENT}/file"
 PROTOCOL_TREE: Final = f"/dpp/protocols/{SEGMENT}/tree"
+PROTOCOL_APPROVALS: Final = f"/dpp/protocols/{SEGMENT}/approvals"
 ACTIVITY: Final = "/dpp/activity"
 LIBRARY_PAGE: Final = f"/dpp/ui/({_UTF8_CHARACTER}*)"
 FIND: Final = f"/dpp/modalities/{SEGMENT}/find"
@@ -99,6 +100,7 @@ def protocol_routes(api: DppRestApi) -> list[Route]:
         Route(PROTOCOL, {"GET": api.protocol, "DELETE": api.delete_protocol}),
         Route(PROTOCOL_FILE, {"GET": api.protocol_file}),
         Route(PROTOCOL_TREE, {"GET": api.protocol_tree}),
+        Route(PROTOCOL_APPROVALS, {"POST": api.approve}, JSON_TYPES),
         Route(ACTIVITY, {"GET": api.recent_activity}),
         Route(LIBRARY_PAGE, {"GET": api.library_page}),
     ]
@@ -142,6 +144,7 @@ def invalid_configuration(
         refused(PROTOCOL),
         refused(PROTOCOL_FILE),
         refused(PROTOCOL_TREE),
+        refused(PROTOCOL_APPROVALS, JSON_TYPES),
         Route(ACTIVITY, {"GET": lambda request: activity_answer(activity)}),
         Route(LIBRARY_PAGE, {"GET": library_page_file}),
         refused(FIND, JSON_TYPES),
