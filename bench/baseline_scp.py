@@ -29,7 +29,7 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 
-from bench import library
+from bench import corpus
 from bench.child import rss_kib
 from orthanc_dpp.dicom.connections import set_tcp_nodelay
 from orthanc_dpp.model.sop import DPP_FIND, TRANSFER_SYNTAXES
@@ -98,7 +98,7 @@ def _response(ds: Dataset, query: Dataset) -> Dataset:
 
 
 def load(count: int) -> list[Dataset]:
-    return [dcmread(io.BytesIO(data)) for data in library.key_files(count)]
+    return [dcmread(io.BytesIO(data)) for data in corpus.key_files(count)]
 
 
 def main(port: int, aet: str, count: int) -> None:

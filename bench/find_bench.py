@@ -29,7 +29,7 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from bench import library, orthanc_setup
+from bench import corpus, orthanc_setup
 from bench.child import Child, rss_kib
 from bench.counting_scu import CountingAssociation
 from bench.dimse import DimseError, accepted, connect, find
@@ -179,7 +179,7 @@ def measure(run: Callable[[], Any], budget: float, max_queries: int) -> dict[str
 
 def _middle_uid(size: int) -> str:
     """SOP Instance UID of the protocol in the middle of the library."""
-    path = library.files(size)[size // 2]
+    path = corpus.files(size)[size // 2]
     return str(dcmread(path, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
 
@@ -483,5 +483,5 @@ def _broad_targets(results: list[dict[str, Any]]) -> str:
 def run(
     sizes: list[int], budget: float, max_queries: int, only: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    library.ensure(max(sizes))
+    corpus.ensure(max(sizes))
     return [run_size(size, budget, max_queries, only) for size in sizes]

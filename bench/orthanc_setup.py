@@ -36,7 +36,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom.sop_class import RawDataStorage
 
-from bench import RESULTS, STACK, library
+from bench import RESULTS, STACK, corpus
 from bench.dimse import SCU_AET, DimseError, connect
 from orthanc_dpp.model import normalization as normalize
 from orthanc_dpp.model.normalization import Normalization
@@ -94,7 +94,7 @@ def folder_for(size: int, twins: bool = False) -> Path:
     suffix = "-with-twins" if twins else ""
     if STACK:
         suffix += f"-{STACK}"
-    return RESULTS / "orthanc" / f"{library.factory_version()}-{size}{suffix}"
+    return RESULTS / "orthanc" / f"{corpus.factory_version()}-{size}{suffix}"
 
 
 def server(
@@ -145,12 +145,12 @@ def prepare(size: int, method: str | None = None, *, twins: bool = False) -> dic
     if _is_prepared(folder, expected):
         return None
     method = method or DEFAULT_LOAD_METHOD
-    library.ensure(size)
+    corpus.ensure(size)
     shutil.rmtree(folder, ignore_errors=True)
     orthanc = server(size, twins=twins, Enabled=method != "normalized")
     orthanc.start(wait_listener=method != "normalized", timeout=120)
     try:
-        paths = library.files(size)
+        paths = corpus.files(size)
         print(f"  loading {size:,} protocols into Orthanc by {method} ({folder})", flush=True)
         figures = load(orthanc, paths, method)
         if twins:
@@ -160,7 +160,7 @@ def prepare(size: int, method: str | None = None, *, twins: bool = False) -> dic
             raise RuntimeError(f"Orthanc holds {total} instances, not {expected}")
     finally:
         orthanc.stop()
-    marker = {"count": expected, "factory": library.factory_version(), **figures}
+    marker = {"count": expected, "factory": corpus.factory_version(), **figures}
     (folder / "loaded.json").write_text(json.dumps(marker, indent=2))
     return figures
 

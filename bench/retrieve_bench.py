@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from bench import library, orthanc_setup
+from bench import corpus, orthanc_setup
 from bench.child import Child
 from bench.dimse import DimseError, RetrieveResult, accepted, get, move
 from bench.report import percentile, ratio, table
@@ -74,11 +74,11 @@ def run(
     ``pending_interval`` sets the plugin's PendingResponseInterval (None: its default).
     """
     print(f"\n== C-GET / C-MOVE of {count:,} protocols", flush=True)
-    library.ensure(count)
+    corpus.ensure(count)
     loaded = orthanc_setup.prepare(count, twins=True)
-    paths = library.files(count)
+    paths = corpus.files(count)
     twins = orthanc_setup.twin_uids(paths)
-    sizes = library.sizes(paths)
+    sizes = corpus.sizes(paths)
     uids = [str(dcmread(p, specific_tags=["SOPInstanceUID"]).SOPInstanceUID) for p in paths]
     result: dict[str, Any] = {
         "count": count,

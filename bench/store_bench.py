@@ -50,7 +50,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import STACK, library, orthanc_setup
+from bench import STACK, corpus, orthanc_setup
 from bench.child import Child, serve_until_stopped
 from bench.store_profile import Profiler
 from bench.store_report import BARE, NATIVE, PLUGIN, REST, one_line
@@ -332,10 +332,10 @@ def run(
     """
     print(f"\n== C-STORE and REST upload, {count:,} protocols per measurement", flush=True)
     measurements = len(senders) + len(rest_threads)
-    library.ensure(count * measurements)
-    paths = library.files(count * measurements)
+    corpus.ensure(count * measurements)
+    paths = corpus.files(count * measurements)
     slices = [paths[i * count : (i + 1) * count] for i in range(measurements)]
-    sizes = library.sizes(paths[:count])
+    sizes = corpus.sizes(paths[:count])
     result: dict[str, Any] = {
         "count": count,
         "mean_size_kib": sizes.mean_kib,

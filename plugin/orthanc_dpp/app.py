@@ -256,6 +256,8 @@ class DppApp:
             metrics=metrics,
             activity=ports.activity,
             content=self.approved_content,
+            ae_title=settings.ae_title,
+            software_version=__version__,
         )
         # This plugin as the SCU of other DPP archives (Orthanc's modalities).
         self.remote = RemoteArchives(

@@ -146,6 +146,9 @@ def test_every_example_answers_as_readme_shows(orthanc: OrthancServer, tmp_path:
                 found.append(f"{saved.name} is not the protocol {uid} as sent")
         problems += [f"{example.command}\n    {p}" for p in found]
     assert not problems, "\n".join(problems)
-    # What the examples leave: the form-data upload stored nothing, the CT protocol is deleted.
-    listing = orthanc.get_json("/dpp/protocols")
-    assert {p["SOPInstanceUID"] for p in listing["Protocols"]} == {XA_UID, APPROVAL_UID}
+    # What the examples leave: the form-data upload stored nothing, the CT protocol is deleted,
+    # the approval made over REST stays.
+    listing = {p["SOPInstanceUID"]: p for p in orthanc.get_json("/dpp/protocols")["Protocols"]}
+    made = [p for uid, p in listing.items() if uid not in (XA_UID, APPROVAL_UID)]
+    assert {XA_UID, APPROVAL_UID} <= set(listing)
+    assert [p["ApprovalSubjects"] for p in made] == [[CT_UID]]

@@ -95,7 +95,10 @@ def assertion(item: Record, now: datetime) -> dict[str, Any]:
             "CodingSchemeDesignator": _text(code.first(tag("CodingSchemeDesignator"))),
             "CodeMeaning": _text(code.first(tag("CodeMeaning"))),
         },
-        "Asserter": None if asserter is None else _text(asserter.first(tag("PersonName"))),
+        # A person by name; a device (observer type DEV) by its AE title.
+        "Asserter": None
+        if asserter is None
+        else _text(asserter.first(tag("PersonName")) or asserter.first(tag("StationAETitle"))),
         "AsserterRole": _text(roles[0].first(tag("CodeMeaning"))) if roles else None,
         "AssertionDateTime": _text(item.first(tag("AssertionDateTime"))),
         "AssertionExpirationDateTime": expires,
@@ -132,3 +135,35 @@ def approved(approvals: Iterable[dict[str, Any]]) -> bool:
         if a["Current"] and a["Approves"]
     ]
     return bool(approving) and not any(a["Withdraws"] for a in current)
+
+
+#: The values of ``ApprovalState``.
+STATES: Final = ("approved", "rejected", "expired", "none")
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+def state(approvals: Iterable[dict[str, Any]]) -> str:
+    """``ApprovalState`` over :func:`summary` results about one protocol: the latest decision.
+
+    Only approvals of the content stored now count (``AppliesToStoredContent``),
+    withdrawals too: a decision is about content. Among their current
+    assertions that approve or withdraw, the latest by Assertion DateTime
+    decides (a withdrawal wins a tie): ``approved`` or ``rejected``. With
+    none current, ``expired`` if an approving one has lapsed, else ``none``.
+    Unlike :func:`approved`, an approval made after a withdrawal overrides it.
+    """
+    deciding = [
+        a
+        for s in approvals
+        if s.get("AppliesToStoredContent", True)
+        for a in s["Assertions"]
+        if a["Approves"] or a["Withdraws"]
+    ]
+    current = [a for a in deciding if a["Current"]]
+    if current:
+        latest = max(
+            current,
+            key=lambda a: (_moment(a["AssertionDateTime"]) or _OLDEST, a["Withdraws"]),
+        )
+        return "rejected" if latest["Withdraws"] else "approved"
+    return "expired" if any(a["Approves"] for a in deciding) else "none"

@@ -9,6 +9,7 @@ they live here rather than in one of them. Every error is a JSON body with
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,3 +77,21 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise BadParameter(name, f"must be between {low} and {high}, got {value}")
     return value
+
+
+def basic_user(headers: dict[str, str]) -> str | None:
+    """The user name of an HTTP Basic ``Authorization`` header, None without one.
+
+    Orthanc checks the credentials (``RegisteredUsers``) before a plugin's
+    route runs and passes the header on, so the name is the authenticated
+    user's; the password is not looked at.
+    """
+    scheme, _, credentials = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic" or not credentials:
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user = decoded.partition(":")[0].strip()
+    return user or None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
 import logging
 import urllib.parse
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orthanc_dpp.metrics import Metrics
-from orthanc_dpp.model import approvals, versions
+from orthanc_dpp.model import approval_instance, approvals, versions
 from orthanc_dpp.model.comparison import differences
 from orthanc_dpp.model.index import Entry, ProtocolIndex
 from orthanc_dpp.model.search import PARAMETERS, ProtocolSearch, SearchError, search
@@ -30,6 +31,7 @@ from orthanc_dpp.rest.http import (
     BadParameter,
     Request,
     Response,
+    basic_user,
     error,
     json_response,
     query_bool,
@@ -51,7 +53,7 @@ log = logging.getLogger("orthanc_dpp.rest")
 DEFAULT_PAGE = 100
 MAXIMUM_PAGE = 1000
 #: The query parameters of ``GET /dpp/protocols``: paging, then the search criteria.
-LIST_PARAMETERS = ("offset", "limit", "approved", *PARAMETERS)
+LIST_PARAMETERS = ("offset", "limit", "approved", "approval", *PARAMETERS)
 
 
 def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
@@ -92,7 +94,12 @@ class DppRestApi:
         metrics: Metrics | None = None,
         activity: ActivityLog | None = None,
         content: ApprovedContent | None = None,
+        ae_title: str = "ORTHANC_DPP",
+        software_version: str = "",
     ) -> None:
+        #: Who asserts an approval made over REST without an authenticated user.
+        self.ae_title = ae_title
+        self.software_version = software_version
         #: What each approval approved (None: approvals apply whatever the content).
         self.content = content
         self.activity = activity or ActivityLog()
@@ -127,6 +134,7 @@ class DppRestApi:
             offset = query_int(request, "offset", 0, 0, 2**31)
             limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
             wanted = query_bool(request, "approved")
+            wanted_state = query_state(request)
         except BadParameter as exc:
             return error(400, str(exc), Parameter=exc.parameter)
         try:
@@ -134,7 +142,7 @@ class DppRestApi:
         except SearchError as exc:
             return error(400, str(exc), Parameter=exc.parameter)
         now = datetime.now(UTC)
-        if wanted is None:
+        if wanted is None and wanted_state is None:
             total, entries = search(self.index, criteria, offset, limit)
             summaries = [self._summary(entry, now) for entry in entries]
         else:
@@ -145,13 +153,20 @@ class DppRestApi:
                 entry
                 for entry in matching
                 if entry.sop_class_uid in DPP_STORAGE_CLASSES
-                and approvals.approved(self._approvals(entry, now)) == wanted
+                and self._chosen(self._approvals(entry, now), wanted, wanted_state)
             ]
             total = len(chosen)
             summaries = [self._summary(entry, now) for entry in chosen[offset : offset + limit]]
         return json_response(
             200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
+
+    @staticmethod
+    def _chosen(found: list[dict[str, Any]], wanted: bool | None, state: str | None) -> bool:
+        """Whether a protocol with approvals ``found`` passes ``approved`` and ``approval``."""
+        if wanted is not None and approvals.approved(found) != wanted:
+            return False
+        return state is None or approvals.state(found) == state
 
     def _approvals(self, entry: Entry, now: datetime) -> list[dict[str, Any]]:
         """Summaries of the Protocol Approvals that name the protocol ``entry``.
@@ -177,12 +192,25 @@ class DppRestApi:
             found = self._approvals(entry, now)
             summary["Approvals"] = found
             summary["Approved"] = approvals.approved(found)
+            summary["ApprovalState"] = approvals.state(found)
         elif entry.sop_class_uid == PROTOCOL_APPROVAL_STORAGE:
-            summary["ApprovalSubjects"] = approvals.subjects(entry.record)
+            subjects = approvals.subjects(entry.record)
+            summary["ApprovalSubjects"] = subjects
+            summary["Approves"] = [self._subject(uid) for uid in subjects]
             summary.update(
                 approvals.summary(entry.orthanc_id, entry.sop_instance_uid, entry.record, now)
             )
         return summary
+
+    def _subject(self, uid: str) -> dict[str, Any]:
+        """A protocol an approval names, with its name when it is stored here."""
+        protocol = self.index.get(uid)
+        stored = protocol is not None and protocol.sop_class_uid in DPP_STORAGE_CLASSES
+        return {
+            "SOPInstanceUID": uid,
+            "Stored": stored,
+            "ProtocolName": protocol.summary()["ProtocolName"] if stored and protocol else None,
+        }
 
     # POST /dpp/protocols
     def upload(self, request: Request) -> Response:
@@ -252,6 +280,50 @@ class DppRestApi:
         if entry is None:
             return self._missing(identifier)
         return json_response(200, self._summary(entry, datetime.now(UTC)))
+
+    # POST /dpp/protocols/{uid}/approvals
+    def approve(self, request: Request, identifier: str) -> Response:
+        """Approve or reject a protocol: a new Protocol Approval, stored as a C-STORE'd one is.
+
+        Stored through :meth:`ProtocolLibrary.store` with ``on_stored``, so it is
+        indexed (Protocol Approval Q/R finds it) and bound to the content the
+        protocol holds now (:mod:`orthanc_dpp.storage.approved_content`).
+        """
+        entry = self._lookup(identifier)
+        if entry is None or entry.sop_class_uid not in DPP_STORAGE_CLASSES:
+            if entry is not None:
+                return error(404, f"{identifier!r} is a Protocol Approval, not a protocol")
+            return self._missing(identifier)
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return error(400, f"the body is not JSON: {exc}")
+        try:
+            wanted = approval_instance.parse_request(payload)
+        except approval_instance.BadApproval as exc:
+            named = {} if exc.field is None else {"Field": exc.field}
+            return error(400, str(exc), **named)
+        asserter = approval_instance.Asserter(
+            basic_user(request.headers), self.ae_title, self.software_version
+        )
+        ds = approval_instance.build(
+            entry.sop_class_uid, entry.sop_instance_uid, wanted, asserter, datetime.now(UTC)
+        )
+        try:
+            stored = self.library.store(ds, on_stored=self._on_stored)
+        except StoreError as exc:
+            log.error("Approval of %s not stored: %s", entry.sop_instance_uid, exc.reason)
+            return error(exc.http_status, f"the approval is not stored: {exc.reason}")
+        log.info(
+            "Protocol %s %s by %s: Protocol Approval %s",
+            entry.sop_instance_uid,
+            wanted.assertion,
+            asserter.user or f"the plugin ({self.ae_title})",
+            stored.sop_instance_uid,
+        )
+        return json_response(
+            201, {"SOPInstanceUID": stored.sop_instance_uid, "OrthancID": stored.orthanc_id}
+        )
 
     # DELETE /dpp/protocols/{uid}
     def delete_protocol(self, request: Request, identifier: str) -> Response:
@@ -339,6 +411,18 @@ class DppRestApi:
     # GET /dpp/ui/{file}
     def library_page(self, request: Request, name: str) -> Response:
         return library_page_file(request, name)
+
+
+def query_state(request: Request) -> str | None:
+    """The ``approval`` query parameter: one of ``approvals.STATES``, None when absent."""
+    value = request.get.get("approval")
+    if value is None or value == "":
+        return None
+    if value not in approvals.STATES:
+        raise BadParameter(
+            "approval", f"must be one of {', '.join(approvals.STATES)}, got {value[:32]!r}"
+        )
+    return value
 
 
 # The two routes below also answer when the configuration is invalid, so that

@@ -46,6 +46,7 @@ PROTOCOLS: Final = "/dpp/protocols"
 PROTOCOL: Final = f"/dpp/protocols/{SEGMENT}"
 PROTOCOL_FILE: Final = f"/dpp/protocols/{SEGMENT}/file"
 PROTOCOL_TREE: Final = f"/dpp/protocols/{SEGMENT}/tree"
+PROTOCOL_APPROVALS: Final = f"/dpp/protocols/{SEGMENT}/approvals"
 PROTOCOL_DIFF: Final = f"/dpp/protocols/{SEGMENT}/diff/{SEGMENT}"
 PROTOCOL_VERSIONS: Final = f"/dpp/protocols/{SEGMENT}/versions"
 ACTIVITY: Final = "/dpp/activity"
@@ -101,6 +102,7 @@ def protocol_routes(api: DppRestApi) -> list[Route]:
         Route(PROTOCOL, {"GET": api.protocol, "DELETE": api.delete_protocol}),
         Route(PROTOCOL_FILE, {"GET": api.protocol_file}),
         Route(PROTOCOL_TREE, {"GET": api.protocol_tree}),
+        Route(PROTOCOL_APPROVALS, {"POST": api.approve}, JSON_TYPES),
         Route(PROTOCOL_DIFF, {"GET": api.protocol_diff}),
         Route(PROTOCOL_VERSIONS, {"GET": api.protocol_versions}),
         Route(ACTIVITY, {"GET": api.recent_activity}),
@@ -146,6 +148,7 @@ def invalid_configuration(
         refused(PROTOCOL),
         refused(PROTOCOL_FILE),
         refused(PROTOCOL_TREE),
+        refused(PROTOCOL_APPROVALS, JSON_TYPES),
         refused(PROTOCOL_DIFF),
         refused(PROTOCOL_VERSIONS),
         Route(ACTIVITY, {"GET": lambda request: activity_answer(activity)}),

@@ -97,3 +97,49 @@ def test_approvals_of_other_content_do_not_decide() -> None:
     }
     # A withdrawal withdraws whatever content it was made for: the safe reading.
     assert not approvals.approved([{**approving, "AppliesToStoredContent": True}, withdrawing])
+
+
+def decision(when: str, *, approves: bool, current: bool = True) -> dict:
+    """One assertion as :func:`approvals.summary` gives it, reduced to what ``state`` reads."""
+    return {
+        "AssertionDateTime": when,
+        "Current": current,
+        "Approves": approves,
+        "Withdraws": not approves,
+    }
+
+
+def made(*assertions: dict, applies: bool = True) -> dict:
+    return {"Assertions": list(assertions), "AppliesToStoredContent": applies}
+
+
+def test_the_latest_current_decision_is_the_approval_state() -> None:
+    approve = decision("20260101120000", approves=True)
+    reject = decision("20260301120000", approves=False)
+    assert approvals.state([made(approve)]) == "approved"
+    assert approvals.state([made(approve), made(reject)]) == "rejected"
+    again = decision("20260601120000+0200", approves=True)
+    assert approvals.state([made(reject), made(again), made(approve)]) == "approved"
+    tie = decision("20260601100000+0000", approves=False)  # the same moment as ``again``
+    assert approvals.state([made(again), made(tie)]) == "rejected"
+
+
+def test_a_lapsed_approval_is_expired_and_nothing_is_none() -> None:
+    lapsed = decision("20200101", approves=True, current=False)
+    assert approvals.state([made(lapsed)]) == "expired"
+    assert approvals.state([made(lapsed), made(decision("20210101", approves=True))]) == (
+        "approved"
+    )
+    assert approvals.state([]) == "none"
+    assert approvals.state([made(decision("20200101", approves=False, current=False))]) == "none"
+    neutral = {"AssertionDateTime": "20260101", "Current": True, "Approves": False}
+    assert approvals.state([made({**neutral, "Withdraws": False})]) == "none"
+
+
+def test_decisions_about_other_content_do_not_count() -> None:
+    stale = made(decision("20260101", approves=True), applies=False)
+    assert approvals.state([stale]) == "none"
+    stale_rejection = made(decision("20260301", approves=False), applies=False)
+    assert approvals.state([made(decision("20260101", approves=True)), stale_rejection]) == (
+        "approved"
+    )

@@ -177,6 +177,33 @@ def test_a_stored_approval_records_the_content_it_approves(running) -> None:
     assert shown["Approved"] is True
 
 
+def test_an_approval_posted_is_made_by_the_app_bound_and_decides_the_state(running) -> None:
+    orthanc, plugin = running
+    protocol = make_protocol(16, "CT")
+    upload(orthanc, protocol)
+    answer = orthanc.call_route(
+        f"/dpp/protocols/{protocol.SOPInstanceUID}/approvals",
+        "POST",
+        headers={"Content-Type": "application/json"},
+        body=b'{"Assertion": "approved"}',
+    )
+    assert answer.status == 201, answer.body
+    created = plugin.app.index.get(answer.json()["SOPInstanceUID"])
+    assert (created.orthanc_id, str(METADATA)) in orthanc.api.metadata  # bound, as a C-STORE
+    stored = pydicom.dcmread(io.BytesIO(orthanc.api.files[created.orthanc_id]))
+    device = stored.ApprovalSequence[0].AsserterIdentificationSequence[0]
+    assert device.StationAETitle == plugin.app.settings.ae_title  # no user: the plugin
+    shown = orthanc.call_route(f"/dpp/protocols/{protocol.SOPInstanceUID}").json()
+    assert shown["ApprovalState"] == "approved"
+    refused = orthanc.call_route(
+        f"/dpp/protocols/{protocol.SOPInstanceUID}/approvals",
+        "POST",
+        headers={"Content-Type": "text/plain"},
+        body=b'{"Assertion": "approved"}',
+    )
+    assert refused.status == 415  # csrf: the route reads JSON only
+
+
 def test_a_failing_route_answers_500_json(running, monkeypatch) -> None:
     orthanc, _ = running
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import copy
+import dataclasses
 import io
 import json
 import struct
@@ -14,6 +17,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.model.sop import PROTOCOL_APPROVAL_STORAGE
 from orthanc_dpp.rest.http import Request, Response
 from orthanc_dpp.rest.protocols import DppRestApi, split_upload
 from orthanc_dpp.rest.routes import (
@@ -29,8 +33,9 @@ from orthanc_dpp.rest.routes import (
     Route,
     protocol_routes,
 )
+from orthanc_dpp.storage.approved_content import ApprovedContent
 from orthanc_dpp.storage.decoding import DatasetLimits
-from orthanc_dpp.storage.library import ProtocolLibrary
+from orthanc_dpp.storage.library import ProtocolLibrary, Stored
 from tests.datasets import LOST_PREDECESSOR, version_chain
 from tests.fake_orthanc import FakeOrthancApi, rest_api
 
@@ -423,6 +428,192 @@ def test_uploads_while_the_index_loads_are_refused_with_retry_after(api, index) 
     assert not api.files
     loaded = True
     assert upload(rest, to_bytes(make_protocol(1, "CT"))).status == 200
+
+
+class Approving:
+    """The handlers with approvals bound to their protocols' content, as the adapter wires them."""
+
+    def __init__(self) -> None:
+        self.api, self.index = FakeOrthancApi(), ProtocolIndex()
+        self.content = ApprovedContent(self.api, self.index)
+        library = ProtocolLibrary(self.api, Normalization(), stored_as=self._stored_as)
+        self.rest = DppRestApi(
+            library,
+            self.index,
+            status=dict,
+            on_stored=self._on_stored,
+            on_deleted=self.index.remove,
+            content=self.content,
+            ae_title="DPP_TEST",
+            software_version="9.9",
+        )
+
+    def _stored_as(self, uid: str) -> str | None:
+        entry = self.index.get(uid)
+        return None if entry is None else entry.orthanc_id
+
+    def _on_stored(self, stored: Stored) -> None:
+        self.index.put(stored.orthanc_id, stored.dataset)
+        entry = self.index.get_by_orthanc_id(stored.orthanc_id)
+        if entry is not None and entry.sop_class_uid == PROTOCOL_APPROVAL_STORAGE:
+            self.content.bind(entry)
+
+    def post(self, uid: str, payload: object, headers: dict[str, str] | None = None) -> Response:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        request = Request("POST", headers={"content-type": "application/json", **(headers or {})})
+        return self.rest.approve(dataclasses.replace(request, body=data), uid)
+
+    def state(self, uid: str) -> str:
+        return body(self.rest.protocol(Request("GET"), uid))["ApprovalState"]
+
+    def listed(self, **query: str) -> Response:
+        return self.rest.protocols(Request("GET", get=query))
+
+
+@pytest.fixture
+def approving() -> Approving:
+    return Approving()
+
+
+def test_an_approval_posted_is_a_stored_protocol_approval_that_decides_the_state(
+    approving: Approving,
+) -> None:
+    protocol = make_protocol(881, "CT")
+    assert upload(approving.rest, to_bytes(protocol)).status == 200
+    uid = str(protocol.SOPInstanceUID)
+    assert approving.state(uid) == "none"
+    basic = "Basic " + base64.b64encode(b"jdoe:secret").decode()
+    answer = approving.post(
+        uid,
+        {"Assertion": "approved", "Comment": "fine", "ExpiresOn": "20991231"},
+        {"authorization": basic},
+    )
+    assert answer.status == 201
+    created = body(answer)["SOPInstanceUID"]
+    entry = approving.index.get(created)
+    assert entry is not None and entry.sop_class_uid == PROTOCOL_APPROVAL_STORAGE
+    stored = pydicom.dcmread(io.BytesIO(approving.api.files[entry.orthanc_id]))
+    assert stored.ApprovalSubjectSequence[0].ReferencedSOPInstanceUID == uid
+    assert stored.ApprovalSubjectSequence[0].ReferencedSOPClassUID == protocol.SOPClassUID
+    item = stored.ApprovalSequence[0]
+    assert item.AsserterIdentificationSequence[0].PersonName == "jdoe"
+    assert item.AssertionExpirationDateTime == "20991231000000+0000"
+    assert approving.state(uid) == "approved"
+    shown = body(approving.rest.protocol(Request("GET"), uid))
+    assert shown["Approved"] is True
+    assert shown["Approvals"][0]["Assertions"][0]["Asserter"] == "jdoe"
+
+    assert approving.post(uid, {"Assertion": "rejected"}).status == 201
+    assert approving.state(uid) == "rejected"
+    rejection = [a for a in approving.index.approvals_of(uid) if a.sop_instance_uid != created]
+    asserter = pydicom.dcmread(io.BytesIO(approving.api.files[rejection[0].orthanc_id]))
+    device = asserter.ApprovalSequence[0].AsserterIdentificationSequence[0]
+    assert (device.ObserverType, device.StationAETitle) == ("DEV", "DPP_TEST")  # no user
+
+
+def test_an_approval_posted_approves_only_the_content_stored_then(approving: Approving) -> None:
+    protocol = make_protocol(882, "CT")
+    upload(approving.rest, to_bytes(protocol))
+    uid = str(protocol.SOPInstanceUID)
+    assert approving.post(uid, {"Assertion": "approved"}).status == 201
+    assert approving.state(uid) == "approved"
+    changed = copy.deepcopy(protocol)
+    changed.ProtocolName = "Changed after approval"
+    assert approving.rest.delete_protocol(Request("DELETE"), uid).status == 200
+    assert upload(approving.rest, to_bytes(changed)).status == 200  # the UID, other content
+    assert approving.state(uid) == "none"
+
+
+def test_an_approval_that_has_lapsed_is_expired(approving: Approving) -> None:
+    protocol = make_protocol(883, "XA")
+    upload(approving.rest, to_bytes(protocol))
+    uid = str(protocol.SOPInstanceUID)
+    assert approving.post(uid, {"Assertion": "approved", "ExpiresOn": "20200101"}).status == 201
+    assert approving.state(uid) == "expired"
+
+
+def test_the_list_filters_on_the_approval_state_and_names_what_approvals_approve(
+    approving: Approving,
+) -> None:
+    protocols = [make_protocol(seed, "CT") for seed in (884, 885, 886)]
+    for protocol in protocols:
+        upload(approving.rest, to_bytes(protocol))
+    ok, bad, untouched = (str(p.SOPInstanceUID) for p in protocols)
+    approving.post(ok, {"Assertion": "approved"})
+    approving.post(bad, {"Assertion": "rejected"})
+    for state, expected in (("approved", ok), ("rejected", bad), ("none", untouched)):
+        page = body(approving.listed(approval=state))
+        assert [p["SOPInstanceUID"] for p in page["Protocols"]] == [expected]
+        assert page["Total"] == 1 and page["Protocols"][0]["ApprovalState"] == state
+    assert body(approving.listed(approval="expired"))["Total"] == 0
+    everything = body(approving.listed())["Protocols"]
+    named = {
+        p["Approves"][0]["SOPInstanceUID"]: p["Approves"][0]
+        for p in everything
+        if p["SOPClassUID"] == PROTOCOL_APPROVAL_STORAGE
+    }
+    assert set(named) == {ok, bad}
+    assert named[ok]["ProtocolName"] == protocols[0].ProtocolName and named[ok]["Stored"]
+    refused = approving.listed(approval="maybe")
+    assert refused.status == 400 and body(refused)["Parameter"] == "approval"
+
+
+def test_approving_an_unknown_uid_or_an_approval_is_404(approving: Approving) -> None:
+    assert approving.post("1.2.3.999", {"Assertion": "approved"}).status == 404
+    protocol = make_protocol(887, "CT")
+    upload(approving.rest, to_bytes(protocol))
+    created = body(approving.post(str(protocol.SOPInstanceUID), {"Assertion": "approved"}))
+    answer = approving.post(created["SOPInstanceUID"], {"Assertion": "approved"})
+    assert answer.status == 404 and "Protocol Approval" in body(answer)["Error"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b"{not json", None),
+        (b"\xff\xfe", None),
+        (b"[1]", None),
+        ({"Assertion": "perhaps"}, "Assertion"),
+        ({"Assertion": "approved", "ExpiresOn": "20271301"}, "ExpiresOn"),
+        ({"Assertion": "approved", "Comment": ["a"]}, "Comment"),
+        ({"Assertion": "approved", "Approver": "me"}, "Approver"),
+    ],
+)
+def test_a_bad_approval_body_is_400_naming_the_member(
+    approving: Approving, payload: object, field: str | None
+) -> None:
+    protocol = make_protocol(888, "CT")
+    upload(approving.rest, to_bytes(protocol))
+    answer = approving.post(str(protocol.SOPInstanceUID), payload)
+    assert answer.status == 400
+    assert body(answer).get("Field", "absent") == (field or "absent")
+    assert not approving.index.approvals_of(str(protocol.SOPInstanceUID))
+
+
+@pytest.mark.parametrize(
+    ("authorization", "user"),
+    [
+        ("Basic " + base64.b64encode(b"alice:pa:ss").decode(), "alice"),
+        ("basic " + base64.b64encode("Zoë:x".encode()).decode(), "Zoë"),
+        ("Bearer abc.def", None),
+        ("Basic not-base64!", None),
+        ("Basic " + base64.b64encode(b":nouser").decode(), None),
+        ("", None),
+    ],
+)
+def test_the_asserter_is_the_basic_user_orthanc_authenticated(
+    approving: Approving, authorization: str, user: str | None
+) -> None:
+    protocol = make_protocol(889, "CT")
+    upload(approving.rest, to_bytes(protocol))
+    headers = {"authorization": authorization} if authorization else {}
+    answer = approving.post(str(protocol.SOPInstanceUID), {"Assertion": "approved"}, headers)
+    entry = approving.index.get(body(answer)["SOPInstanceUID"])
+    assert entry is not None
+    stored = pydicom.dcmread(io.BytesIO(approving.api.files[entry.orthanc_id]))
+    asserter = stored.ApprovalSequence[0].AsserterIdentificationSequence[0]
+    assert asserter.get("PersonName") == user
+    assert asserter.ObserverType == ("PSN" if user else "DEV")
 
 
 def test_diff_of_two_stored_versions_compares_them_as_received(

@@ -49,6 +49,7 @@ def test_the_table_names_each_methods_handler_in_registration_order(owners) -> N
         ),
         (f"/dpp/protocols/{SEGMENT}/file", {"GET": api.protocol_file}, (), "GET"),
         (f"/dpp/protocols/{SEGMENT}/tree", {"GET": api.protocol_tree}, (), "GET"),
+        (f"/dpp/protocols/{SEGMENT}/approvals", {"POST": api.approve}, JSON_BODY, "POST"),
         (
             f"/dpp/protocols/{SEGMENT}/diff/{SEGMENT}",
             {"GET": api.protocol_diff},

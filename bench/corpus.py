@@ -1,4 +1,4 @@
-"""The benchmark's protocol library: generated once, encoded once, cached on disk.
+"""The benchmark's protocol corpus: generated once, encoded once, cached on disk.
 
 ``dpp_tools.samples`` generates about 1,500 instances/s but encodes only
 about 140 files/s, so a 100,000-protocol library costs over ten CPU-minutes.
