@@ -22,6 +22,7 @@ from orthanc_dpp.model import approvals
 from orthanc_dpp.model.index import Entry, ProtocolIndex
 from orthanc_dpp.model.search import PARAMETERS, ProtocolSearch, SearchError, search
 from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.model.usage import ProtocolUsage
 from orthanc_dpp.rest import page as library_page
 from orthanc_dpp.rest.activity import ActivityLog
 from orthanc_dpp.rest.dataset_tree import dataset_tree
@@ -50,7 +51,9 @@ log = logging.getLogger("orthanc_dpp.rest")
 DEFAULT_PAGE = 100
 MAXIMUM_PAGE = 1000
 #: The query parameters of ``GET /dpp/protocols``: paging, then the search criteria.
-LIST_PARAMETERS = ("offset", "limit", "approved", *PARAMETERS)
+LIST_PARAMETERS = ("offset", "limit", "approved", "sort", "unused", *PARAMETERS)
+#: The orders ``GET /dpp/protocols?sort=`` knows (without it: the index's order).
+SORTS = ("usage",)
 
 
 def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
@@ -91,7 +94,10 @@ class DppRestApi:
         metrics: Metrics | None = None,
         activity: ActivityLog | None = None,
         content: ApprovedContent | None = None,
+        usage: ProtocolUsage | None = None,
     ) -> None:
+        #: How often each protocol was performed (``Usage``; ``sort``, ``unused``).
+        self.usage = usage or ProtocolUsage()
         #: What each approval approved (None: approvals apply whatever the content).
         self.content = content
         self.activity = activity or ActivityLog()
@@ -126,31 +132,50 @@ class DppRestApi:
             offset = query_int(request, "offset", 0, 0, 2**31)
             limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
             wanted = query_bool(request, "approved")
+            unused = query_bool(request, "unused")
         except BadParameter as exc:
             return error(400, str(exc), Parameter=exc.parameter)
+        sort = query.get("sort")
+        if sort is not None and sort not in SORTS:
+            return error(400, f"query parameter 'sort' must be one of {SORTS}, got {sort!r}")
         try:
             criteria = ProtocolSearch.from_query(request.get)
         except SearchError as exc:
             return error(400, str(exc), Parameter=exc.parameter)
         now = datetime.now(UTC)
-        if wanted is None:
+        if wanted is None and unused is None and sort is None:
             total, entries = search(self.index, criteria, offset, limit)
             summaries = [self._summary(entry, now) for entry in entries]
         else:
-            # Only protocols have an approval state: approvals themselves are left out.
-            # The state is worked out for every match, a summary only for the page.
+            # Only protocols have an approval state and a usage: approvals themselves are
+            # left out by those filters. Filters and order are worked out for every match,
+            # a summary only for the page.
             _, matching = search(self.index, criteria, 0, max(len(self.index), 1))
             chosen = [
                 entry
                 for entry in matching
-                if entry.sop_class_uid in DPP_STORAGE_CLASSES
-                and approvals.approved(self._approvals(entry, now)) == wanted
+                if (
+                    wanted is None
+                    or (
+                        entry.sop_class_uid in DPP_STORAGE_CLASSES
+                        and approvals.approved(self._approvals(entry, now)) == wanted
+                    )
+                )
+                and (unused is None or self._unused(entry) == unused)
             ]
+            if sort == "usage":  # most used first; equal counts keep the index's order
+                chosen.sort(key=lambda entry: -self.usage.count(entry.sop_instance_uid))
             total = len(chosen)
             summaries = [self._summary(entry, now) for entry in chosen[offset : offset + limit]]
         return json_response(
             200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
+
+    def _unused(self, entry: Entry) -> bool | None:
+        """Whether a protocol was never performed; None for an approval (it is not used)."""
+        if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
+            return None
+        return self.usage.count(entry.sop_instance_uid) == 0
 
     def _approvals(self, entry: Entry, now: datetime) -> list[dict[str, Any]]:
         """Summaries of the Protocol Approvals that name the protocol ``entry``.
@@ -176,6 +201,7 @@ class DppRestApi:
             found = self._approvals(entry, now)
             summary["Approvals"] = found
             summary["Approved"] = approvals.approved(found)
+            summary["Usage"] = self.usage.of(entry.sop_instance_uid)
         elif entry.sop_class_uid == PROTOCOL_APPROVAL_STORAGE:
             summary["ApprovalSubjects"] = approvals.subjects(entry.record)
             summary.update(
