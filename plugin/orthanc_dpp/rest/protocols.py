@@ -97,7 +97,7 @@ class DppRestApi:
         usage: ProtocolUsage | None = None,
     ) -> None:
         #: How often each protocol was performed (``Usage``; ``sort``, ``unused``).
-        self.usage = usage or ProtocolUsage()
+        self.usage = usage if usage is not None else ProtocolUsage()
         #: What each approval approved (None: approvals apply whatever the content).
         self.content = content
         self.activity = activity or ActivityLog()
