@@ -137,7 +137,11 @@ class DppRestApi:
             return error(400, str(exc), Parameter=exc.parameter)
         sort = query.get("sort")
         if sort is not None and sort not in SORTS:
-            return error(400, f"query parameter 'sort' must be one of {SORTS}, got {sort!r}")
+            return error(
+                400,
+                f"query parameter 'sort' must be one of {SORTS}, got {sort!r}",
+                Parameter="sort",
+            )
         try:
             criteria = ProtocolSearch.from_query(request.get)
         except SearchError as exc:
