@@ -240,17 +240,17 @@ class IndexFeed:
         except OrthancError:
             return None
 
-    def _count_performed(self, orthanc_id: str) -> None:
-        found = read_performed(self.library.api, self.read_file, orthanc_id)
-        if found is not None:
-            self.usage.add(orthanc_id, found)
-
-    def _index_instance(self, orthanc_id: str) -> bool:
+    def _is_protocol(self, orthanc_id: str) -> bool:
+        """Whether the instance is of a library class; a performed protocol is counted."""
         sop_class = self._sop_class(orthanc_id)
         if sop_class in PERFORMED_CLASSES:
-            self._count_performed(orthanc_id)
-            return False
-        if sop_class not in STORAGE_CLASSES:
+            found = read_performed(self.library.api, self.read_file, orthanc_id)
+            if found is not None:
+                self.usage.add(orthanc_id, found)
+        return sop_class in STORAGE_CLASSES
+
+    def _index_instance(self, orthanc_id: str) -> bool:
+        if not self._is_protocol(orthanc_id):
             return False
         try:
             ds = self.library.original_dataset(orthanc_id)
@@ -272,13 +272,8 @@ class IndexFeed:
         (``in_library``) are normalized protocols, so their SOP class is
         taken from the file rather than asked of Orthanc first.
         """
-        if not in_library:
-            sop_class = self._sop_class(orthanc_id)
-            if sop_class in PERFORMED_CLASSES:
-                self._count_performed(orthanc_id)
-                return False
-            if sop_class not in STORAGE_CLASSES:
-                return False
+        if not in_library and not self._is_protocol(orthanc_id):
+            return False
         try:
             data = self.read_file(orthanc_id)
         except OrthancError:
@@ -452,6 +447,7 @@ class IndexFeed:
             log.warning("Index snapshot not used (%s): rebuilding from Orthanc", exc)
             for orthanc_id in self.index.orthanc_ids():
                 self.index.remove(orthanc_id)
+            self.usage.load([])  # recounted by the rebuild, as the index
             return False
         self.last_seq = last_seq
         self.restored = len(entries)

@@ -10,6 +10,7 @@ import pytest
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.normalization import Normalization
+from orthanc_dpp.model.record import Record
 from orthanc_dpp.model.usage import XA_PERFORMED
 from orthanc_dpp.storage import performed
 from orthanc_dpp.storage.feed import IndexFeed
@@ -141,3 +142,28 @@ def test_a_usage_store_that_does_not_match_means_a_full_rebuild(
     feed.load()
     assert feed.restored is None and reason in caplog.text
     assert feed.usage.of(uid)["Count"] == 1 and len(feed.index) == 1
+
+
+def test_a_rebuild_after_a_broken_snapshot_recounts_from_nothing(monkeypatch) -> None:
+    api, stores = FakeOrthancApi(), (MemorySnapshots(), MemorySnapshots())
+    uid = ProtocolLibrary(api, Normalization()).store(make_protocol(1)).sop_instance_uid
+    kept = store_performed(api, 1, [uid])
+    gone = store_performed(api, 2, [uid])
+    feed = restartable(api, stores)
+    feed.load()
+    assert feed.save_snapshot(force=True)
+    api.delete(f"/instances/{gone}")  # while "down", by another node
+    feed = restartable(api, stores)
+    real_put = feed.index.put_record
+    failures = iter([TypeError("unexpected value")])  # the snapshot's record only
+
+    def put_record(orthanc_id: str, record: Record) -> str | None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real_put(orthanc_id, record)
+
+    monkeypatch.setattr(feed.index, "put_record", put_record)
+    feed.load()
+    assert feed.restored is None
+    assert feed.usage.orthanc_ids() == {kept} and feed.usage.of(uid)["Count"] == 1
