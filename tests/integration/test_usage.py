@@ -42,7 +42,8 @@ def test_performed_protocols_count_until_deleted_and_after_a_restart(
     assert [p["SOPInstanceUID"] for p in unused] == [other_uid]
 
     latest = next(i for i, data in sent.items() if b"20240415" in data)
-    server.delete(f"/instances/{latest}")
+    patient = server.get_json(f"/instances/{latest}/patient")["ID"]
+    server.delete(f"/patients/{patient}")  # Orthanc reports each instance it deletes
     assert eventually(lambda: usage(server, uid)["Count"] == 1, timeout=20)
     assert usage(server, uid) == {"Count": 1, "LastUsed": "20240301081500"}
 
