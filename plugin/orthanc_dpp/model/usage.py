@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import threading
 import zlib
 from collections.abc import Iterable
@@ -57,9 +58,13 @@ WHEN: Final = (
 KEYWORDS: Final = ("ReferencedDefinedProtocolSequence", *(k for pair in WHEN for k in pair))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Performed:
-    """One performed instance: the defined protocols it references, and when."""
+    """One performed instance: the defined protocols it references, and when.
+
+    The UIDs are interned: many performed instances name the same few
+    protocols, so a million of them hold each UID once.
+    """
 
     defined: tuple[str, ...]
     when: str
@@ -76,7 +81,7 @@ def performed(ds: Any) -> Performed:
     for item in ds.get("ReferencedDefinedProtocolSequence", None) or ():
         uid = _text(item, "ReferencedSOPInstanceUID")
         if uid and uid not in uids:
-            uids.append(uid)
+            uids.append(sys.intern(uid))
     when = ""
     for date_keyword, time_keyword in WHEN:
         date = _text(ds, date_keyword)
@@ -198,5 +203,5 @@ def load(text: str) -> tuple[list[Row], int]:
             and isinstance(row[2], str)
         ):
             raise UsageSnapshotError(f"usage row {position} is malformed")
-        rows.append((row[0], tuple(row[1]), row[2]))
+        rows.append((row[0], tuple([sys.intern(uid) for uid in row[1]]), row[2]))
     return rows, last_seq
