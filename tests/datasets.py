@@ -189,3 +189,34 @@ def version_chain(seed: int, count: int, kind: str = "CT") -> list[Dataset]:
         constraint.SelectorDSValue = f"{float(constraint.SelectorDSValue) + 10:g}"
         chain.append(ds)
     return chain
+
+
+def make_performed(
+    seed: int,
+    defined: list[str],
+    date: str = "20240305",
+    time: str = "101500",
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.200.2",
+) -> Dataset:
+    """A CT (default) Performed Procedure Protocol instance of its own patient and study,
+    referencing the defined protocols ``defined`` (SOP Instance UIDs), started at ``date``,
+    ``time`` (Performed Procedure Step Start Date/Time); Study Date a day earlier."""
+    ds = build(
+        {
+            "SOPClassUID": sop_class,
+            "SOPInstanceUID": f"1.2.826.0.1.3680043.10.1387.{seed}.1",
+            "PatientID": f"PERF{seed:04d}",
+            "PatientName": f"Performed^{seed}",
+            "StudyInstanceUID": f"1.2.826.0.1.3680043.10.1387.{seed}.2",
+            "SeriesInstanceUID": f"1.2.826.0.1.3680043.10.1387.{seed}.3",
+            "StudyDate": f"{int(date) - 1}",
+            "StudyTime": "080000",
+            "Modality": "CTPROTOCOL",
+            "PerformedProcedureStepStartDate": date,
+            "PerformedProcedureStepStartTime": time,
+            "ReferencedDefinedProtocolSequence": [
+                {"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": uid} for uid in defined
+            ],
+        }
+    )
+    return ds

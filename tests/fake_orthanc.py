@@ -72,6 +72,8 @@ class FakeOrthancApi:
                 return self.sop_classes[instance].encode()
             if parts[2:] == ["attachments", "dicom", "md5"]:
                 return hashlib.md5(self.files[instance]).hexdigest().encode()
+            if parts[2:] == ["attachments", "dicom", "size"]:
+                return str(len(self.files[instance])).encode()
             if parts[2] == "metadata" and len(parts) == 4:
                 if (instance, parts[3]) not in self.metadata:
                     raise OrthancError("GET", uri, "Inexistent item")

@@ -45,6 +45,7 @@ from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.snapshot import SnapshotStore
 from orthanc_dpp.model.sop import PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.model.usage import ProtocolUsage
 from orthanc_dpp.rest.activity import ActivityLog
 from orthanc_dpp.rest.archives import RemoteArchives
 from orthanc_dpp.rest.protocols import DppRestApi
@@ -97,6 +98,8 @@ class Ports:
     snapshots: SnapshotStore
     activity: ActivityLog
     platform: Platform
+    #: Where the protocols' usage is saved with the index snapshot (None: not saved).
+    usage_snapshots: SnapshotStore | None = None
 
 
 class Platform(Protocol):
@@ -177,6 +180,7 @@ class DppApp:
             ready=lambda: not settings.enabled or self.feed.ready,
         )
         self.approved_content = ApprovedContent(api, self.index)
+        self.usage = ProtocolUsage()  # performed instances per defined protocol, by the feed
         self.feed = IndexFeed(
             self.library,
             self.index,
@@ -188,6 +192,8 @@ class DppApp:
             fresh=fresh,
             fast_load=settings.fast_index_load,
             read_file=api.stored_file,
+            usage=self.usage,
+            usage_snapshots=ports.usage_snapshots,
         )
         # Peers and move destinations: Orthanc's own modality list, re-read
         # on UPDATED_MODALITIES and every MODALITY_REFRESH seconds.
@@ -258,6 +264,7 @@ class DppApp:
             content=self.approved_content,
             ae_title=settings.ae_title,
             software_version=__version__,
+            usage=self.usage,
         )
         # This plugin as the SCU of other DPP archives (Orthanc's modalities).
         self.remote = RemoteArchives(

@@ -28,6 +28,7 @@ from orthanc_dpp import __version__
 from orthanc_dpp.app import DppApp, OrthancFacts, Ports, status_report
 from orthanc_dpp.config import SECTION, ConfigError, parse_settings
 from orthanc_dpp.metrics import Metrics
+from orthanc_dpp.model import usage
 from orthanc_dpp.orthanc.logs import OrthancLogHandler, quiet_pydicom_warnings
 from orthanc_dpp.orthanc.platform import RunningPlugin
 from orthanc_dpp.orthanc.ports import GlobalPropertySnapshots, OrthancRestApi
@@ -108,7 +109,13 @@ class Plugin:
             for message in exc.errors:
                 log.error("Configuration error, DPP listener not started: %s", message)
             return
-        ports = Ports(self.api, GlobalPropertySnapshots(orthanc), self.activity, self.running)
+        ports = Ports(
+            self.api,
+            GlobalPropertySnapshots(orthanc),
+            self.activity,
+            self.running,
+            usage_snapshots=GlobalPropertySnapshots(orthanc, usage.PROPERTY),
+        )
         app = self.app = DppApp(
             settings, self.facts, ports, Metrics(enabled=self.facts.metrics_enabled)
         )

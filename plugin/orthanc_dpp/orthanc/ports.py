@@ -91,11 +91,12 @@ class GlobalPropertySnapshots:
     PostgreSQL database starts from the same snapshot.
     """
 
-    def __init__(self, orthanc: ModuleType) -> None:
+    def __init__(self, orthanc: ModuleType, number: int = snapshot.PROPERTY) -> None:
         self.orthanc = orthanc
+        self.number = number  # the global property (the usage has one of its own)
 
     def read(self) -> str:
-        return self.orthanc.GetGlobalProperty(snapshot.PROPERTY, "")
+        return self.orthanc.GetGlobalProperty(self.number, "")
 
     def write(self, text: str) -> None:
-        self.orthanc.SetGlobalProperty(snapshot.PROPERTY, text)
+        self.orthanc.SetGlobalProperty(self.number, text)

@@ -24,6 +24,7 @@ from orthanc_dpp.model.comparison import differences
 from orthanc_dpp.model.index import Entry, ProtocolIndex
 from orthanc_dpp.model.search import PARAMETERS, ProtocolSearch, SearchError, search
 from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, PROTOCOL_APPROVAL_STORAGE
+from orthanc_dpp.model.usage import ProtocolUsage
 from orthanc_dpp.rest import page as library_page
 from orthanc_dpp.rest.activity import ActivityLog
 from orthanc_dpp.rest.dataset_tree import dataset_tree
@@ -53,7 +54,9 @@ log = logging.getLogger("orthanc_dpp.rest")
 DEFAULT_PAGE = 100
 MAXIMUM_PAGE = 1000
 #: The query parameters of ``GET /dpp/protocols``: paging, then the search criteria.
-LIST_PARAMETERS = ("offset", "limit", "approved", "approval", *PARAMETERS)
+LIST_PARAMETERS = ("offset", "limit", "approved", "approval", "sort", "unused", *PARAMETERS)
+#: The orders ``GET /dpp/protocols?sort=`` knows (without it: the index's order).
+SORTS = ("usage",)
 
 
 def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
@@ -96,10 +99,13 @@ class DppRestApi:
         content: ApprovedContent | None = None,
         ae_title: str = "ORTHANC_DPP",
         software_version: str = "",
+        usage: ProtocolUsage | None = None,
     ) -> None:
         #: Who asserts an approval made over REST without an authenticated user.
         self.ae_title = ae_title
         self.software_version = software_version
+        #: How often each protocol was performed (``Usage``; ``sort``, ``unused``).
+        self.usage = usage if usage is not None else ProtocolUsage()
         #: What each approval approved (None: approvals apply whatever the content).
         self.content = content
         self.activity = activity or ActivityLog()
@@ -135,38 +141,59 @@ class DppRestApi:
             limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAXIMUM_PAGE)
             wanted = query_bool(request, "approved")
             wanted_state = query_state(request)
+            unused = query_bool(request, "unused")
         except BadParameter as exc:
             return error(400, str(exc), Parameter=exc.parameter)
+        sort = query.get("sort")
+        if sort is not None and sort not in SORTS:
+            return error(
+                400,
+                f"query parameter 'sort' must be one of {SORTS}, got {sort!r}",
+                Parameter="sort",
+            )
         try:
             criteria = ProtocolSearch.from_query(request.get)
         except SearchError as exc:
             return error(400, str(exc), Parameter=exc.parameter)
         now = datetime.now(UTC)
-        if wanted is None and wanted_state is None:
+        if wanted is None and wanted_state is None and unused is None and sort is None:
             total, entries = search(self.index, criteria, offset, limit)
             summaries = [self._summary(entry, now) for entry in entries]
         else:
-            # Only protocols have an approval state: approvals themselves are left out.
-            # The state is worked out for every match, a summary only for the page.
+            # Only protocols have an approval state and a usage: approvals themselves are
+            # left out by those filters. Filters and order are worked out for every match,
+            # a summary only for the page.
             _, matching = search(self.index, criteria, 0, max(len(self.index), 1))
             chosen = [
                 entry
                 for entry in matching
-                if entry.sop_class_uid in DPP_STORAGE_CLASSES
-                and self._chosen(self._approvals(entry, now), wanted, wanted_state)
+                if self._chosen(entry, now, wanted, wanted_state)
+                and (unused is None or self._unused(entry) == unused)
             ]
+            if sort == "usage":  # most used first; equal counts keep the index's order
+                chosen.sort(key=lambda entry: -self.usage.count(entry.sop_instance_uid))
             total = len(chosen)
             summaries = [self._summary(entry, now) for entry in chosen[offset : offset + limit]]
         return json_response(
             200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
 
-    @staticmethod
-    def _chosen(found: list[dict[str, Any]], wanted: bool | None, state: str | None) -> bool:
-        """Whether a protocol with approvals ``found`` passes ``approved`` and ``approval``."""
+    def _chosen(self, entry: Entry, now: datetime, wanted: bool | None, state: str | None) -> bool:
+        """Whether ``entry`` passes ``approved`` and ``approval`` (only protocols can)."""
+        if wanted is None and state is None:
+            return True
+        if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
+            return False
+        found = self._approvals(entry, now)
         if wanted is not None and approvals.approved(found) != wanted:
             return False
         return state is None or approvals.state(found) == state
+
+    def _unused(self, entry: Entry) -> bool | None:
+        """Whether a protocol was never performed; None for an approval (it is not used)."""
+        if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
+            return None
+        return self.usage.count(entry.sop_instance_uid) == 0
 
     def _approvals(self, entry: Entry, now: datetime) -> list[dict[str, Any]]:
         """Summaries of the Protocol Approvals that name the protocol ``entry``.
@@ -193,6 +220,7 @@ class DppRestApi:
             summary["Approvals"] = found
             summary["Approved"] = approvals.approved(found)
             summary["ApprovalState"] = approvals.state(found)
+            summary["Usage"] = self.usage.of(entry.sop_instance_uid)
         elif entry.sop_class_uid == PROTOCOL_APPROVAL_STORAGE:
             subjects = approvals.subjects(entry.record)
             summary["ApprovalSubjects"] = subjects

@@ -11,6 +11,13 @@ One worker thread does all reading; Orthanc's callbacks only call
 :meth:`IndexFeed.wake` or :meth:`IndexFeed.forget`, both of which return at
 once (the worker checks that a reported deletion is real before dropping
 the entry: an overwritten instance is deleted and stored again).
+
+The same changes keep the protocols' usage current (:mod:`orthanc_dpp.model.usage`):
+a new CT or XA Performed Procedure Protocol instance, an ordinary patient
+instance the plugin leaves as Orthanc stored it, has its few attributes of
+usage read (:mod:`orthanc_dpp.storage.performed`), and its deletion takes them back. The usage is
+saved beside the index snapshot with the same change-log position, so a
+restart neither loses it nor reads the performed instances again.
 """
 
 from __future__ import annotations
@@ -24,13 +31,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from orthanc_dpp.model import snapshot
+from orthanc_dpp.model import usage as protocol_usage
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.key_table import SOP_CLASS_UID, SOP_INSTANCE_UID
 from orthanc_dpp.model.normalization import library_uids
 from orthanc_dpp.model.snapshot import SnapshotStore
 from orthanc_dpp.model.sop import STORAGE_CLASSES
+from orthanc_dpp.model.usage import PERFORMED_CLASSES, ProtocolUsage
 from orthanc_dpp.storage import stored_record
 from orthanc_dpp.storage.library import OrthancError, ProtocolLibrary, orthanc_resource_id
+from orthanc_dpp.storage.performed import read_performed, restore_usage
 
 log = logging.getLogger("orthanc_dpp.feed")
 
@@ -156,8 +166,14 @@ class IndexFeed:
         fresh: FreshInstances | None = None,
         fast_load: bool = True,
         read_file: Callable[[str], bytes] | None = None,
+        usage: ProtocolUsage | None = None,
+        usage_snapshots: SnapshotStore | None = None,
     ) -> None:
+        #: Where the usage is saved with each index snapshot (None: it is not).
+        self.usage_snapshots = usage_snapshots
         self.library = library
+        #: Counts of the performed instances referencing each defined protocol.
+        self.usage = usage if usage is not None else ProtocolUsage()
         #: The start-up reads stored files directly (:meth:`_load_changes`);
         #: false: as every later change is read (pydicom, one metadata call each).
         self.fast_load = fast_load
@@ -169,7 +185,7 @@ class IndexFeed:
         self.on_tick = on_tick  # other periodic work of the worker thread
         self.snapshots = snapshots
         self.snapshot_interval = snapshot_interval
-        self._saved_version = -1
+        self._saved_version = (-1, -1)  # (index, usage) versions last saved
         self._saved_at = 0.0
         self.restored: int | None = None  # entries taken from the snapshot at load
         self.last_seq = 0
@@ -224,9 +240,17 @@ class IndexFeed:
         except OrthancError:
             return None
 
-    def _index_instance(self, orthanc_id: str) -> bool:
+    def _is_protocol(self, orthanc_id: str) -> bool:
+        """Whether the instance is of a library class; a performed protocol is counted."""
         sop_class = self._sop_class(orthanc_id)
-        if sop_class not in STORAGE_CLASSES:
+        if sop_class in PERFORMED_CLASSES:
+            found = read_performed(self.library.api, self.read_file, orthanc_id)
+            if found is not None:
+                self.usage.add(orthanc_id, found)
+        return sop_class in STORAGE_CLASSES
+
+    def _index_instance(self, orthanc_id: str) -> bool:
+        if not self._is_protocol(orthanc_id):
             return False
         try:
             ds = self.library.original_dataset(orthanc_id)
@@ -248,7 +272,7 @@ class IndexFeed:
         (``in_library``) are normalized protocols, so their SOP class is
         taken from the file rather than asked of Orthanc first.
         """
-        if not in_library and self._sop_class(orthanc_id) not in STORAGE_CLASSES:
+        if not in_library and not self._is_protocol(orthanc_id):
             return False
         try:
             data = self.read_file(orthanc_id)
@@ -339,7 +363,11 @@ class IndexFeed:
             pending, self._deleted = self._deleted, set()
         removed = 0
         for orthanc_id in pending:
-            if self._sop_class(orthanc_id) is None and self.index.remove(orthanc_id):
+            if self._sop_class(orthanc_id) is not None:
+                continue  # stored again meanwhile (overwritten)
+            if self.usage.remove(orthanc_id):
+                log.info("Performed procedure protocol %s deleted: no longer counted", orthanc_id)
+            if self.index.remove(orthanc_id):
                 removed += 1
         return removed
 
@@ -410,6 +438,8 @@ class IndexFeed:
         except snapshot.SnapshotError as exc:
             log.warning("Index snapshot not used (%s): rebuilding from Orthanc", exc)
             return False
+        if not restore_usage(self.usage_snapshots, self.usage, last_seq):
+            return False
         try:
             for orthanc_id, record in entries:
                 self.index.put_record(orthanc_id, record)
@@ -417,6 +447,7 @@ class IndexFeed:
             log.warning("Index snapshot not used (%s): rebuilding from Orthanc", exc)
             for orthanc_id in self.index.orthanc_ids():
                 self.index.remove(orthanc_id)
+            self.usage.load([])  # recounted by the rebuild, as the index
             return False
         self.last_seq = last_seq
         self.restored = len(entries)
@@ -426,18 +457,21 @@ class IndexFeed:
         """Store the index if it changed and the interval has passed (or ``force``)."""
         if self.snapshots is None or not self.ready:
             return False
-        version = self.index.version
+        version = (self.index.version, self.usage.version)
         due = time.monotonic() - self._saved_at >= self.snapshot_interval
         if version == self._saved_version or not (due or force):
             return False
         with self._lock:  # last_seq must describe exactly these entries
             seq = self.last_seq
             entries = [(e.orthanc_id, e.record) for e in self.index.snapshot()]
+            rows = self.usage.rows()
             pending = self.fresh.low_water()
             if pending is not None:  # a store read from the log but not indexed yet
                 seq = min(seq, pending - 1)
         started = time.monotonic()
         try:
+            if self.usage_snapshots is not None:  # first: the index is used only if both agree
+                self.usage_snapshots.write(protocol_usage.dump(rows, seq))
             self.snapshots.write(snapshot.dump(entries, seq))
         except Exception as exc:
             log.error("Index snapshot not saved: %s", exc)
@@ -469,7 +503,8 @@ class IndexFeed:
         removed = self.reconcile() if restored else 0
         if restored and not count and not removed and self.last_seq == restored_at:
             # The index is what the snapshot holds: no need to save it again.
-            self._saved_version, self._saved_at = self.index.version, time.monotonic()
+            self._saved_version = (self.index.version, self.usage.version)
+            self._saved_at = time.monotonic()
         self.load_seconds = time.monotonic() - started
         self.ready = True
         log.warning(
