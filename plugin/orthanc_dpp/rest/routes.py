@@ -46,16 +46,18 @@ PROTOCOLS: Final = "/dpp/protocols"
 PROTOCOL: Final = f"/dpp/protocols/{SEGMENT}"
 PROTOCOL_FILE: Final = f"/dpp/protocols/{SEGMENT}/file"
 PROTOCOL_TREE: Final = f"/dpp/protocols/{SEGMENT}/tree"
+EXPORT: Final = "/dpp/export"
 ACTIVITY: Final = "/dpp/activity"
 LIBRARY_PAGE: Final = f"/dpp/ui/({_UTF8_CHARACTER}*)"
 FIND: Final = f"/dpp/modalities/{SEGMENT}/find"
 RETRIEVE: Final = f"/dpp/modalities/{SEGMENT}/retrieve"
+STORE: Final = f"/dpp/modalities/{SEGMENT}/store"
 JOBS: Final = "/dpp/jobs"
 JOB: Final = f"/dpp/jobs/{SEGMENT}"
 JOB_CANCEL: Final = f"/dpp/jobs/{SEGMENT}/cancel"
 
 #: The bodies a route reads on POST (``csrf.body_type``).
-UPLOAD_TYPES: Final = ("application/dicom", "multipart/related")
+UPLOAD_TYPES: Final = ("application/dicom", "multipart/related", "application/zip")
 JSON_TYPES: Final = ("application/json",)
 
 
@@ -99,6 +101,7 @@ def protocol_routes(api: DppRestApi) -> list[Route]:
         Route(PROTOCOL, {"GET": api.protocol, "DELETE": api.delete_protocol}),
         Route(PROTOCOL_FILE, {"GET": api.protocol_file}),
         Route(PROTOCOL_TREE, {"GET": api.protocol_tree}),
+        Route(EXPORT, {"GET": api.export}),
         Route(ACTIVITY, {"GET": api.recent_activity}),
         Route(LIBRARY_PAGE, {"GET": api.library_page}),
     ]
@@ -109,6 +112,7 @@ def remote_routes(remote: RemoteArchives) -> list[Route]:
     return [
         Route(FIND, {"POST": remote.find}, JSON_TYPES),
         Route(RETRIEVE, {"POST": remote.retrieve}, JSON_TYPES),
+        Route(STORE, {"POST": remote.store_to}, JSON_TYPES),
         Route(JOBS, {"GET": remote.jobs_list}),
         Route(JOB, {"GET": remote.job}),
         Route(JOB_CANCEL, {"POST": remote.job_cancel}),
@@ -142,10 +146,12 @@ def invalid_configuration(
         refused(PROTOCOL),
         refused(PROTOCOL_FILE),
         refused(PROTOCOL_TREE),
+        refused(EXPORT),
         Route(ACTIVITY, {"GET": lambda request: activity_answer(activity)}),
         Route(LIBRARY_PAGE, {"GET": library_page_file}),
         refused(FIND, JSON_TYPES),
         refused(RETRIEVE, JSON_TYPES),
+        refused(STORE, JSON_TYPES),
         refused(JOBS),
         refused(JOB),
         refused(JOB_CANCEL),
