@@ -335,6 +335,11 @@ def test_bad_push_requests_are_400(pushing, body: object, message: str) -> None:
     assert received == []
 
 
+def test_without_a_source_nothing_is_stored_here_to_push(site: Site) -> None:
+    code, answer = post(site.api.store_to, "site-b", {"SOPInstanceUIDs": ["1.2.3"]})
+    assert (code, answer["Failed"], answer["Results"][0]["Error"]) == (200, 1, "not stored here")
+
+
 def test_push_to_an_unknown_modality_is_404(pushing) -> None:
     api, _, uids = pushing
     code, answer = post(api.store_to, "room9", {"SOPInstanceUIDs": uids})

@@ -115,6 +115,21 @@ def test_unknown_uids_and_refusals_are_per_uid_failures(scanner: Scanner) -> Non
     assert set(scanner.received) == {first, second}
 
 
+def test_a_warning_is_counted_apart_and_ends_like_a_move_with_warnings(scanner: Scanner) -> None:
+    source, datasets = library(2)
+    first, second = (str(ds.SOPInstanceUID) for ds in datasets)
+    scanner.statuses[second] = 0xB000
+    answer = scu_push.push(CALLER, scanner.modality(), [first, second], source)
+    assert answer.as_json()["Results"][1] == {
+        "SOPInstanceUID": second,
+        "Outcome": "Warning",
+        "Status": "0xB000",
+        "Error": "C-STORE warning 0xB000",
+    }
+    assert (answer.count("Success"), answer.count("Warning"), answer.count("Failure")) == (1, 1, 0)
+    assert answer.code == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+
+
 def test_nothing_stored_here_needs_no_association(scanner: Scanner) -> None:
     result = scu_push.push(CALLER, scanner.modality(), ["1.2.3.4"], MemorySource({}))
     assert result.as_json()["Results"][0]["Error"] == "not stored here"
