@@ -282,6 +282,7 @@ class DppApp:
             lambda uid: self.index.get(uid) is not None,
             self.jobs,
             refresh=lambda: self.refresh_modalities(force=True),
+            source=source,  # what a push sends: the originals, as C-GET and C-MOVE send them
         )
 
     # -- events --------------------------------------------------------------

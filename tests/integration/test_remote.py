@@ -8,7 +8,8 @@ A bare pynetdicom archive plays a failing remote (C-FIND answered 0xC000
 with an Error Comment), a slow one (an asynchronous retrieve whose
 progress is seen before it completes) and a hostile one (a C-GET that sends
 what nobody asked for, a dataset that is not the announced instance, a
-deflate bomb, an oversize dataset; a C-FIND that never ends). The examples
+deflate bomb, an oversize dataset; a C-FIND that never ends). A pushes
+protocols to DCMTK's storescp and to a pynetdicom storage SCP. The examples
 of docs/remote-archives.md run here with curl.
 """
 
@@ -35,7 +36,7 @@ from tests.bare_archive import BareArchive, RawStore
 from tests.certificates import make_ca, make_leaf
 from tests.hostile import deflated_bomb, peak_memory_kb
 from tests.orthanc_server import HttpError, OrthancServer
-from tests.peers import store_protocols
+from tests.peers import collecting_storescp, store_protocols, storescp
 from tests.waiting import eventually
 
 SITE_A, SITE_B = "ORTHANC_DPP", "SITE_B_DPP"
@@ -421,3 +422,47 @@ def test_readme_examples_answer_as_shown(tmp_path: Path) -> None:
             sent = b.get(f"/dpp/protocols/{uid}/file")
             assert a.get(f"/dpp/protocols/{uid}/file") == sent
     assert not problems, "\n".join(problems)
+
+
+def test_a_pushes_protocols_to_a_scanner_as_stored(sites, tmp_path: Path) -> None:
+    """POST /dpp/modalities/{id}/store to DCMTK's storescp declared a moment ago: each protocol
+    arrives as A serves it; an unknown UID is a failure of its own."""
+    a, _ = sites
+    pushed = [make_protocol(seed, "CT" if seed % 2 else "XA") for seed in (90, 91)]
+    store_protocols(a, pushed)
+    uids = [str(ds.SOPInstanceUID) for ds in pushed]
+    with storescp(tmp_path, profile=True, aet="ROOM3_CT") as (port, received):
+        entry = {"AET": "ROOM3_CT", "Host": "127.0.0.1", "Port": port}
+        a.request("PUT", "/modalities/room3", json.dumps(entry).encode())
+        code, answer = call(
+            a, "/dpp/modalities/room3/store", {"SOPInstanceUIDs": [*uids, "1.2.3.4"]}
+        )
+        assert code == 200, answer
+        assert [(r["SOPInstanceUID"], r["Status"], r["Error"]) for r in answer["Results"]] == [
+            (uids[0], "0x0000", None),
+            (uids[1], "0x0000", None),
+            ("1.2.3.4", None, "not stored here"),
+        ]
+        files = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in received.iterdir()}
+        assert sorted(files) == sorted(uids)
+        for uid, path in files.items():
+            assert pydicom.dcmread(path) == pydicom.dcmread(io.BytesIO(a_file(a, uid)))
+    assert "DPP C-STORE of 3 protocols to room3 (ROOM3_CT@127.0.0.1" in a.log()
+
+
+def test_an_asynchronous_push_is_a_job_with_each_outcome(sites) -> None:
+    a, _ = sites
+    pushed = [make_protocol(seed, "CT") for seed in (94, 95, 96)]
+    store_protocols(a, pushed)
+    uids = [str(ds.SOPInstanceUID) for ds in pushed]
+    with collecting_storescp("ROOM4_CT") as (port, received):
+        entry = {"AET": "ROOM4_CT", "Host": "127.0.0.1", "Port": port}
+        a.request("PUT", "/modalities/room4", json.dumps(entry).encode())
+        body = {"SOPInstanceUIDs": uids, "Asynchronous": True}
+        code, answer = call(a, "/dpp/modalities/room4/store", body)
+        assert code == 200, answer
+        assert eventually(lambda: a.get_json(answer["Path"])["State"] == "Success", 60)
+    done = a.get_json(answer["Path"])
+    assert (done["Method"], done["Modality"], done["Completed"]) == ("C-STORE", "room4", 3)
+    assert [r["SOPInstanceUID"] for r in done["Result"]["Results"]] == uids
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(uids)

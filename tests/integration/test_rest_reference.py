@@ -11,9 +11,11 @@ must have an example.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +23,7 @@ from urllib.parse import urlparse
 import pydicom
 import pytest
 
+from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.rest.http import Request
 from orthanc_dpp.rest.protocols import DppRestApi
 from orthanc_dpp.rest.routes import Route, protocol_routes
@@ -123,6 +126,20 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield server
 
 
+def exported_as_stored(saved: Path, orthanc: OrthancServer) -> list[str]:
+    """What is wrong with an export: each member must be its protocol's file, byte for byte."""
+    with zipfile.ZipFile(saved) as archive:
+        names = archive.namelist()
+        wrong = [
+            name
+            for name in names
+            if archive.read(name) != orthanc.get(f"/dpp/protocols/{name.removesuffix('.dcm')}/file")
+        ]
+    if not names:
+        return [f"{saved.name} is empty"]
+    return [f"{saved.name}: {name} is not the stored file" for name in wrong]
+
+
 def test_every_example_answers_as_readme_shows(orthanc: OrthancServer, tmp_path: Path) -> None:
     write_samples(tmp_path)
     problems: list[str] = []
@@ -140,10 +157,13 @@ def test_every_example_answers_as_readme_shows(orthanc: OrthancServer, tmp_path:
                 found.append(f"not JSON: {body[:300]}")
         if "-o" in example.args:
             saved = tmp_path / example.args[example.args.index("-o") + 1]
-            uid = urlparse(example.url).path.split("/")[3]
-            sent = pydicom.dcmread(tmp_path / "ct-protocol.dcm")
-            if sent.SOPInstanceUID != uid or pydicom.dcmread(saved) != sent:
-                found.append(f"{saved.name} is not the protocol {uid} as sent")
+            if saved.suffix == ".zip":
+                found += exported_as_stored(saved, orthanc)
+            else:
+                uid = urlparse(example.url).path.split("/")[3]
+                sent = pydicom.dcmread(tmp_path / "ct-protocol.dcm")
+                if sent.SOPInstanceUID != uid or pydicom.dcmread(saved) != sent:
+                    found.append(f"{saved.name} is not the protocol {uid} as sent")
         problems += [f"{example.command}\n    {p}" for p in found]
     assert not problems, "\n".join(problems)
     # What the examples leave: the form-data upload stored nothing, the CT protocol is deleted,
@@ -152,3 +172,24 @@ def test_every_example_answers_as_readme_shows(orthanc: OrthancServer, tmp_path:
     made = [p for uid, p in listing.items() if uid not in (XA_UID, APPROVAL_UID)]
     assert {XA_UID, APPROVAL_UID} <= set(listing)
     assert [p["ApprovalSubjects"] for p in made] == [[CT_UID]]
+
+
+def test_an_export_imported_again_restores_every_file_byte_for_byte(
+    orthanc: OrthancServer,
+) -> None:
+    """Export, delete everything, upload the zip: the same files, byte for byte, come back."""
+    for seed in (70, 71, 72):  # in the default repertoire and Latin-1, CT and XA
+        orthanc.post("/dpp/protocols", to_bytes(make_protocol(seed, "CT" if seed % 2 else "XA")))
+    status, headers, archive = orthanc.request("GET", "/dpp/export")
+    assert (status, headers["Content-Type"]) == (200, "application/zip")
+    uids = [p["SOPInstanceUID"] for p in orthanc.get_json("/dpp/protocols")["Protocols"]]
+    before = {uid: orthanc.get(f"/dpp/protocols/{uid}/file") for uid in uids}
+    with zipfile.ZipFile(io.BytesIO(archive)) as exported:
+        assert {n.removesuffix(".dcm"): exported.read(n) for n in exported.namelist()} == before
+    for uid in uids:
+        orthanc.delete(f"/dpp/protocols/{uid}")
+    assert orthanc.get_json("/dpp/protocols")["Total"] == 0
+    answer = orthanc.post("/dpp/protocols", archive, "application/zip")
+    assert (answer["Stored"], answer["Failed"]) == (len(uids), 0)
+    assert {f["Status"] for f in answer["Files"]} == {"Success"}
+    assert {uid: orthanc.get(f"/dpp/protocols/{uid}/file") for uid in uids} == before

@@ -1,9 +1,10 @@
-"""The REST routes that query and retrieve another DPP archive, and ``/dpp/jobs``.
+"""The REST routes that query, retrieve from and push to other nodes, and ``/dpp/jobs``.
 
-``POST /dpp/modalities/{id}/find`` and ``POST /dpp/modalities/{id}/retrieve``
-work on the modalities of Orthanc's modality list, as Orthanc's own
-``/modalities/{id}/query`` and ``/move`` do for images; the DICOM work is in
-:mod:`orthanc_dpp.dicom.scu.query` and :mod:`orthanc_dpp.dicom.scu.retrieve`. Errors are
+``POST /dpp/modalities/{id}/find``, ``/retrieve`` and ``/store`` work on the
+modalities of Orthanc's modality list, as Orthanc's own
+``/modalities/{id}/query``, ``/move`` and ``/store`` do for images; the DICOM
+work is in :mod:`orthanc_dpp.dicom.scu.query`, :mod:`orthanc_dpp.dicom.scu.retrieve`
+and :mod:`orthanc_dpp.dicom.scu.push`. Errors are
 JSON like every ``/dpp/`` answer: 404 for an unknown modality, 400 for a
 bad request (naming the key), 502 when the remote archive cannot be
 reached or refuses (with the DIMSE status and its name), 503 when too many
@@ -20,6 +21,7 @@ from typing import Any, Final
 from orthanc_dpp.dicom.modalities import Modality, ModalityRegistry
 from orthanc_dpp.dicom.outbound import Calling
 from orthanc_dpp.dicom.scu import identifiers
+from orthanc_dpp.dicom.scu import push as scu_push
 from orthanc_dpp.dicom.scu import query as scu_query
 from orthanc_dpp.dicom.scu import retrieve as scu_retrieve
 from orthanc_dpp.dicom.scu.answers import RemoteError
@@ -32,6 +34,7 @@ log = logging.getLogger("orthanc_dpp.remote")
 
 METHODS = ("C-GET", "C-MOVE")
 RETRIEVE_MEMBERS: Final = {"SOPInstanceUIDs", "Method", "Destination", "Asynchronous"}
+STORE_MEMBERS: Final = {"SOPInstanceUIDs", "Asynchronous"}
 
 
 class RemoteArchives:
@@ -40,7 +43,8 @@ class RemoteArchives:
     ``store`` is the plugin's normal store path for protocols received by
     C-GET; ``is_stored`` tells whether a SOP Instance UID is stored here;
     ``refresh`` re-reads Orthanc's modality list (a modality declared a
-    moment ago is found without waiting for the periodic refresh).
+    moment ago is found without waiting for the periodic refresh);
+    ``source`` holds the protocols a push sends (none: every UID is unknown).
     """
 
     def __init__(
@@ -52,7 +56,9 @@ class RemoteArchives:
         jobs: Jobs,
         *,
         refresh: Callable[[], None] = lambda: None,
+        source: scu_push.ProtocolSource | None = None,
     ) -> None:
+        self.source = source
         self.caller = caller
         self.modalities = modalities
         self.store = store
@@ -144,21 +150,7 @@ class RemoteArchives:
         return json_response(200, {**result.as_json(), **self._here(uids, destination)})
 
     def _retrieve_request(self, body: dict[str, Any]) -> tuple[list[str], str, str | None, bool]:
-        unknown = sorted(set(body) - RETRIEVE_MEMBERS)
-        if unknown:
-            known = ", ".join(sorted(RETRIEVE_MEMBERS))
-            raise ValueError(f"unknown member(s) {', '.join(unknown)} (known: {known})")
-        uids = body.get("SOPInstanceUIDs")
-        if not isinstance(uids, list) or not uids:
-            raise ValueError("SOPInstanceUIDs must be a non-empty list of SOP Instance UIDs")
-        if len(uids) > scu_retrieve.MAXIMUM_UIDS:
-            raise ValueError(
-                f"at most {scu_retrieve.MAXIMUM_UIDS} SOPInstanceUIDs per request, got {len(uids)}"
-            )
-        for uid in uids:
-            if not isinstance(uid, str) or not identifiers.is_uid(uid):
-                raise ValueError(f"SOPInstanceUIDs: not a UID: {uid!r}")
-        uids = list(dict.fromkeys(uids))
+        uids = _uids(body, RETRIEVE_MEMBERS, scu_retrieve.MAXIMUM_UIDS)
         method = body.get("Method", "C-GET")
         if method not in METHODS:
             raise ValueError(f"Method must be {' or '.join(METHODS)}, got {method!r}")
@@ -170,10 +162,46 @@ class RemoteArchives:
                 raise ValueError(f"Destination must be an AE title, got {destination!r}")
         elif method == "C-MOVE":
             destination = self.caller.ae_title  # this plugin's own listener
-        asynchronous = body.get("Asynchronous", False)
-        if not isinstance(asynchronous, bool):
-            raise ValueError("Asynchronous must be true or false")
-        return uids, method, destination, asynchronous
+        return uids, method, destination, _asynchronous(body)
+
+    # POST /dpp/modalities/{id}/store
+    def store_to(self, request: Request, name: str) -> Response:
+        """Push protocols stored here to the modality with C-STORE (:mod:`dicom.scu.push`)."""
+        modality = self._modality(name)
+        if modality is None:
+            return error(404, f"no modality {name!r} in Orthanc's modality list")
+        try:
+            body = _json_object(request.body)
+            uids = _uids(body, STORE_MEMBERS, scu_push.MAXIMUM_UIDS)
+            asynchronous = _asynchronous(body)
+        except ValueError as exc:
+            return error(400, str(exc))
+        source = self.source or _NOTHING_STORED
+
+        def work(control: Control) -> scu_push.PushResult:
+            result = scu_push.push(self.caller, modality, uids, source, control)
+            log.info(
+                "DPP C-STORE of %d protocols to %s: %d completed, %d failed%s",
+                len(uids),
+                modality.describe(),
+                result.count("Success"),
+                result.count("Failure"),
+                f" ({result.unreachable})" if result.unreachable else "",
+            )
+            return result
+
+        if asynchronous:
+            description = {"Modality": name, "Method": "C-STORE", "SOPInstanceUIDs": uids}
+            try:
+                job = self.jobs.submit(description, work)
+            except TooManyJobs as exc:
+                return error(503, f"no background push started: {exc}")
+            log.info("DPP C-STORE to %s: job %s", modality.describe(), job.id)
+            return json_response(200, {"ID": job.id, "Path": f"/dpp/jobs/{job.id}"})
+        result = work(Control())
+        if result.unreachable is not None:
+            return error(502, result.unreachable, **result.as_json())
+        return json_response(200, result.as_json())
 
     def _here(self, uids: Sequence[str], destination: str | None) -> dict[str, Any]:
         """Which requested protocols this Orthanc now holds (when they were meant to come here)."""
@@ -203,7 +231,7 @@ class RemoteArchives:
 
     def _job_json(self, job: Job) -> dict[str, Any]:
         answer = job.as_json()
-        if job.result is not None:
+        if isinstance(job.result, RetrieveResult):
             answer["Result"].update(
                 self._here(job.description["SOPInstanceUIDs"], job.description["Destination"])
             )
@@ -220,6 +248,45 @@ def _json_object(body: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("the body must be a JSON object")
     return value
+
+
+def _uids(body: dict[str, Any], members: set[str], maximum: int) -> list[str]:
+    """The body's SOPInstanceUIDs, without repeats; ValueError for an unknown member or bad UID."""
+    unknown = sorted(set(body) - members)
+    if unknown:
+        known = ", ".join(sorted(members))
+        raise ValueError(f"unknown member(s) {', '.join(unknown)} (known: {known})")
+    uids = body.get("SOPInstanceUIDs")
+    if not isinstance(uids, list) or not uids:
+        raise ValueError("SOPInstanceUIDs must be a non-empty list of SOP Instance UIDs")
+    if len(uids) > maximum:
+        raise ValueError(f"at most {maximum} SOPInstanceUIDs per request, got {len(uids)}")
+    for uid in uids:
+        if not isinstance(uid, str) or not identifiers.is_uid(uid):
+            raise ValueError(f"SOPInstanceUIDs: not a UID: {uid!r}")
+    return list(dict.fromkeys(uids))
+
+
+def _asynchronous(body: dict[str, Any]) -> bool:
+    asynchronous = body.get("Asynchronous", False)
+    if not isinstance(asynchronous, bool):
+        raise ValueError("Asynchronous must be true or false")
+    return asynchronous
+
+
+class _NothingStored:
+    """The source of a push when none was given: nothing is stored."""
+
+    def resolve(
+        self, uids: Sequence[str], storage_classes: frozenset[str]
+    ) -> list[tuple[str, str | None]]:
+        return [(uid, None) for uid in uids]
+
+    def load(self, orthanc_id: str) -> Any:
+        raise KeyError(orthanc_id)
+
+
+_NOTHING_STORED: Final = _NothingStored()
 
 
 def _limit(value: Any) -> int:

@@ -12,7 +12,8 @@ authentication). Two rules, for every method but GET and HEAD, close it:
   with neither header (curl, scripts, other programs) is no browser's: it is
   served as before.
 - Where a route reads a body, the body must say it is of a type the route
-  reads (``application/dicom``, ``multipart/related``, ``application/json``):
+  reads (``application/dicom``, ``multipart/related``, ``application/zip``,
+  ``application/json``):
   a browser sends those to another origin only after a CORS preflight, which
   Orthanc never grants. This also covers browsers too old to send either
   header. Anything else is refused (415).

@@ -3,8 +3,8 @@
 The adapter turns Orthanc's request into :class:`Request` and our
 :class:`Response` back into Orthanc's output calls. Each handler serves one
 method: :mod:`orthanc_dpp.rest.routes` maps methods to handlers and answers 405.
-Every answer is JSON except the file download; every error is a JSON body
-with ``Error`` saying what went wrong.
+Every answer is JSON except the file download and the export; every error is
+a JSON body with ``Error`` saying what went wrong.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from orthanc_dpp.model.search import PARAMETERS, ProtocolSearch, SearchError, se
 from orthanc_dpp.model.sop import DPP_STORAGE_CLASSES, PROTOCOL_APPROVAL_STORAGE
 from orthanc_dpp.model.usage import ProtocolUsage
 from orthanc_dpp.rest import page as library_page
+from orthanc_dpp.rest import zips
 from orthanc_dpp.rest.activity import ActivityLog
 from orthanc_dpp.rest.dataset_tree import dataset_tree
 from orthanc_dpp.rest.http import (
@@ -57,16 +58,26 @@ MAXIMUM_PAGE = 1000
 LIST_PARAMETERS = ("offset", "limit", "approved", "approval", "sort", "unused", *PARAMETERS)
 #: The orders ``GET /dpp/protocols?sort=`` knows (without it: the index's order).
 SORTS = ("usage",)
+#: Files in one ``GET /dpp/export`` zip (more matches: 413), and in one uploaded zip.
+MAXIMUM_EXPORT = MAXIMUM_PAGE
+MAXIMUM_ZIP_FILES = MAXIMUM_EXPORT
 
 
-def split_upload(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
-    """The files of an upload: one DICOM body, or the parts of a multipart body.
+def split_upload(
+    content_type: str, body: bytes, maximum_size: int = 64 << 20
+) -> list[tuple[str, bytes]]:
+    """The files of an upload: one DICOM body, the parts of a multipart body, or the
+    files of a zip archive (:func:`zips.read_zip`, at most :data:`MAXIMUM_ZIP_FILES`,
+    ``maximum_size`` bytes once inflated; raises :class:`zips.ZipRefused`).
 
     ``multipart/related`` (STOW-RS style); each part is one DICOM file.
     ``multipart/form-data`` would be read alike, but the adapter refuses it
     before (:mod:`orthanc_dpp.rest.csrf`: any web page can make a browser send it).
     """
-    if not content_type.lower().startswith("multipart/"):
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/zip":
+        return zips.read_zip(body, MAXIMUM_ZIP_FILES, maximum_size)
+    if not media.startswith("multipart/"):
         return [("body", body)]
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
@@ -248,7 +259,9 @@ class DppRestApi:
             )
         content_type = request.headers.get("content-type", "application/dicom")
         try:
-            files = split_upload(content_type, request.body)
+            files = split_upload(content_type, request.body, self.maximum_upload)
+        except zips.ZipRefused as exc:
+            return self._refused_whole(exc.http_status, f"cannot read the upload: {exc}")
         except ValueError as exc:
             return self._refused_whole(400, f"cannot read the upload: {exc}")
         if not files or all(not data for _, data in files):
@@ -295,6 +308,43 @@ class DppRestApi:
         ds, elements = read_part10(data, self.limits.maximum_depth)
         # Indexed before the UID's claim is released (see ProtocolLibrary.store).
         return self.library.store(ds, data, elements=elements, on_stored=self._on_stored)
+
+    # GET /dpp/export
+    def export(self, request: Request) -> Response:
+        """A zip of the originals of what ``GET /dpp/protocols`` lists for the same criteria.
+
+        The selection is that route's own answer, so every criterion it
+        takes (and every one it will take) selects the same protocols here.
+        Without ``limit``, every match goes in, and more than
+        :data:`MAXIMUM_EXPORT` is refused (413) rather than cut short.
+        """
+        paged = "limit" in request.get
+        query = request.get if paged else {**request.get, "limit": str(MAXIMUM_EXPORT)}
+        listing = self.protocols(Request(request.method, query, request.headers))
+        if listing.status != 200:
+            return listing
+        page = json.loads(listing.body)
+        if not paged and page["Total"] > page["Offset"] + len(page["Protocols"]):
+            return error(
+                413,
+                f"{page['Total']} protocols match, at most {MAXIMUM_EXPORT} per export: "
+                "narrow the search, or page with offset and limit",
+                Total=page["Total"],
+            )
+        files = []
+        for summary in page["Protocols"]:
+            uid = summary["SOPInstanceUID"]
+            try:
+                files.append((f"{uid}.dcm", self.library.original_bytes(summary["OrthancID"])))
+            except OrthancError as exc:  # deleted meanwhile: the rest still goes out
+                log.warning("Export: the file of %s cannot be read: %s", uid, exc.message)
+        log.info("Export of %d protocols (%d matching)", len(files), page["Total"])
+        return Response(
+            200,
+            zips.write_zip(files),
+            content_type="application/zip",
+            headers={"Content-Disposition": 'attachment; filename="protocols.zip"'},
+        )
 
     def _lookup(self, identifier: str) -> Entry | None:
         return self.index.get(identifier) or self.index.get_by_orthanc_id(identifier)

@@ -49,16 +49,18 @@ PROTOCOL_TREE: Final = f"/dpp/protocols/{SEGMENT}/tree"
 PROTOCOL_APPROVALS: Final = f"/dpp/protocols/{SEGMENT}/approvals"
 PROTOCOL_DIFF: Final = f"/dpp/protocols/{SEGMENT}/diff/{SEGMENT}"
 PROTOCOL_VERSIONS: Final = f"/dpp/protocols/{SEGMENT}/versions"
+EXPORT: Final = "/dpp/export"
 ACTIVITY: Final = "/dpp/activity"
 LIBRARY_PAGE: Final = f"/dpp/ui/({_UTF8_CHARACTER}*)"
 FIND: Final = f"/dpp/modalities/{SEGMENT}/find"
 RETRIEVE: Final = f"/dpp/modalities/{SEGMENT}/retrieve"
+STORE: Final = f"/dpp/modalities/{SEGMENT}/store"
 JOBS: Final = "/dpp/jobs"
 JOB: Final = f"/dpp/jobs/{SEGMENT}"
 JOB_CANCEL: Final = f"/dpp/jobs/{SEGMENT}/cancel"
 
 #: The bodies a route reads on POST (``csrf.body_type``).
-UPLOAD_TYPES: Final = ("application/dicom", "multipart/related")
+UPLOAD_TYPES: Final = ("application/dicom", "multipart/related", "application/zip")
 JSON_TYPES: Final = ("application/json",)
 
 
@@ -105,6 +107,7 @@ def protocol_routes(api: DppRestApi) -> list[Route]:
         Route(PROTOCOL_APPROVALS, {"POST": api.approve}, JSON_TYPES),
         Route(PROTOCOL_DIFF, {"GET": api.protocol_diff}),
         Route(PROTOCOL_VERSIONS, {"GET": api.protocol_versions}),
+        Route(EXPORT, {"GET": api.export}),
         Route(ACTIVITY, {"GET": api.recent_activity}),
         Route(LIBRARY_PAGE, {"GET": api.library_page}),
     ]
@@ -115,6 +118,7 @@ def remote_routes(remote: RemoteArchives) -> list[Route]:
     return [
         Route(FIND, {"POST": remote.find}, JSON_TYPES),
         Route(RETRIEVE, {"POST": remote.retrieve}, JSON_TYPES),
+        Route(STORE, {"POST": remote.store_to}, JSON_TYPES),
         Route(JOBS, {"GET": remote.jobs_list}),
         Route(JOB, {"GET": remote.job}),
         Route(JOB_CANCEL, {"POST": remote.job_cancel}),
@@ -151,10 +155,12 @@ def invalid_configuration(
         refused(PROTOCOL_APPROVALS, JSON_TYPES),
         refused(PROTOCOL_DIFF),
         refused(PROTOCOL_VERSIONS),
+        refused(EXPORT),
         Route(ACTIVITY, {"GET": lambda request: activity_answer(activity)}),
         Route(LIBRARY_PAGE, {"GET": library_page_file}),
         refused(FIND, JSON_TYPES),
         refused(RETRIEVE, JSON_TYPES),
+        refused(STORE, JSON_TYPES),
         refused(JOBS),
         refused(JOB),
         refused(JOB_CANCEL),

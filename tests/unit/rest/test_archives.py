@@ -1,4 +1,4 @@
-"""``/dpp/modalities/{id}/find|retrieve`` and ``/dpp/jobs`` as plain functions, against a
+"""``/dpp/modalities/{id}/find|retrieve|store`` and ``/dpp/jobs`` as plain functions, against a
 bare pynetdicom DPP archive on loopback."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from pydicom import Dataset
 
-from dpp_tools.samples import make_protocol
+from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.dicom.modalities import ModalityRegistry, parse_modalities
 from orthanc_dpp.dicom.outbound import Calling
 from orthanc_dpp.dicom.scu.jobs import Jobs
@@ -20,6 +20,8 @@ from orthanc_dpp.rest.http import Request, Response
 from orthanc_dpp.rest.routes import FIND, RETRIEVE, remote_routes
 from tests.bare_archive import BareArchive
 from tests.orthanc_server import free_port
+from tests.peers import collecting_storescp
+from tests.scp_harness import MemorySource
 from tests.waiting import eventually
 
 CALLER = Calling("DPP_REST_UNIT", acse_timeout=5, dimse_timeout=5, network_timeout=5)
@@ -272,3 +274,102 @@ def test_unknown_job_is_404(site: Site) -> None:
         answer = handler(Request(method), "nope")
         assert answer.status == 404
         assert json.loads(answer.body)["Error"] == "no DPP job 'nope'"
+
+
+# -- push (POST /dpp/modalities/{id}/store) ------------------------------------------------
+
+
+@pytest.fixture
+def pushing() -> Iterator[tuple[RemoteArchives, list[Dataset], list[str]]]:
+    """The store route over three protocols held here, and a scanner that collects."""
+    held = [make_protocol(seed, "CT", charset="") for seed in range(3)]
+    source = MemorySource({str(ds.SOPInstanceUID): to_bytes(ds) for ds in held})
+    with collecting_storescp("SCANNER") as (port, received):
+        modalities = ModalityRegistry(
+            parse_modalities(
+                {
+                    "room3": {"AET": "SCANNER", "Host": "127.0.0.1", "Port": port},
+                    "gone": {"AET": "GONE", "Host": "127.0.0.1", "Port": free_port()},
+                }
+            )
+        )
+        jobs = Jobs()
+        api = RemoteArchives(CALLER, modalities, print, lambda uid: False, jobs, source=source)
+        yield api, received, [str(ds.SOPInstanceUID) for ds in held]
+        jobs.stop()
+
+
+def test_push_answers_an_outcome_per_uid(pushing) -> None:
+    api, received, uids = pushing
+    code, answer = post(api.store_to, "room3", {"SOPInstanceUIDs": [*uids[:2], "1.2.9"]})
+    assert code == 200
+    assert (answer["Completed"], answer["Failed"], answer["Modality"]) == (2, 1, "room3")
+    assert [(r["SOPInstanceUID"], r["Status"], r["Error"]) for r in answer["Results"]] == [
+        (uids[0], "0x0000", None),
+        (uids[1], "0x0000", None),
+        ("1.2.9", None, "not stored here"),
+    ]
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(uids[:2])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "SOPInstanceUIDs must be a non-empty list of SOP Instance UIDs"),
+        ({"SOPInstanceUIDs": ["x y"]}, "SOPInstanceUIDs: not a UID: 'x y'"),
+        ({"SOPInstanceUIDs": ["1.2"], "Asynchronous": "yes"}, "Asynchronous must be true or false"),
+        (
+            {"SOPInstanceUIDs": ["1.2"], "Method": "C-GET"},
+            "unknown member(s) Method (known: Asynchronous, SOPInstanceUIDs)",
+        ),
+        ({"SOPInstanceUIDs": ["1.2"] * 1001}, "at most 1000 SOPInstanceUIDs per request, got 1001"),
+        (b"[", "the body is not JSON: Expecting value: line 1 column 2 (char 1)"),
+    ],
+)
+def test_bad_push_requests_are_400(pushing, body: object, message: str) -> None:
+    api, received, _ = pushing
+    assert post(api.store_to, "room3", body) == (
+        400,
+        {"Error": message, "HttpStatus": 400},
+    )
+    assert received == []
+
+
+def test_without_a_source_nothing_is_stored_here_to_push(site: Site) -> None:
+    code, answer = post(site.api.store_to, "site-b", {"SOPInstanceUIDs": ["1.2.3"]})
+    assert (code, answer["Failed"], answer["Results"][0]["Error"]) == (200, 1, "not stored here")
+
+
+def test_push_to_an_unknown_modality_is_404(pushing) -> None:
+    api, _, uids = pushing
+    code, answer = post(api.store_to, "room9", {"SOPInstanceUIDs": uids})
+    assert (code, answer["Error"]) == (404, "no modality 'room9' in Orthanc's modality list")
+
+
+def test_push_to_an_unreachable_modality_is_502_with_each_uid(pushing) -> None:
+    api, _, uids = pushing
+    code, answer = post(api.store_to, "gone", {"SOPInstanceUIDs": uids[:1]})
+    assert code == 502
+    assert answer["Error"].endswith(": cannot connect (refused or timed out)")
+    assert answer["Results"][0]["Error"] == "cannot connect (refused or timed out)"
+
+
+def test_asynchronous_push_is_a_job_with_each_uids_outcome(pushing) -> None:
+    api, received, uids = pushing
+    code, answer = post(api.store_to, "room3", {"SOPInstanceUIDs": uids, "Asynchronous": True})
+    assert code == 200
+
+    def job() -> dict:
+        return json.loads(api.job(Request("GET"), answer["ID"]).body)
+
+    assert eventually(lambda: job()["State"] == "Success", 10)
+    done = job()
+    assert (done["Method"], done["Modality"], done["Completed"], done["Progress"]) == (
+        "C-STORE",
+        "room3",
+        3,
+        100,
+    )
+    assert [r["Status"] for r in done["Result"]["Results"]] == ["0x0000"] * 3
+    assert "StoredHere" not in done["Result"]
+    assert len(received) == 3

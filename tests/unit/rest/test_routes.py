@@ -22,7 +22,7 @@ from tests.fake_orthanc_module import FakeOrthancModule
 
 #: Every method a client may send; Orthanc hands each to the route.
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
-UPLOAD = ("application/dicom", "multipart/related")
+UPLOAD = ("application/dicom", "multipart/related", "application/zip")
 JSON_BODY = ("application/json",)
 
 
@@ -57,10 +57,12 @@ def test_the_table_names_each_methods_handler_in_registration_order(owners) -> N
             "GET",
         ),
         (f"/dpp/protocols/{SEGMENT}/versions", {"GET": api.protocol_versions}, (), "GET"),
+        ("/dpp/export", {"GET": api.export}, (), "GET"),
         ("/dpp/activity", {"GET": api.recent_activity}, (), "GET"),
         (LIBRARY_PAGE, {"GET": api.library_page}, (), "GET"),
         (f"/dpp/modalities/{SEGMENT}/find", {"POST": remote.find}, JSON_BODY, "POST"),
         (f"/dpp/modalities/{SEGMENT}/retrieve", {"POST": remote.retrieve}, JSON_BODY, "POST"),
+        (f"/dpp/modalities/{SEGMENT}/store", {"POST": remote.store_to}, JSON_BODY, "POST"),
         ("/dpp/jobs", {"GET": remote.jobs_list}, (), "GET"),
         (f"/dpp/jobs/{SEGMENT}", {"GET": remote.job}, (), "GET"),
         (f"/dpp/jobs/{SEGMENT}/cancel", {"POST": remote.job_cancel}, (), "POST"),

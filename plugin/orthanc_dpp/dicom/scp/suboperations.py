@@ -67,6 +67,7 @@ class Outcome:
     category: str  # pynetdicom status category: Success, Warning or Failure
     reason: str | None = None
     fatal: bool = False  # the association can no longer be used
+    status: int | None = None  # the peer's C-STORE status, when it answered
 
 
 @dataclass
@@ -259,11 +260,11 @@ class StoreChannel:
         code = int(rsp.Status or 0)  # present: checked by is_valid_response
         category = code_to_category(code)
         if category == STATUS_SUCCESS:
-            return Outcome(STATUS_SUCCESS)
+            return Outcome(STATUS_SUCCESS, status=code)
         detail = f": {rsp.ErrorComment}" if getattr(rsp, "ErrorComment", None) else ""
         if category == STATUS_WARNING:
-            return Outcome(STATUS_WARNING, f"C-STORE warning 0x{code:04X}{detail}")
-        return Outcome(FAILED, f"C-STORE failed 0x{code:04X}{detail}")
+            return Outcome(STATUS_WARNING, f"C-STORE warning 0x{code:04X}{detail}", status=code)
+        return Outcome(FAILED, f"C-STORE failed 0x{code:04X}{detail}", status=code)
 
     def _response(self, message_id: int) -> C_STORE | Outcome:
         """The C-STORE response, or a fatal outcome if none can come.

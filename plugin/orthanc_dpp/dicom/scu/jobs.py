@@ -1,4 +1,4 @@
-"""Background retrieves with progress: the plugin's own jobs, ``/dpp/jobs``.
+"""Background retrieves and pushes with progress: the plugin's own jobs, ``/dpp/jobs``.
 
 Orthanc's job engine is not open to Python plugins up to 7.1: the
 ``orthanc`` module has a ``Job`` class with ``SubmitJob`` but no function
@@ -21,10 +21,10 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from orthanc_dpp.dicom.scu.answers import RemoteError
-from orthanc_dpp.dicom.scu.retrieve import Control, RetrieveResult
+from orthanc_dpp.dicom.scu.retrieve import Control
 from orthanc_dpp.model import dimse_status
 
 log = logging.getLogger("orthanc_dpp.jobs")
@@ -37,19 +37,30 @@ PENDING, RUNNING = "Pending", "Running"
 SUCCESS, FAILURE, CANCELED = "Success", "Failure", "Canceled"
 
 
+class JobResult(Protocol):
+    """What a job's work returns: a retrieve's result, or a push's (``push.PushResult``)."""
+
+    @property
+    def code(self) -> int:
+        """The DIMSE status the job ended with (Success, Cancel, or a failure)."""
+        ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
 class TooManyJobs(Exception):
     """:data:`MAXIMUM_RUNNING` jobs are running already."""
 
 
 @dataclass
 class Job:
-    """One background retrieve; its answer is what ``GET /dpp/jobs/{id}`` shows."""
+    """One background retrieve or push; its answer is what ``GET /dpp/jobs/{id}`` shows."""
 
     id: str
     description: dict[str, Any]
     control: Control = field(default_factory=Control)
     state: str = PENDING
-    result: RetrieveResult | None = None
+    result: JobResult | None = None
     error: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
     finished: float | None = None
@@ -101,7 +112,7 @@ class Jobs:
         self._counter = itertools.count(1)
         self._stopped = False
 
-    def submit(self, description: dict[str, Any], work: Callable[[Control], RetrieveResult]) -> Job:
+    def submit(self, description: dict[str, Any], work: Callable[[Control], JobResult]) -> Job:
         """Start ``work`` on a thread of its own; raise :class:`TooManyJobs` when full."""
         with self._lock:
             if self._stopped:
@@ -118,7 +129,7 @@ class Jobs:
         job.thread.start()
         return job
 
-    def _run(self, job: Job, work: Callable[[Control], RetrieveResult]) -> None:
+    def _run(self, job: Job, work: Callable[[Control], JobResult]) -> None:
         job.state = RUNNING
         try:
             job.result = work(job.control)

@@ -303,11 +303,18 @@ def test_control_abort_ends_a_retrieve_at_once() -> None:
 
 def test_conformance_lists_the_scus_sop_classes_and_transfer_syntaxes() -> None:
     from orthanc_dpp.dicom.scp import listener
-    from orthanc_dpp.model.sop import DPP_FIND, DPP_GET, DPP_MOVE
+    from orthanc_dpp.model.sop import DPP_FIND, DPP_GET, DPP_MOVE, STORAGE_CLASSES
     from tests.doc_examples import REPO, doc_section, tables
 
     text = doc_section(REPO / "CONFORMANCE.md", "2.4 AE specification: the DPP SCU")
     (rows,) = tables(text)
+    # The push row names the classes it stores in short form: "1.2.3.200.1, .200.7, .200.3".
+    (push,) = [row for row in rows if row[3] == "`store` (push)"]
+    first, *others = push[1].split(", ")
+    base = first.rsplit(".", 2)[0]
+    assert push[2] == "SCU"
+    assert {first, *(base + other for other in others)} == set(STORAGE_CLASSES)
+    rows = [row for row in rows if row is not push]
     assert {row[1] for row in rows} == {DPP_FIND, DPP_GET, DPP_MOVE, *DPP_STORAGE_CLASSES}
     roles = {row[1]: row[2] for row in rows}
     assert all(roles[uid] == "SCU" for uid in (DPP_FIND, DPP_GET, DPP_MOVE))
