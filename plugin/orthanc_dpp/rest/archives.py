@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from orthanc_dpp.dicom.modalities import Modality, ModalityRegistry
@@ -37,6 +38,7 @@ RETRIEVE_MEMBERS: Final = {"SOPInstanceUIDs", "Method", "Destination", "Asynchro
 STORE_MEMBERS: Final = {"SOPInstanceUIDs", "Asynchronous"}
 
 
+@dataclass(eq=False)
 class RemoteArchives:
     """Handlers of the routes that reach other DPP archives, and of ``/dpp/jobs``.
 
@@ -47,24 +49,13 @@ class RemoteArchives:
     ``source`` holds the protocols a push sends (none: every UID is unknown).
     """
 
-    def __init__(
-        self,
-        caller: Calling,
-        modalities: ModalityRegistry,
-        store: scu_retrieve.Store,
-        is_stored: Callable[[str], bool],
-        jobs: Jobs,
-        *,
-        refresh: Callable[[], None] = lambda: None,
-        source: scu_push.ProtocolSource | None = None,
-    ) -> None:
-        self.source = source
-        self.caller = caller
-        self.modalities = modalities
-        self.store = store
-        self.is_stored = is_stored
-        self.jobs = jobs
-        self.refresh = refresh
+    caller: Calling
+    modalities: ModalityRegistry
+    store: scu_retrieve.Store
+    is_stored: Callable[[str], bool]
+    jobs: Jobs
+    refresh: Callable[[], None] = field(default=lambda: None, kw_only=True)
+    source: scu_push.ProtocolSource | None = field(default=None, kw_only=True)
 
     def _modality(self, name: str) -> Modality | None:
         for attempt in range(2):

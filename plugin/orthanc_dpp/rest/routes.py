@@ -42,19 +42,24 @@ _UTF8_CHARACTER = (
 SEGMENT = f"({_UTF8_CHARACTER}+)"
 
 STATUS: Final = "/dpp/status"
+#: The library: its list, its export, and each protocol with its file and attributes.
 PROTOCOLS: Final = "/dpp/protocols"
+EXPORT: Final = "/dpp/export"
 PROTOCOL: Final = f"/dpp/protocols/{SEGMENT}"
 PROTOCOL_FILE: Final = f"/dpp/protocols/{SEGMENT}/file"
 PROTOCOL_TREE: Final = f"/dpp/protocols/{SEGMENT}/tree"
+#: A protocol's review: approving it, comparing it with another, its versions.
 PROTOCOL_APPROVALS: Final = f"/dpp/protocols/{SEGMENT}/approvals"
 PROTOCOL_DIFF: Final = f"/dpp/protocols/{SEGMENT}/diff/{SEGMENT}"
 PROTOCOL_VERSIONS: Final = f"/dpp/protocols/{SEGMENT}/versions"
-EXPORT: Final = "/dpp/export"
+#: The plugin's recent log lines, and the library page's files.
 ACTIVITY: Final = "/dpp/activity"
 LIBRARY_PAGE: Final = f"/dpp/ui/({_UTF8_CHARACTER}*)"
+#: Other nodes of Orthanc's modality list...
 FIND: Final = f"/dpp/modalities/{SEGMENT}/find"
 RETRIEVE: Final = f"/dpp/modalities/{SEGMENT}/retrieve"
 STORE: Final = f"/dpp/modalities/{SEGMENT}/store"
+#: ...and the background jobs that reach them.
 JOBS: Final = "/dpp/jobs"
 JOB: Final = f"/dpp/jobs/{SEGMENT}"
 JOB_CANCEL: Final = f"/dpp/jobs/{SEGMENT}/cancel"
