@@ -411,6 +411,7 @@ def test_approve_with_a_comment_then_the_state_changes(page: Any, server: Orthan
     expect(page.locator("#protocol-approval-state")).to_have_text("none")
     expect(page.locator("#protocol-approvals tbody")).to_have_text("No approval stored.")
     page.locator("#approval-comment").fill("Reviewed by the CT committee")
+    page.locator("#approval-expires").fill("2099-06-30")
     page.locator("#approve").click()
     expect(page.locator("#approval-message")).to_contain_text("Approved: approval")
     expect(page.locator("#protocol-approval-state")).to_have_text("approved")
@@ -420,10 +421,11 @@ def test_approve_with_a_comment_then_the_state_changes(page: Any, server: Orthan
     expect(assertion.locator("td").nth(1)).to_contain_text(
         server.get_json("/dpp/status")["Listener"]["AETitle"]
     )
-    expect(assertion.locator("td").nth(3)).to_have_text("never")
+    expect(assertion.locator("td").nth(3)).to_have_text("2099-06-30 00:00:00 +0000")
     expect(row_of(page, "2.25.900003").locator("td.approval")).to_have_text("approved")
     stored = approval_of(server, "2.25.900003")
     assert stored.ApprovalSequence[0].AssertionComments == "Reviewed by the CT committee"
+    assert stored.ApprovalSequence[0].AssertionExpirationDateTime == "20990630000000+0000"
     assert stored.ApprovalSequence[0].AssertionCodeSequence[0].CodeValue == "128603"
     # The approval's own row names what it approves.
     expect(row_of(page, stored.SOPInstanceUID).locator("td.name div").first).to_have_text(
@@ -458,6 +460,7 @@ def test_reject_shows_the_decision_with_the_earlier_approval_and_its_expiry(
     assertions = page.locator("#protocol-approvals tbody tr")
     expect(assertions).to_have_count(2)
     expect(assertions.nth(0).locator("td").nth(0)).to_have_text("Disapproved for any use")
+    expect(assertions.nth(0).locator("td").nth(3)).to_have_text("never")
     expect(assertions.nth(1).locator("td").nth(3)).to_contain_text("2099-12-31")
     expect(row_of(page, "2.25.900002").locator("td.approval")).to_have_text("rejected")
     stored = approval_of(server, "2.25.900002")

@@ -567,11 +567,16 @@
     if (comment) {
       body.Comment = comment;
     }
+    var expires = isoToDicom(byId('approval-expires').value);
+    if (expires) {
+      body.ExpiresOn = expires;
+    }
     message.textContent = 'Saving…';
     message.className = 'message';
     return request('POST', protocolPath(uid) + '/approvals', JSON.stringify(body), 'application/json')
       .then(function (answer) {
         byId('approval-comment').value = '';
+        byId('approval-expires').value = '';
         return Promise.all([openProtocol(uid), loadList(), loadActivity()]).then(function () {
           message.textContent = (assertion === 'approved' ? 'Approved' : 'Rejected') +
             ': approval ' + answer.SOPInstanceUID + ' stored.';
