@@ -8,10 +8,12 @@ its tmp folder, and a copy under ``.screenshots/`` (git-ignored) for people.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,10 @@ import pytest
 
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, playwright_api
+from tests.datasets import LOST_PREDECESSOR, kvp_constraint, make_performed, version_chain
 from tests.orthanc_server import OrthancServer
+from tests.peers import collecting_storescp
+from tests.waiting import eventually
 
 expect = playwright_api.expect
 
@@ -373,3 +378,206 @@ def test_page_files_have_their_content_types_and_security_headers(server: Orthan
     assert server.status_of("GET", "/dpp/ui/secret.py") == 404
     answer = json.loads(server.get("/dpp/activity"))
     assert answer["Capacity"] > 0
+
+
+# -- protocol management: approvals, compare, versions, usage, send, export -------------------
+
+
+@pytest.fixture(scope="module")
+def chain(server: OrthancServer) -> list[pydicom.Dataset]:
+    """Three versions of one CT protocol, stored; the first names a predecessor not stored."""
+    versions = version_chain(8, 3)
+    for ds in versions:
+        assert server.post("/dpp/protocols", to_bytes(ds))["Stored"] == 1
+    return versions
+
+
+def open_row(page: Any, uid: str) -> None:
+    row_of(page, uid).get_by_role("button", name="Open").click()
+    expect(page.locator("#protocol-section")).to_have_attribute("data-uid", uid)
+
+
+def approval_of(server: OrthancServer, uid: str) -> pydicom.Dataset:
+    """The approval stored last for the protocol ``uid`` (the list is in the index's order)."""
+    newest = server.get_json(f"/dpp/protocols/{uid}")["Approvals"][-1]
+    data = server.get(f"/dpp/protocols/{newest['SOPInstanceUID']}/file")
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def test_approve_with_a_comment_then_the_state_changes(page: Any, server: OrthancServer) -> None:
+    open_library(page, server)
+    expect(row_of(page, "2.25.900003").locator("td.approval")).to_have_text("none")
+    open_row(page, "2.25.900003")
+    expect(page.locator("#protocol-approval-state")).to_have_text("none")
+    expect(page.locator("#protocol-approvals tbody")).to_have_text("No approval stored.")
+    page.locator("#approval-comment").fill("Reviewed by the CT committee")
+    page.locator("#approval-expires").fill("2099-06-30")
+    page.locator("#approve").click()
+    expect(page.locator("#approval-message")).to_contain_text("Approved: approval")
+    expect(page.locator("#protocol-approval-state")).to_have_text("approved")
+    assertion = page.locator("#protocol-approvals tbody tr")
+    expect(assertion).to_have_count(1)
+    expect(assertion.locator("td").nth(0)).to_have_text("Approved for use at the institution")
+    expect(assertion.locator("td").nth(1)).to_contain_text(
+        server.get_json("/dpp/status")["Listener"]["AETitle"]
+    )
+    expect(assertion.locator("td").nth(3)).to_have_text("2099-06-30 00:00:00 +0000")
+    expect(row_of(page, "2.25.900003").locator("td.approval")).to_have_text("approved")
+    stored = approval_of(server, "2.25.900003")
+    assert stored.ApprovalSequence[0].AssertionComments == "Reviewed by the CT committee"
+    assert stored.ApprovalSequence[0].AssertionExpirationDateTime == "20990630000000+0000"
+    assert stored.ApprovalSequence[0].AssertionCodeSequence[0].CodeValue == "128603"
+    # The approval's own row names what it approves.
+    expect(row_of(page, stored.SOPInstanceUID).locator("td.name div").first).to_have_text(
+        f"Approval of {SEEDED[2].ProtocolName}"
+    )
+    # The filter: approved protocols only, approvals left out.
+    page.locator("#search-approval").select_option("approved")
+    page.locator("#search-submit").click()
+    expected = listed_uids(server, "&approval=approved")
+    assert "2.25.900003" in expected
+    expect(rows(page)).to_have_count(len(expected))
+    assert rows(page).evaluate_all("rows => rows.map(r => r.dataset.uid)") == expected
+
+
+def test_reject_shows_the_decision_with_the_earlier_approval_and_its_expiry(
+    page: Any, server: OrthancServer
+) -> None:
+    body = json.dumps({"Assertion": "approved", "ExpiresOn": "20991231"}).encode()
+    code, _, _ = server.request(
+        "POST",
+        "/dpp/protocols/2.25.900002/approvals",
+        body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert code == 201
+    open_library(page, server)
+    expect(row_of(page, "2.25.900002").locator("td.approval")).to_have_text("approved")
+    open_row(page, "2.25.900002")
+    page.locator("#approval-comment").fill("Dose too high for children")
+    page.locator("#reject").click()
+    expect(page.locator("#protocol-approval-state")).to_have_text("rejected")
+    assertions = page.locator("#protocol-approvals tbody tr")
+    expect(assertions).to_have_count(2)
+    expect(assertions.nth(0).locator("td").nth(0)).to_have_text("Disapproved for any use")
+    expect(assertions.nth(0).locator("td").nth(3)).to_have_text("never")
+    expect(assertions.nth(1).locator("td").nth(3)).to_contain_text("2099-12-31")
+    expect(row_of(page, "2.25.900002").locator("td.approval")).to_have_text("rejected")
+    stored = approval_of(server, "2.25.900002")
+    assert stored.ApprovalSequence[0].AssertionComments == "Dose too high for children"
+    assert server.get_json("/dpp/protocols/2.25.900002")["ApprovalState"] == "rejected"
+
+
+def test_compare_two_versions_shows_their_differences_side_by_side(
+    page: Any, server: OrthancServer, chain: list[pydicom.Dataset]
+) -> None:
+    first, second = (str(ds.SOPInstanceUID) for ds in chain[:2])
+    open_library(page, server)
+    expect(page.locator("#compare-selected")).to_be_disabled()
+    row_of(page, first).locator("input.select").check()
+    row_of(page, second).locator("input.select").check()
+    page.locator("#compare-selected").click()
+    differences = page.locator("#differences tbody tr")
+    expect(page.locator("#compare-message")).to_have_text("1 difference")
+    expect(differences).to_have_count(1)
+    before, after = (
+        f"{float(kvp_constraint(ds).ConstraintValueSequence[0].SelectorDSValue):g}"
+        for ds in chain[:2]
+    )
+    expect(differences.locator("td").nth(0)).to_contain_text("SelectorDSValue")
+    expect(differences.locator("td.side-a")).to_have_text(before)
+    expect(differences.locator("td.side-b")).to_have_text(after)
+    expect(page.locator("#compare-sides")).to_contain_text(first)
+    expect(page.locator("#compare-sides")).to_contain_text(second)
+
+
+def test_versions_chain_opens_each_stored_link_and_names_the_missing_one(
+    page: Any, server: OrthancServer, chain: list[pydicom.Dataset]
+) -> None:
+    first, middle, last = (str(ds.SOPInstanceUID) for ds in chain)
+    open_library(page, server)
+    open_row(page, middle)
+    versions = page.locator("#protocol-versions")
+    earlier = versions.locator("ol").nth(0).locator("li")
+    later = versions.locator("ol").nth(1).locator("li")
+    expect(earlier).to_have_count(2)
+    expect(earlier.nth(0)).to_have_attribute("data-uid", first)
+    expect(earlier.nth(1)).to_have_attribute("data-uid", LOST_PREDECESSOR)
+    expect(earlier.nth(1)).to_have_class("missing")
+    expect(earlier.nth(1)).to_contain_text("not stored here")
+    expect(earlier.nth(1).get_by_role("button")).to_have_count(0)
+    expect(later).to_have_count(1)
+    expect(later.nth(0)).to_have_attribute("data-uid", last)
+    later.nth(0).get_by_role("button").click()
+    expect(page.locator("#protocol-section")).to_have_attribute("data-uid", last)
+    expect(page.locator("#protocol-summary")).to_contain_text(last)
+    expect(later).to_have_text("None stored.")
+    expect(earlier.nth(0)).to_have_attribute("data-uid", middle)
+    earlier.nth(1).get_by_role("button").click()
+    expect(page.locator("#protocol-section")).to_have_attribute("data-uid", first)
+    expect(earlier).to_have_count(1)
+    expect(earlier.nth(0)).to_have_attribute("data-uid", LOST_PREDECESSOR)
+
+
+def test_usage_column_and_the_most_used_first(page: Any, server: OrthancServer) -> None:
+    server.post("/instances", to_bytes(make_performed(71, ["2.25.900004"], date="20240305")))
+    assert eventually(
+        lambda: server.get_json("/dpp/protocols/2.25.900004")["Usage"]["Count"] == 1, timeout=20
+    )
+    open_library(page, server)
+    usage = row_of(page, "2.25.900004").locator("td.usage")
+    expect(usage).to_have_text("1 uselast 2024-03-05 10:15:00")
+    expect(row_of(page, "2.25.900001").locator("td.usage")).to_have_text("0 usesnever used")
+    open_row(page, "2.25.900004")
+    expect(page.locator("#protocol-summary")).to_contain_text(
+        "Usage1 use, last 2024-03-05 10:15:00"
+    )
+    page.locator("#search-sort").select_option("usage")
+    page.locator("#search-submit").click()
+    expect(rows(page).first).to_have_attribute("data-uid", "2.25.900004")
+    page.locator("#search-unused").select_option("true")
+    page.locator("#search-submit").click()
+    expected = listed_uids(server, "&unused=true&sort=usage")
+    expect(rows(page)).to_have_count(len(expected))
+    expect(row_of(page, "2.25.900004")).to_have_count(0)
+
+
+def test_send_to_a_modality_shows_each_outcome(page: Any, server: OrthancServer) -> None:
+    uids = ["2.25.900001", "2.25.900003"]
+    with collecting_storescp("ROOM3_CT") as (port, received):
+        entry = {"AET": "ROOM3_CT", "Host": "127.0.0.1", "Port": port}
+        server.request("PUT", "/modalities/room3", json.dumps(entry).encode())
+        open_library(page, server)
+        expect(page.locator("#send-modality option[value=room3]")).to_have_count(1)
+        expect(page.locator("#send-selected")).to_be_disabled()
+        for uid in uids:
+            row_of(page, uid).locator("input.select").check()
+        page.locator("#send-modality").select_option("room3")
+        page.locator("#send-selected").click()
+        results = page.locator("#send-results li")
+        expect(results).to_have_count(3)
+        expect(results.nth(0)).to_have_text("To room3: 2 stored, 0 with a warning, 0 failed")
+        for uid in uids:
+            line = page.locator(f'#send-results li[data-uid="{uid}"]')
+            expect(line).to_have_class("stored")
+            expect(line).to_contain_text("Success (0x0000)")
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == uids
+
+
+def test_export_link_gives_the_current_search(page: Any, server: OrthancServer) -> None:
+    open_library(page, server)
+    link = page.locator("#export-link")
+    expect(link).to_have_attribute("href", f"{server.url}/dpp/export")
+    page.locator("#search-modality").fill("ct")
+    page.locator("#search-name").fill("adult chest")
+    page.locator("#search-submit").click()
+    query = "modality=ct&name=adult%20chest"
+    expect(link).to_have_attribute(
+        "href", f"{server.url}/dpp/export?name=adult%20chest&modality=ct"
+    )
+    with page.expect_download() as started:
+        link.click()
+    with zipfile.ZipFile(started.value.path()) as archive:
+        names = sorted(archive.namelist())
+    assert names == sorted(f"{uid}.dcm" for uid in listed_uids(server, "&" + query))
+    assert names

@@ -7,6 +7,8 @@
   'use strict';
 
   var API = new URL('../', document.baseURI).href; // the /dpp/ routes
+  var ORTHANC = new URL('../../', document.baseURI).href; // Orthanc's own routes
+  var APPROVAL_CLASS = '1.2.840.10008.5.1.4.1.1.200.3';
   var PAGE_SIZE = 50;
   var ACTIVITY_ROWS = 50;
   var SOP_CLASSES = {
@@ -23,7 +25,7 @@
     'StorageProtocolElementSpecificationSequence'
   ];
 
-  var state = { offset: 0, total: 0, criteria: {} };
+  var state = { offset: 0, total: 0, criteria: {}, selected: [] };
 
   function byId(id) {
     return document.getElementById(id);
@@ -51,8 +53,12 @@
     return API + path;
   }
 
-  /* A JSON answer, or an Error carrying the plugin's "Error" message. */
+  /* A JSON answer, or an Error carrying the plugin's "Error" message (and the answer, as payload). */
   function request(method, path, body, contentType) {
+    return call(method, apiUrl(path), body, contentType);
+  }
+
+  function call(method, url, body, contentType) {
     var options = { method: method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
     if (body !== undefined) {
       options.body = body;
@@ -60,7 +66,7 @@
         options.headers['Content-Type'] = contentType;
       }
     }
-    return fetch(apiUrl(path), options).then(function (response) {
+    return fetch(url, options).then(function (response) {
       return response.text().then(function (text) {
         var payload = null;
         try {
@@ -70,7 +76,9 @@
         }
         if (!response.ok && !(payload && payload.Files)) {
           var message = payload && payload.Error ? payload.Error : 'HTTP ' + response.status;
-          throw new Error(message);
+          var error = new Error(message);
+          error.payload = payload;
+          throw error;
         }
         return payload;
       });
@@ -148,6 +156,17 @@
     return value ? value.replace(/-/g, '') : '';
   }
 
+  /* YYYYMMDDHHMMSS(.F)(&ZZXX), or a part of it, as YYYY-MM-DD HH:MM:SS. */
+  function dicomDateTime(value) {
+    var text = String(value || '');
+    var parts = /^(\d{4})(\d{2})(\d{2})(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?(.*)$/.exec(text);
+    if (!parts) {
+      return text;
+    }
+    var time = [parts[4], parts[5], parts[6]].filter(Boolean).join(':');
+    return parts[1] + '-' + parts[2] + '-' + parts[3] + (time ? ' ' + time : '') + (parts[7] ? ' ' + parts[7] : '');
+  }
+
   function dicomDate(value) {
     var text = String(value || '');
     return /^\d{8}$/.test(text) ? text.slice(0, 4) + '-' + text.slice(4, 6) + '-' + text.slice(6) : text;
@@ -156,7 +175,7 @@
   function readCriteria() {
     var form = byId('search-form');
     var criteria = {};
-    ['name', 'modality', 'manufacturer', 'model', 'code'].forEach(function (name) {
+    ['name', 'modality', 'manufacturer', 'model', 'code', 'approval', 'unused', 'sort'].forEach(function (name) {
       var value = form.elements[name].value.trim();
       if (value) {
         criteria[name] = value;
@@ -171,14 +190,24 @@
   }
 
   /* Spaces as %20, not "+": the plugin decodes percent-escapes only. */
+  function queryString(query) {
+    return Object.keys(query).map(function (name) {
+      return encodeURIComponent(name) + '=' + encodeURIComponent(query[name]);
+    }).join('&');
+  }
+
   function listQuery() {
     var query = { offset: String(state.offset), limit: String(PAGE_SIZE) };
     Object.keys(state.criteria).forEach(function (name) {
       query[name] = state.criteria[name];
     });
-    return 'protocols?' + Object.keys(query).map(function (name) {
-      return encodeURIComponent(name) + '=' + encodeURIComponent(query[name]);
-    }).join('&');
+    return 'protocols?' + queryString(query);
+  }
+
+  /* The whole search, not just the page shown: GET /dpp/export takes the list's criteria. */
+  function exportUrl() {
+    var query = queryString(state.criteria);
+    return apiUrl('export' + (query ? '?' + query : ''));
   }
 
   function codesText(codes) {
@@ -208,7 +237,7 @@
     row.dataset.uid = protocol.SOPInstanceUID;
     var name = make('td');
     name.className = 'name';
-    name.appendChild(make('div', protocol.ProtocolName || '(no name)'));
+    name.appendChild(make('div', protocol.ProtocolName || approvesText(protocol) || '(no name)'));
     name.appendChild(make('div', protocol.SOPInstanceUID, { 'class': 'uid' }));
     row.appendChild(name);
     row.appendChild(make('td', protocol.EquipmentModality || ''));
@@ -221,8 +250,20 @@
     row.appendChild(listCell(codesText(protocol.ScheduledProtocolCodes)));
     row.appendChild(make('td', dicomDate(protocol.InstanceCreationDate), { 'class': 'date' }));
     row.appendChild(make('td', SOP_CLASSES[protocol.SOPClassUID] || protocol.SOPClassUID));
+    row.appendChild(approvalCell(protocol.ApprovalState));
+    row.appendChild(usageCell(protocol.Usage));
     var actions = make('td');
     actions.className = 'actions';
+    var pick = make('input', null, { type: 'checkbox', 'class': 'select' });
+    pick.setAttribute('aria-label', 'Select ' + (protocol.ProtocolName || protocol.SOPInstanceUID));
+    pick.checked = state.selected.indexOf(protocol.SOPInstanceUID) >= 0;
+    pick.addEventListener('change', function () {
+      select(protocol.SOPInstanceUID, pick.checked);
+    });
+    var pickLabel = make('label', null, { 'class': 'select' });
+    pickLabel.appendChild(pick);
+    pickLabel.appendChild(document.createTextNode(' Select'));
+    actions.appendChild(pickLabel);
     actions.appendChild(actionButton('Open', 'open', function () {
       openProtocol(protocol.SOPInstanceUID);
     }));
@@ -237,6 +278,56 @@
     }));
     row.appendChild(actions);
     return row;
+  }
+
+  /* What an approval is about, for its row: the protocols it names. */
+  function approvesText(protocol) {
+    var named = (protocol.Approves || []).map(function (subject) {
+      return subject.ProtocolName || subject.SOPInstanceUID + (subject.Stored ? '' : ' (not stored)');
+    });
+    return named.length ? 'Approval of ' + named.join(', ') : '';
+  }
+
+  function approvalCell(approvalState) {
+    var cell = make('td', approvalState || '');
+    cell.className = 'approval' + (approvalState ? ' approval-' + approvalState : '');
+    return cell;
+  }
+
+  /* How often, and when last, Performed Procedure Protocols stored here followed the protocol. */
+  function usageLines(usage) {
+    return [
+      usage.Count + (usage.Count === 1 ? ' use' : ' uses'),
+      usage.LastUsed ? 'last ' + dicomDateTime(usage.LastUsed) : 'never used'
+    ];
+  }
+
+  function usageCell(usage) {
+    if (!usage) {
+      return make('td', '', { 'class': 'usage' });
+    }
+    var cell = listCell(usageLines(usage));
+    cell.className = 'usage';
+    return cell;
+  }
+
+  /* -- selection: compare two, send some -------------------------------------------- */
+
+  function select(uid, chosen) {
+    var at = state.selected.indexOf(uid);
+    if (chosen && at < 0) {
+      state.selected.push(uid);
+    } else if (!chosen && at >= 0) {
+      state.selected.splice(at, 1);
+    }
+    showSelection();
+  }
+
+  function showSelection() {
+    var count = state.selected.length;
+    byId('compare-selected').disabled = count !== 2;
+    byId('send-selected').disabled = count === 0 || !byId('send-modality').value;
+    byId('selection-info').textContent = count ? count + ' selected' : 'Select rows to compare or send them.';
   }
 
   function loadList() {
@@ -256,6 +347,7 @@
       byId('page-info').textContent = answer.Total ? (state.offset + 1) + '–' + last + ' of ' + answer.Total : '';
       byId('previous-page').disabled = state.offset === 0;
       byId('next-page').disabled = last >= answer.Total;
+      byId('export-link').href = exportUrl();
     }, function (error) {
       message.textContent = 'The list cannot be read: ' + error.message;
       message.className = 'message error';
@@ -394,6 +486,8 @@
     section.hidden = false;
     clear(summary);
     clear(target);
+    clear(byId('protocol-versions'));
+    clear(byId('protocol-approvals').tBodies[0]);
     byId('protocol-title').textContent = 'Loading…';
     return Promise.all([
       request('GET', protocolPath(uid)),
@@ -412,11 +506,237 @@
       fact(summary, 'Created', dicomDate(protocol.InstanceCreationDate));
       fact(summary, 'SOP Instance UID', protocol.SOPInstanceUID);
       fact(summary, 'Orthanc ID', protocol.OrthancID);
+      if (protocol.ApprovalState) {
+        var approvalNode = fact(summary, 'Approval', protocol.ApprovalState);
+        approvalNode.id = 'protocol-approval-state';
+        approvalNode.className = 'approval approval-' + protocol.ApprovalState;
+      }
+      if (protocol.Usage) {
+        fact(summary, 'Usage', usageLines(protocol.Usage).join(', '));
+      }
+      if (protocol.Approves) {
+        fact(summary, 'Approves', approvesText(protocol));
+      }
+      var isProtocol = protocol.SOPClassUID !== APPROVAL_CLASS;
+      byId('protocol-approval-part').hidden = !isProtocol;
+      if (isProtocol) {
+        showApprovals(protocol.Approvals || []);
+        loadVersions(protocol.SOPInstanceUID);
+      }
       target.appendChild(tree(answers[1].Attributes));
       section.scrollIntoView({ block: 'start' });
     }, function (error) {
       byId('protocol-title').textContent = 'The protocol cannot be shown: ' + error.message;
     });
+  }
+
+  /* Each assertion of each stored approval of the protocol, newest first. */
+  function showApprovals(approvals) {
+    var body = byId('protocol-approvals').tBodies[0];
+    var assertions = [];
+    /* Reversed first: of two made in the same second, the one stored later comes first. */
+    approvals.slice().reverse().forEach(function (approval) {
+      (approval.Assertions || []).forEach(function (assertion) {
+        assertions.push({ assertion: assertion, current: approval.AppliesToStoredContent });
+      });
+    });
+    assertions.sort(function (a, b) {
+      return String(b.assertion.AssertionDateTime || '').localeCompare(String(a.assertion.AssertionDateTime || ''));
+    });
+    if (!assertions.length) {
+      body.insertRow().appendChild(make('td', 'No approval stored.', { colspan: '5' }));
+    }
+    assertions.forEach(function (entry) {
+      var assertion = entry.assertion;
+      var code = assertion.AssertionCode || {};
+      var row = body.insertRow();
+      row.appendChild(make('td', code.CodeMeaning || code.CodeValue || ''));
+      row.appendChild(make('td', [assertion.Asserter, assertion.AsserterRole].filter(Boolean).join(', ')));
+      row.appendChild(make('td', dicomDateTime(assertion.AssertionDateTime)));
+      var expiry = assertion.AssertionExpirationDateTime;
+      row.appendChild(make('td', expiry ? dicomDateTime(expiry) + (assertion.Current ? '' : ' (expired)') : 'never'));
+      row.appendChild(make('td', entry.current ? 'yes' : 'no (an earlier content)'));
+    });
+  }
+
+  function decide(assertion) {
+    var uid = byId('protocol-section').dataset.uid;
+    var message = byId('approval-message');
+    var body = { Assertion: assertion };
+    var comment = byId('approval-comment').value.trim();
+    if (comment) {
+      body.Comment = comment;
+    }
+    var expires = isoToDicom(byId('approval-expires').value);
+    if (expires) {
+      body.ExpiresOn = expires;
+    }
+    message.textContent = 'Saving…';
+    message.className = 'message';
+    return request('POST', protocolPath(uid) + '/approvals', JSON.stringify(body), 'application/json')
+      .then(function (answer) {
+        byId('approval-comment').value = '';
+        byId('approval-expires').value = '';
+        return Promise.all([openProtocol(uid), loadList(), loadActivity()]).then(function () {
+          message.textContent = (assertion === 'approved' ? 'Approved' : 'Rejected') +
+            ': approval ' + answer.SOPInstanceUID + ' stored.';
+        });
+      }, function (error) {
+        message.textContent = 'Not saved: ' + error.message;
+        message.className = 'message error';
+      });
+  }
+
+  function versionList(title, links, missing) {
+    var part = make('div');
+    part.appendChild(make('h4', title));
+    var list = make('ol', null, { 'class': 'version-links' });
+    if (!links.length) {
+      list.appendChild(make('li', missing));
+    }
+    links.forEach(function (link) {
+      var item = make('li');
+      item.dataset.uid = link.SOPInstanceUID;
+      if (link.Stored) {
+        item.appendChild(actionButton(link.ProtocolName || link.SOPInstanceUID, 'version', function () {
+          openProtocol(link.SOPInstanceUID);
+        }));
+        item.appendChild(make('span', ' ' + [dicomDate(link.InstanceCreationDate), link.ContentCreatorName]
+          .filter(Boolean).join(' · ')));
+      } else {
+        item.className = 'missing';
+        item.appendChild(make('span', link.SOPInstanceUID, { 'class': 'uid' }));
+        item.appendChild(make('span', ' not stored here: the chain is broken here'));
+      }
+      list.appendChild(item);
+    });
+    part.appendChild(list);
+    return part;
+  }
+
+  function loadVersions(uid) {
+    var target = byId('protocol-versions');
+    return request('GET', protocolPath(uid) + '/versions').then(function (answer) {
+      clear(target);
+      target.appendChild(versionList('Earlier versions, nearest first', answer.Predecessors || [], 'None named.'));
+      target.appendChild(versionList('Later versions, nearest first', answer.Successors || [], 'None stored.'));
+    }, function (error) {
+      clear(target);
+      target.appendChild(make('p', 'The versions cannot be read: ' + error.message, { 'class': 'error' }));
+    });
+  }
+
+  /* -- compare ---------------------------------------------------------------------- */
+
+  /* An attribute in DICOM JSON, as text: values joined by "\", anything nested as JSON. */
+  function dicomJsonText(attribute) {
+    if (attribute === null || attribute === undefined) {
+      return '(absent)';
+    }
+    var values = attribute.Value;
+    if (values === undefined) {
+      return attribute.vr ? '(empty)' : JSON.stringify(attribute);
+    }
+    return values.map(function (value) {
+      if (value !== null && typeof value === 'object') {
+        return value.Alphabetic !== undefined ? value.Alphabetic : JSON.stringify(value);
+      }
+      return String(value);
+    }).join('\\');
+  }
+
+  function compareSelected() {
+    var uids = state.selected.slice(0, 2);
+    var section = byId('compare-section');
+    var sides = byId('compare-sides');
+    var body = byId('differences').tBodies[0];
+    var message = byId('compare-message');
+    section.hidden = false;
+    clear(sides);
+    clear(body);
+    message.textContent = 'Comparing…';
+    message.className = 'message';
+    return Promise.all([
+      request('GET', protocolPath(uids[0])),
+      request('GET', protocolPath(uids[1])),
+      request('GET', protocolPath(uids[0]) + '/diff/' + encodeURIComponent(uids[1]))
+    ]).then(function (answers) {
+      [answers[0], answers[1]].forEach(function (protocol, i) {
+        fact(sides, i ? 'B' : 'A', (protocol.ProtocolName || '(no name)') + ' · ' + protocol.SOPInstanceUID +
+          ' · ' + dicomDate(protocol.InstanceCreationDate));
+      });
+      var differences = answers[2].Differences || [];
+      message.textContent = differences.length ?
+        differences.length + (differences.length === 1 ? ' difference' : ' differences') :
+        'No differences: the two hold the same content.';
+      differences.forEach(function (difference) {
+        var row = body.insertRow();
+        var path = make('td');
+        path.appendChild(make('div', difference.Path));
+        path.appendChild(make('div', difference.Tag, { 'class': 'uid' }));
+        row.appendChild(path);
+        row.appendChild(make('td', dicomJsonText(difference.A), { 'class': 'side-a' }));
+        row.appendChild(make('td', dicomJsonText(difference.B), { 'class': 'side-b' }));
+      });
+      section.scrollIntoView({ block: 'start' });
+    }, function (error) {
+      message.textContent = 'The two cannot be compared: ' + error.message;
+      message.className = 'message error';
+    });
+  }
+
+  /* -- send to a modality ----------------------------------------------------------- */
+
+  /* Orthanc's own list of DicomModalities (same origin, the same credentials). */
+  function loadModalities() {
+    var choice = byId('send-modality');
+    return call('GET', ORTHANC + 'modalities').then(function (names) {
+      clear(choice);
+      (names || []).slice().sort().forEach(function (name) {
+        choice.appendChild(make('option', name, { value: name }));
+      });
+      if (!choice.options.length) {
+        choice.appendChild(make('option', 'no modality declared', { value: '' }));
+      }
+      showSelection();
+    }, function (error) {
+      clear(choice);
+      choice.appendChild(make('option', 'modalities unknown: ' + error.message, { value: '' }));
+      showSelection();
+    });
+  }
+
+  function sendSelected() {
+    var modality = byId('send-modality').value;
+    var results = byId('send-results');
+    var uids = state.selected.slice();
+    clear(results);
+    results.appendChild(make('li', 'Sending ' + uids.length + ' to ' + modality + '…'));
+    var path = 'modalities/' + encodeURIComponent(modality) + '/store';
+    var show = function (answer, failure) {
+      clear(results);
+      var head = make('li', 'To ' + modality + ': ' + (answer ?
+        answer.Completed + ' stored, ' + answer.Warning + ' with a warning, ' + answer.Failed + ' failed' : '') +
+        (failure ? (answer ? ' · ' : '') + failure : ''));
+      head.className = failure || (answer && answer.Failed) ? 'failed' : 'stored';
+      results.appendChild(head);
+      ((answer && answer.Results) || []).forEach(function (result) {
+        var line = make('li');
+        line.dataset.uid = result.SOPInstanceUID;
+        line.className = result.Outcome === 'Failure' ? 'failed' : 'stored';
+        line.appendChild(make('span', result.SOPInstanceUID, { 'class': 'file' }));
+        line.appendChild(make('span', result.Outcome + (result.Status ? ' (' + result.Status + ')' : '') +
+          (result.Error ? ': ' + result.Error : ''), { 'class': 'outcome' }));
+        results.appendChild(line);
+      });
+    };
+    return request('POST', path, JSON.stringify({ SOPInstanceUIDs: uids }), 'application/json')
+      .then(function (answer) {
+        show(answer, '');
+        loadActivity();
+      }, function (error) {
+        show(error.payload && error.payload.Results ? error.payload : null, error.message);
+      });
   }
 
   function closeProtocol() {
@@ -432,6 +752,7 @@
     }
     var message = byId('list-message');
     return request('DELETE', protocolPath(protocol.SOPInstanceUID)).then(function () {
+      select(protocol.SOPInstanceUID, false);
       message.textContent = 'Deleted: ' + name;
       message.className = 'message';
       if (byId('protocol-section').dataset.uid === protocol.SOPInstanceUID) {
@@ -536,6 +857,17 @@
       loadList();
     });
     byId('close-protocol').addEventListener('click', closeProtocol);
+    byId('approve').addEventListener('click', function () { decide('approved'); });
+    byId('reject').addEventListener('click', function () { decide('rejected'); });
+    byId('compare-selected').addEventListener('click', compareSelected);
+    byId('close-compare').addEventListener('click', function () {
+      byId('compare-section').hidden = true;
+    });
+    byId('send-modality').addEventListener('change', showSelection);
+    byId('send-selected').addEventListener('click', sendSelected);
+    byId('export-link').href = exportUrl();
+    showSelection();
+    loadModalities();
     byId('refresh-activity').addEventListener('click', function () {
       loadStatus();
       loadActivity();
