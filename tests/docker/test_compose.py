@@ -11,17 +11,20 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from dpp_tools.samples import make_protocol, to_bytes
 from orthanc_dpp.model.key_table import DPP_MODEL
 from orthanc_dpp.model.sop import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from tests import dicom_client
 from tests.doc_examples import docker_documentation
 from tests.docker.conftest import (
     CLIENT_AET,
@@ -45,13 +48,16 @@ def same(received: Dataset, sent: Dataset) -> bool:
     return received == pydicom.dcmread(io.BytesIO(to_bytes(sent)))
 
 
-def associate(node: Node, *contexts: str, **kwargs: object):
-    ae = AE(ae_title=CLIENT_AET)
-    for context in contexts:
-        ae.add_requested_context(context, TRANSFER_SYNTAXES)
-    assoc = ae.associate("127.0.0.1", node.dpp_port, ae_title=node.aet, **kwargs)
-    assert assoc.is_established, f"{node.service}: association refused"
-    return assoc
+def associate(node: Node, *contexts: str, **kwargs: Any) -> Association:
+    """An association with ``node``'s DPP listener, through the tests' one requester."""
+    return dicom_client.associate(
+        "127.0.0.1",
+        node.dpp_port,
+        node.aet,
+        calling_aet=CLIENT_AET,
+        contexts=contexts,
+        **kwargs,
+    )
 
 
 def c_find(node: Node, uid: str) -> list[Dataset]:
@@ -77,19 +83,14 @@ def c_get(node: Node, uid: str) -> list[Dataset]:
         received.append(event.dataset)
         return 0x0000
 
-    ae = AE(ae_title=CLIENT_AET)
-    ae.add_requested_context(DPP_MODEL.get)
-    for sop_class in sorted(DPP_MODEL.storage_classes):
-        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    roles = [build_role(c, scp_role=True) for c in sorted(DPP_MODEL.storage_classes)]
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.dpp_port,
-        ae_title=node.aet,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    storage = sorted(DPP_MODEL.storage_classes)
+    assoc = associate(
+        node,
+        DPP_MODEL.get,
+        transfer_syntaxes=[ExplicitVRLittleEndian],
+        scp_role_for=storage,
+        handlers=[(evt.EVT_C_STORE, on_store)],
     )
-    assert assoc.is_established
     identifier = Dataset()
     identifier.SOPInstanceUID = uid
     statuses = [int(s.Status) for s, _ in assoc.send_c_get(identifier, DPP_MODEL.get) if s]
