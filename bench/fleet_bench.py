@@ -49,8 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bench import RESULTS, STACK, corpus, orthanc_setup
 from bench.child import rss_kib
@@ -146,12 +145,7 @@ def performed_dataset(number: int, referenced: list[tuple[str, str]]) -> Dataset
         item.ReferencedSOPInstanceUID = referenced_uid
         items.append(item)
     ds.ReferencedDefinedProtocolSequence = items
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return ds
+    return ds  # to_bytes adds the file meta
 
 
 def _stored(ds: Dataset) -> bytes:
