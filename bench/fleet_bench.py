@@ -229,6 +229,7 @@ def folder_for(protocols: int, references_wanted: int) -> Path:
 
 
 def server(folder: Path, **dpp: Any) -> OrthancServer:
+    """An (unstarted) Orthanc on `folder` with the benchmarks' settings (orthanc_setup's)."""
     return OrthancServer(
         folder, dpp={**orthanc_setup.DPP_SETTINGS, **dpp}, config=orthanc_setup.orthanc_config(None)
     )
