@@ -1,8 +1,9 @@
-"""``python -m bench [all|find|retrieve|store] [options]``: run benchmarks, print tables, save JSON.
+"""``python -m bench [all|find|retrieve|store|fleet] [options]``: run, print tables, save JSON.
 
 ``make bench`` runs ``all`` with the defaults: C-FIND over 1,000, 10,000 and
 100,000 protocols, then C-GET/C-MOVE of 1,000, then C-STORE and REST upload
-(2,000 protocols a measurement). The first run generates the
+(2,000 protocols a measurement), then the fleet routes (100,000 protocols,
+1,000,000 performed-protocol references). The first run generates the
 library and loads Orthanc data folders (long, see bench/README.md); later
 runs reuse them from ``bench/results/``.
 """
@@ -14,7 +15,15 @@ import sys
 import time
 from typing import Any
 
-from bench import find_bench, orthanc_setup, report, retrieve_bench, store_bench, store_report
+from bench import (
+    find_bench,
+    fleet_bench,
+    orthanc_setup,
+    report,
+    retrieve_bench,
+    store_bench,
+    store_report,
+)
 
 
 def _sizes(text: str) -> list[int]:
@@ -30,7 +39,7 @@ def _sizes(text: str) -> list[int]:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "which", nargs="?", default="all", choices=["all", "find", "retrieve", "store"]
+        "which", nargs="?", default="all", choices=["all", "find", "retrieve", "store", "fleet"]
     )
     parser.add_argument(
         "--sizes",
@@ -98,6 +107,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="sample Orthanc with py-spy during the one-sender C-STORE and print the summary",
     )
     parser.add_argument(
+        "--protocols",
+        type=int,
+        default=100_000,
+        help="protocols of the fleet library, approvals not counted (default 100000)",
+    )
+    parser.add_argument(
+        "--references",
+        type=int,
+        default=1_000_000,
+        help="Performed Procedure Protocol references across the fleet library (default 1000000)",
+    )
+    parser.add_argument(
         "--load-method",
         choices=orthanc_setup.LOAD_METHODS,
         default="normalized",
@@ -129,6 +150,10 @@ def main(argv: list[str]) -> int:
             )
             results["store"] = stored
             printed.append(store_report.tables(stored))
+        if args.which in ("all", "fleet"):
+            fleet = fleet_bench.run(args.protocols, args.references, args.budget, args.max_queries)
+            results["fleet"] = fleet
+            printed.append(fleet_bench.tables(fleet))
     finally:
         results["elapsed_s"] = time.monotonic() - started
         path = report.save(results)
