@@ -175,10 +175,11 @@ class DppRestApi:
             # left out by those filters. Filters and order are worked out for every match,
             # a summary only for the page.
             _, matching = search(self.index, criteria, 0, max(len(self.index), 1))
+            named = self.index.approval_subjects()
             chosen = [
                 entry
                 for entry in matching
-                if self._chosen(entry, now, wanted, wanted_state)
+                if self._chosen(entry, now, wanted, wanted_state, named)
                 and (unused is None or self._unused(entry) == unused)
             ]
             if sort == "usage":  # most used first; equal counts keep the index's order
@@ -189,13 +190,24 @@ class DppRestApi:
             200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
 
-    def _chosen(self, entry: Entry, now: datetime, wanted: bool | None, state: str | None) -> bool:
-        """Whether ``entry`` passes ``approved`` and ``approval`` (only protocols can)."""
+    def _chosen(
+        self,
+        entry: Entry,
+        now: datetime,
+        wanted: bool | None,
+        state: str | None,
+        named: Callable[[str], bool],
+    ) -> bool:
+        """Whether ``entry`` passes ``approved`` and ``approval`` (only protocols can).
+
+        ``named`` (``ProtocolIndex.approval_subjects``) skips the summaries of the
+        protocols no approval names, most of a library: they have none to summarize.
+        """
         if wanted is None and state is None:
             return True
         if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
             return False
-        found = self._approvals(entry, now)
+        found = self._approvals(entry, now) if named(entry.sop_instance_uid) else []
         if wanted is not None and approvals.approved(found) != wanted:
             return False
         return state is None or approvals.state(found) == state
