@@ -16,7 +16,7 @@ import logging
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.model import approval_instance, approvals, versions
@@ -54,6 +54,9 @@ log = logging.getLogger("orthanc_dpp.rest")
 
 DEFAULT_PAGE = 100
 MAXIMUM_PAGE = 1000
+#: ``Approved`` and ``ApprovalState`` of a protocol that no approval names (rules of
+#: ``model.approvals``, worked out once rather than for each protocol listed).
+_WITHOUT_APPROVALS: Final = (approvals.approved([]), approvals.state([]))
 #: The query parameters of ``GET /dpp/protocols``: paging, then the search criteria.
 LIST_PARAMETERS = ("offset", "limit", "approved", "approval", "sort", "unused", *PARAMETERS)
 #: The orders ``GET /dpp/protocols?sort=`` knows (without it: the index's order).
@@ -207,10 +210,12 @@ class DppRestApi:
             return True
         if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
             return False
-        found = self._approvals(entry, now) if named(entry.sop_instance_uid) else []
-        if wanted is not None and approvals.approved(found) != wanted:
-            return False
-        return state is None or approvals.state(found) == state
+        if named(entry.sop_instance_uid):
+            found = self._approvals(entry, now)
+            is_approved, its_state = approvals.approved(found), approvals.state(found)
+        else:
+            is_approved, its_state = _WITHOUT_APPROVALS
+        return (wanted is None or is_approved == wanted) and (state is None or its_state == state)
 
     def _unused(self, entry: Entry) -> bool | None:
         """Whether a protocol was never performed; None for an approval (it is not used)."""
