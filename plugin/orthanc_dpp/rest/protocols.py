@@ -211,7 +211,13 @@ class DppRestApi:
         if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
             return False
         if named(entry.sop_instance_uid):
-            found = self._approvals(entry, now)
+            found = [  # what approved() and state() read: decisions, not whole summaries
+                {
+                    "Assertions": approvals.decisions(approval.record, now),
+                    "AppliesToStoredContent": self._applies(approval, entry),
+                }
+                for approval in self.index.approvals_of(entry.sop_instance_uid)
+            ]
             is_approved, its_state = approvals.approved(found), approvals.state(found)
         else:
             is_approved, its_state = _WITHOUT_APPROVALS
@@ -234,11 +240,13 @@ class DppRestApi:
             summary = approvals.summary(
                 approval.orthanc_id, approval.sop_instance_uid, approval.record, now
             )
-            summary["AppliesToStoredContent"] = self.content is None or self.content.applies(
-                approval, entry
-            )
+            summary["AppliesToStoredContent"] = self._applies(approval, entry)
             found.append(summary)
         return found
+
+    def _applies(self, approval: Entry, protocol: Entry) -> bool:
+        """Whether ``approval`` approved the content ``protocol`` holds now."""
+        return self.content is None or self.content.applies(approval, protocol)
 
     def _summary(self, entry: Entry, now: datetime) -> dict[str, Any]:
         """An entry's summary; for a protocol, with the approvals that name it."""

@@ -14,7 +14,7 @@ import pytest
 
 from dpp_tools.samples import make_library, make_protocol
 from orthanc_dpp.model import approvals
-from orthanc_dpp.model.index import ProtocolIndex
+from orthanc_dpp.model.index import Entry, ProtocolIndex
 from orthanc_dpp.model.normalization import Normalization
 from orthanc_dpp.rest.http import Request
 from orthanc_dpp.rest.protocols import DppRestApi
@@ -22,8 +22,16 @@ from orthanc_dpp.storage.library import ProtocolLibrary
 from tests.fake_orthanc import FakeOrthancApi
 
 
-@pytest.fixture(scope="module")
-def rest() -> DppRestApi:
+class SomeContentChanged:
+    """Says that some approvals approved content other than the protocol's now (the way
+    ``ApprovedContent`` does after a protocol is replaced), a fixed third of the pairs."""
+
+    def applies(self, approval: Entry, protocol: Entry) -> bool:
+        return (approval.number + protocol.number) % 3 != 0
+
+
+@pytest.fixture(scope="module", params=[None, SomeContentChanged()])
+def rest(request: pytest.FixtureRequest) -> DppRestApi:
     index = ProtocolIndex()
     for number, ds in enumerate(make_library(90, kinds=("CT", "XA", "APPROVAL"))):
         index.put(f"o{number}", ds)
@@ -35,6 +43,7 @@ def rest() -> DppRestApi:
         status=dict,
         on_stored=lambda stored: None,
         on_deleted=index.remove,
+        content=request.param,
     )
 
 
