@@ -79,19 +79,39 @@ def _moment(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def decision(item: Record, now: datetime) -> dict[str, Any]:
+    """What :func:`approved` and :func:`state` read of one Approval Sequence item.
+
+    A part of :func:`assertion`: filtering a whole library by approval needs
+    no names, roles or code meanings.
+    """
+    code = next(iter(_items(item, "AssertionCodeSequence")), None)
+    value = _text(code.first(tag("CodeValue"))) if code else None
+    moment = _moment(_text(item.first(tag("AssertionExpirationDateTime"))))
+    return {
+        "AssertionDateTime": _text(item.first(tag("AssertionDateTime"))),
+        "Current": moment is None or moment > now,
+        "Approves": value in APPROVING,
+        "Withdraws": value in WITHDRAWING,
+    }
+
+
+def decisions(record: Record, now: datetime) -> list[dict[str, Any]]:
+    """:func:`decision` of each assertion of an approval instance."""
+    return [decision(item, now) for item in _items(record, "ApprovalSequence")]
+
+
 def assertion(item: Record, now: datetime) -> dict[str, Any]:
     """One item of the Approval Sequence as JSON-able values."""
     code = next(iter(_items(item, "AssertionCodeSequence")), None)
     asserter = next(iter(_items(item, "AsserterIdentificationSequence")), None)
     roles = _items(asserter, "OrganizationalRoleCodeSequence") if asserter else []
-    expires = _text(item.first(tag("AssertionExpirationDateTime")))
-    moment = _moment(expires)
-    value = _text(code.first(tag("CodeValue"))) if code else None
+    decided = decision(item, now)
     return {
         "AssertionCode": None
         if code is None
         else {
-            "CodeValue": value,
+            "CodeValue": _text(code.first(tag("CodeValue"))),
             "CodingSchemeDesignator": _text(code.first(tag("CodingSchemeDesignator"))),
             "CodeMeaning": _text(code.first(tag("CodeMeaning"))),
         },
@@ -100,11 +120,11 @@ def assertion(item: Record, now: datetime) -> dict[str, Any]:
         if asserter is None
         else _text(asserter.first(tag("PersonName")) or asserter.first(tag("StationAETitle"))),
         "AsserterRole": _text(roles[0].first(tag("CodeMeaning"))) if roles else None,
-        "AssertionDateTime": _text(item.first(tag("AssertionDateTime"))),
-        "AssertionExpirationDateTime": expires,
-        "Current": moment is None or moment > now,
-        "Approves": value in APPROVING,
-        "Withdraws": value in WITHDRAWING,
+        "AssertionDateTime": decided["AssertionDateTime"],
+        "AssertionExpirationDateTime": _text(item.first(tag("AssertionExpirationDateTime"))),
+        "Current": decided["Current"],
+        "Approves": decided["Approves"],
+        "Withdraws": decided["Withdraws"],
     }
 
 

@@ -82,7 +82,14 @@ IdSet = int | set[int]
 class Entry:
     """One indexed instance. Immutable: a new version is a new Entry."""
 
-    __slots__ = ("number", "orthanc_id", "record", "sop_class_uid", "sop_instance_uid")
+    __slots__ = (
+        "number",
+        "orthanc_id",
+        "record",
+        "search_keys",
+        "sop_class_uid",
+        "sop_instance_uid",
+    )
 
     def __init__(self, number: int, orthanc_id: str, record: Record) -> None:
         self.number = number  # position in the index's stable order
@@ -90,6 +97,12 @@ class Entry:
         self.record = record
         self.sop_instance_uid = str(record.first(SOP_INSTANCE_UID) or "")
         self.sop_class_uid = str(record.first(SOP_CLASS_UID) or "")
+        #: What ``model.search`` compares, derived from ``record`` by that module on
+        #: the entry's first search (not here: loading stays as fast as before, and
+        #: entries never searched cost nothing). A pure function of the record, so
+        #: threads racing to fill it store equal values and the entry stays
+        #: immutable in every way a reader can tell.
+        self.search_keys: Any = None
 
     def __repr__(self) -> str:
         return f"Entry({self.orthanc_id!r}, {self.sop_instance_uid!r})"
@@ -335,6 +348,17 @@ class ProtocolIndex:
         with self._lock:
             numbers = sorted(_ids(self._values[path].get(key)))
             return [self._entries[n] for n in numbers]
+
+    def approval_subjects(self) -> Callable[[str], bool]:
+        """A test of a SOP Instance UID: may :meth:`approvals_of` it be non-empty?
+
+        Taken once for a whole list request (one lock, not one per protocol):
+        false means no approval in the index, as it is now, names that UID.
+        """
+        norm = _NORMS[APPROVAL_SUBJECT[1]]
+        with self._lock:
+            named = set(self._values[APPROVAL_SUBJECT])
+        return lambda uid: norm(uid) in named
 
     def orthanc_ids(self) -> set[str]:
         with self._lock:

@@ -11,6 +11,7 @@ the in-memory index, never by asking Orthanc.
 from __future__ import annotations
 
 import datetime
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,10 +49,6 @@ def _texts(record: Record, attribute: int) -> list[str]:
 
 def _items(record: Record, sequence: int) -> list[Record]:
     return [item for item in record.values(sequence) or () if isinstance(item, Record)]
-
-
-def _contains(needle: str, values: Iterable[str]) -> bool:
-    return any(needle in value.casefold() for value in values)
 
 
 def _parse_date(parameter: str, text: str) -> str:
@@ -111,36 +108,19 @@ class ProtocolSearch:
         return self == ProtocolSearch()
 
     def matches(self, entry: Entry) -> bool:
-        r = entry.record
-        if self.name is not None and not _contains(self.name, _texts(r, _NAME)):
+        keys: _Keys = entry.search_keys or _keys_of(entry)
+        if self.name is not None and not _within(self.name, keys.names):
             return False
-        if self.modality is not None and self.modality not in (
-            value.strip().casefold() for value in _texts(r, _MODALITY)
-        ):
+        if self.modality is not None and self.modality not in keys.modalities:
             return False
-        models = _items(r, _MODELS)
-        if self.manufacturer is not None and not _contains(
-            self.manufacturer,
-            [*_texts(r, _MANUFACTURER), *(v for m in models for v in _texts(m, _MANUFACTURER))],
-        ):
+        if self.manufacturer is not None and not _within(self.manufacturer, keys.manufacturers):
             return False
-        if self.model is not None and not _contains(
-            self.model, [*_texts(r, _MODEL), *(v for m in models for v in _texts(m, _MODEL))]
-        ):
+        if self.model is not None and not _within(self.model, keys.models):
             return False
-        if self.code is not None and not _contains(
-            self.code,
-            (
-                value
-                for sequence in CODE_SEQUENCES
-                for item in _items(r, sequence)
-                for field in _CODE_FIELDS
-                for value in _texts(item, field)
-            ),
-        ):
+        if self.code is not None and not _within(self.code, keys.codes):
             return False
         if self.date_from is not None or self.date_to is not None:
-            date = (_texts(r, _DATE) or [""])[0].strip()
+            date = keys.date
             if not date:
                 return False
             if self.date_from is not None and date < self.date_from:
@@ -148,6 +128,56 @@ class ProtocolSearch:
             if self.date_to is not None and date > self.date_to:
                 return False
         return True
+
+
+def _within(needle: str, values: tuple[str, ...]) -> bool:
+    # A plain loop: any() over a generator costs a frame per entry of the library.
+    for value in values:  # noqa: SIM110
+        if needle in value:
+            return True
+    return False
+
+
+class _Keys:
+    """What :meth:`ProtocolSearch.matches` compares of one entry, worked out once.
+
+    Text is case-folded already and repeated values are kept once (a search
+    asks whether any value holds the text, so neither changes an answer);
+    strings are interned, as the same codes and names recur across a library.
+    Kept on the entry (``Entry.search_keys``): a search then reads a few
+    tuples instead of walking the record, its models and six code sequences.
+    """
+
+    __slots__ = ("codes", "date", "manufacturers", "modalities", "models", "names")
+
+    def __init__(self, record: Record) -> None:
+        models = _items(record, _MODELS)
+        self.names = _folded(_texts(record, _NAME))
+        self.modalities = _folded(value.strip() for value in _texts(record, _MODALITY))
+        self.manufacturers = _folded(
+            [*_texts(record, _MANUFACTURER), *(v for m in models for v in _texts(m, _MANUFACTURER))]
+        )
+        self.models = _folded(
+            [*_texts(record, _MODEL), *(v for m in models for v in _texts(m, _MODEL))]
+        )
+        self.codes = _folded(
+            value
+            for sequence in CODE_SEQUENCES
+            for item in _items(record, sequence)
+            for field in _CODE_FIELDS
+            for value in _texts(item, field)
+        )
+        self.date = sys.intern((_texts(record, _DATE) or [""])[0].strip())
+
+
+def _folded(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(sys.intern(value.casefold()) for value in values))
+
+
+def _keys_of(entry: Entry) -> _Keys:
+    keys = _Keys(entry.record)
+    entry.search_keys = keys
+    return keys
 
 
 def search(

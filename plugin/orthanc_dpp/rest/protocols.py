@@ -16,7 +16,7 @@ import logging
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from orthanc_dpp.metrics import Metrics
 from orthanc_dpp.model import approval_instance, approvals, versions
@@ -54,6 +54,9 @@ log = logging.getLogger("orthanc_dpp.rest")
 
 DEFAULT_PAGE = 100
 MAXIMUM_PAGE = 1000
+#: ``Approved`` and ``ApprovalState`` of a protocol that no approval names (rules of
+#: ``model.approvals``, worked out once rather than for each protocol listed).
+_WITHOUT_APPROVALS: Final = (approvals.approved([]), approvals.state([]))
 #: The query parameters of ``GET /dpp/protocols``: paging, then the search criteria.
 LIST_PARAMETERS = ("offset", "limit", "approved", "approval", "sort", "unused", *PARAMETERS)
 #: The orders ``GET /dpp/protocols?sort=`` knows (without it: the index's order).
@@ -175,10 +178,11 @@ class DppRestApi:
             # left out by those filters. Filters and order are worked out for every match,
             # a summary only for the page.
             _, matching = search(self.index, criteria, 0, max(len(self.index), 1))
+            named = self.index.approval_subjects()
             chosen = [
                 entry
                 for entry in matching
-                if self._chosen(entry, now, wanted, wanted_state)
+                if self._chosen(entry, now, wanted, wanted_state, named)
                 and (unused is None or self._unused(entry) == unused)
             ]
             if sort == "usage":  # most used first; equal counts keep the index's order
@@ -189,16 +193,35 @@ class DppRestApi:
             200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
 
-    def _chosen(self, entry: Entry, now: datetime, wanted: bool | None, state: str | None) -> bool:
-        """Whether ``entry`` passes ``approved`` and ``approval`` (only protocols can)."""
+    def _chosen(
+        self,
+        entry: Entry,
+        now: datetime,
+        wanted: bool | None,
+        state: str | None,
+        named: Callable[[str], bool],
+    ) -> bool:
+        """Whether ``entry`` passes ``approved`` and ``approval`` (only protocols can).
+
+        ``named`` (``ProtocolIndex.approval_subjects``) skips the summaries of the
+        protocols no approval names, most of a library: they have none to summarize.
+        """
         if wanted is None and state is None:
             return True
         if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
             return False
-        found = self._approvals(entry, now)
-        if wanted is not None and approvals.approved(found) != wanted:
-            return False
-        return state is None or approvals.state(found) == state
+        if named(entry.sop_instance_uid):
+            found = [  # what approved() and state() read: decisions, not whole summaries
+                {
+                    "Assertions": approvals.decisions(approval.record, now),
+                    "AppliesToStoredContent": self._applies(approval, entry),
+                }
+                for approval in self.index.approvals_of(entry.sop_instance_uid)
+            ]
+            is_approved, its_state = approvals.approved(found), approvals.state(found)
+        else:
+            is_approved, its_state = _WITHOUT_APPROVALS
+        return (wanted is None or is_approved == wanted) and (state is None or its_state == state)
 
     def _unused(self, entry: Entry) -> bool | None:
         """Whether a protocol was never performed; None for an approval (it is not used)."""
@@ -217,11 +240,13 @@ class DppRestApi:
             summary = approvals.summary(
                 approval.orthanc_id, approval.sop_instance_uid, approval.record, now
             )
-            summary["AppliesToStoredContent"] = self.content is None or self.content.applies(
-                approval, entry
-            )
+            summary["AppliesToStoredContent"] = self._applies(approval, entry)
             found.append(summary)
         return found
+
+    def _applies(self, approval: Entry, protocol: Entry) -> bool:
+        """Whether ``approval`` approved the content ``protocol`` holds now."""
+        return self.content is None or self.content.applies(approval, protocol)
 
     def _summary(self, entry: Entry, now: datetime) -> dict[str, Any]:
         """An entry's summary; for a protocol, with the approvals that name it."""
