@@ -7,6 +7,7 @@ loopback ports and its own data folder, and its log is kept for assertions.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import signal
@@ -30,11 +31,45 @@ ENTRY_SCRIPT = Path(os.environ.get("DPP_ENTRY_SCRIPT", REPO / "plugin" / "dpp_pl
 TEST_SCU = "TEST_SCU"
 
 
+#: ``LOW-HIGH``: the ports :func:`free_port` hands out, set by tools/stacks.py so
+#: that stacks tested side by side never pick the same port (they share loopback).
+PORTS_VARIABLE = "DPP_TEST_PORTS"
+_next_port = itertools.count()
+
+
+def port_range(value: str | None) -> range | None:
+    """The range ``DPP_TEST_PORTS`` names (``LOW-HIGH``, inclusive); None when unset."""
+    if not value:
+        return None
+    low, _, high = value.partition("-")
+    ports = range(int(low), int(high) + 1)
+    if not ports or ports.start < 1024 or ports.stop > 65536:
+        raise ValueError(f"{PORTS_VARIABLE} must be LOW-HIGH within 1024-65535, got {value!r}")
+    return ports
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    The kernel's pick (bind to port 0) may hand the same port to two test
+    runs on one machine within the moment before Orthanc binds it; with
+    ``DPP_TEST_PORTS`` set, ports come in turn from that run's own range
+    instead, each once until the range wraps around.
+    """
+    ports = port_range(os.environ.get(PORTS_VARIABLE))
+    if ports is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for _ in range(len(ports)):
+        port = ports[next(_next_port) % len(ports)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port left in {PORTS_VARIABLE}={os.environ[PORTS_VARIABLE]}")
 
 
 class HttpError(Exception):

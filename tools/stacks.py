@@ -13,11 +13,20 @@ PostgreSQL and DCMTK, and a virtual environment made with the root's
 Usage (as root, which debootstrap, mount and chroot need)::
 
     tools/stacks.py test trixie sid [-- PYTEST ARGS]   # make/refresh roots, run the suite
+                                                       # (the stacks side by side)
     tools/stacks.py versions trixie                    # what a stack holds
     tools/stacks.py shell sid                          # a shell inside a root
     tools/stacks.py bench trixie sid [-- BENCH ARGS]   # python -m bench inside, results here
     tools/stacks.py run sid -- COMMAND                 # one command in the project, inside
     tools/stacks.py remove trixie                      # unmount and delete a root
+
+Several stacks are tested side by side (``--one-by-one`` runs them in
+turn): the suite mostly waits on Orthanc, DICOM peers and browsers, so two
+runs share two cores well. Each line of their output is prefixed with the
+stack's name, and each stack's tests take their ports from a range of their
+own (``TEST_PORTS``, read by ``tests/orthanc_server.free_port``): they share
+the host's loopback, and two runs asking the kernel for a free port could
+be handed the same one.
 
 Standard library only: it runs with the host's ``/usr/bin/python3`` before
 any virtual environment exists.
@@ -34,11 +43,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+SELF = Path(__file__).resolve()
+REPO = SELF.parent.parent
 CACHE = Path(os.environ.get("DPP_STACKS_DIR", REPO / ".stacks"))
 #: Where the checkout is copied inside a root (its venv lives there too).
 PROJECT = "/opt/orthanc-dpp"
@@ -66,6 +78,10 @@ PACKAGES = [
 LATER_PACKAGES = ["chromium"]
 #: Host files a root needs for pip and apt to reach the registries.
 HOST_FILES = ["/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"]
+#: The ports each stack's tests take (``DPP_TEST_PORTS``): disjoint, and below the
+#: kernel's ephemeral range (32768 and up) that the host's run and outgoing
+#: connections draw from.
+TEST_PORTS = {"trixie": "20000-25999", "sid": "26000-31999"}
 #: Folders of the checkout never copied into a root.
 SKIP = (".venv/", ".stacks/", "data/", ".git/")
 
@@ -234,6 +250,7 @@ class Root:
             "HOME": "/root",
             "LANG": "C.UTF-8",
             "DPP_STACK": self.suite,
+            "DPP_TEST_PORTS": TEST_PORTS[self.suite],
         }
         env.update({k: v for k, v in os.environ.items() if k.startswith("PIP_") or k == "CI"})
         # A host-only wheel folder would only make pip warn inside the root.
@@ -339,12 +356,62 @@ def in_roots(suites: list[str], module: str, args: list[str], *, share_results: 
     return 0
 
 
+def side_by_side(commands: dict[str, list[str]]) -> dict[str, int]:
+    """Run the commands at once, each line of their output prefixed with its name.
+
+    Whole lines are written, one at a time, so the stacks' outputs interleave
+    by line and each stays readable with ``grep '^[sid]'``. Returns each
+    command's exit code.
+    """
+    lock = threading.Lock()
+
+    def relay(name: str, stream: Any) -> None:
+        for line in iter(stream.readline, b""):
+            with lock:
+                sys.stdout.buffer.write(f"[{name}] ".encode() + line)
+                sys.stdout.buffer.flush()
+
+    running = {
+        name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for name, command in commands.items()
+    }
+    relays = [
+        threading.Thread(target=relay, args=(name, process.stdout), daemon=True)
+        for name, process in running.items()
+    ]
+    for thread in relays:
+        thread.start()
+    codes = {name: process.wait() for name, process in running.items()}
+    for thread in relays:
+        thread.join()
+    return codes
+
+
+def tests_side_by_side(suites: list[str], pytest_args: list[str]) -> int:
+    """``test`` of each suite in a process of its own, all at once; 1 if any failed."""
+    started = time.monotonic()
+    say(f"testing {', '.join(suites)} side by side")
+    codes = side_by_side(
+        {suite: [sys.executable, str(SELF), "test", suite, "--", *pytest_args] for suite in suites}
+    )
+    minutes = (time.monotonic() - started) / 60
+    failed = [suite for suite, code in codes.items() if code != 0]
+    if failed:
+        say(f"FAILED on: {', '.join(failed)} (all stacks done in {minutes:.1f} min)")
+        return 1
+    say(f"passed on: {', '.join(suites)} in {minutes:.1f} min")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "action", choices=["test", "bench", "run", "versions", "shell", "remove", "make"]
     )
     parser.add_argument("suites", nargs="+", metavar="SUITE", help=", ".join(SUITES))
+    parser.add_argument(
+        "--one-by-one", action="store_true", help="test several stacks in turn, not side by side"
+    )
     parser.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="after --: pytest's, bench's or the command"
     )
@@ -356,6 +423,8 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("stacks: debootstrap, mount and chroot need root")
+    if args.action == "test" and len(set(args.suites)) > 1 and not args.one_by_one:
+        return tests_side_by_side(list(dict.fromkeys(args.suites)), args.pytest_args)
     if args.action in ("test", "bench"):
         module = "pytest" if args.action == "test" else "bench"
         return in_roots(args.suites, module, args.pytest_args, share_results=module == "bench")
