@@ -20,13 +20,14 @@ are shown but do not decide: they restrict a scope the REST caller judges.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DT
 
+from orthanc_dpp.model.index import Entry
 from orthanc_dpp.model.key_table import tag
 from orthanc_dpp.model.record import Record
 
@@ -48,6 +49,8 @@ WITHDRAWING: Final = frozenset(
 )
 
 _SUBJECTS = tag("ApprovalSubjectSequence")
+#: The moment of an assertion without a readable Assertion DateTime: before any other.
+_OLDEST = datetime.min.replace(tzinfo=UTC)
 _REFERENCED_UID = tag("ReferencedSOPInstanceUID")
 
 
@@ -79,26 +82,69 @@ def _moment(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def decision(item: Record, now: datetime) -> dict[str, Any]:
-    """What :func:`approved` and :func:`state` read of one Approval Sequence item.
+class Decision(NamedTuple):
+    """One assertion about one protocol, reduced to what :func:`is_approved` and
+    :func:`state_of` read: the two rules are stated once, over these."""
 
-    A part of :func:`assertion`: filtering a whole library by approval needs
-    no names, roles or code meanings.
-    """
+    #: Assertion DateTime; the oldest moment when it is absent or unreadable.
+    asserted: datetime
+    #: Not expired (no Assertion Expiration DateTime, or it has not passed).
+    current: bool
+    approves: bool
+    withdraws: bool
+    #: Made about the content the protocol holds now (``AppliesToStoredContent``).
+    applies: bool
+
+
+class _Assertion(NamedTuple):
+    """An Approval Sequence item as parsed once: its decision without ``now``."""
+
+    asserted: datetime
+    expires: datetime | None
+    approves: bool
+    withdraws: bool
+
+
+def _parsed(item: Record) -> _Assertion:
     code = next(iter(_items(item, "AssertionCodeSequence")), None)
     value = _text(code.first(tag("CodeValue"))) if code else None
-    moment = _moment(_text(item.first(tag("AssertionExpirationDateTime"))))
-    return {
-        "AssertionDateTime": _text(item.first(tag("AssertionDateTime"))),
-        "Current": moment is None or moment > now,
-        "Approves": value in APPROVING,
-        "Withdraws": value in WITHDRAWING,
-    }
+    return _Assertion(
+        _moment(_text(item.first(tag("AssertionDateTime")))) or _OLDEST,
+        _moment(_text(item.first(tag("AssertionExpirationDateTime")))),
+        value in APPROVING,
+        value in WITHDRAWING,
+    )
 
 
-def decisions(record: Record, now: datetime) -> list[dict[str, Any]]:
-    """:func:`decision` of each assertion of an approval instance."""
-    return [decision(item, now) for item in _items(record, "ApprovalSequence")]
+def decisions_of(approval: Entry, now: datetime, applies: bool) -> Iterator[Decision]:
+    """The :class:`Decision` of each assertion of the approval instance ``approval``.
+
+    Filtering a library by approval asks this of every approval on every
+    request: its assertions are parsed on the first call and kept on the entry
+    (``Entry.assertions``; an entry never changes), so later calls only
+    compare moments with ``now``.
+    """
+    parsed: tuple[_Assertion, ...] | None = approval.assertions
+    if parsed is None:
+        parsed = tuple(_parsed(item) for item in _items(approval.record, "ApprovalSequence"))
+        approval.assertions = parsed
+    for asserted, expires, approves, withdraws in parsed:
+        yield Decision(asserted, expires is None or expires > now, approves, withdraws, applies)
+
+
+def _decisions_in(summaries: Iterable[dict[str, Any]]) -> list[Decision]:
+    """The decisions of :func:`summary` results (marked with ``AppliesToStoredContent``)."""
+    return [
+        Decision(
+            _moment(a.get("AssertionDateTime")) or _OLDEST,
+            a["Current"],
+            a["Approves"],
+            a["Withdraws"],
+            s.get("AppliesToStoredContent", True),
+        )
+        for s in summaries
+        for a in s["Assertions"]
+    ]
 
 
 def assertion(item: Record, now: datetime) -> dict[str, Any]:
@@ -106,7 +152,7 @@ def assertion(item: Record, now: datetime) -> dict[str, Any]:
     code = next(iter(_items(item, "AssertionCodeSequence")), None)
     asserter = next(iter(_items(item, "AsserterIdentificationSequence")), None)
     roles = _items(asserter, "OrganizationalRoleCodeSequence") if asserter else []
-    decided = decision(item, now)
+    parsed = _parsed(item)
     return {
         "AssertionCode": None
         if code is None
@@ -120,11 +166,11 @@ def assertion(item: Record, now: datetime) -> dict[str, Any]:
         if asserter is None
         else _text(asserter.first(tag("PersonName")) or asserter.first(tag("StationAETitle"))),
         "AsserterRole": _text(roles[0].first(tag("CodeMeaning"))) if roles else None,
-        "AssertionDateTime": decided["AssertionDateTime"],
+        "AssertionDateTime": _text(item.first(tag("AssertionDateTime"))),
         "AssertionExpirationDateTime": _text(item.first(tag("AssertionExpirationDateTime"))),
-        "Current": decided["Current"],
-        "Approves": decided["Approves"],
-        "Withdraws": decided["Withdraws"],
+        "Current": parsed.expires is None or parsed.expires > now,
+        "Approves": parsed.approves,
+        "Withdraws": parsed.withdraws,
     }
 
 
@@ -138,52 +184,43 @@ def summary(orthanc_id: str, sop_instance_uid: str, record: Record, now: datetim
 
 
 def approved(approvals: Iterable[dict[str, Any]]) -> bool:
-    """The README rule over :func:`summary` results about one protocol.
+    """:func:`is_approved` over :func:`summary` results about one protocol."""
+    return is_approved(_decisions_in(approvals))
 
-    Only approvals of the content stored now (not marked
-    ``AppliesToStoredContent`` false, see :mod:`orthanc_dpp.storage.approved_content`) can
-    approve; a withdrawal withdraws whatever content it was made for, the
-    safe reading.
+
+def is_approved(decisions: Iterable[Decision]) -> bool:
+    """The README rule (``Approved``) over the decisions made about one protocol.
+
+    Only approvals of the content stored now (``applies``, see
+    :mod:`orthanc_dpp.storage.approved_content`) can approve; a withdrawal
+    withdraws whatever content it was made for, the safe reading.
     """
-    listed = list(approvals)
-    current = [a for s in listed for a in s["Assertions"] if a["Current"]]
-    approving = [
-        a
-        for s in listed
-        if s.get("AppliesToStoredContent", True)
-        for a in s["Assertions"]
-        if a["Current"] and a["Approves"]
-    ]
-    return bool(approving) and not any(a["Withdraws"] for a in current)
+    current = [d for d in decisions if d.current]
+    return any(d.approves and d.applies for d in current) and not any(d.withdraws for d in current)
 
 
 #: The values of ``ApprovalState``.
 STATES: Final = ("approved", "rejected", "expired", "none")
-_OLDEST = datetime.min.replace(tzinfo=UTC)
 
 
 def state(approvals: Iterable[dict[str, Any]]) -> str:
-    """``ApprovalState`` over :func:`summary` results about one protocol: the latest decision.
+    """:func:`state_of` over :func:`summary` results about one protocol."""
+    return state_of(_decisions_in(approvals))
 
-    Only approvals of the content stored now count (``AppliesToStoredContent``),
-    withdrawals too: a decision is about content. Among their current
-    assertions that approve or withdraw, the latest by Assertion DateTime
-    decides (a withdrawal wins a tie): ``approved`` or ``rejected``. With
-    none current, ``expired`` if an approving one has lapsed, else ``none``.
-    Unlike :func:`approved`, an approval made after a withdrawal overrides it.
+
+def state_of(decisions: Iterable[Decision]) -> str:
+    """``ApprovalState`` over the decisions made about one protocol: the latest one.
+
+    Only approvals of the content stored now count (``applies``), withdrawals
+    too: a decision is about content. Among their current assertions that
+    approve or withdraw, the latest by Assertion DateTime decides (a
+    withdrawal wins a tie): ``approved`` or ``rejected``. With none current,
+    ``expired`` if an approving one has lapsed, else ``none``. Unlike
+    :func:`is_approved`, an approval made after a withdrawal overrides it.
     """
-    deciding = [
-        a
-        for s in approvals
-        if s.get("AppliesToStoredContent", True)
-        for a in s["Assertions"]
-        if a["Approves"] or a["Withdraws"]
-    ]
-    current = [a for a in deciding if a["Current"]]
+    deciding = [d for d in decisions if d.applies and (d.approves or d.withdraws)]
+    current = [d for d in deciding if d.current]
     if current:
-        latest = max(
-            current,
-            key=lambda a: (_moment(a["AssertionDateTime"]) or _OLDEST, a["Withdraws"]),
-        )
-        return "rejected" if latest["Withdraws"] else "approved"
-    return "expired" if any(a["Approves"] for a in deciding) else "none"
+        latest = max(current, key=lambda d: (d.asserted, d.withdraws))
+        return "rejected" if latest.withdraws else "approved"
+    return "expired" if any(d.approves for d in deciding) else "none"

@@ -83,6 +83,7 @@ class Entry:
     """One indexed instance. Immutable: a new version is a new Entry."""
 
     __slots__ = (
+        "assertions",
         "number",
         "orthanc_id",
         "record",
@@ -103,6 +104,9 @@ class Entry:
         #: threads racing to fill it store equal values and the entry stays
         #: immutable in every way a reader can tell.
         self.search_keys: Any = None
+        #: A Protocol Approval's assertions as ``model.approvals`` parsed them on first
+        #: use (the same way: derived from ``record``, filled once, equal if raced).
+        self.assertions: Any = None
 
     def __repr__(self) -> str:
         return f"Entry({self.orthanc_id!r}, {self.sop_instance_uid!r})"

@@ -177,14 +177,11 @@ class DppRestApi:
             # Only protocols have an approval state and a usage: approvals themselves are
             # left out by those filters. Filters and order are worked out for every match,
             # a summary only for the page.
-            _, matching = search(self.index, criteria, 0, max(len(self.index), 1))
-            named = self.index.approval_subjects()
-            chosen = [
-                entry
-                for entry in matching
-                if self._chosen(entry, now, wanted, wanted_state, named)
-                and (unused is None or self._unused(entry) == unused)
-            ]
+            _, chosen = search(self.index, criteria, 0, max(len(self.index), 1))
+            if wanted is not None or wanted_state is not None:
+                chosen = self._by_approval(chosen, now, wanted, wanted_state)
+            if unused is not None:
+                chosen = [entry for entry in chosen if self._unused(entry) == unused]
             if sort == "usage":  # most used first; equal counts keep the index's order
                 chosen.sort(key=lambda entry: -self.usage.count(entry.sop_instance_uid))
             total = len(chosen)
@@ -193,35 +190,42 @@ class DppRestApi:
             200, {"Total": total, "Offset": offset, "Limit": limit, "Protocols": summaries}
         )
 
-    def _chosen(
-        self,
-        entry: Entry,
-        now: datetime,
-        wanted: bool | None,
-        state: str | None,
-        named: Callable[[str], bool],
-    ) -> bool:
-        """Whether ``entry`` passes ``approved`` and ``approval`` (only protocols can).
+    def _by_approval(
+        self, entries: list[Entry], now: datetime, wanted: bool | None, state: str | None
+    ) -> list[Entry]:
+        """The protocols of ``entries`` that pass ``approved`` and ``approval``, in order.
 
-        ``named`` (``ProtocolIndex.approval_subjects``) skips the summaries of the
-        protocols no approval names, most of a library: they have none to summarize.
+        Only the protocols some approval names (``ProtocolIndex.approval_subjects``)
+        have decisions to weigh, a small part of a library; the others all share
+        one answer, worked out once (``_WITHOUT_APPROVALS``). Each approval's
+        assertions are parsed once, not per request (``approvals.decisions_of``).
         """
-        if wanted is None and state is None:
-            return True
-        if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
-            return False
-        if named(entry.sop_instance_uid):
-            found = [  # what approved() and state() read: decisions, not whole summaries
-                {
-                    "Assertions": approvals.decisions(approval.record, now),
-                    "AppliesToStoredContent": self._applies(approval, entry),
-                }
+
+        def passes(is_approved: bool, its_state: str) -> bool:
+            return (wanted is None or is_approved == wanted) and (
+                state is None or its_state == state
+            )
+
+        named = self.index.approval_subjects()
+        without = passes(*_WITHOUT_APPROVALS)
+        chosen = []
+        for entry in entries:
+            if entry.sop_class_uid not in DPP_STORAGE_CLASSES:
+                continue  # approvals themselves have no approval state
+            if not named(entry.sop_instance_uid):
+                if without:
+                    chosen.append(entry)
+                continue
+            decided = [
+                decision
                 for approval in self.index.approvals_of(entry.sop_instance_uid)
+                for decision in approvals.decisions_of(
+                    approval, now, self._applies(approval, entry)
+                )
             ]
-            is_approved, its_state = approvals.approved(found), approvals.state(found)
-        else:
-            is_approved, its_state = _WITHOUT_APPROVALS
-        return (wanted is None or is_approved == wanted) and (state is None or its_state == state)
+            if passes(approvals.is_approved(decided), approvals.state_of(decided)):
+                chosen.append(entry)
+        return chosen
 
     def _unused(self, entry: Entry) -> bool | None:
         """Whether a protocol was never performed; None for an approval (it is not used)."""

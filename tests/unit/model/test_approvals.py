@@ -143,3 +143,25 @@ def test_decisions_about_other_content_do_not_count() -> None:
     assert approvals.state([made(decision("20260101", approves=True)), stale_rejection]) == (
         "approved"
     )
+
+
+def test_an_approval_entrys_decisions_are_parsed_once_and_expire_with_now() -> None:
+    """The list's filters ask every approval on each request: the parse is kept on the entry,
+    while whether an assertion is current is judged against each request's ``now``."""
+    protocol = make_protocol(1, "CT")
+    index = ProtocolIndex()
+    index.put("a", approval(protocol, 3, ("128603", "20261201130000"), ("128610", "")))
+    (entry,) = index.approvals_of(protocol.SOPInstanceUID)
+    before = list(approvals.decisions_of(entry, NOW, True))
+    assert [(d.current, d.approves, d.withdraws, d.applies) for d in before] == [
+        (True, True, False, True),
+        (True, False, True, True),
+    ]
+    entry.record = None  # type: ignore[assignment]  # a second parse would fail now
+    later = list(approvals.decisions_of(entry, datetime(2026, 12, 2, tzinfo=UTC), False))
+    assert [(d.current, d.applies) for d in later] == [(False, False), (True, False)]
+    assert [d.asserted for d in later] == [d.asserted for d in before]
+    # The same rules as the summaries the list shows.
+    summary = summarise(approval(protocol, 3, ("128603", "20261201130000"), ("128610", "")))
+    assert approvals.is_approved(before) == approvals.approved([summary]) is False
+    assert approvals.state_of(before) == approvals.state([summary])
