@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from orthanc_dpp.model import snapshot
+from orthanc_dpp.model import search, snapshot
 from orthanc_dpp.model import usage as protocol_usage
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.key_table import SOP_CLASS_UID, SOP_INSTANCE_UID
@@ -516,6 +516,15 @@ class IndexFeed:
             count,
             removed,
             self.last_seq,
+        )
+        # Ready already: C-FIND and the list answer meanwhile (a search that comes
+        # first works out the keys it needs itself).
+        warmed = time.monotonic()
+        prepared = search.prepare(self.index, self._stop.is_set)
+        log.info(
+            "Search keys of %d indexed instance(s) prepared in %.1f s",
+            prepared,
+            time.monotonic() - warmed,
         )
 
     def wake(self) -> None:

@@ -19,7 +19,7 @@ from orthanc_dpp.model import sop
 from orthanc_dpp.model.index import CODE_SEQUENCES, Entry, ProtocolIndex
 from orthanc_dpp.model.key_table import tag
 from orthanc_dpp.model.record import Record
-from orthanc_dpp.model.search import PARAMETERS, ProtocolSearch, SearchError, search
+from orthanc_dpp.model.search import PARAMETERS, ProtocolSearch, SearchError, prepare, search
 from tests.datasets import build
 
 _CODE_FIELDS = ("CodeValue", "LongCodeValue", "CodeMeaning")
@@ -230,6 +230,20 @@ def test_a_replaced_entry_is_searched_by_its_new_content() -> None:
     index.put("o1", build({**spec, "ProtocolName": "Chest"}))
     assert search(index, ProtocolSearch(name="head"), 0, 10)[0] == 0
     assert search(index, ProtocolSearch(name="chest"), 0, 10)[0] == 1
+
+
+def test_prepared_keys_give_the_same_answers_and_a_stop_ends_preparing() -> None:
+    index = ProtocolIndex()
+    for number, ds in enumerate(make_library(30, kinds=("CT", "XA", "APPROVAL"))):
+        index.put(f"o{number}", ds)
+    asked = []
+    assert prepare(index, lambda: asked.append(1) or True) == 0  # stopping at once
+    assert asked and all(entry.search_keys is None for entry in index.snapshot())
+    assert prepare(index) == len(index)
+    assert all(entry.search_keys is not None for entry in index.snapshot())
+    assert prepare(index) == 0  # nothing left to prepare
+    for query in ({"name": "head"}, {"code": "rpid"}, {"modality": "XA", "date": "19000101-"}):
+        assert_same(index, ProtocolSearch.from_query(query), 0, 100)
 
 
 def test_errors_are_unchanged() -> None:

@@ -35,6 +35,8 @@ def test_initial_load_indexes_only_dpp_instances() -> None:
     assert {index.get(uid).sop_instance_uid for uid in uids} == set(uids)
     assert len(index) == 5
     assert feed.last_seq == api.seq
+    # The search keys are worked out once loaded, not by the first search.
+    assert all(entry.search_keys is not None for entry in index.snapshot())
 
 
 def test_paging_through_a_long_change_log() -> None:
