@@ -422,6 +422,7 @@ def test_approve_with_a_comment_then_the_state_changes(page: Any, server: Orthan
         server.get_json("/dpp/status")["Listener"]["AETitle"]
     )
     expect(assertion.locator("td").nth(3)).to_have_text("2099-06-30 00:00:00 +0000")
+    expect(assertion.locator("td.comment")).to_have_text("Reviewed by the CT committee")
     expect(row_of(page, "2.25.900003").locator("td.approval")).to_have_text("approved")
     stored = approval_of(server, "2.25.900003")
     assert stored.ApprovalSequence[0].AssertionComments == "Reviewed by the CT committee"
@@ -461,6 +462,8 @@ def test_reject_shows_the_decision_with_the_earlier_approval_and_its_expiry(
     expect(assertions).to_have_count(2)
     expect(assertions.nth(0).locator("td").nth(0)).to_have_text("Disapproved for any use")
     expect(assertions.nth(0).locator("td").nth(3)).to_have_text("never")
+    expect(assertions.nth(0).locator("td.comment")).to_have_text("Dose too high for children")
+    expect(assertions.nth(1).locator("td.comment")).to_have_text("")
     expect(assertions.nth(1).locator("td").nth(3)).to_contain_text("2099-12-31")
     expect(row_of(page, "2.25.900002").locator("td.approval")).to_have_text("rejected")
     stored = approval_of(server, "2.25.900002")

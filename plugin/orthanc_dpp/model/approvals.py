@@ -168,6 +168,7 @@ def assertion(item: Record, now: datetime) -> dict[str, Any]:
         "AsserterRole": _text(roles[0].first(tag("CodeMeaning"))) if roles else None,
         "AssertionDateTime": _text(item.first(tag("AssertionDateTime"))),
         "AssertionExpirationDateTime": _text(item.first(tag("AssertionExpirationDateTime"))),
+        "Comment": _text(item.first(tag("AssertionComments"))),
         "Current": parsed.expires is None or parsed.expires > now,
         "Approves": parsed.approves,
         "Withdraws": parsed.withdraws,

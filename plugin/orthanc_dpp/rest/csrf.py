@@ -129,7 +129,7 @@ def form_part(headers: Mapping[str, str]) -> Refusal | None:
         415,
         "a part of a multipart/form-data body is not accepted (Orthanc's HTTP server takes "
         "such bodies apart, and nothing then tells which site sent them): send "
-        "application/dicom or multipart/related",
+        "application/dicom, multipart/related or application/zip",
     )
 
 

@@ -82,6 +82,14 @@ def test_what_the_plugin_makes_is_read_back_as_the_word_asked_for(
     assert (assertion["Approves"], assertion["Withdraws"]) == (approves, not approves)
     assert approvals.state([summary]) == word
     assert assertion["Asserter"] == "DPP_ARCHIVE"  # a device, by its AE title
+    assert assertion["Comment"] is None
+
+
+def test_the_comment_is_read_back_in_the_summary() -> None:
+    wanted = ApprovalRequest("approved", "Reviewed: dose ≤ 10 mGy")
+    ds = round_trip(build(CT_DPP_STORAGE, "1.2.3.4", wanted, PLUGIN, NOW))
+    summary = approvals.summary("id", ds.SOPInstanceUID, to_record(ds, RecordCache()), NOW)
+    assert summary["Assertions"][0]["Comment"] == "Reviewed: dose ≤ 10 mGy"
 
 
 def test_a_user_name_with_name_delimiters_stays_one_name() -> None:

@@ -87,6 +87,7 @@ def test_a_part_of_a_form_data_body_is_refused_on_every_route(method: str) -> No
         refusal = check(method, part, b"x", accepted)
         assert refusal is not None and refusal.status == 415
         assert "multipart/form-data" in refusal.reason
+        assert refusal.reason.endswith("application/dicom, multipart/related or application/zip")
 
 
 @pytest.mark.parametrize(

@@ -544,7 +544,7 @@
       return String(b.assertion.AssertionDateTime || '').localeCompare(String(a.assertion.AssertionDateTime || ''));
     });
     if (!assertions.length) {
-      body.insertRow().appendChild(make('td', 'No approval stored.', { colspan: '5' }));
+      body.insertRow().appendChild(make('td', 'No approval stored.', { colspan: '6' }));
     }
     assertions.forEach(function (entry) {
       var assertion = entry.assertion;
@@ -556,6 +556,7 @@
       var expiry = assertion.AssertionExpirationDateTime;
       row.appendChild(make('td', expiry ? dicomDateTime(expiry) + (assertion.Current ? '' : ' (expired)') : 'never'));
       row.appendChild(make('td', entry.current ? 'yes' : 'no (an earlier content)'));
+      row.appendChild(make('td', assertion.Comment || '', { class: 'comment' }));
     });
   }
 
