@@ -584,3 +584,29 @@ def test_export_link_gives_the_current_search(page: Any, server: OrthancServer) 
         names = sorted(archive.namelist())
     assert names == sorted(f"{uid}.dcm" for uid in listed_uids(server, "&" + query))
     assert names
+
+
+def test_export_beyond_its_limit_says_why_instead_of_downloading_a_refusal(
+    page: Any, server: OrthancServer
+) -> None:
+    """Past 1000 matches GET /dpp/export answers 413; the link must not save that as a zip.
+    The list's answers are given a larger Total here rather than storing 1001 protocols."""
+
+    def more_than_an_export_holds(route: Any) -> None:
+        answer = route.fetch()
+        route.fulfill(response=answer, json={**answer.json(), "Total": 1500})
+
+    page.route("**/dpp/protocols?*", more_than_an_export_holds)
+    open_library(page, server)
+    link = page.locator("#export-link")
+    expect(link).to_have_attribute("aria-disabled", "true")
+    assert link.get_attribute("href") is None
+    expect(page.locator("#export-hint")).to_have_text(
+        "1500 protocols match; an export holds at most 1000: narrow the search to export."
+    )
+    page.unroute("**/dpp/protocols?*")
+    page.locator("#search-modality").fill("ct")
+    page.locator("#search-submit").click()
+    expect(link).to_have_attribute("href", f"{server.url}/dpp/export?modality=ct")
+    expect(page.locator("#export-hint")).to_have_text("")
+    assert link.get_attribute("aria-disabled") is None

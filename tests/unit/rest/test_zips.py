@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from dpp_tools.samples import make_protocol, to_bytes
+from orthanc_dpp.rest import protocols as protocols_module
 from orthanc_dpp.rest.http import Request, Response
 from orthanc_dpp.rest.protocols import MAXIMUM_EXPORT, DppRestApi
 from orthanc_dpp.rest.zips import ZipRefused, read_zip, write_zip
@@ -172,3 +174,9 @@ def test_unreadable_zips_are_400(data: bytes, start: str) -> None:
 def test_write_then_read_keeps_names_bytes_and_order() -> None:
     files = [("b.dcm", b"\x00\x01" * 50), ("a.dcm", b"")]
     assert read_zip(write_zip(files), 2, 100) == files
+
+
+def test_the_page_knows_the_export_limit() -> None:
+    """The page disables its Export link past the limit the route enforces: the same number."""
+    script = Path(protocols_module.__file__).parent / "static" / "library.js"
+    assert f"var MAXIMUM_EXPORT = {MAXIMUM_EXPORT};" in script.read_text()

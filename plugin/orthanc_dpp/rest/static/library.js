@@ -10,6 +10,8 @@
   var ORTHANC = new URL('../../', document.baseURI).href; // Orthanc's own routes
   var APPROVAL_CLASS = '1.2.840.10008.5.1.4.1.1.200.3';
   var PAGE_SIZE = 50;
+  /* rest/protocols.py's MAXIMUM_EXPORT: GET /dpp/export refuses a larger search (413). */
+  var MAXIMUM_EXPORT = 1000;
   var ACTIVITY_ROWS = 50;
   var SOP_CLASSES = {
     '1.2.840.10008.5.1.4.1.1.200.1': 'CT protocol',
@@ -210,6 +212,23 @@
     return apiUrl('export' + (query ? '?' + query : ''));
   }
 
+  /* A link without href cannot be followed: past the export's limit, the download
+     would only be the server's refusal, so the link says why instead. */
+  function showExport(total) {
+    var link = byId('export-link');
+    var hint = byId('export-hint');
+    if (total > MAXIMUM_EXPORT) {
+      link.removeAttribute('href');
+      link.setAttribute('aria-disabled', 'true');
+      hint.textContent = total + ' protocols match; an export holds at most ' + MAXIMUM_EXPORT +
+        ': narrow the search to export.';
+    } else {
+      link.href = exportUrl();
+      link.removeAttribute('aria-disabled');
+      hint.textContent = '';
+    }
+  }
+
   function codesText(codes) {
     return (codes || []).map(function (code) {
       var label = [code.CodingSchemeDesignator, code.CodeValue].filter(Boolean).join(' ');
@@ -347,7 +366,7 @@
       byId('page-info').textContent = answer.Total ? (state.offset + 1) + '–' + last + ' of ' + answer.Total : '';
       byId('previous-page').disabled = state.offset === 0;
       byId('next-page').disabled = last >= answer.Total;
-      byId('export-link').href = exportUrl();
+      showExport(answer.Total);
     }, function (error) {
       message.textContent = 'The list cannot be read: ' + error.message;
       message.className = 'message error';
