@@ -55,8 +55,7 @@ from bench import RESULTS, STACK, corpus, orthanc_setup
 from bench.child import rss_kib
 from bench.report import percentile, ratio, table
 from dpp_tools.samples import to_bytes
-from orthanc_dpp.model import approval_instance, snapshot
-from orthanc_dpp.model import normalization as normalize
+from orthanc_dpp.model import approval_instance, normalization, snapshot
 from orthanc_dpp.model import usage as protocol_usage
 from orthanc_dpp.model.normalization import Normalization
 from orthanc_dpp.model.usage import CT_PERFORMED, XA_PERFORMED
@@ -150,7 +149,7 @@ def performed_dataset(number: int, referenced: list[tuple[str, str]]) -> Dataset
 
 def _stored(ds: Dataset) -> bytes:
     """`ds` encoded exactly as the plugin stores it (default normalization labels)."""
-    normalize.normalize(ds, Normalization())
+    normalization.normalize(ds, Normalization())
     return encode_part10(ds)
 
 

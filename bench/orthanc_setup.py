@@ -10,7 +10,7 @@ stop the plugin (seen with Python plugin 4.0: one thread waits inside
 ``orthanc.RestApiPost`` while another waits for the interpreter in the
 received-instance hook). So the default loader, ``normalized``, encodes
 each file exactly as the plugin stores it (the plugin's own
-``normalize.normalize`` and ``encode_part10``) on every core, and posts the
+``normalization.normalize`` and ``encode_part10``) on every core, and posts the
 results to Orthanc's ``/instances`` from several threads; the plugin's
 received-instance hook sees them already normalized and keeps them as they
 are, and its index loads them from the change log like any instance. The
@@ -38,7 +38,7 @@ from pynetdicom.sop_class import RawDataStorage
 
 from bench import RESULTS, STACK, corpus
 from bench.dimse import SCU_AET, DimseError, connect
-from orthanc_dpp.model import normalization as normalize
+from orthanc_dpp.model import normalization
 from orthanc_dpp.model.normalization import Normalization
 from orthanc_dpp.model.sop import STORAGE_CLASSES
 from orthanc_dpp.storage.part10 import encode_part10, parse_part10
@@ -274,7 +274,7 @@ def _post(orthanc: OrthancServer, files: list[bytes]) -> None:
 def normalized_file(path: Path) -> bytes:
     """`path` encoded exactly as the plugin stores it (default normalization labels)."""
     ds = parse_part10(path.read_bytes())
-    normalize.normalize(ds, Normalization())
+    normalization.normalize(ds, Normalization())
     return encode_part10(ds)
 
 

@@ -18,7 +18,7 @@ from orthanc_dpp.dicom.scp import handlers as scp
 from orthanc_dpp.dicom.scp.get import GetHandler
 from orthanc_dpp.dicom.scp.move import MoveHandler
 from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
-from orthanc_dpp.model import dimse_status as status
+from orthanc_dpp.model import dimse_status
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.normalization import Normalization
 from orthanc_dpp.orthanc import adapter
@@ -47,10 +47,10 @@ def value(metrics: Metrics, name: str, protocols: int = 0) -> float:
 
 def test_outcomes_are_counted_by_final_status() -> None:
     metrics = Metrics()
-    metrics.dimse_status("c_store", status.SUCCESS)
-    metrics.dimse_status("c_store", status.DUPLICATE_SOP_INSTANCE)
-    metrics.dimse_status("c_move", status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES)
-    metrics.dimse_status("c_get", status.CANCEL)
+    metrics.dimse_status("c_store", dimse_status.SUCCESS)
+    metrics.dimse_status("c_store", dimse_status.DUPLICATE_SOP_INSTANCE)
+    metrics.dimse_status("c_move", dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES)
+    metrics.dimse_status("c_get", dimse_status.CANCEL)
     metrics.dimse("c_find", "refused")
     assert value(metrics, "c_store_success_total") == 1
     assert value(metrics, "c_store_failure_total") == 1
@@ -145,8 +145,8 @@ def test_echo_counts_success_and_refusal() -> None:
     everyone = Gatekeeper(
         ModalityRegistry(), AccessPolicy.from_orthanc({}, parse_unknown_callers(["Echo"]))
     )
-    assert scp.EchoHandler(everyone, metrics)(event).Status == status.SUCCESS
-    assert scp.EchoHandler(nobody(), metrics)(event).Status == status.UNABLE_TO_PROCESS
+    assert scp.EchoHandler(everyone, metrics)(event).Status == dimse_status.SUCCESS
+    assert scp.EchoHandler(nobody(), metrics)(event).Status == dimse_status.UNABLE_TO_PROCESS
     assert value(metrics, "c_echo_success_total") == 1
     assert value(metrics, "c_echo_refused_total") == 1
 
@@ -182,12 +182,12 @@ def test_c_get_counts_its_outcome_and_sub_operations(harness: Harness) -> None:
         harness.server.bind(event, handler)
     known = add_protocols(harness, [make_protocol(7), make_protocol(8)])
     final = c_get(harness, identifier_for([*known, generate_uid()])).final
-    assert final.status == status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+    assert final.status == dimse_status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
     assert value(metrics, "c_get_warning_total") == 1
     assert value(metrics, "suboperations_completed_total") == 2
     assert value(metrics, "suboperations_failed_total") == 1
     refused = c_get(harness, identifier_for(known), aet="STRANGER").final
-    assert refused.status == status.NOT_AUTHORIZED
+    assert refused.status == dimse_status.NOT_AUTHORIZED
     assert value(metrics, "c_get_refused_total") == 1
 
 

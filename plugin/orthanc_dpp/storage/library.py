@@ -29,8 +29,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from orthanc_dpp.model import dimse_status
-from orthanc_dpp.model import normalization as normalize
+from orthanc_dpp.model import dimse_status, normalization
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.normalization import Normalization
 from orthanc_dpp.model.sop import STORAGE_CLASSES
@@ -279,8 +278,8 @@ class ProtocolLibrary:
         if not self.ready():
             raise StoreError(dimse_status.STORE_OUT_OF_RESOURCES, 503, INDEX_LOADING)
         try:
-            result = normalize.normalize(ds, self.labels)
-        except normalize.NormalizationError as exc:
+            result = normalization.normalize(ds, self.labels)
+        except normalization.NormalizationError as exc:
             raise StoreError(dimse_status.STORE_CANNOT_UNDERSTAND, 400, str(exc)) from exc
         try:
             target = orthanc_resource_id(
@@ -296,7 +295,7 @@ class ProtocolLibrary:
                 dimse_status.STORE_CANNOT_UNDERSTAND, 400, f"cannot encode the dataset: {exc}"
             ) from exc
         finally:
-            normalize.reverse(ds)
+            normalization.reverse(ds)
         with self._claim(sop_instance):
             existing = self.stored_as(sop_instance)
             if existing and existing != target and not self.overwrite:
@@ -338,7 +337,7 @@ class ProtocolLibrary:
         body: bytes,
         sop_class: str,
         sop_instance: str,
-        result: normalize.Normalized,
+        result: normalization.Normalized,
     ) -> Stored:
         """POST the encoded instance; an AlreadyStored answer reports the stored copy."""
         started = time.perf_counter()
@@ -351,7 +350,7 @@ class ProtocolLibrary:
             sop_class_uid=sop_class,
             orthanc_id=str(answer.get("ID", "")),
             status=str(answer.get("Status", "Success")),
-            added=normalize.describe(result.added + result.filled),
+            added=normalization.describe(result.added + result.filled),
             dataset=ds,
             orthanc_seconds=time.perf_counter() - started,
         )
@@ -376,7 +375,7 @@ class ProtocolLibrary:
     def original_dataset(self, orthanc_id: str) -> Dataset:
         """The instance as it was received, normalization undone."""
         ds = pydicom.dcmread(io.BytesIO(self.stored_bytes(orthanc_id)))
-        return normalize.reverse(ds)
+        return normalization.reverse(ds)
 
     def original_bytes(self, orthanc_id: str) -> bytes:
         """The instance as a Part 10 file, normalization undone.
@@ -385,9 +384,9 @@ class ProtocolLibrary:
         """
         data = self.stored_bytes(orthanc_id)
         ds = pydicom.dcmread(io.BytesIO(data))
-        if not normalize.has_record(ds):
+        if not normalization.has_record(ds):
             return data
-        return encode_part10(normalize.reverse(ds))
+        return encode_part10(normalization.reverse(ds))
 
     def delete(self, orthanc_id: str) -> None:
         self.api.delete(f"/instances/{orthanc_id}")
@@ -415,19 +414,22 @@ def normalize_received(
         head = pydicom.dcmread(
             io.BytesIO(data),
             stop_before_pixels=True,
-            specific_tags=["SOPClassUID", *normalize.REQUIRED],
+            specific_tags=["SOPClassUID", *normalization.REQUIRED],
         )
     except Exception:
         return None  # not ours to judge: Orthanc reports its own error
     if str(head.get("SOPClassUID", "")).strip() not in STORAGE_CLASSES:
         return None
-    if all(str(head.get(keyword, "")).strip(normalize.PADDING) for keyword in normalize.REQUIRED):
+    if all(
+        str(head.get(keyword, "")).strip(normalization.PADDING)
+        for keyword in normalization.REQUIRED
+    ):
         return None
     ds = parse_part10(data)
     check_storable(ds)
     try:
-        normalize.normalize(ds, labels)
-    except normalize.NormalizationError as exc:
+        normalization.normalize(ds, labels)
+    except normalization.NormalizationError as exc:
         raise StoreError(dimse_status.STORE_CANNOT_UNDERSTAND, 400, str(exc)) from exc
     return encode_part10(ds)
 

@@ -19,8 +19,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.valuerep import PersonName
 
-from orthanc_dpp.model import dimse_status
-from orthanc_dpp.model import normalization as normalize
+from orthanc_dpp.model import dimse_status, normalization
 from orthanc_dpp.storage import encoded
 from orthanc_dpp.storage.decoding import Malformed, read_file_meta
 from orthanc_dpp.storage.errors import StoreError
@@ -136,7 +135,7 @@ def encode_part10(ds: Dataset) -> bytes:
 
 
 def spliced_part10(
-    ds: Dataset, elements: encoded.Elements, result: normalize.Normalized
+    ds: Dataset, elements: encoded.Elements, result: normalization.Normalized
 ) -> bytes | None:
     """``ds`` as a Part 10 file: the received ``elements`` plus what normalization added.
 

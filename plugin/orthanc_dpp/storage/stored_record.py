@@ -1,7 +1,7 @@
 """Index records straight from the Part 10 files Orthanc stores.
 
 A start without an index snapshot reads every stored protocol. The general
-way (``dcmread``, :func:`normalize.reverse`, :func:`record_reading.to_record`) spent
+way (``dcmread``, :func:`normalization.reverse`, :func:`record_reading.to_record`) spent
 about half of its time in pydicom building Dataset objects that are thrown
 away at once. :func:`original_record` reads the file's bytes directly
 (:func:`record_reading.read_parts`) and undoes the normalization on the record,
@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import pydicom
 
-from orthanc_dpp.model import normalization as normalize
+from orthanc_dpp.model import normalization
 from orthanc_dpp.model.normalization import RECORD_CREATOR, RECORD_GROUP
 from orthanc_dpp.model.record import TEXT, Record
 from orthanc_dpp.model.record_cache import RecordCache
@@ -51,7 +51,7 @@ def original_record(data: bytes, cache: RecordCache) -> Record:
 
 def full_record(data: bytes, cache: RecordCache) -> Record:
     """The general way: pydicom's Dataset, normalization undone, then its record."""
-    return to_record(normalize.reverse(pydicom.dcmread(io.BytesIO(data))), cache)
+    return to_record(normalization.reverse(pydicom.dcmread(io.BytesIO(data))), cache)
 
 
 def fast_record(data: bytes, cache: RecordCache) -> Record:
@@ -106,7 +106,7 @@ def _undo_normalization(
     private: list[tuple[int, bytes]],
     cache: RecordCache,
 ) -> Record:
-    """The record without what ``normalize.normalize`` added (as ``normalize.reverse`` does).
+    """The record without what ``normalization.normalize`` added (as its ``reverse`` does).
 
     ``tags`` ascend without duplicates (:func:`record_reading.read_parts`), so the
     few added and filled attributes are found by binary search.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orthanc_dpp.model import dimse_status as status
+from orthanc_dpp.model import dimse_status
 from orthanc_dpp.storage.decoding import LimitExceeded
 from orthanc_dpp.storage.errors import StoreError, undecodable_as_store_error
 
@@ -21,7 +21,7 @@ def test_a_limit_keeps_its_own_statuses_and_comment() -> None:
 def test_anything_else_is_cannot_understand() -> None:
     with pytest.raises(StoreError) as refused, undecodable_as_store_error():
         raise ValueError("bad length")
-    assert refused.value.dimse_status == status.STORE_CANNOT_UNDERSTAND
+    assert refused.value.dimse_status == dimse_status.STORE_CANNOT_UNDERSTAND
     assert refused.value.http_status == 400
     assert refused.value.reason == "cannot decode the dataset: bad length"
 

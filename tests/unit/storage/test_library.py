@@ -8,7 +8,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from orthanc_dpp.model import dimse_status as status
+from orthanc_dpp.model import dimse_status
 from orthanc_dpp.model.dimse_status import error_comment
 from orthanc_dpp.model.normalization import Normalization, has_record
 from orthanc_dpp.model.sop import CT_DPP_STORAGE, PROTOCOL_APPROVAL_STORAGE
@@ -85,7 +85,7 @@ def test_resend_with_other_content_is_refused_and_the_stored_copy_kept(library, 
     first = library.store(part10())
     with pytest.raises(StoreError) as refused:
         library.store(part10(ProtocolName="POISONED NAME"))
-    assert refused.value.dimse_status == status.DUPLICATE_SOP_INSTANCE == 0x0111
+    assert refused.value.dimse_status == dimse_status.DUPLICATE_SOP_INSTANCE == 0x0111
     assert refused.value.http_status == 409
     assert refused.value.reason.startswith("SOP Instance UID already stored with other content")
     assert library.original_dataset(first.orthanc_id).ProtocolName == "Tête sans contraste 頭部"
@@ -104,7 +104,7 @@ def test_same_uid_under_another_patient_is_refused(library, api):
     held[first.sop_instance_uid] = first.orthanc_id
     with pytest.raises(StoreError) as refused:
         library.store(part10(PatientID="P", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.4"))
-    assert refused.value.dimse_status == status.DUPLICATE_SOP_INSTANCE
+    assert refused.value.dimse_status == dimse_status.DUPLICATE_SOP_INSTANCE
     assert refused.value.reason.startswith("SOP Instance UID stored under other patient/study")
     assert first.orthanc_id in refused.value.reason
     assert list(api.files) == [first.orthanc_id]
@@ -154,7 +154,7 @@ def test_refusals_say_why(library, api, change, code, http, reason):
 def test_context_mismatch_is_a_dataset_sop_class_mismatch(library):
     with pytest.raises(StoreError) as caught:
         library.store(part10(), context_sop_class=PROTOCOL_APPROVAL_STORAGE)
-    assert caught.value.dimse_status == status.STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert caught.value.dimse_status == dimse_status.STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert "does not match the presentation context" in caught.value.reason
 
 
@@ -166,38 +166,38 @@ def test_context_mismatch_is_a_dataset_sop_class_mismatch(library):
         # test_scale_out.py).
         (
             (14, "Cannot write to file"),
-            status.STORE_OUT_OF_RESOURCES,
+            dimse_status.STORE_OUT_OF_RESOURCES,
             507,
             "Orthanc's storage is full or not writable (error 14: Cannot writ",
         ),
         (
             (1009, "SQLite: Cannot run a cached statement"),
-            status.STORE_OUT_OF_RESOURCES,
+            dimse_status.STORE_OUT_OF_RESOURCES,
             507,
             "Orthanc's index is full or not writable (error 1009: SQLite: Can",
         ),
         (
             (36, "The database is currently not available (probably a transient situation)"),
-            status.STORE_OUT_OF_RESOURCES,
+            dimse_status.STORE_OUT_OF_RESOURCES,
             503,
             "Orthanc's database is unavailable, try again (error 36: The data",
         ),
         (
             # A store caught by PostgreSQL's fast shutdown on a loaded machine.
             (6, "Bad sequence of calls"),
-            status.STORE_OUT_OF_RESOURCES,
+            dimse_status.STORE_OUT_OF_RESOURCES,
             503,
             "Orthanc's store was interrupted, try again (error 6: Bad sequenc",
         ),
         (
             (19, "The file storage is full"),
-            status.STORE_OUT_OF_RESOURCES,
+            dimse_status.STORE_OUT_OF_RESOURCES,
             507,
             "Orthanc's storage is full (error 19: The file storage is full)",
         ),
         (
             (15, "Bad file format"),
-            status.STORE_CANNOT_UNDERSTAND,
+            dimse_status.STORE_CANNOT_UNDERSTAND,
             500,
             "Orthanc did not store the instance: (15, 'Bad file format')",
         ),
@@ -297,9 +297,9 @@ def test_stores_are_refused_while_the_index_loads(api):
     library = ProtocolLibrary(api, Normalization(), ready=lambda: loaded)
     with pytest.raises(StoreError) as refused:
         library.store(part10())
-    assert refused.value.dimse_status == status.STORE_OUT_OF_RESOURCES == 0xA700
+    assert refused.value.dimse_status == dimse_status.STORE_OUT_OF_RESOURCES == 0xA700
     assert refused.value.http_status == 503
-    assert status.error_comment(refused.value.reason).startswith("protocol index is loading")
+    assert dimse_status.error_comment(refused.value.reason).startswith("protocol index is loading")
     assert not api.files
     loaded = True
     assert library.store(part10()).status == "Success"

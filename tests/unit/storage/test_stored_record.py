@@ -21,8 +21,7 @@ from dpp_tools.samples import (
     make_protocol,
     to_bytes,
 )
-from orthanc_dpp.model import normalization as normalize
-from orthanc_dpp.model import record, record_cache
+from orthanc_dpp.model import normalization, record, record_cache
 from orthanc_dpp.model.key_table import tag
 from orthanc_dpp.model.normalization import RECORD_CREATOR
 from orthanc_dpp.model.record import BULK_BYTES, BULK_TEXT
@@ -72,7 +71,7 @@ def test_normalization_is_undone_added_removed_and_filled_emptied(records: Recor
     assert got.get(tag("PatientID")) == record.Element("LO", ())
     assert got.values(tag("StudyInstanceUID")) == ("1.2.3.4",)
     assert tag("SeriesInstanceUID") not in got and tag("PatientName") not in got
-    assert normalize.has_record(normalize.normalize(make_protocol(3, "CT"), LABELS).dataset)
+    assert normalization.has_record(normalization.normalize(make_protocol(3, "CT"), LABELS).dataset)
 
 
 @pytest.mark.parametrize(
@@ -90,13 +89,13 @@ def test_a_normalization_record_naming_other_attributes_reads_the_same(
     filled: str, records: RecordCache
 ) -> None:
     """Whatever the Filled list names, both readers agree; the fast one gives up unless it
-    names present text attributes (which it empties as normalize.reverse does)."""
+    names present text attributes (which it empties as normalization.reverse does)."""
     ds = make_protocol(9, "CT")
     del ds.ProtocolName
     ds.ReferringPhysicianName = "Who^Ever"
     assert 0x00080081 not in ds
     ds.add_new(0x00280106, "US", 7)
-    result = normalize.normalize(ds, LABELS)
+    result = normalization.normalize(ds, LABELS)
     creator = next(e.tag for e in ds if e.tag.group == 0x0099 and e.value == RECORD_CREATOR)
     ds.add_new((creator & 0xFFFF0000) | ((creator & 0xFF) << 8) | 0x02, "LT", filled)
     data = to_bytes(ds)
