@@ -10,6 +10,7 @@ received, and only what normalization adds is encoded (``spliced_part10``).
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import pydicom
@@ -23,6 +24,9 @@ from orthanc_dpp.model import dimse_status, normalization
 from orthanc_dpp.storage import encoded
 from orthanc_dpp.storage.decoding import Malformed, read_file_meta
 from orthanc_dpp.storage.errors import StoreError
+
+#: Held while :func:`parse_part10` records pydicom's warnings (see there).
+_WARNINGS_CAUGHT = threading.Lock()
 
 
 def parse_part10(data: bytes) -> Dataset:
@@ -40,7 +44,10 @@ def parse_part10(data: bytes) -> Dataset:
         )
     stream = _WholeReads(data)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        # catch_warnings swaps process-wide state and restores what it found:
+        # two threads inside at once could leave the other's recorder installed
+        # for good (and take each other's warnings), hence one at a time.
+        with _WARNINGS_CAUGHT, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = pydicom.dcmread(stream)
             _check_complete(ds)

@@ -1,6 +1,8 @@
 """Storing through ProtocolLibrary: success only once stored, clear refusals."""
 
 import io
+import threading
+import warnings
 
 import pydicom
 import pytest
@@ -239,6 +241,33 @@ def test_parse_part10_rejects_damaged_files(data, reason):
     with pytest.raises(StoreError, match=reason) as caught:
         parse_part10(data)
     assert caught.value.http_status == 400
+
+
+def test_parse_part10_in_many_threads_leaves_the_warnings_machinery_as_it_was():
+    """Stores run on several threads at once; each parse records pydicom's warnings
+    (catch_warnings), which swaps process-wide state: interleaved, one thread would
+    restore another's recorder and leave it installed for good."""
+    files = [WHOLE, WHOLE[:-5], WHOLE[:200], WHOLE[:-30]] * 40
+    before = (warnings.showwarning, list(warnings.filters))
+    outcomes: list[list[bool]] = [[] for _ in range(6)]
+    go = threading.Barrier(len(outcomes))
+
+    def parse_all(found: list[bool]) -> None:
+        go.wait()
+        for data in files:
+            try:
+                parse_part10(data)
+                found.append(True)
+            except StoreError:
+                found.append(False)
+
+    threads = [threading.Thread(target=parse_all, args=(found,)) for found in outcomes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(found == [data is WHOLE for data in files] for found in outcomes)
+    assert (warnings.showwarning, list(warnings.filters)) == before
 
 
 def test_normalize_received_only_touches_dpp_without_identity():
