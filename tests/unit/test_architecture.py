@@ -556,6 +556,7 @@ MODULE_STATE = {
     "orthanc.adapter._REGISTERED",  # the callbacks Orthanc holds, kept alive (a documented seam)
     "storage.encoded._dictionary_vr",  # pydicom's dictionary, cached (a documented seam)
     "dicom.pynetdicom_private._route_lock",  # the one process-wide patch (a documented seam)
+    "storage.part10._WARNINGS_CAUGHT",  # guards the process-wide warnings state (a seam)
 }
 
 
