@@ -10,6 +10,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -242,6 +243,20 @@ class OrthancServer:
 
     def get_json(self, path: str) -> Any:
         return json.loads(self.get(path))
+
+    def plugin_metrics(self) -> dict[str, float]:
+        """The plugin's metrics (``orthanc_dpp_*``) as Orthanc's Prometheus page prints them.
+
+        Each line must be ``name value timestamp-in-ms``; they are published
+        once a second, so a count may lag the traffic that moved it.
+        """
+        values = {}
+        for line in self.get("/tools/metrics-prometheus").decode().splitlines():
+            match = re.match(r"^(\w+) (\S+) (\d+)$", line)
+            assert match, f"not a Prometheus sample line: {line!r}"
+            if match[1].startswith("orthanc_dpp_"):
+                values[match[1]] = float(match[2])
+        return values
 
     def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
         answer = self.request("POST", path, body, {"Content-Type": content_type})[2]

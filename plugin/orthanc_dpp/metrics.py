@@ -54,6 +54,35 @@ _OUTCOME_MEANING: Final = {
 }
 
 
+#: What the listener's guard turned away before any service was asked
+#: (``dicom.admission``, ``dicom.connections``): kind -> (name, meaning).
+REFUSALS: Final = {
+    "rejected": (
+        "association_requests_rejected_total",
+        "A-ASSOCIATE-RQs rejected permanently: the caller has no right at all",
+    ),
+    "busy": (
+        "association_requests_busy_total",
+        "A-ASSOCIATE-RQs rejected transiently: MaximumAssociations or "
+        "UnknownCallersMaximumAssociations reached",
+    ),
+    "connection": (
+        "connections_refused_total",
+        "Connections refused before their A-ASSOCIATE-RQ: MaximumConnectionsPerAddress "
+        "reached, or MaximumAssociations connections already waiting",
+    ),
+    "evicted": (
+        "connections_evicted_total",
+        "Connections that waited over 2 s without an association, dropped to make room",
+    ),
+    "aborted": (
+        "association_aborts_total",
+        "Associations the plugin aborted: a PDU, command or message beyond the limits, "
+        "or something pynetdicom could not process",
+    ),
+}
+
+
 def _build() -> tuple[Metric, ...]:
     metrics = [
         Metric("associations_open", Kind.DEFAULT, "DICOM associations established and open now"),
@@ -70,6 +99,7 @@ def _build() -> tuple[Metric, ...]:
             for outcome, meaning in _OUTCOME_MEANING.items()
             if outcome in outcomes
         ]
+    metrics += [Metric(name, Kind.DEFAULT, meaning) for name, meaning in REFUSALS.values()]
     metrics += [
         Metric(
             f"suboperations_{outcome}_total",
@@ -156,6 +186,13 @@ class Metrics:
     def association_closed(self) -> None:
         if self.enabled:
             self._add("associations_open", -1)
+
+    def refusal(self, kind: str) -> None:
+        """The listener's guard turned a caller away (``kind``: a key of :data:`REFUSALS`)."""
+        if kind not in REFUSALS:
+            raise ValueError(f"no refusal of kind {kind!r}")
+        if self.enabled:
+            self._add(REFUSALS[kind][0])
 
     def dimse(self, service: str, outcome: str) -> None:
         """One request of ``service`` (a key of :data:`SERVICES`) ended with ``outcome``."""

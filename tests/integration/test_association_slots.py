@@ -176,6 +176,7 @@ def test_silent_connections_from_strangers_do_not_lock_out_a_declared_modality(
 
 def test_capacity_refusals_are_transient_local_limit_exceeded(orthanc: OrthancServer) -> None:
     held: list[Association] = []
+    before = orthanc.plugin_metrics()
     try:
         # The address limit, checked before the association is read.
         for _ in range(PER_ADDRESS):
@@ -198,11 +199,25 @@ def test_capacity_refusals_are_transient_local_limit_exceeded(orthanc: OrthancSe
             held.append(request(orthanc, "TEST_SCU", "127.0.0.7"))
         assert all(a.is_established for a in held)
         assert rejection(request(orthanc, "TEST_SCU", "127.0.0.8")) == LOCAL_LIMIT
+        # Counted: two connections over the address limit, one request over the total.
+        assert eventually(
+            lambda: (
+                moved(orthanc, before, "connections_refused_total") >= 2
+                and moved(orthanc, before, "association_requests_busy_total") >= 1
+            ),
+            10,
+        )
     finally:
         for assoc in held:
             if assoc.is_established:
                 assoc.release()
     assert eventually(lambda: echo_works(orthanc, source="127.0.0.8", timeout=20), 20)
+
+
+def moved(orthanc: OrthancServer, before: dict[str, float], name: str) -> float:
+    """How much the plugin's metric ``orthanc_dpp_<name>`` grew since ``before``."""
+    key = "orthanc_dpp_" + name
+    return orthanc.plugin_metrics()[key] - before[key]
 
 
 def test_callers_without_any_right_are_rejected_permanently(make_server) -> None:
@@ -211,6 +226,10 @@ def test_callers_without_any_right_are_rejected_permanently(make_server) -> None
     stranger = request(orthanc, "STRANGER", "127.0.0.1")
     assert rejection(stranger) == CALLING_AE_NOT_RECOGNIZED
     assert orthanc.wait_for_log("Rejected 1 association request(s) from 127.0.0.1: STRANGER: ")
+    started = dict.fromkeys(orthanc.plugin_metrics(), 0.0)  # a fresh server: all from 0
+    assert eventually(lambda: moved(orthanc, started, "association_requests_rejected_total"), 10)
+    assert moved(orthanc, started, "association_requests_rejected_total") == 1
+    assert moved(orthanc, started, "association_requests_busy_total") == 0
     wrong_called = request(orthanc, "TEST_SCU", "127.0.0.1", called="NOT_ORTHANC")
     assert rejection(wrong_called) == CALLED_AE_NOT_RECOGNIZED
     assoc = request(orthanc, "TEST_SCU", "127.0.0.1")

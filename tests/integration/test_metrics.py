@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from tests.peers import associate, c_find, c_get, echo_works, find_identifier, s
 from tests.waiting import eventually
 
 STORE_AET = "STORE_SCP"
-#: name value timestamp-in-ms, as Orthanc prints each metric.
-LINE = re.compile(r"^(\w+) (\S+) (\d+)$")
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +42,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 
 def scrape(orthanc: OrthancServer) -> dict[str, float]:
     """The plugin's metrics as Orthanc prints them."""
-    values = {}
-    for line in orthanc.get("/tools/metrics-prometheus").decode().splitlines():
-        match = LINE.match(line)
-        assert match, f"not a Prometheus sample line: {line!r}"
-        if match[1].startswith(PREFIX):
-            values[match[1]] = float(match[2])
-    return values
+    return orthanc.plugin_metrics()
 
 
 def moves(orthanc: OrthancServer, before: dict[str, float], **expected: float) -> dict[str, float]:

@@ -17,7 +17,7 @@ from orthanc_dpp.dicom.modalities import ModalityRegistry
 from orthanc_dpp.dicom.scp import handlers as scp
 from orthanc_dpp.dicom.scp.get import GetHandler
 from orthanc_dpp.dicom.scp.move import MoveHandler
-from orthanc_dpp.metrics import METRICS, PREFIX, Metrics
+from orthanc_dpp.metrics import METRICS, PREFIX, REFUSALS, Metrics
 from orthanc_dpp.model import dimse_status
 from orthanc_dpp.model.index import ProtocolIndex
 from orthanc_dpp.model.normalization import Normalization
@@ -57,6 +57,25 @@ def test_outcomes_are_counted_by_final_status() -> None:
     assert value(metrics, "c_move_warning_total") == 1
     assert value(metrics, "c_get_cancel_total") == 1
     assert value(metrics, "c_find_refused_total") == 1
+
+
+def test_refusals_are_counted_by_kind() -> None:
+    metrics = Metrics()
+    for kind in ("rejected", "busy", "busy", "connection", "evicted", "aborted"):
+        metrics.refusal(kind)
+    values = metrics.snapshot(0)
+    assert {name: values[PREFIX + name] for name, _ in REFUSALS.values()} == {
+        "association_requests_rejected_total": 1,
+        "association_requests_busy_total": 2,
+        "connections_refused_total": 1,
+        "connections_evicted_total": 1,
+        "association_aborts_total": 1,
+    }
+    with pytest.raises(ValueError, match="no refusal of kind 'stranger'"):
+        metrics.refusal("stranger")
+    disabled = Metrics(enabled=False)
+    disabled.refusal("rejected")
+    assert disabled.snapshot(0)[PREFIX + "association_requests_rejected_total"] == 0
 
 
 def test_an_outcome_a_service_cannot_have_is_an_error() -> None:

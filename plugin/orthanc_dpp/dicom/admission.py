@@ -193,6 +193,9 @@ class Admission:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Told of each refusal by its kind (``metrics.REFUSALS``): the listener's
+        #: counters; the log lines of :meth:`_note` are rate-limited, these are not.
+        self.on_refusal: Callable[[str], None] | None = None
 
     # -- admission -------------------------------------------------------------------
 
@@ -228,6 +231,7 @@ class Admission:
             elif stale:
                 evicted = min(stale, key=lambda c: c.opened)
                 evicted.dropped = True
+                self._counted("evicted")
                 self._note(
                     "evicted",
                     evicted.address,
@@ -247,6 +251,7 @@ class Admission:
                     self._incoming[id(request)] = (address, now)
             return True
         with self._lock:
+            self._counted("connection")
             self._note("connection", address, reason)
             # A plain connection gets its A-ASSOCIATE-RJ from the watchdog
             # (see _Refused); a TLS one would first need the handshake the
@@ -320,6 +325,7 @@ class Admission:
                 return
             reason = refusal
         kind = "transient" if rejection == LOCAL_LIMIT_EXCEEDED else "permanent"
+        self._counted("busy" if rejection == LOCAL_LIMIT_EXCEEDED else "rejected")
         with self._lock:
             self._note("association", host, f"{aet}: {reason} (A-ASSOCIATE-RJ {kind})")
         assoc.acse.send_reject(*rejection)
@@ -417,6 +423,14 @@ class Admission:
             # A thread not started yet is not alive either: keep fresh ones.
             if connection.dropped or self.clock() - connection.opened > 1.0:
                 del self._connections[key]
+
+    def _counted(self, kind: str) -> None:
+        """Tell :attr:`on_refusal` of one refusal; counting never fails a refusal."""
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(kind)
+            except Exception:
+                log.exception("Cannot count a refusal of kind %s", kind)
 
     def _note(self, kind: str, address: str, reason: str) -> None:
         """Log refusals of one kind from one address at most every REFUSAL_LOG_INTERVAL s.

@@ -364,6 +364,7 @@ class ConnectionGuard(Admission):
 
     def _abort(self, assoc: Any) -> None:
         """An A-ABORT to the peer, then the connection shut down."""
+        self._counted("aborted")
         sock = private.raw_socket(assoc)
         if sock is not None:
             with contextlib.suppress(OSError):

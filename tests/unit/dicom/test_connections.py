@@ -115,6 +115,8 @@ def test_admission_per_address_and_in_total(caplog) -> None:
 def test_refusals_are_logged_at_most_every_ten_seconds(caplog) -> None:
     clock = Clock()
     guard = make_guard(clock, per_address=1)
+    counted: list[str] = []
+    guard.on_refusal = counted.append
     guard.on_open(open_event(fake_assoc()))
     with caplog.at_level(logging.WARNING, "orthanc_dpp"):
         for _ in range(50):
@@ -125,6 +127,7 @@ def test_refusals_are_logged_at_most_every_ten_seconds(caplog) -> None:
     assert lines[0].startswith("Refused 1 connection(s) from 10.1.2.3")
     assert lines[1].startswith("Refused 50 connection(s) from 10.1.2.3")
     assert len(lines) == 2
+    assert counted == ["connection"] * 51  # the metrics count every one
 
 
 def test_watchdog_drops_connections_without_association_after_acse_timeout() -> None:
@@ -218,6 +221,8 @@ def test_refusal_bookkeeping_stays_bounded_with_many_addresses(monkeypatch) -> N
 def test_a_newcomer_takes_the_place_of_the_oldest_connection_waiting_too_long(caplog) -> None:
     clock = Clock()
     guard = make_guard(clock, per_address=5, waiting=2)
+    counted: list[str] = []
+    guard.on_refusal = counted.append
     old_left, old_right = socket.socketpair()
     young_left, young_right = socket.socketpair()
     with old_left, old_right, young_left, young_right:
@@ -233,6 +238,7 @@ def test_a_newcomer_takes_the_place_of_the_oldest_connection_waiting_too_long(ca
         with pytest.raises(BlockingIOError):
             young_right.recv(10)  # the younger one is untouched
     assert "Dropped 1 waiting connection(s) from 10.1.1.1 to make room" in caplog.text
+    assert counted == ["connection", "evicted"]
 
 
 def test_accepted_associations_do_not_take_waiting_places() -> None:
@@ -302,6 +308,8 @@ def test_requests_are_rejected_permanently_without_rights_transiently_over_limit
         clock=Clock(),
         judge=lambda aet, host: caller,
     )
+    counted: list[str] = []
+    guard.on_refusal = counted.append
     holder = Requested("OTHER")
     guard.on_open(open_event(holder))
     assert guard.admit(holder, declared=False) is None  # the one unknown slot
@@ -315,6 +323,8 @@ def test_requests_are_rejected_permanently_without_rights_transiently_over_limit
         kind = "transient" if rejection == LOCAL_LIMIT_EXCEEDED else "permanent"
         assert "Rejected 1 association request(s) from 10.1.2.3: STRANGER: " in caplog.text
         assert f"(A-ASSOCIATE-RJ {kind})" in caplog.text
+    expected = {None: [], LOCAL_LIMIT_EXCEEDED: ["busy"]}.get(rejection, ["rejected"])
+    assert counted == expected
 
 
 @contextlib.contextmanager
@@ -487,9 +497,12 @@ def test_endless_command_set_is_aborted(caplog) -> None:
         stream = p_data(pdv(b"\x00" * 16000, is_command=True)) * 10
         assoc = fake_assoc(stream, sock=left)
         guard.on_open(open_event(assoc))
+        counted: list[str] = []
+        guard.on_refusal = counted.append
         with pytest.raises(PduTooLarge), caplog.at_level(logging.WARNING):
             read_pdus(assoc.dul.socket)
         assert right.recv(100) == abort_pdu()
+    assert counted == ["aborted"]
     assert len(assoc.dul.socket.stream) == 8 * len(p_data(pdv(b"\x00" * 16000)))
     assert (
         f"Aborted the association with 10.1.2.3: a command set of more than "

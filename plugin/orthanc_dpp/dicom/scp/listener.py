@@ -209,6 +209,7 @@ class DppListener:
                 ),
                 judge=self.judge,
             )
+            guard.on_refusal = self.metrics.refusal
             handlers: list[Any] = [
                 *guard.handlers(),
                 (evt.EVT_CONN_OPEN, self._on_open),
