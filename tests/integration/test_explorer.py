@@ -24,7 +24,7 @@ import pytest
 from dpp_tools.samples import make_non_dpp, make_protocol, to_bytes
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, playwright_api
 from tests.datasets import LOST_PREDECESSOR, kvp_constraint, make_performed, version_chain
-from tests.orthanc_server import OrthancServer
+from tests.orthanc_server import OrthancServer, free_port
 from tests.peers import collecting_storescp
 from tests.waiting import eventually
 
@@ -565,6 +565,28 @@ def test_send_to_a_modality_shows_each_outcome(page: Any, server: OrthancServer)
             expect(line).to_have_class("stored")
             expect(line).to_contain_text("Success (0x0000)")
     assert sorted(str(ds.SOPInstanceUID) for ds in received) == uids
+    # The page pushed through a job of the plugin and followed it to its end.
+    (job,) = [j for j in server.get_json("/dpp/jobs") if j.get("Modality") == "room3"]
+    assert (job["Method"], job["State"], job["Completed"]) == ("C-STORE", "Success", 2)
+
+
+def test_send_to_an_unreachable_modality_says_why(page: Any, server: OrthancServer) -> None:
+    entry = {"AET": "NOBODY", "Host": "127.0.0.1", "Port": free_port()}
+    server.request("PUT", "/modalities/room9", json.dumps(entry).encode())
+    open_library(page, server)
+    row_of(page, "2.25.900001").locator("input.select").check()
+    page.locator("#send-modality").select_option("room9")
+    page.locator("#send-selected").click()
+    head = page.locator("#send-results li").first
+    expect(head).to_contain_text(
+        "To room9: 0 stored, 0 with a warning, 1 failed · ", timeout=WAIT_MS
+    )
+    expect(head).to_have_class("failed")
+    line = page.locator('#send-results li[data-uid="2.25.900001"]')
+    expect(line).to_have_class("failed")
+    (job,) = [j for j in server.get_json("/dpp/jobs") if j.get("Modality") == "room9"]
+    assert job["State"] == "Failure"
+    assert job["Result"]["Error"] in head.text_content()
 
 
 def test_export_link_gives_the_current_search(page: Any, server: OrthancServer) -> None:

@@ -726,12 +726,16 @@
     });
   }
 
+  /* The push runs as a job of the plugin (POST .../store with Asynchronous), so that
+     a long one neither holds a request open nor leaves the page without news:
+     the job is asked for its progress every half second until it ends. */
   function sendSelected() {
     var modality = byId('send-modality').value;
     var results = byId('send-results');
     var uids = state.selected.slice();
     clear(results);
-    results.appendChild(make('li', 'Sending ' + uids.length + ' to ' + modality + '…'));
+    var progress = make('li', 'Sending ' + uids.length + ' to ' + modality + '…');
+    results.appendChild(progress);
     var path = 'modalities/' + encodeURIComponent(modality) + '/store';
     var show = function (answer, failure) {
       clear(results);
@@ -750,11 +754,24 @@
         results.appendChild(line);
       });
     };
-    return request('POST', path, JSON.stringify({ SOPInstanceUIDs: uids }), 'application/json')
-      .then(function (answer) {
-        show(answer, '');
+    var follow = function (id) {
+      return request('GET', 'jobs/' + encodeURIComponent(id)).then(function (job) {
+        if (job.State === 'Pending' || job.State === 'Running') {
+          progress.textContent = 'Sending ' + uids.length + ' to ' + modality + '… ' + job.Progress + '%';
+          return new Promise(function (resolve) { window.setTimeout(resolve, 500); }).then(function () {
+            return follow(id);
+          });
+        }
+        var result = job.Result || null;
+        show(result, (result && result.Error) || (job.Error && job.Error.Error) ||
+          (result ? '' : 'the push ended ' + job.State));
         loadActivity();
-      }, function (error) {
+      });
+    };
+    return request('POST', path, JSON.stringify({ SOPInstanceUIDs: uids, Asynchronous: true }), 'application/json')
+      .then(function (job) {
+        return follow(job.ID);
+      }).catch(function (error) {
         show(error.payload && error.payload.Results ? error.payload : null, error.message);
       });
   }
