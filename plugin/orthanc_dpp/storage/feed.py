@@ -506,7 +506,6 @@ class IndexFeed:
             self._saved_version = (self.index.version, self.usage.version)
             self._saved_at = time.monotonic()
         self.load_seconds = time.monotonic() - started
-        self.ready = True
         log.warning(
             "Protocol index loaded in %.1f s: %d protocol(s) (%s%d new from the change log, "
             "%d deleted since), change log at %d",
@@ -517,6 +516,9 @@ class IndexFeed:
             removed,
             self.last_seq,
         )
+        # Ready only once the line is written: whoever sees the index ready
+        # (``/dpp/status``, a test waiting for it) finds the line in the log.
+        self.ready = True
         # Ready already: C-FIND and the list answer meanwhile (a search that comes
         # first works out the keys it needs itself).
         warmed = time.monotonic()
